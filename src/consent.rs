@@ -1,0 +1,205 @@
+//! Tenant onboarding through admin consent (seed steps 1–2; reference §4). `GET /consent` shows
+//! a page with a button; `GET /consent/start` creates a single-use `state` (kept 10 minutes in
+//! Redis) and redirects to Entra's authorize URL; `GET /consent/callback` verifies and consumes
+//! the state, exchanges the code at the `common` endpoint, reads `tid` from the token (never
+//! from the query string), registers the tenant and starts its subscriptions.
+
+use crate::app::Relay;
+use crate::domain::TenantId;
+use crate::tenants::AddedBy;
+use actix_web::{web, HttpResponse};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use std::time::Duration;
+
+const STATE_TTL: Duration = Duration::from_secs(600);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/consent", web::get().to(page))
+        .route("/consent/start", web::get().to(start))
+        .route("/consent/callback", web::get().to(callback));
+}
+
+/// Escapes text for HTML.
+pub fn esc(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn html(status: actix_web::http::StatusCode, title: &str, body: &str) -> HttpResponse {
+    let page = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{title}</title>
+<style>
+body{{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f6f8;color:#1b1f23}}
+main{{max-width:36rem;margin:3rem auto;padding:2rem;background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08)}}
+h1{{font-size:1.4rem;margin-top:0}} ul{{padding-left:1.2rem}} code{{background:#eef1f4;padding:.1rem .3rem;border-radius:4px}}
+.button{{display:inline-block;background:#0f6cbd;color:#fff;border:0;border-radius:8px;padding:.8rem 1.2rem;font-size:1rem;text-decoration:none;cursor:pointer}}
+.ok{{color:#107c10}} .err{{color:#c50f1f}} small{{color:#57606a}}
+@media (max-width:40rem){{main{{margin:0;border-radius:0;min-height:100vh}}}}
+</style></head><body><main>{body}</main></body></html>"#,
+        title = esc(title),
+        body = body
+    );
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"))
+        .body(page)
+}
+
+fn error_page(message: &str) -> HttpResponse {
+    html(
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "Tenant not connected",
+        &format!(
+            r#"<h1 class="err">Your tenant was not connected</h1><p id="error">{}</p><p><a class="button" href="/consent">Start again</a></p>"#,
+            esc(message)
+        ),
+    )
+}
+
+async fn page(relay: web::Data<Relay>) -> HttpResponse {
+    let types: String = relay.settings.content_types.iter().map(|c| format!("<li><code>{}</code></li>", esc(c.as_str()))).collect();
+    html(
+        actix_web::http::StatusCode::OK,
+        "Connect your Microsoft 365 tenant",
+        &format!(
+            r#"<h1>Connect your Microsoft 365 tenant</h1>
+<p>This service collects your organisation's Office 365 unified audit log through Microsoft's
+Office 365 Management Activity API and delivers it to your security pipeline.</p>
+<p>A Global Administrator of your tenant will be asked by Microsoft to grant this application
+read-only access to the activity feed (<code>ActivityFeed.Read</code>,
+<code>ActivityFeed.ReadDlp</code>, <code>ServiceHealth.Read</code>). It cannot change anything in
+your tenant. After consent we subscribe to these content types:</p><ul>{types}</ul>
+<form method="get" action="/consent/start"><button class="button" id="connect" type="submit">Connect your Microsoft 365 tenant</button></form>
+<p><small>You can revoke access at any time under Enterprise applications in the Microsoft Entra admin center.</small></p>"#
+        ),
+    )
+}
+
+async fn start(relay: web::Data<Relay>) -> HttpResponse {
+    let Some(redirect_uri) = relay.settings.consent_redirect_uri() else {
+        return error_page("This deployment has no public URL configured (O365_PUBLIC_URL).");
+    };
+    let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    if let Err(e) = relay.store.set_px(&relay.store.consent_state_key(&state), "1", STATE_TTL).await {
+        tracing::error!(error = %e, "Cannot store the consent state.");
+        return html(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "Try again later",
+            "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
+        );
+    }
+    HttpResponse::Found()
+        .insert_header(("Location", authorize_url(&relay.settings, &redirect_uri, Some(&state))))
+        .insert_header(("Cache-Control", "no-store"))
+        .finish()
+}
+
+/// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…[&state=…]`.
+pub fn authorize_url(settings: &crate::config::Settings, redirect_uri: &str, state: Option<&str>) -> String {
+    let mut url = url::Url::parse(&format!("{}/common/oauth2/authorize", settings.login_url)).expect("valid login url");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code")
+            .append_pair("resource", &settings.manage_url)
+            .append_pair("client_id", &settings.client_id)
+            .append_pair("redirect_uri", redirect_uri);
+        if let Some(s) = state {
+            q.append_pair("state", s);
+        }
+    }
+    url.to_string()
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Reads claims from a JWT we received directly from Entra's token endpoint over our own
+/// connection (so its origin is already established; the seed says to read `tid` from it).
+fn claims(jwt: &str) -> Option<serde_json::Value> {
+    let payload = jwt.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?).ok()
+}
+
+async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpResponse {
+    // The state is checked (and consumed) before anything else, errors included.
+    let state_ok = match q.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 128) {
+        Some(s) => matches!(relay.store.take(&relay.store.consent_state_key(s)).await, Ok(Some(_))),
+        None => false,
+    };
+    if !state_ok {
+        return error_page("This sign-in link is invalid, expired or was already used. Start again from the consent page.");
+    }
+    if let Some(err) = &q.error {
+        let desc = q.error_description.as_deref().unwrap_or("");
+        let msg = if err == "access_denied" {
+            "Consent was declined, so nothing was connected.".to_string()
+        } else {
+            format!("Microsoft reported an error: {err}. {}", desc.split(['\r', '\n']).next().unwrap_or(""))
+        };
+        return error_page(&msg);
+    }
+    let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
+        return error_page("Microsoft did not return an authorization code.");
+    };
+    let redirect_uri = relay.settings.consent_redirect_uri().unwrap_or_default();
+    let token = match relay.tokens.entra().exchange_code(code, &redirect_uri).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "Authorization code exchange failed.");
+            return error_page("Microsoft did not accept the authorization code. Start again from the consent page.");
+        }
+    };
+    let Some(c) = claims(&token) else {
+        return error_page("Microsoft returned a token we could not read.");
+    };
+    let aud_ok = c.get("aud").and_then(|a| a.as_str()).is_some_and(|a| a.trim_end_matches('/') == relay.settings.manage_url);
+    let tenant = c.get("tid").and_then(|t| t.as_str()).and_then(|t| TenantId::parse(t).ok());
+    let (Some(tenant), true) = (tenant, aud_ok) else {
+        return error_page("The token from Microsoft does not name a tenant for the Management API.");
+    };
+    let upn = c.get("upn").or_else(|| c.get("unique_name")).and_then(|u| u.as_str()).map(str::to_string);
+    if let Err(e) = relay.tenants.add(&tenant, AddedBy::Consent, upn.clone()).await {
+        tracing::error!(error = %e, "Cannot register the tenant.");
+        return error_page("The tenant could not be registered right now. Please try again in a minute.");
+    }
+    let outcomes = relay.subscriptions.start_all(&tenant, None, false).await;
+    let rows: String = outcomes
+        .iter()
+        .map(|o| {
+            format!(
+                "<li><code>{}</code>: <span class=\"{}\">{}</span></li>",
+                esc(&o.content_type),
+                if o.ok { "ok" } else { "err" },
+                esc(&o.message)
+            )
+        })
+        .collect();
+    html(
+        actix_web::http::StatusCode::OK,
+        "Tenant connected",
+        &format!(
+            r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>"#,
+            esc(tenant.as_str()),
+            upn.map(|u| format!(" (consent by {})", esc(&u))).unwrap_or_default()
+        ),
+    )
+}

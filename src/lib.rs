@@ -1,0 +1,30 @@
+//! o365-relay: collects the Office 365 unified audit log through the Management Activity API
+//! and relays every record into a RabbitMQ topic exchange.
+//!
+//! The data path reads top to bottom: [`webhook`] (source) → [`broker`] work queue →
+//! [`worker`] (fetch through [`management`] with [`tokens`]) → [`broker`] exchange (sink).
+//! [`reconciler`] is a second source into the same queue; [`tenants`], [`subscriptions`] and
+//! [`store`] are services they use. [`app`] wires it all; `main.rs` is the CLI.
+
+pub mod admin;
+pub mod app;
+pub mod broker;
+pub mod certs;
+pub mod config;
+pub mod consent;
+pub mod demo;
+pub mod domain;
+pub mod leases;
+pub mod management;
+pub mod metrics;
+pub mod reconciler;
+pub mod records;
+pub mod secret;
+// pub mod sim;
+pub mod store;
+pub mod subscriptions;
+pub mod telemetry;
+pub mod tenants;
+pub mod tokens;
+pub mod webhook;
+pub mod worker;

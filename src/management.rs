@@ -1,0 +1,397 @@
+//! The Management Activity API client: the one place that sends a bearer token to Microsoft.
+//!
+//! Every request goes through [`ManagementClient::send`], which refuses any URL whose origin is
+//! not `O365_MANAGE_URL` (a `contentUri` or `NextPageUri` pointing elsewhere never receives a
+//! token), adds `PublisherIdentifier` (reference §3), waits for the tenant's shared quota,
+//! never follows redirects, retries once with a new token after a 401, and turns Microsoft's
+//! error bodies into [`ApiError`] classified by `error.code` (reference §9).
+
+use crate::domain::{ContentType, TenantId};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tokens::{TokenError, TokenProvider};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Management API answered HTTP {status} {code}: {message}")]
+    Api { status: u16, code: String, message: String, retry_after: Option<Duration> },
+    #[error("Management API could not be reached: {0}")]
+    Transport(String),
+    #[error("no token: {0}")]
+    Token(#[from] TokenError),
+    #[error("refused to send a token to {0}: not the Management API origin")]
+    ForeignUrl(String),
+    #[error("unreadable response: {0}")]
+    Body(String),
+}
+
+/// What a caller should do about an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try again later (after at least the given delay when Microsoft said so).
+    Retry(Option<Duration>),
+    /// The subscription is missing or disabled (AF20022/AF20023): start it, then retry.
+    StartSubscription,
+    /// Will never succeed; record why and give up on this item.
+    GiveUp,
+}
+
+impl ApiError {
+    /// Microsoft's error code, or a short stand-in for non-API failures.
+    pub fn code(&self) -> &str {
+        match self {
+            ApiError::Api { code, .. } => code,
+            ApiError::Transport(_) => "transport",
+            ApiError::Token(_) => "token",
+            ApiError::ForeignUrl(_) => "foreign_url",
+            ApiError::Body(_) => "body",
+        }
+    }
+
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, ApiError::Api { code, status, .. } if code == "AF429" || (*status == 429 && code.is_empty()))
+    }
+
+    /// Classifies by `error.code`, not by status: AF429 arrives as 429 *and* as 403.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            ApiError::Api { status, code, retry_after, .. } => match code.as_str() {
+                "AF429" => Disposition::Retry(*retry_after),
+                "AF50000" | "AF50005" | "AF50006" | "AF20031" => Disposition::Retry(*retry_after),
+                "AF20022" | "AF20023" => Disposition::StartSubscription,
+                "AF20050" | "AF20051" | "AF20052" | "AF20020" | "AF10001" | "AF20010" | "AF20011" | "AF20012"
+                | "AF20013" => Disposition::GiveUp,
+                _ if *status == 429 || *status >= 500 || *status == 401 || *status == 408 => {
+                    Disposition::Retry(*retry_after)
+                }
+                _ => Disposition::GiveUp,
+            },
+            ApiError::Transport(_) | ApiError::Body(_) => Disposition::Retry(None),
+            ApiError::Token(e) if e.is_transient() => Disposition::Retry(None),
+            // A refused credential may be fixed by an operator (consent, certificate): retry
+            // with backoff; the attempt limit sends it to the dead-letter queue if not.
+            ApiError::Token(_) => Disposition::Retry(None),
+            ApiError::ForeignUrl(_) => Disposition::GiveUp,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// One entry of `subscriptions/content`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentEntry {
+    pub content_type: String,
+    pub content_id: String,
+    pub content_uri: String,
+    #[serde(default)]
+    pub content_created: Option<String>,
+    #[serde(default)]
+    pub content_expiration: Option<String>,
+}
+
+/// One entry of `subscriptions/list` (and the answer of `/start`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub content_type: String,
+    pub status: String,
+    #[serde(default)]
+    pub webhook: Option<WebhookInfo>,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookInfo {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub expiration: Option<String>,
+    // authId is deliberately not kept: it is a secret and we know ours.
+}
+
+/// Sliding-window limiter shared by every replica through Redis: a sorted set of request
+/// times per tenant; a request waits until fewer than `limit` were sent in the last minute.
+const QUOTA_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+local n = redis.call('ZCARD', KEYS[1])
+if n < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], 61000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tonumber(oldest[2]) + 60000 - now + 1
+"#;
+
+pub struct ManagementClient {
+    http: reqwest::Client,
+    base: String,
+    origin: url::Origin,
+    tokens: Arc<TokenProvider>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    publisher_id: Option<TenantId>,
+    quota_per_minute: u32,
+}
+
+impl ManagementClient {
+    pub fn new(
+        settings: &crate::config::Settings,
+        http: reqwest::Client,
+        tokens: Arc<TokenProvider>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> ManagementClient {
+        let origin = Url::parse(&settings.manage_url).expect("validated by config").origin();
+        ManagementClient {
+            http,
+            base: settings.manage_url.clone(),
+            origin,
+            tokens,
+            store,
+            metrics,
+            publisher_id: settings.publisher_id.clone(),
+            quota_per_minute: settings.quota_per_minute,
+        }
+    }
+
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
+        &self.tokens
+    }
+
+    /// Whether `url` has exactly the Management API's origin (scheme, host and port).
+    pub fn is_management_url(&self, url: &Url) -> bool {
+        url.origin() == self.origin
+    }
+
+    fn feed_url(&self, tenant: &TenantId, path: &str) -> String {
+        format!("{}/api/v1.0/{}/activity/feed/{}", self.base, tenant, path)
+    }
+
+    /// Waits until the tenant's shared budget allows one more request.
+    async fn acquire_quota(&self, tenant: &TenantId) {
+        let key = self.store.quota_key(tenant, 0);
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            let member = format!("{now}-{}", uuid::Uuid::new_v4().simple());
+            let wait = self.store.eval_i64(QUOTA_SCRIPT, &key, &[now.to_string(), self.quota_per_minute.to_string(), member]).await;
+            match wait {
+                Ok(0) => return,
+                Ok(ms) => {
+                    tracing::debug!(tenant_id = %tenant, wait_ms = ms, "Tenant quota reached; waiting.");
+                    tokio::time::sleep(Duration::from_millis(ms.clamp(10, 60_000) as u64)).await;
+                }
+                // Without Redis the quota cannot be shared; Microsoft's AF429 still backs us off.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Sends an authenticated request for `tenant`. Returns the successful response, or the
+    /// classified error.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        tenant: &TenantId,
+        call: &'static str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut url = Url::parse(url).map_err(|_| ApiError::ForeignUrl("an unparseable URL".into()))?;
+        if !self.is_management_url(&url) {
+            return Err(ApiError::ForeignUrl(url.origin().ascii_serialization()));
+        }
+        if !url.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("PublisherIdentifier")) {
+            let publisher = self.publisher_id.as_ref().unwrap_or(tenant).to_string();
+            url.query_pairs_mut().append_pair("PublisherIdentifier", &publisher);
+        }
+        let mut retried_auth = false;
+        loop {
+            self.acquire_quota(tenant).await;
+            let token = self.tokens.get(tenant).await?;
+            let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(&token.token);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.metrics.management_requests.with_label_values(&[call, "error"]).inc();
+                    return Err(ApiError::Transport(e.without_url().to_string()));
+                }
+            };
+            let status = resp.status();
+            let class = match status.as_u16() {
+                200..=299 => "2xx",
+                400..=499 => "4xx",
+                500..=599 => "5xx",
+                _ => "other",
+            };
+            self.metrics.management_requests.with_label_values(&[call, class]).inc();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let bytes = read_limited(resp, 64 * 1024).await.unwrap_or_default();
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => (b.error.code, b.error.message),
+                Err(_) => (String::new(), String::from_utf8_lossy(&bytes).chars().take(200).collect()),
+            };
+            let err = ApiError::Api { status: status.as_u16(), code, message, retry_after };
+            if err.is_throttle() {
+                self.metrics.throttled.inc();
+            }
+            // A 401 that is not about the tenant or role means the token is no longer good:
+            // drop it everywhere and try once more with a new one.
+            if status.as_u16() == 401 && !retried_auth && !matches!(err.disposition(), Disposition::GiveUp) {
+                retried_auth = true;
+                tracing::info!(tenant_id = %tenant, "Management API refused the token; fetching a new one.");
+                self.tokens.invalidate(tenant, &token.token).await;
+                continue;
+            }
+            return Err(err);
+        }
+    }
+
+    /// `GET {contentUri}`: the response whose body is the blob (streamed by the caller).
+    pub async fn fetch_content(&self, tenant: &TenantId, content_uri: &str) -> Result<reqwest::Response, ApiError> {
+        self.send(reqwest::Method::GET, content_uri, tenant, "content", None).await
+    }
+
+    /// `subscriptions/content` for one window, following `NextPageUri` (or `NextPageUrl`) to
+    /// the end (reference §7).
+    pub async fn list_content(
+        &self,
+        tenant: &TenantId,
+        ct: ContentType,
+        start: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ContentEntry>, ApiError> {
+        let fmt = "%Y-%m-%dT%H:%M:%S";
+        let mut url = Url::parse(&self.feed_url(tenant, "subscriptions/content")).expect("valid base");
+        url.query_pairs_mut()
+            .append_pair("contentType", ct.as_str())
+            .append_pair("startTime", &start.format(fmt).to_string())
+            .append_pair("endTime", &end.format(fmt).to_string());
+        let mut next = Some(url.to_string());
+        let mut all = Vec::new();
+        let mut pages = 0;
+        while let Some(page_url) = next.take() {
+            pages += 1;
+            if pages > 10_000 {
+                return Err(ApiError::Body("more than 10,000 pages in one window".into()));
+            }
+            let resp = self.send(reqwest::Method::GET, &page_url, tenant, "list", None).await?;
+            next = ["NextPageUri", "NextPageUrl"]
+                .iter()
+                .find_map(|h| resp.headers().get(*h))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .filter(|s| !s.is_empty());
+            let bytes = resp.bytes().await.map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+            let page: Vec<ContentEntry> = serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))?;
+            all.extend(page);
+        }
+        Ok(all)
+    }
+
+    /// `subscriptions/start` with our webhook. AF20024 (already enabled, no change) is success.
+    pub async fn start_subscription(
+        &self,
+        tenant: &TenantId,
+        ct: ContentType,
+        webhook: Option<(&str, &str)>,
+    ) -> Result<(), ApiError> {
+        let mut url = Url::parse(&self.feed_url(tenant, "subscriptions/start")).expect("valid base");
+        url.query_pairs_mut().append_pair("contentType", ct.as_str());
+        let body = webhook.map(|(address, auth_id)| {
+            serde_json::json!({"webhook": {"address": address, "authId": auth_id, "expiration": ""}})
+        });
+        match self.send(reqwest::Method::POST, url.as_str(), tenant, "start", body).await {
+            Ok(_) => Ok(()),
+            Err(ApiError::Api { code, .. }) if code == "AF20024" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn stop_subscription(&self, tenant: &TenantId, ct: ContentType) -> Result<(), ApiError> {
+        let mut url = Url::parse(&self.feed_url(tenant, "subscriptions/stop")).expect("valid base");
+        url.query_pairs_mut().append_pair("contentType", ct.as_str());
+        self.send(reqwest::Method::POST, url.as_str(), tenant, "stop", None).await.map(|_| ())
+    }
+
+    pub async fn list_subscriptions(&self, tenant: &TenantId) -> Result<Vec<Subscription>, ApiError> {
+        let url = self.feed_url(tenant, "subscriptions/list");
+        let resp = self.send(reqwest::Method::GET, &url, tenant, "list_subscriptions", None).await?;
+        let bytes = resp.bytes().await.map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))
+    }
+}
+
+async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, reqwest::Error> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk?;
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> ApiError {
+        ApiError::Api { status, code: code.into(), message: String::new(), retry_after: None }
+    }
+
+    #[test]
+    fn throttling_is_recognised_by_code_whatever_the_status() {
+        assert!(api(429, "AF429").is_throttle());
+        assert!(api(403, "AF429").is_throttle());
+        assert_eq!(api(403, "AF429").disposition(), Disposition::Retry(None));
+        assert_eq!(api(403, "AF10001").disposition(), Disposition::GiveUp);
+    }
+
+    #[test]
+    fn errors_are_classified_as_the_reference_says() {
+        assert_eq!(api(500, "AF50000").disposition(), Disposition::Retry(None));
+        assert_eq!(api(503, "").disposition(), Disposition::Retry(None));
+        assert_eq!(api(400, "AF20051").disposition(), Disposition::GiveUp);
+        assert_eq!(api(400, "AF20050").disposition(), Disposition::GiveUp);
+        assert_eq!(api(400, "AF20022").disposition(), Disposition::StartSubscription);
+        assert_eq!(api(401, "AF20010").disposition(), Disposition::GiveUp);
+        assert_eq!(ApiError::Transport("reset".into()).disposition(), Disposition::Retry(None));
+    }
+}

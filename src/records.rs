@@ -1,0 +1,273 @@
+//! Splits a content blob (a JSON array of audit records) into records *as the bytes Microsoft
+//! sent*, incrementally, as the body streams in: nothing is re-serialised (2^63−1 stays
+//! 2^63−1, `\u00e9` stays `\u00e9`, key order is kept) and memory stays bounded by the largest
+//! single record, not by the blob.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// A single record larger than this is refused (a blob is never held whole in memory).
+pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordsError {
+    #[error("blob is not a JSON array (found byte {0:#04x} at the start)")]
+    NotAnArray(u8),
+    #[error("record {0} is not a JSON object")]
+    NotAnObject(usize),
+    #[error("unexpected byte {0:#04x} between records")]
+    Unexpected(u8),
+    #[error("blob ended before its closing bracket (truncated)")]
+    Truncated,
+    #[error("record {0} is larger than {MAX_RECORD_BYTES} bytes")]
+    TooLarge(usize),
+    #[error("record {0} is not valid JSON: {1}")]
+    Invalid(usize, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    BeforeArray,
+    ExpectValueOrEnd,
+    ExpectValue,
+    InRecord,
+    AfterValue,
+    Done,
+}
+
+/// Incremental splitter: feed chunks, collect complete records.
+pub struct ArraySplitter {
+    state: State,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    buf: Vec<u8>,
+    index: usize,
+}
+
+impl Default for ArraySplitter {
+    fn default() -> Self {
+        ArraySplitter::new()
+    }
+}
+
+impl ArraySplitter {
+    pub fn new() -> ArraySplitter {
+        ArraySplitter { state: State::BeforeArray, depth: 0, in_string: false, escaped: false, buf: Vec::new(), index: 0 }
+    }
+
+    /// Consumes `chunk`, appending every record it completes to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) -> Result<(), RecordsError> {
+        let mut i = 0;
+        while i < chunk.len() {
+            let b = chunk[i];
+            match self.state {
+                State::BeforeArray => {
+                    if b == b'[' {
+                        self.state = State::ExpectValueOrEnd;
+                    } else if !is_ws(b) && !is_bom(b) {
+                        return Err(RecordsError::NotAnArray(b));
+                    }
+                }
+                State::ExpectValueOrEnd | State::ExpectValue => {
+                    if b == b'{' {
+                        self.state = State::InRecord;
+                        self.depth = 1;
+                        self.buf.clear();
+                        self.buf.push(b);
+                    } else if b == b']' && self.state == State::ExpectValueOrEnd {
+                        self.state = State::Done;
+                    } else if !is_ws(b) {
+                        return Err(if b == b']' { RecordsError::Unexpected(b) } else { RecordsError::NotAnObject(self.index) });
+                    }
+                }
+                State::InRecord => {
+                    // Copy the run of bytes up to the next structural byte in one go.
+                    let start = i;
+                    let mut end = chunk.len();
+                    let mut closed = false;
+                    for (j, &c) in chunk.iter().enumerate().skip(start) {
+                        if self.in_string {
+                            if self.escaped {
+                                self.escaped = false;
+                            } else if c == b'\\' {
+                                self.escaped = true;
+                            } else if c == b'"' {
+                                self.in_string = false;
+                            }
+                            continue;
+                        }
+                        match c {
+                            b'"' => self.in_string = true,
+                            b'{' | b'[' => self.depth += 1,
+                            b'}' | b']' => {
+                                self.depth -= 1;
+                                if self.depth == 0 {
+                                    end = j + 1;
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if self.buf.len() + (end - start) > MAX_RECORD_BYTES {
+                        return Err(RecordsError::TooLarge(self.index));
+                    }
+                    self.buf.extend_from_slice(&chunk[start..end]);
+                    if closed {
+                        out.push(Bytes::from(std::mem::take(&mut self.buf)));
+                        self.index += 1;
+                        self.state = State::AfterValue;
+                    }
+                    i = end;
+                    continue;
+                }
+                State::AfterValue => match b {
+                    b',' => self.state = State::ExpectValue,
+                    b']' => self.state = State::Done,
+                    _ if is_ws(b) => {}
+                    _ => return Err(RecordsError::Unexpected(b)),
+                },
+                State::Done => {
+                    if !is_ws(b) {
+                        return Err(RecordsError::Unexpected(b));
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Call at the end of the body: an unfinished array means the blob was truncated.
+    pub fn finish(&self) -> Result<(), RecordsError> {
+        if self.state == State::Done {
+            Ok(())
+        } else {
+            Err(RecordsError::Truncated)
+        }
+    }
+
+    /// Records completed so far.
+    pub fn count(&self) -> usize {
+        self.index
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn is_bom(b: u8) -> bool {
+    matches!(b, 0xEF | 0xBB | 0xBF)
+}
+
+/// The few fields of a record the relay routes and labels by; everything else stays opaque.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RecordMeta<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub record_type: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    pub workload: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub operation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub creation_time: Option<Cow<'a, str>>,
+}
+
+/// One record: its exact bytes and what we read of it.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub raw: Bytes,
+    /// The record's `Id`, or `sha256:<hex of the bytes>` for the rare record without one, so
+    /// consumers can still de-duplicate on `message_id`.
+    pub id: String,
+    pub record_type: String,
+    pub workload: String,
+    pub operation: String,
+    pub creation_time: String,
+}
+
+impl AuditRecord {
+    pub fn parse(raw: Bytes, index: usize) -> Result<AuditRecord, RecordsError> {
+        let meta: RecordMeta<'_> =
+            serde_json::from_slice(&raw).map_err(|e| RecordsError::Invalid(index, e.to_string()))?;
+        let text = |v: Option<Cow<'_, str>>| v.map(|c| c.into_owned()).unwrap_or_default();
+        let record_type = match meta.record_type {
+            Some(serde_json::Value::String(s)) => s,
+            Some(serde_json::Value::Null) | None => String::new(),
+            Some(v) => v.to_string(),
+        };
+        let id = match meta.id.filter(|s| !s.is_empty()) {
+            Some(id) => id.into_owned(),
+            None => {
+                let digest = openssl::sha::sha256(&raw);
+                format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+        };
+        Ok(AuditRecord {
+            id,
+            record_type,
+            workload: text(meta.workload),
+            operation: text(meta.operation),
+            creation_time: text(meta.creation_time),
+            raw,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_in_chunks(body: &[u8], size: usize) -> Result<Vec<Bytes>, RecordsError> {
+        let mut s = ArraySplitter::new();
+        let mut out = Vec::new();
+        for chunk in body.chunks(size) {
+            s.feed(chunk, &mut out)?;
+        }
+        s.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn records_keep_their_exact_bytes_whatever_the_chunking() {
+        let r1 = r#"{"Id":"a","Big":9223372036854775807,"U":"\u00e9","S":"br]ace}s \" [{"}"#;
+        let r2 = r#"{ "Id" : "b", "Nested": [[1,{"x":[]}], {}], "F": 1.0e-7 }"#;
+        let body = format!("\u{feff}[\n  {r1} ,\n{r2}\n]\n");
+        for size in [1, 2, 3, 7, 64, 4096] {
+            let out = split_in_chunks(body.as_bytes(), size).unwrap();
+            assert_eq!(out.len(), 2);
+            assert_eq!(&out[0][..], r1.as_bytes());
+            assert_eq!(&out[1][..], r2.as_bytes());
+        }
+    }
+
+    #[test]
+    fn empty_arrays_are_fine_and_truncation_is_detected() {
+        assert!(split_in_chunks(b" [ ] ", 1).unwrap().is_empty());
+        let body = br#"[{"Id":"a"},{"Id":"b""#;
+        assert_eq!(split_in_chunks(body, 5).unwrap_err(), RecordsError::Truncated);
+        assert_eq!(split_in_chunks(br#"[{"Id":"a"}"#, 5).unwrap_err(), RecordsError::Truncated);
+        assert!(matches!(split_in_chunks(br#"{"error":{}}"#, 5).unwrap_err(), RecordsError::NotAnArray(b'{')));
+        assert!(matches!(split_in_chunks(br#"[1,2]"#, 5).unwrap_err(), RecordsError::NotAnObject(0)));
+        assert!(matches!(split_in_chunks(br#"[{"a":1}}"#, 5).unwrap_err(), RecordsError::Unexpected(b'}')));
+    }
+
+    #[test]
+    fn metadata_reads_odd_shapes() {
+        let raw = Bytes::from_static(br#"{"CreationTime":"2015-06-29T20:03:19","Id":"80c7","Operation":"Op","RecordType":9,"Workload":"AzureActiveDirectory","ClientIP":null}"#);
+        let r = AuditRecord::parse(raw.clone(), 0).unwrap();
+        assert_eq!((r.id.as_str(), r.record_type.as_str(), r.workload.as_str()), ("80c7", "9", "AzureActiveDirectory"));
+        assert_eq!(r.raw, raw);
+        let r = AuditRecord::parse(Bytes::from_static(br#"{"RecordType":"261","Workload":"MicrosoftTeams"}"#), 0).unwrap();
+        assert_eq!(r.record_type, "261");
+        assert!(r.id.starts_with("sha256:"));
+        assert!(AuditRecord::parse(Bytes::from_static(br#"{"Id":"a",}"#), 3).is_err());
+    }
+}

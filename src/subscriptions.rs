@@ -1,0 +1,177 @@
+//! Subscription lifecycle: start (with our webhook), stop, list, and the keeper that keeps every
+//! served tenant's subscriptions enabled with a healthy webhook pointing at us.
+//!
+//! Microsoft asks for 15 minutes between `/start` requests (reference §5); the last attempt per
+//! tenant and content type is kept in Redis so all replicas respect it together.
+
+use crate::config::Settings;
+use crate::domain::{ContentType, TenantId};
+use crate::leases::Lease;
+use crate::management::{ApiError, ManagementClient, Subscription};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tenants::Tenants;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const START_SPACING: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("a /start for {1} was sent less than 15 minutes ago (Microsoft's rule); try again later")]
+    TooSoon(TenantId, ContentType),
+    #[error("Microsoft could not validate the webhook (AF20021): is {0} reachable from the internet over https, and does it answer 200 to the validation request?")]
+    ValidationFailed(String),
+    #[error(transparent)]
+    Api(ApiError),
+    #[error("O365_PUBLIC_URL is not set, so there is no webhook address to register")]
+    NoPublicUrl,
+}
+
+/// The outcome per content type, for CLI/admin output.
+#[derive(Debug, Serialize)]
+pub struct StartOutcome {
+    pub content_type: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+pub struct Subscriptions {
+    settings: Arc<Settings>,
+    management: Arc<ManagementClient>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscriptions {
+    pub fn new(settings: Arc<Settings>, management: Arc<ManagementClient>, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Subscriptions { settings, management, store, metrics }
+    }
+
+    /// Starts `ct` for `tenant` with our webhook. With `force` false, refuses when a start was
+    /// attempted in the last 15 minutes.
+    pub async fn start(&self, tenant: &TenantId, ct: ContentType, force: bool) -> Result<(), StartError> {
+        let address = self.settings.webhook_address().ok_or(StartError::NoPublicUrl)?;
+        let key = self.store.start_guard_key(tenant, ct);
+        let stamp = chrono::Utc::now().to_rfc3339();
+        if force {
+            let _ = self.store.set_px(&key, &stamp, START_SPACING).await;
+        } else if let Ok(false) = self.store.set_nx_px(&key, &stamp, START_SPACING).await {
+            return Err(StartError::TooSoon(tenant.clone(), ct));
+        }
+        let auth_id = self.settings.webhook_auth_id.expose();
+        match self.management.start_subscription(tenant, ct, Some((&address, auth_id))).await {
+            Ok(()) => {
+                self.metrics.subscription_changes.with_label_values(&["started"]).inc();
+                tracing::info!(tenant_id = %tenant, content_type = %ct, "Subscription started.");
+                Ok(())
+            }
+            Err(ApiError::Api { code, .. }) if code == "AF20021" => {
+                self.metrics.subscription_changes.with_label_values(&["validation_failed"]).inc();
+                Err(StartError::ValidationFailed(address))
+            }
+            Err(e) => {
+                self.metrics.subscription_changes.with_label_values(&["start_failed"]).inc();
+                Err(StartError::Api(e))
+            }
+        }
+    }
+
+    /// Starts every configured content type for `tenant` (consent, CLI, admin API).
+    pub async fn start_all(&self, tenant: &TenantId, only: Option<ContentType>, force: bool) -> Vec<StartOutcome> {
+        let mut out = Vec::new();
+        for ct in self.settings.content_types.iter().copied().filter(|c| only.is_none_or(|o| o == *c)) {
+            let r = self.start(tenant, ct, force).await;
+            if let Err(e) = &r {
+                tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Subscription start failed.");
+            }
+            out.push(StartOutcome {
+                content_type: ct.to_string(),
+                ok: r.is_ok(),
+                message: r.err().map(|e| e.to_string()).unwrap_or_else(|| "enabled".into()),
+            });
+        }
+        out
+    }
+
+    /// Used by workers and the reconciler after AF20022/AF20023: starts unless the 15-minute
+    /// rule forbids it right now (the caller retries later either way).
+    pub async fn ensure_started(&self, tenant: &TenantId, ct: ContentType) {
+        match self.start(tenant, ct, false).await {
+            Ok(()) | Err(StartError::TooSoon(..)) => {}
+            Err(e) => tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Could not restart the subscription."),
+        }
+    }
+
+    pub async fn stop(&self, tenant: &TenantId, ct: ContentType) -> Result<(), ApiError> {
+        self.management.stop_subscription(tenant, ct).await?;
+        self.metrics.subscription_changes.with_label_values(&["stopped"]).inc();
+        tracing::info!(tenant_id = %tenant, content_type = %ct, "Subscription stopped.");
+        Ok(())
+    }
+
+    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<Subscription>, ApiError> {
+        self.management.list_subscriptions(tenant).await
+    }
+
+    /// Which configured content types need a `/start`: missing, disabled, or with a webhook that
+    /// is disabled, expired or points elsewhere.
+    pub fn needing_start(&self, subs: &[Subscription]) -> Vec<(ContentType, &'static str)> {
+        let ours = self.settings.webhook_address();
+        self.settings
+            .content_types
+            .iter()
+            .filter_map(|ct| {
+                let s = subs.iter().find(|s| s.content_type.eq_ignore_ascii_case(ct.as_str()));
+                let why = match s {
+                    None => "missing",
+                    Some(s) if !s.status.eq_ignore_ascii_case("enabled") => "disabled",
+                    Some(s) => match &s.webhook {
+                        None => "no_webhook",
+                        Some(w) if !w.status.as_deref().unwrap_or("").eq_ignore_ascii_case("enabled") => "webhook_disabled",
+                        Some(w) if w.address.as_deref().map(|a| a.trim_end_matches('/')) != ours.as_deref() => "webhook_elsewhere",
+                        Some(_) => return None,
+                    },
+                };
+                Some((*ct, why))
+            })
+            .collect()
+    }
+
+    /// One keeper pass over every served tenant.
+    pub async fn keep_once(&self, tenants: &Tenants) {
+        for tenant in tenants.served_ids().await {
+            let subs = match self.list(&tenant).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "Could not list subscriptions.");
+                    continue;
+                }
+            };
+            for (ct, why) in self.needing_start(&subs) {
+                self.metrics.subscription_changes.with_label_values(&[why]).inc();
+                tracing::warn!(tenant_id = %tenant, content_type = %ct, state = why, "Subscription needs a start.");
+                match self.start(&tenant, ct, false).await {
+                    Ok(()) | Err(StartError::TooSoon(..)) => {}
+                    Err(e) => tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Keeper could not start the subscription."),
+                }
+            }
+        }
+    }
+}
+
+/// The keeper loop: one replica at a time (lease), every `O365_KEEPER_INTERVAL`.
+pub async fn keep(subs: Arc<Subscriptions>, tenants: Arc<Tenants>, store: Arc<Store>, interval: Duration, shutdown: CancellationToken) {
+    let lease = Lease::new(store, "keeper", (interval * 3).max(Duration::from_secs(30)));
+    loop {
+        if lease.try_hold().await {
+            subs.keep_once(&tenants).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => { lease.release().await; return; }
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

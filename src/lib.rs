@@ -20,7 +20,7 @@ pub mod metrics;
 pub mod reconciler;
 pub mod records;
 pub mod secret;
-// pub mod sim;
+pub mod sim;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;

@@ -1,0 +1,553 @@
+//! `o365-sim` — a strict, in-process simulator of Entra ID (v1 token endpoints, admin consent)
+//! and the Office 365 Management Activity API.
+//!
+//! One HTTP listener serves both roles: it is the Entra ID base URL *and* the Management API
+//! base URL (so a token's `resource` is the simulator's own URL). The simulator enforces
+//! Microsoft's contract (see `management-activity-api.md`) instead of accepting anything, so a
+//! relay that passes its tests against it really does what Microsoft requires.
+//!
+//! Layout:
+//! - `entra`: `/{tenant}/oauth2/token`, `/common/oauth2/authorize`, `/common/oauth2/token`;
+//! - `management`: `/api/v1.0/{tenant}/activity/feed/...`;
+//! - `records`: realistic audit records and Microsoft-shaped content ids;
+//! - `webhook_delivery`: validation requests and notification delivery with retries;
+//! - `control`: `/sim/...` JSON control API for a standalone simulator.
+//!
+//! The state lives behind one `Arc`; [`Simulator`] is a cheap handle on it.
+
+mod control;
+mod entra;
+mod management;
+mod records;
+mod webhook_delivery;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The five content types of the Management Activity API (anything else is `AF20020`).
+pub const CONTENT_TYPES: [&str; 5] = [
+    "Audit.AzureActiveDirectory",
+    "Audit.Exchange",
+    "Audit.SharePoint",
+    "Audit.General",
+    "DLP.All",
+];
+
+/// Configuration of a simulator instance.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The only app registration the sim knows.
+    pub client_id: String,
+    /// Accepted client secret (`None` = secrets refused).
+    pub client_secret: Option<String>,
+    /// Registered certificates (PEM); several allowed (rotation).
+    pub client_certs_pem: Vec<Vec<u8>>,
+    /// Tenant GUIDs (lowercase) that exist; others -> AADSTS90002 / AF20011.
+    pub tenants: Vec<String>,
+    /// Lifetime of issued access tokens (default 3600 s).
+    pub token_lifetime: Duration,
+    /// Management calls without a GUID `PublisherIdentifier` -> 400 AF20012 (default true).
+    pub publisher_id_required: bool,
+    /// Webhook re-delivery delays (default 1 s, 2 s, 4 s, 8 s); exhausted -> webhook disabled.
+    pub notification_retry_delays: Vec<Duration>,
+    /// Content listing page size (default 200).
+    pub page_size: usize,
+    /// Records per published blob when not given (default 20).
+    pub records_per_blob: usize,
+    /// Tenant that "signs in" on the authorize page (default `tenants[0]`).
+    pub consent_tenant: Option<String>,
+    /// UPN of the consenting admin.
+    pub consent_upn: String,
+    /// The base URL the simulator advertises (token `resource`, `contentUri`s, assertion
+    /// `aud`) when it is reached under another name than its bind address (containers).
+    pub public_url: Option<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            client_id: "a6099727-6b7b-482c-b509-1df309acc563".to_string(),
+            client_secret: None,
+            client_certs_pem: Vec::new(),
+            tenants: vec!["41463f53-8812-40f4-890f-865bf6e35190".to_string()],
+            token_lifetime: Duration::from_secs(3600),
+            publisher_id_required: true,
+            notification_retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(4),
+                Duration::from_secs(8),
+            ],
+            page_size: 200,
+            records_per_blob: 20,
+            consent_tenant: None,
+            consent_upn: "admin@contoso.onmicrosoft.com".to_string(),
+            public_url: None,
+        }
+    }
+}
+
+/// A published content blob, as the simulator serves it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimBlob {
+    pub tenant_id: String,
+    pub content_type: String,
+    pub content_id: String,
+    pub content_uri: String,
+    /// e.g. "2026-11-26T04:12:00.000Z"
+    pub content_created: String,
+    /// created + 7 days
+    pub content_expiration: String,
+    /// The exact bytes of each record as served in the body.
+    pub records: Vec<String>,
+    pub record_ids: Vec<String>,
+}
+
+/// A subscription as `subscriptions/list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimSubscription {
+    pub content_type: String,
+    pub status: String,
+    pub webhook: Option<SimWebhook>,
+}
+
+/// A subscription's webhook.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimWebhook {
+    pub address: String,
+    pub auth_id: String,
+    pub status: String,
+    pub expiration: Option<String>,
+}
+
+/// Random faults; probabilities 0.0..=1.0, applied independently per request.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Faults {
+    /// 429 + `{"error":{"code":"AF429",...}}` (+ `Retry-After: 1` when `retry_after`).
+    pub throttle_429: f64,
+    /// 403 + AF429 body (Microsoft really does this).
+    pub throttle_403: f64,
+    /// 500 AF50000.
+    pub server_error: f64,
+    /// Sleep `slow_ms` before answering.
+    pub slow: f64,
+    pub slow_ms: u64,
+    /// Content GET: 200, send half the body, then close the stream.
+    pub truncate: f64,
+    /// Notification never delivered (still listed in subscriptions/content).
+    pub drop_notification: f64,
+    pub notification_delay_ms: u64,
+    pub retry_after: bool,
+    /// Also apply throttle/5xx/slow to subscriptions/content.
+    pub apply_to_listing: bool,
+}
+
+/// A deterministic fault for the next content GET (see [`Simulator::push_fault`]).
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Throttle429,
+    Throttle403,
+    ServerError,
+    Slow(Duration),
+    Truncate,
+    Expired,
+    Unauthorized,
+}
+
+/// Handle on a running simulator; cheap to clone.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+    handle: ServerHandle,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("url", &self.inner.url)
+            .finish()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Internal state
+// ------------------------------------------------------------------------------------------
+
+/// A registered client certificate, pre-digested for assertion checks.
+pub(crate) struct RegisteredCert {
+    /// base64url-nopad SHA-1 of the DER (the assertion header's `x5t`).
+    pub x5t: String,
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+/// A stored blob plus bookkeeping.
+pub(crate) struct StoredBlob {
+    pub blob: SimBlob,
+    pub created: DateTime<Utc>,
+    pub seq: u64,
+    pub body: bytes::Bytes,
+    pub expired: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Subscription {
+    pub enabled: bool,
+    pub webhook: Option<WebhookState>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct WebhookState {
+    pub address: String,
+    pub auth_id: String,
+    /// "enabled" | "disabled" | "expired"
+    pub status: String,
+    pub expiration: Option<String>,
+}
+
+/// A pending authorization code (single use, 10 minutes).
+pub(crate) struct AuthCode {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub resource: String,
+    pub tenant: String,
+    pub upn: String,
+    pub expires: Instant,
+    pub used: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct CallWindow {
+    pub recent: VecDeque<Instant>,
+    pub max: u64,
+    pub total: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub blobs: Vec<StoredBlob>,
+    pub blob_index: HashMap<String, usize>,
+    pub next_seq: u64,
+    /// Records carried into the next blob of (tenant, content type): Microsoft's by-design duplicates.
+    pub carry: HashMap<(String, String), Vec<(String, String)>>,
+    pub subscriptions: HashMap<String, HashMap<String, Subscription>>,
+    pub codes: HashMap<String, AuthCode>,
+    pub seen_jti: HashSet<String>,
+    pub faults: Faults,
+    pub pushed: VecDeque<Fault>,
+    // counters
+    pub token_requests: HashMap<String, u64>,
+    pub content_gets: u64,
+    pub content_gets_for: HashMap<String, u64>,
+    pub list_calls: u64,
+    pub start_calls: HashMap<(String, String), u64>,
+    pub calls: HashMap<String, CallWindow>,
+    pub notifications_delivered: u64,
+    pub notifications_dropped: u64,
+    pub records_published: u64,
+    pub unique_ids: HashSet<String>,
+    pub rejected: Vec<String>,
+}
+
+pub(crate) struct Inner {
+    pub config: SimConfig,
+    /// "http://127.0.0.1:PORT"
+    pub url: String,
+    pub certs: Vec<RegisteredCert>,
+    pub signing_key: jsonwebtoken::EncodingKey,
+    pub verify_key: jsonwebtoken::DecodingKey,
+    pub http: reqwest::Client,
+    pub state: Mutex<State>,
+    pub stopped: AtomicBool,
+}
+
+impl Inner {
+    /// Lock the state; a poisoned lock (a panicking handler) is still usable for a simulator.
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn tenant_known(&self, tenant: &str) -> bool {
+        self.config
+            .tenants
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(tenant))
+    }
+
+    /// Log one refused request (one short line).
+    pub(crate) fn reject(&self, line: String) {
+        tracing::debug!(target: "o365_sim", "refused: {line}");
+        self.state().rejected.push(line);
+    }
+
+    pub(crate) fn consent_tenant(&self) -> String {
+        self.config
+            .consent_tenant
+            .clone()
+            .or_else(|| self.config.tenants.first().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// Generate the sim's own RSA signing key for access tokens.
+fn generate_signing_keys() -> anyhow::Result<(jsonwebtoken::EncodingKey, jsonwebtoken::DecodingKey)>
+{
+    let rsa = openssl::rsa::Rsa::generate(2048)?;
+    let private_pem = rsa.private_key_to_pem()?;
+    let public_pem = rsa.public_key_to_pem()?;
+    Ok((
+        jsonwebtoken::EncodingKey::from_rsa_pem(&private_pem)?,
+        jsonwebtoken::DecodingKey::from_rsa_pem(&public_pem)?,
+    ))
+}
+
+/// Parse each registered PEM certificate (a PEM may hold several) into x5t + verifying key.
+fn register_certs(pems: &[Vec<u8>]) -> anyhow::Result<Vec<RegisteredCert>> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for pem in pems {
+        for cert in openssl::x509::X509::stack_from_pem(pem)? {
+            let digest = cert.digest(openssl::hash::MessageDigest::sha1())?;
+            let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+            let public_pem = cert.public_key()?.public_key_to_pem()?;
+            let key = jsonwebtoken::DecodingKey::from_rsa_pem(&public_pem)?;
+            out.push(RegisteredCert { x5t, key });
+        }
+    }
+    Ok(out)
+}
+
+impl Simulator {
+    /// Bind `addr` (e.g. "127.0.0.1:0"), start serving in a tokio task, return handle.
+    pub async fn start(config: SimConfig, addr: &str) -> anyhow::Result<Simulator> {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let host = if local.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if local.is_ipv6() {
+            format!("[{}]", local.ip())
+        } else {
+            local.ip().to_string()
+        };
+        let url = match &config.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{host}:{}", local.port()),
+        };
+        let (signing_key, verify_key) = generate_signing_keys()?;
+        let certs = register_certs(&config.client_certs_pem)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            // No pooling: requests are made from several runtimes (actix workers, caller's).
+            .pool_max_idle_per_host(0)
+            .build()?;
+        let mut config = config;
+        config.tenants = config
+            .tenants
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
+        let inner = Arc::new(Inner {
+            config,
+            url,
+            certs,
+            signing_key,
+            verify_key,
+            http,
+            state: Mutex::new(State::default()),
+            stopped: AtomicBool::new(false),
+        });
+        let data = web::Data::from(inner.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(4 * 1024 * 1024))
+                .configure(control::configure)
+                .configure(entra::configure)
+                .configure(management::configure)
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(target: "o365_sim", "simulator server failed: {e}");
+            }
+        });
+        tracing::info!(target: "o365_sim", "simulator listening on {}", inner.url);
+        Ok(Simulator { inner, handle })
+    }
+
+    /// "http://127.0.0.1:PORT" (no trailing slash): both the Entra and the Management base URL.
+    pub fn url(&self) -> String {
+        self.inner.url.clone()
+    }
+
+    /// Stop serving (and stop background notification deliveries).
+    pub async fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.handle.stop(true).await;
+    }
+
+    // --- content -------------------------------------------------------------------------
+
+    /// Create `blobs` new content blobs for (tenant, content_type), each with `records` records
+    /// (None = config.records_per_blob), and notify the webhook when one is enabled.
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        content_type: &str,
+        blobs: usize,
+        records: Option<usize>,
+    ) -> Vec<SimBlob> {
+        records::publish(&self.inner, tenant, content_type, blobs, records)
+    }
+
+    /// Same but with records you give (each a complete JSON object text; served byte-exactly).
+    pub async fn publish_raw(
+        &self,
+        tenant: &str,
+        content_type: &str,
+        records: Vec<String>,
+    ) -> SimBlob {
+        records::publish_raw(&self.inner, tenant, content_type, records)
+    }
+
+    /// Re-deliver the notification for an existing blob (Microsoft does send duplicates).
+    pub async fn renotify(&self, blob: &SimBlob) {
+        webhook_delivery::notify(
+            &self.inner,
+            &blob.tenant_id,
+            &blob.content_type,
+            vec![blob.clone()],
+            false,
+        );
+    }
+
+    /// Mark content as expired (its GET answers AF20051 from now on).
+    pub fn expire(&self, content_id: &str) {
+        let mut st = self.inner.state();
+        if let Some(&i) = st.blob_index.get(content_id) {
+            st.blobs[i].expired = true;
+        }
+    }
+
+    // --- subscriptions -------------------------------------------------------------------
+
+    /// The tenant's subscriptions (every content type ever started).
+    pub fn subscriptions(&self, tenant: &str) -> Vec<SimSubscription> {
+        management::subscriptions_of(&self.inner, tenant)
+    }
+
+    /// Disable the webhook of (tenant, content type), as Microsoft does after failures.
+    pub fn disable_webhook(&self, tenant: &str, content_type: &str) {
+        let mut st = self.inner.state();
+        if let Some(sub) = st
+            .subscriptions
+            .get_mut(&tenant.to_ascii_lowercase())
+            .and_then(|m| m.get_mut(content_type))
+        {
+            if let Some(w) = sub.webhook.as_mut() {
+                w.status = "disabled".to_string();
+            }
+        }
+    }
+
+    // --- counters ------------------------------------------------------------------------
+
+    /// Client-credentials tokens issued for the tenant.
+    pub fn token_requests(&self, tenant: &str) -> u64 {
+        let st = self.inner.state();
+        st.token_requests
+            .get(&tenant.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Content GETs answered (any status).
+    pub fn content_gets(&self) -> u64 {
+        self.inner.state().content_gets
+    }
+    pub fn content_gets_for(&self, content_id: &str) -> u64 {
+        self.inner
+            .state()
+            .content_gets_for
+            .get(content_id)
+            .copied()
+            .unwrap_or(0)
+    }
+    /// `subscriptions/content` calls.
+    pub fn list_calls(&self) -> u64 {
+        self.inner.state().list_calls
+    }
+    pub fn start_calls(&self, tenant: &str, content_type: &str) -> u64 {
+        let key = (tenant.to_ascii_lowercase(), content_type.to_string());
+        self.inner
+            .state()
+            .start_calls
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Every Management API call for the tenant.
+    pub fn management_calls(&self, tenant: &str) -> u64 {
+        let st = self.inner.state();
+        st.calls
+            .get(&tenant.to_ascii_lowercase())
+            .map_or(0, |c| c.total)
+    }
+    /// Highest Management call count in any sliding 60 s window.
+    pub fn max_calls_per_minute(&self, tenant: &str) -> u64 {
+        let st = self.inner.state();
+        st.calls
+            .get(&tenant.to_ascii_lowercase())
+            .map_or(0, |c| c.max)
+    }
+    /// Webhook notification POSTs answered 200.
+    pub fn notifications_delivered(&self) -> u64 {
+        self.inner.state().notifications_delivered
+    }
+    /// Notifications (one per blob) lost on purpose by the drop fault.
+    pub fn notifications_dropped(&self) -> u64 {
+        self.inner.state().notifications_dropped
+    }
+    /// Records put into blobs (including duplicates).
+    pub fn records_published(&self) -> u64 {
+        self.inner.state().records_published
+    }
+    /// Distinct record Ids put into blobs.
+    pub fn unique_record_ids(&self) -> HashSet<String> {
+        self.inner.state().unique_ids.clone()
+    }
+    /// One short line per request the sim refused.
+    pub fn rejected_requests(&self) -> Vec<String> {
+        self.inner.state().rejected.clone()
+    }
+
+    // --- faults --------------------------------------------------------------------------
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.inner.state().faults = faults;
+    }
+    /// Deterministic: the next content GETs (in order, any blob) answer with these faults.
+    pub fn push_fault(&self, fault: Fault) {
+        self.inner.state().pushed.push_back(fault);
+    }
+}
+
+/// Microsoft's timestamp shape for `contentCreated` / `contentExpiration`.
+pub(crate) fn ms_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}

@@ -15,8 +15,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/tenants", web::get().to(list_tenants))
         .route("/admin/tenants/{tid}", web::post().to(add_tenant))
         .route("/admin/tenants/{tid}", web::delete().to(remove_tenant))
-        .route("/admin/tenants/{tid}/subscriptions", web::get().to(list_subscriptions))
-        .route("/admin/tenants/{tid}/subscriptions/start", web::post().to(start_subscriptions));
+        .route(
+            "/admin/tenants/{tid}/subscriptions",
+            web::get().to(list_subscriptions),
+        )
+        .route(
+            "/admin/tenants/{tid}/subscriptions/start",
+            web::post().to(start_subscriptions),
+        );
 }
 
 fn error(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
@@ -41,23 +47,33 @@ async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
     if problems.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
     } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "not ready", "reasons": problems }))
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "not ready", "reasons": problems }))
     }
 }
 
 async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
-    if let Ok(Ok(depth)) = tokio::time::timeout(Duration::from_secs(2), relay.broker.work_queue_depth()).await {
+    if let Ok(Ok(depth)) =
+        tokio::time::timeout(Duration::from_secs(2), relay.broker.work_queue_depth()).await
+    {
         relay.metrics.work_queue_depth.set(i64::from(depth));
     }
     if let crate::config::Credential::Certificate(c) = &relay.settings.credential {
-        relay.metrics.certificate_expiry.set(c.seconds_left() as f64);
+        relay
+            .metrics
+            .certificate_expiry
+            .set(c.seconds_left() as f64);
     }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(relay.metrics.render())
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(relay.metrics.render())
 }
 
 /// `Authorization: Bearer {O365_ADMIN_TOKEN}` when that variable is set.
 fn authorise(req: &HttpRequest, relay: &Relay) -> Result<(), HttpResponse> {
-    let Some(expected) = &relay.settings.admin_token else { return Ok(()) };
+    let Some(expected) = &relay.settings.admin_token else {
+        return Ok(());
+    };
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -67,7 +83,10 @@ fn authorise(req: &HttpRequest, relay: &Relay) -> Result<(), HttpResponse> {
     if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
         Ok(())
     } else {
-        Err(error(actix_web::http::StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+        Err(error(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
     }
 }
 
@@ -81,7 +100,10 @@ async fn list_tenants(req: HttpRequest, relay: web::Data<Relay>) -> HttpResponse
     }
     match relay.tenants.list().await {
         Ok(l) => HttpResponse::Ok().json(l),
-        Err(e) => error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
     }
 }
 
@@ -91,7 +113,12 @@ struct AddQuery {
     start: Option<bool>,
 }
 
-async fn add_tenant(req: HttpRequest, path: web::Path<String>, q: web::Query<AddQuery>, relay: web::Data<Relay>) -> HttpResponse {
+async fn add_tenant(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<AddQuery>,
+    relay: web::Data<Relay>,
+) -> HttpResponse {
     if let Err(r) = authorise(&req, &relay) {
         return r;
     }
@@ -101,14 +128,20 @@ async fn add_tenant(req: HttpRequest, path: web::Path<String>, q: web::Query<Add
     };
     let record = match relay.tenants.add(&tid, AddedBy::Admin, None).await {
         Ok(r) => r,
-        Err(e) => return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => {
+            return error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            )
+        }
     };
     let subscriptions = if q.start.unwrap_or(true) && relay.settings.public_url.is_some() {
         relay.subscriptions.start_all(&tid, None, false).await
     } else {
         Vec::new()
     };
-    HttpResponse::Created().json(serde_json::json!({ "tenant": record, "subscriptions": subscriptions }))
+    HttpResponse::Created()
+        .json(serde_json::json!({ "tenant": record, "subscriptions": subscriptions }))
 }
 
 #[derive(Deserialize)]
@@ -116,7 +149,12 @@ struct RemoveQuery {
     stop_subscriptions: Option<bool>,
 }
 
-async fn remove_tenant(req: HttpRequest, path: web::Path<String>, q: web::Query<RemoveQuery>, relay: web::Data<Relay>) -> HttpResponse {
+async fn remove_tenant(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<RemoveQuery>,
+    relay: web::Data<Relay>,
+) -> HttpResponse {
     if let Err(r) = authorise(&req, &relay) {
         return r;
     }
@@ -137,15 +175,27 @@ async fn remove_tenant(req: HttpRequest, path: web::Path<String>, q: web::Query<
             if removed {
                 HttpResponse::Ok().json(serde_json::json!({ "removed": tid, "stopped": stopped }))
             } else {
-                error(actix_web::http::StatusCode::NOT_FOUND, format!("tenant {tid} is not registered"))
+                error(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    format!("tenant {tid} is not registered"),
+                )
             }
         }
-        Err(e @ TenantError::Static(_)) => error(actix_web::http::StatusCode::CONFLICT, e.to_string()),
-        Err(e) => error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ TenantError::Static(_)) => {
+            error(actix_web::http::StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e) => error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
     }
 }
 
-async fn list_subscriptions(req: HttpRequest, path: web::Path<String>, relay: web::Data<Relay>) -> HttpResponse {
+async fn list_subscriptions(
+    req: HttpRequest,
+    path: web::Path<String>,
+    relay: web::Data<Relay>,
+) -> HttpResponse {
     if let Err(r) = authorise(&req, &relay) {
         return r;
     }
@@ -166,7 +216,12 @@ struct StartQuery {
     force: Option<bool>,
 }
 
-async fn start_subscriptions(req: HttpRequest, path: web::Path<String>, q: web::Query<StartQuery>, relay: web::Data<Relay>) -> HttpResponse {
+async fn start_subscriptions(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<StartQuery>,
+    relay: web::Data<Relay>,
+) -> HttpResponse {
     if let Err(r) = authorise(&req, &relay) {
         return r;
     }
@@ -174,11 +229,23 @@ async fn start_subscriptions(req: HttpRequest, path: web::Path<String>, q: web::
         Ok(t) => t,
         Err(r) => return r,
     };
-    let only = match q.content_type.as_deref().map(str::parse::<ContentType>).transpose() {
+    let only = match q
+        .content_type
+        .as_deref()
+        .map(str::parse::<ContentType>)
+        .transpose()
+    {
         Ok(c) => c,
         Err(e) => return error(actix_web::http::StatusCode::BAD_REQUEST, e),
     };
-    let outcomes = relay.subscriptions.start_all(&tid, only, q.force.unwrap_or(false)).await;
-    let status = if outcomes.iter().all(|o| o.ok) { actix_web::http::StatusCode::OK } else { actix_web::http::StatusCode::BAD_GATEWAY };
+    let outcomes = relay
+        .subscriptions
+        .start_all(&tid, only, q.force.unwrap_or(false))
+        .await;
+    let status = if outcomes.iter().all(|o| o.ok) {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::BAD_GATEWAY
+    };
     HttpResponse::build(status).json(outcomes)
 }

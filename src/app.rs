@@ -45,15 +45,41 @@ impl Relay {
     pub fn new(settings: Settings) -> anyhow::Result<Arc<Relay>> {
         let settings = Arc::new(settings);
         let http = http_client(&settings)?;
-        let store = Arc::new(Store::new(settings.redis_url.expose(), &settings.redis_prefix).context("O365_REDIS_URL")?);
+        let store = Arc::new(
+            Store::new(settings.redis_url.expose(), &settings.redis_prefix)
+                .context("O365_REDIS_URL")?,
+        );
         let metrics = Arc::new(Metrics::new());
         let broker = Arc::new(Broker::new(&settings));
-        let tokens = Arc::new(TokenProvider::new(EntraClient::new(&settings, http.clone()), store.clone(), metrics.clone()));
-        let management = Arc::new(ManagementClient::new(&settings, http, tokens.clone(), store.clone(), metrics.clone()));
+        let tokens = Arc::new(TokenProvider::new(
+            EntraClient::new(&settings, http.clone()),
+            store.clone(),
+            metrics.clone(),
+        ));
+        let management = Arc::new(ManagementClient::new(
+            &settings,
+            http,
+            tokens.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
         let tenants = Arc::new(Tenants::new(store.clone(), settings.tenants.clone()));
-        let subscriptions =
-            Arc::new(Subscriptions::new(settings.clone(), management.clone(), store.clone(), metrics.clone()));
-        Ok(Arc::new(Relay { settings, store, metrics, broker, tokens, management, tenants, subscriptions }))
+        let subscriptions = Arc::new(Subscriptions::new(
+            settings.clone(),
+            management.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        Ok(Arc::new(Relay {
+            settings,
+            store,
+            metrics,
+            broker,
+            tokens,
+            management,
+            tenants,
+            subscriptions,
+        }))
     }
 }
 
@@ -69,13 +95,20 @@ pub struct Application {
 impl Application {
     /// Binds `O365_LISTEN` and `O365_ADMIN_LISTEN`.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let public = if settings.enable_webhook {
-            Some(TcpListener::bind(&settings.listen).with_context(|| format!("O365_LISTEN: cannot listen on {}", settings.listen))?)
-        } else {
-            None
-        };
-        let admin = TcpListener::bind(&settings.admin_listen)
-            .with_context(|| format!("O365_ADMIN_LISTEN: cannot listen on {}", settings.admin_listen))?;
+        let public =
+            if settings.enable_webhook {
+                Some(TcpListener::bind(&settings.listen).with_context(|| {
+                    format!("O365_LISTEN: cannot listen on {}", settings.listen)
+                })?)
+            } else {
+                None
+            };
+        let admin = TcpListener::bind(&settings.admin_listen).with_context(|| {
+            format!(
+                "O365_ADMIN_LISTEN: cannot listen on {}",
+                settings.admin_listen
+            )
+        })?;
         Application::build_with_listeners(settings, public, admin).await
     }
 
@@ -113,13 +146,21 @@ impl Application {
         };
         let admin_port = admin.local_addr()?.port();
         let d = data.clone();
-        let admin = HttpServer::new(move || App::new().app_data(d.clone()).configure(admin::routes))
-            .listen(admin)?
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(5)
-            .run();
-        Ok(Application { relay, public, admin, public_port, admin_port, shutdown: CancellationToken::new() })
+        let admin =
+            HttpServer::new(move || App::new().app_data(d.clone()).configure(admin::routes))
+                .listen(admin)?
+                .workers(1)
+                .disable_signals()
+                .shutdown_timeout(5)
+                .run();
+        Ok(Application {
+            relay,
+            public,
+            admin,
+            public_port,
+            admin_port,
+            shutdown: CancellationToken::new(),
+        })
     }
 
     pub fn public_port(&self) -> u16 {
@@ -184,7 +225,10 @@ impl Application {
             ));
         }
         if let Credential::Certificate(c) = &relay.settings.credential {
-            relay.metrics.certificate_expiry.set(c.seconds_left() as f64);
+            relay
+                .metrics
+                .certificate_expiry
+                .set(c.seconds_left() as f64);
             if c.seconds_left() < 30 * 86_400 {
                 tracing::warn!(not_after = %c.not_after, "The client certificate expires within 30 days: register a new one (o365-relay cert new) and rotate.");
             }
@@ -202,7 +246,10 @@ impl Application {
         }
         workers_stop.cancel();
         let budget = relay.settings.shutdown_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(budget, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        if tokio::time::timeout(budget, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
             tracing::warn!("Background tasks did not stop in time; aborting them.");
             tasks.abort_all();
         }

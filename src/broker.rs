@@ -12,9 +12,9 @@ use crate::secret::Secret;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -88,7 +88,11 @@ impl Broker {
     pub fn new(settings: &Settings) -> Broker {
         let mut url = settings.amqp_url.expose().clone();
         if !url.contains("heartbeat=") {
-            url.push_str(if url.contains('?') { "&heartbeat=10" } else { "?heartbeat=10" });
+            url.push_str(if url.contains('?') {
+                "&heartbeat=10"
+            } else {
+                "?heartbeat=10"
+            });
         }
         Broker {
             url: Secret::new(url),
@@ -106,12 +110,17 @@ impl Broker {
 
     /// Opens a new connection (bounded in time).
     pub async fn connect(&self) -> Result<Connection, BrokerError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(self.url.expose(), ConnectionProperties::default()))
-            .await
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(self.url.expose(), ConnectionProperties::default()),
+        )
+        .await
         {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(self.failed(BrokerError::Unavailable(e.to_string()))),
-            Err(_) => Err(self.failed(BrokerError::Unavailable("connection attempt timed out".into()))),
+            Err(_) => Err(self.failed(BrokerError::Unavailable(
+                "connection attempt timed out".into(),
+            ))),
         }
     }
 
@@ -131,30 +140,53 @@ impl Broker {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref() {
             if l.connection.status().connected() && l.publisher.status().connected() {
-                return Ok(Publisher { channel: l.publisher.clone(), generation: l.generation });
+                return Ok(Publisher {
+                    channel: l.publisher.clone(),
+                    generation: l.generation,
+                });
             }
             tracing::warn!("RabbitMQ connection lost; reconnecting.");
         }
         *live = None;
         let connection = self.connect().await?;
-        let publisher = connection.create_channel().await.map_err(|e| self.failed(e.into()))?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| self.failed(e.into()))?;
-        self.declare_on(&publisher).await.map_err(|e| self.failed(e))?;
+        let publisher = connection
+            .create_channel()
+            .await
+            .map_err(|e| self.failed(e.into()))?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| self.failed(e.into()))?;
+        self.declare_on(&publisher)
+            .await
+            .map_err(|e| self.failed(e))?;
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if generation > 1 {
             tracing::info!("RabbitMQ connection re-established.");
         }
         *self.last_error.lock().expect("poisoned") = None;
-        *live = Some(Live { generation, connection, publisher: publisher.clone() });
-        Ok(Publisher { channel: publisher, generation })
+        *live = Some(Live {
+            generation,
+            connection,
+            publisher: publisher.clone(),
+        });
+        Ok(Publisher {
+            channel: publisher,
+            generation,
+        })
     }
 
     /// A fresh channel on the current connection (consumers own theirs).
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         self.publisher().await?;
         let live = self.live.lock().await;
-        let l = live.as_ref().ok_or_else(|| BrokerError::Unavailable("not connected".into()))?;
-        l.connection.create_channel().await.map_err(|e| self.failed(e.into()))
+        let l = live
+            .as_ref()
+            .ok_or_else(|| BrokerError::Unavailable("not connected".into()))?;
+        l.connection
+            .create_channel()
+            .await
+            .map_err(|e| self.failed(e.into()))
     }
 
     /// Forgets the connection of `generation` after an error, so the next call reconnects.
@@ -175,31 +207,50 @@ impl Broker {
     /// Whether a connection is open right now.
     pub async fn is_connected(&self) -> bool {
         let live = self.live.lock().await;
-        live.as_ref().is_some_and(|l| l.connection.status().connected() && l.publisher.status().connected())
+        live.as_ref()
+            .is_some_and(|l| l.connection.status().connected() && l.publisher.status().connected())
     }
 
     fn queue_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString(self.names.queue_type.as_str().into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(self.names.queue_type.as_str().into()),
+        );
         args
     }
 
     async fn declare_on(&self, ch: &Channel) -> Result<(), BrokerError> {
         let n = &self.names;
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         ch.exchange_declare(
             n.exchange.as_str().into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
-        ch.queue_declare(n.work.as_str().into(), durable, self.queue_args()).await?;
+        ch.queue_declare(n.work.as_str().into(), durable, self.queue_args())
+            .await?;
         let mut retry_args = self.queue_args();
-        retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        retry_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(n.work.as_str().into()));
-        ch.queue_declare(n.retry.as_str().into(), durable, retry_args).await?;
-        ch.queue_declare(n.dead.as_str().into(), durable, self.queue_args()).await?;
+        retry_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        retry_args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(n.work.as_str().into()),
+        );
+        ch.queue_declare(n.retry.as_str().into(), durable, retry_args)
+            .await?;
+        ch.queue_declare(n.dead.as_str().into(), durable, self.queue_args())
+            .await?;
         self.topology_declared.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -215,7 +266,10 @@ impl Broker {
         let q = ch
             .queue_declare(
                 self.names.work.as_str().into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -266,11 +320,17 @@ pub struct OutMessage<'a> {
 }
 
 /// Publishes with the mandatory flag; returns the pending confirm.
-pub async fn publish_one(ch: &Channel, m: &OutMessage<'_>) -> Result<PublisherConfirm, BrokerError> {
+pub async fn publish_one(
+    ch: &Channel,
+    m: &OutMessage<'_>,
+) -> Result<PublisherConfirm, BrokerError> {
     ch.basic_publish(
         m.exchange.into(),
         m.routing_key.into(),
-        BasicPublishOptions { mandatory: true, ..Default::default() },
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
         m.body,
         m.properties.clone(),
     )
@@ -287,7 +347,9 @@ pub async fn await_confirm(c: PublisherConfirm, routing_key: &str) -> Result<(),
         Ok(Ok(Confirmation::Ack(None))) => Ok(()),
         Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BrokerError::Unroutable(routing_key.to_string())),
         Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::Nacked(routing_key.to_string())),
-        Ok(Ok(Confirmation::NotRequested)) => Err(BrokerError::Amqp("channel is not in confirm mode".into())),
+        Ok(Ok(Confirmation::NotRequested)) => {
+            Err(BrokerError::Amqp("channel is not in confirm mode".into()))
+        }
     }
 }
 
@@ -303,7 +365,10 @@ pub fn json_properties(message_id: &str) -> BasicProperties {
 
 /// Adds a string header.
 pub fn header(table: &mut FieldTable, key: &str, value: &str) {
-    table.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())));
+    table.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+    );
 }
 
 /// Reads a string header.

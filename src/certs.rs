@@ -50,18 +50,19 @@ impl ClientCertificate {
             .map_err(|_| "O365_CLIENT_CERT_PATH: not a PEM certificate".to_string())?;
         let key = PKey::private_key_from_pem(key_pem)
             .map_err(|_| "O365_CLIENT_KEY_PATH: not a PEM private key".to_string())?;
-        let rsa = key
-            .rsa()
-            .map_err(|_| "O365_CLIENT_KEY_PATH: not an RSA key (Entra ID client assertions use RS256)".to_string())?;
+        let rsa = key.rsa().map_err(|_| {
+            "O365_CLIENT_KEY_PATH: not an RSA key (Entra ID client assertions use RS256)"
+                .to_string()
+        })?;
         if rsa.size() * 8 < 2048 {
             return Err(format!(
                 "O365_CLIENT_KEY_PATH: RSA key has {} bits; at least 2048 are required",
                 rsa.size() * 8
             ));
         }
-        let cert_key = cert
-            .public_key()
-            .map_err(|_| "O365_CLIENT_CERT_PATH: certificate has no readable public key".to_string())?;
+        let cert_key = cert.public_key().map_err(|_| {
+            "O365_CLIENT_CERT_PATH: certificate has no readable public key".to_string()
+        })?;
         if !cert_key.public_eq(&key) {
             return Err("O365_CLIENT_KEY_PATH: the private key does not belong to the certificate in O365_CLIENT_CERT_PATH".into());
         }
@@ -105,7 +106,9 @@ impl CertInfo {
     }
 
     pub fn of(cert: &X509) -> Result<CertInfo, String> {
-        let der = cert.to_der().map_err(|e| format!("cannot encode certificate: {e}"))?;
+        let der = cert
+            .to_der()
+            .map_err(|e| format!("cannot encode certificate: {e}"))?;
         let sha1 = cert
             .digest(MessageDigest::sha1())
             .map_err(|e| format!("cannot hash certificate: {e}"))?;
@@ -146,7 +149,11 @@ fn asn1_to_utc(t: &openssl::asn1::Asn1TimeRef) -> Result<chrono::DateTime<chrono
 }
 
 /// A new RSA key and self-signed certificate, both PEM: `(key_pem, cert_pem)`.
-pub fn generate(common_name: &str, days: u32, bits: u32) -> Result<(Vec<u8>, Vec<u8>), openssl::error::ErrorStack> {
+pub fn generate(
+    common_name: &str,
+    days: u32,
+    bits: u32,
+) -> Result<(Vec<u8>, Vec<u8>), openssl::error::ErrorStack> {
     let rsa = Rsa::generate(bits)?;
     let key: PKey<Private> = PKey::from_rsa(rsa)?;
     let mut name = X509NameBuilder::new()?;

@@ -159,7 +159,10 @@ impl Parser {
         match humantime::parse_duration(&s) {
             Ok(d) => d,
             Err(e) => {
-                self.fail(var, format!("'{s}' is not a duration ({e}); expected e.g. 30s, 15m, 24h"));
+                self.fail(
+                    var,
+                    format!("'{s}' is not a duration ({e}); expected e.g. 30s, 15m, 24h"),
+                );
                 Duration::ZERO
             }
         }
@@ -182,7 +185,10 @@ impl Parser {
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,
             _ => {
-                self.fail(var, format!("'{s}' is not a boolean (expected true or false)"));
+                self.fail(
+                    var,
+                    format!("'{s}' is not a boolean (expected true or false)"),
+                );
                 true
             }
         }
@@ -207,10 +213,22 @@ impl Parser {
 /// The two base URLs of each Microsoft cloud (reference §1): (login, manage).
 fn cloud_preset(cloud: &str) -> Option<(&'static str, &'static str)> {
     Some(match cloud {
-        "enterprise" => ("https://login.microsoftonline.com", "https://manage.office.com"),
-        "gcc" => ("https://login.microsoftonline.com", "https://manage-gcc.office.com"),
-        "gcc-high" => ("https://login.microsoftonline.us", "https://manage.office365.us"),
-        "dod" => ("https://login.microsoftonline.us", "https://manage.protection.apps.mil"),
+        "enterprise" => (
+            "https://login.microsoftonline.com",
+            "https://manage.office.com",
+        ),
+        "gcc" => (
+            "https://login.microsoftonline.com",
+            "https://manage-gcc.office.com",
+        ),
+        "gcc-high" => (
+            "https://login.microsoftonline.us",
+            "https://manage.office365.us",
+        ),
+        "dod" => (
+            "https://login.microsoftonline.us",
+            "https://manage.protection.apps.mil",
+        ),
         _ => return None,
     })
 }
@@ -240,11 +258,19 @@ impl Settings {
 
         let client_id = p.text("CLIENT_ID", raw.client_id, "");
         if !client_id.is_empty() && uuid::Uuid::parse_str(&client_id).is_err() {
-            p.fail("CLIENT_ID", format!("'{client_id}' is not a GUID (the app registration's Application (client) ID)"));
+            p.fail(
+                "CLIENT_ID",
+                format!(
+                    "'{client_id}' is not a GUID (the app registration's Application (client) ID)"
+                ),
+            );
         }
 
         let secret = raw.client_secret.filter(|s| !s.is_empty()).map(Secret::new);
-        let cert = match (raw.client_cert_path.filter(|s| !s.is_empty()), raw.client_key_path.filter(|s| !s.is_empty())) {
+        let cert = match (
+            raw.client_cert_path.filter(|s| !s.is_empty()),
+            raw.client_key_path.filter(|s| !s.is_empty()),
+        ) {
             (Some(c), Some(k)) => match ClientCertificate::load(&c, &k) {
                 Ok(cert) => Some(cert),
                 Err(e) => {
@@ -253,11 +279,17 @@ impl Settings {
                 }
             },
             (Some(_), None) => {
-                p.fail("CLIENT_KEY_PATH", "is required when O365_CLIENT_CERT_PATH is set");
+                p.fail(
+                    "CLIENT_KEY_PATH",
+                    "is required when O365_CLIENT_CERT_PATH is set",
+                );
                 None
             }
             (None, Some(_)) => {
-                p.fail("CLIENT_CERT_PATH", "is required when O365_CLIENT_KEY_PATH is set");
+                p.fail(
+                    "CLIENT_CERT_PATH",
+                    "is required when O365_CLIENT_KEY_PATH is set",
+                );
                 None
             }
             (None, None) => None,
@@ -266,7 +298,11 @@ impl Settings {
             (Some(c), _) => Some(Credential::Certificate(c)),
             (None, Some(s)) => Some(Credential::Secret(s.clone())),
             (None, None) => {
-                if !p.errors.iter().any(|e| e.contains("CLIENT_CERT_PATH") || e.contains("CLIENT_KEY_PATH")) {
+                if !p
+                    .errors
+                    .iter()
+                    .any(|e| e.contains("CLIENT_CERT_PATH") || e.contains("CLIENT_KEY_PATH"))
+                {
                     p.fail(
                         "CLIENT_CERT_PATH",
                         "no client credential: set O365_CLIENT_CERT_PATH and O365_CLIENT_KEY_PATH, or O365_CLIENT_SECRET",
@@ -278,7 +314,10 @@ impl Settings {
 
         let auth_id = p.text("WEBHOOK_AUTH_ID", raw.webhook_auth_id, "");
         if !auth_id.is_empty() && auth_id.chars().count() < 16 {
-            p.fail("WEBHOOK_AUTH_ID", "is shorter than 16 characters; use a long random value");
+            p.fail(
+                "WEBHOOK_AUTH_ID",
+                "is shorter than 16 characters; use a long random value",
+            );
         }
 
         let public_url = raw.public_url.filter(|s| !s.trim().is_empty()).and_then(|s| {
@@ -293,16 +332,27 @@ impl Settings {
         });
 
         let mut tenants = Vec::new();
-        for t in raw.tenants.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for t in raw
+            .tenants
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             match TenantId::parse(t) {
                 Ok(t) if !tenants.contains(&t) => tenants.push(t),
                 Ok(_) => {}
                 Err(e) => p.fail("TENANTS", e),
             }
         }
-        let publisher_id = raw.publisher_id.filter(|s| !s.trim().is_empty()).and_then(|s| {
-            TenantId::parse(&s).map_err(|e| p.fail("PUBLISHER_ID", e)).ok()
-        });
+        let publisher_id = raw
+            .publisher_id
+            .filter(|s| !s.trim().is_empty())
+            .and_then(|s| {
+                TenantId::parse(&s)
+                    .map_err(|e| p.fail("PUBLISHER_ID", e))
+                    .ok()
+            });
 
         let mut content_types = Vec::new();
         match raw.content_types.filter(|s| !s.trim().is_empty()) {
@@ -321,9 +371,14 @@ impl Settings {
             }
         }
 
-        let cloud = p.text("CLOUD", raw.cloud, "enterprise").to_ascii_lowercase();
+        let cloud = p
+            .text("CLOUD", raw.cloud, "enterprise")
+            .to_ascii_lowercase();
         let (login_default, manage_default) = cloud_preset(&cloud).unwrap_or_else(|| {
-            p.fail("CLOUD", format!("'{cloud}' is not a cloud (expected enterprise, gcc, gcc-high or dod)"));
+            p.fail(
+                "CLOUD",
+                format!("'{cloud}' is not a cloud (expected enterprise, gcc, gcc-high or dod)"),
+            );
             cloud_preset("enterprise").expect("enterprise preset")
         });
         let login = p.text("LOGIN_URL", raw.login_url, login_default);
@@ -332,7 +387,10 @@ impl Settings {
         let manage_url = p.base_url("MANAGE_URL", &manage);
         if let Ok(u) = Url::parse(&manage_url) {
             if u.path() != "/" && !u.path().is_empty() {
-                p.fail("MANAGE_URL", "must be an origin without a path (e.g. https://manage.office.com)");
+                p.fail(
+                    "MANAGE_URL",
+                    "must be an origin without a path (e.g. https://manage.office.com)",
+                );
             }
         }
 
@@ -340,22 +398,38 @@ impl Settings {
         let admin_listen = p.text("ADMIN_LISTEN", raw.admin_listen, "0.0.0.0:9090");
         for (var, addr) in [("LISTEN", &listen), ("ADMIN_LISTEN", &admin_listen)] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                p.fail(var, format!("'{addr}' is not an address:port (expected e.g. 0.0.0.0:8080)"));
+                p.fail(
+                    var,
+                    format!("'{addr}' is not an address:port (expected e.g. 0.0.0.0:8080)"),
+                );
             }
         }
 
         let redis_url = p.text("REDIS_URL", raw.redis_url, "redis://127.0.0.1:6379");
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://") || redis_url.starts_with("unix://")) {
-            p.fail("REDIS_URL", "must start with redis://, rediss:// or unix://");
+        if !(redis_url.starts_with("redis://")
+            || redis_url.starts_with("rediss://")
+            || redis_url.starts_with("unix://"))
+        {
+            p.fail(
+                "REDIS_URL",
+                "must start with redis://, rediss:// or unix://",
+            );
         }
         let redis_prefix = p.text("REDIS_PREFIX", raw.redis_prefix, "o365relay:");
-        let amqp_url = p.text("AMQP_URL", raw.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let amqp_url = p.text(
+            "AMQP_URL",
+            raw.amqp_url,
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             p.fail("AMQP_URL", "must start with amqp:// or amqps://");
         }
         let amqp_exchange = p.text("AMQP_EXCHANGE", raw.amqp_exchange, "o365.audit");
         let amqp_work_queue = p.text("AMQP_WORK_QUEUE", raw.amqp_work_queue, "o365.content");
-        for (var, name) in [("AMQP_EXCHANGE", &amqp_exchange), ("AMQP_WORK_QUEUE", &amqp_work_queue)] {
+        for (var, name) in [
+            ("AMQP_EXCHANGE", &amqp_exchange),
+            ("AMQP_WORK_QUEUE", &amqp_work_queue),
+        ] {
             if name.len() > 200 || name.starts_with("amq.") {
                 p.fail(var, "must be at most 200 bytes and must not start with 'amq.' (reserved by RabbitMQ)");
             }
@@ -365,11 +439,15 @@ impl Settings {
             "quorum" => QueueType::Quorum,
             "classic" => QueueType::Classic,
             other => {
-                p.fail("AMQP_QUEUE_TYPE", format!("'{other}' is not a queue type (expected quorum or classic)"));
+                p.fail(
+                    "AMQP_QUEUE_TYPE",
+                    format!("'{other}' is not a queue type (expected quorum or classic)"),
+                );
                 QueueType::Quorum
             }
         };
-        let worker_concurrency: usize = p.number("WORKER_CONCURRENCY", raw.worker_concurrency, "16");
+        let worker_concurrency: usize =
+            p.number("WORKER_CONCURRENCY", raw.worker_concurrency, "16");
         if !(1..=1024).contains(&worker_concurrency) {
             p.fail("WORKER_CONCURRENCY", "must be between 1 and 1024");
         }
@@ -379,17 +457,30 @@ impl Settings {
         }
         let reconcile_lookback = p.duration("RECONCILE_LOOKBACK", raw.reconcile_lookback, "24h");
         if reconcile_lookback > SEVEN_DAYS || reconcile_lookback < Duration::from_secs(60) {
-            p.fail("RECONCILE_LOOKBACK", "must be between 1m and 7d (Microsoft keeps content for 7 days)");
+            p.fail(
+                "RECONCILE_LOOKBACK",
+                "must be between 1m and 7d (Microsoft keeps content for 7 days)",
+            );
         }
         let admin_token = raw.admin_token.filter(|s| !s.is_empty()).map(Secret::new);
         if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-            p.fail("ADMIN_TOKEN", "is shorter than 16 characters; use a long random value");
+            p.fail(
+                "ADMIN_TOKEN",
+                "is shorter than 16 characters; use a long random value",
+            );
         }
-        let log_format = match p.text("LOG_FORMAT", raw.log_format, "json").to_ascii_lowercase().as_str() {
+        let log_format = match p
+            .text("LOG_FORMAT", raw.log_format, "json")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "json" => LogFormat::Json,
             "pretty" => LogFormat::Pretty,
             other => {
-                p.fail("LOG_FORMAT", format!("'{other}' is not a log format (expected json or pretty)"));
+                p.fail(
+                    "LOG_FORMAT",
+                    format!("'{other}' is not a log format (expected json or pretty)"),
+                );
                 LogFormat::Json
             }
         };
@@ -404,7 +495,10 @@ impl Settings {
         let retry_base = p.duration("RETRY_BASE", raw.retry_base, "10s");
         let retry_max = p.duration("RETRY_MAX", raw.retry_max, "30m");
         if retry_base.is_zero() || retry_max < retry_base {
-            p.fail("RETRY_BASE", "must be above zero and not above O365_RETRY_MAX");
+            p.fail(
+                "RETRY_BASE",
+                "must be above zero and not above O365_RETRY_MAX",
+            );
         }
         let quota_per_minute: u32 = p.number("QUOTA_PER_MINUTE", raw.quota_per_minute, "2000");
         if quota_per_minute == 0 {
@@ -472,12 +566,16 @@ impl Settings {
 
     /// `{O365_PUBLIC_URL}/webhook`.
     pub fn webhook_address(&self) -> Option<String> {
-        self.public_url.as_ref().map(|u| format!("{}/webhook", u.as_str().trim_end_matches('/')))
+        self.public_url
+            .as_ref()
+            .map(|u| format!("{}/webhook", u.as_str().trim_end_matches('/')))
     }
 
     /// `{O365_PUBLIC_URL}/consent/callback`.
     pub fn consent_redirect_uri(&self) -> Option<String> {
-        self.public_url.as_ref().map(|u| format!("{}/consent/callback", u.as_str().trim_end_matches('/')))
+        self.public_url
+            .as_ref()
+            .map(|u| format!("{}/consent/callback", u.as_str().trim_end_matches('/')))
     }
 
     /// The `PublisherIdentifier` for calls about `tenant` (reference §3).
@@ -487,7 +585,9 @@ impl Settings {
 
     /// Whether `O365_PUBLIC_URL` is plain http, which Microsoft refuses for webhooks (AF20021).
     pub fn public_url_is_insecure(&self) -> bool {
-        self.public_url.as_ref().is_some_and(|u| u.scheme() != "https")
+        self.public_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() != "https")
     }
 }
 
@@ -510,7 +610,10 @@ mod tests {
 
     fn base() -> Vec<(&'static str, String)> {
         vec![
-            ("O365_CLIENT_ID", "a6099727-6b7b-482c-b509-1df309acc563".into()),
+            (
+                "O365_CLIENT_ID",
+                "a6099727-6b7b-482c-b509-1df309acc563".into(),
+            ),
             ("O365_CLIENT_SECRET", "s3cret-value-for-tests".into()),
             ("O365_WEBHOOK_AUTH_ID", "0123456789abcdef0123".into()),
         ]
@@ -568,7 +671,10 @@ mod tests {
             "O365_CONTENT_TYPES",
             "O365_CLOUD",
         ] {
-            assert!(text.lines().any(|l| l.starts_with(var)), "{var} missing from:\n{text}");
+            assert!(
+                text.lines().any(|l| l.starts_with(var)),
+                "{var} missing from:\n{text}"
+            );
         }
     }
 
@@ -576,16 +682,27 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let mut v = base();
         v.push(("O365_ADMIN_TOKEN", "admin-token-0123456789".into()));
-        v.push(("O365_AMQP_URL", "amqp://user:amqp-password@rabbit:5672/%2f".into()));
+        v.push((
+            "O365_AMQP_URL",
+            "amqp://user:amqp-password@rabbit:5672/%2f".into(),
+        ));
         let s = Settings::from_vars(v).unwrap();
         let dbg = format!("{s:?}");
-        for secret in ["s3cret-value-for-tests", "0123456789abcdef0123", "admin-token-0123456789", "amqp-password"] {
+        for secret in [
+            "s3cret-value-for-tests",
+            "0123456789abcdef0123",
+            "admin-token-0123456789",
+            "amqp-password",
+        ] {
             assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
         }
     }
 
     #[test]
     fn urls_are_redacted_for_messages() {
-        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
     }
 }

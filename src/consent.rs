@@ -55,7 +55,10 @@ h1{{font-size:1.4rem;margin-top:0}} ul{{padding-left:1.2rem}} code{{background:#
         .content_type("text/html; charset=utf-8")
         .insert_header(("Cache-Control", "no-store"))
         .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ))
         .body(page)
 }
 
@@ -71,7 +74,12 @@ fn error_page(message: &str) -> HttpResponse {
 }
 
 async fn page(relay: web::Data<Relay>) -> HttpResponse {
-    let types: String = relay.settings.content_types.iter().map(|c| format!("<li><code>{}</code></li>", esc(c.as_str()))).collect();
+    let types: String = relay
+        .settings
+        .content_types
+        .iter()
+        .map(|c| format!("<li><code>{}</code></li>", esc(c.as_str())))
+        .collect();
     html(
         actix_web::http::StatusCode::OK,
         "Connect your Microsoft 365 tenant",
@@ -94,7 +102,11 @@ async fn start(relay: web::Data<Relay>) -> HttpResponse {
         return error_page("This deployment has no public URL configured (O365_PUBLIC_URL).");
     };
     let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    if let Err(e) = relay.store.set_px(&relay.store.consent_state_key(&state), "1", STATE_TTL).await {
+    if let Err(e) = relay
+        .store
+        .set_px(&relay.store.consent_state_key(&state), "1", STATE_TTL)
+        .await
+    {
         tracing::error!(error = %e, "Cannot store the consent state.");
         return html(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -103,14 +115,22 @@ async fn start(relay: web::Data<Relay>) -> HttpResponse {
         );
     }
     HttpResponse::Found()
-        .insert_header(("Location", authorize_url(&relay.settings, &redirect_uri, Some(&state))))
+        .insert_header((
+            "Location",
+            authorize_url(&relay.settings, &redirect_uri, Some(&state)),
+        ))
         .insert_header(("Cache-Control", "no-store"))
         .finish()
 }
 
 /// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…[&state=…]`.
-pub fn authorize_url(settings: &crate::config::Settings, redirect_uri: &str, state: Option<&str>) -> String {
-    let mut url = url::Url::parse(&format!("{}/common/oauth2/authorize", settings.login_url)).expect("valid login url");
+pub fn authorize_url(
+    settings: &crate::config::Settings,
+    redirect_uri: &str,
+    state: Option<&str>,
+) -> String {
+    let mut url = url::Url::parse(&format!("{}/common/oauth2/authorize", settings.login_url))
+        .expect("valid login url");
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("response_type", "code")
@@ -141,8 +161,15 @@ fn claims(jwt: &str) -> Option<serde_json::Value> {
 
 async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpResponse {
     // The state is checked (and consumed) before anything else, errors included.
-    let state_ok = match q.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 128) {
-        Some(s) => matches!(relay.store.take(&relay.store.consent_state_key(s)).await, Ok(Some(_))),
+    let state_ok = match q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+    {
+        Some(s) => matches!(
+            relay.store.take(&relay.store.consent_state_key(s)).await,
+            Ok(Some(_))
+        ),
         None => false,
     };
     if !state_ok {
@@ -153,7 +180,10 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
         let msg = if err == "access_denied" {
             "Consent was declined, so nothing was connected.".to_string()
         } else {
-            format!("Microsoft reported an error: {err}. {}", desc.split(['\r', '\n']).next().unwrap_or(""))
+            format!(
+                "Microsoft reported an error: {err}. {}",
+                desc.split(['\r', '\n']).next().unwrap_or("")
+            )
         };
         return error_page(&msg);
     }
@@ -161,7 +191,12 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
         return error_page("Microsoft did not return an authorization code.");
     };
     let redirect_uri = relay.settings.consent_redirect_uri().unwrap_or_default();
-    let token = match relay.tokens.entra().exchange_code(code, &redirect_uri).await {
+    let token = match relay
+        .tokens
+        .entra()
+        .exchange_code(code, &redirect_uri)
+        .await
+    {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %e, "Authorization code exchange failed.");
@@ -171,15 +206,33 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
     let Some(c) = claims(&token) else {
         return error_page("Microsoft returned a token we could not read.");
     };
-    let aud_ok = c.get("aud").and_then(|a| a.as_str()).is_some_and(|a| a.trim_end_matches('/') == relay.settings.manage_url);
-    let tenant = c.get("tid").and_then(|t| t.as_str()).and_then(|t| TenantId::parse(t).ok());
+    let aud_ok = c
+        .get("aud")
+        .and_then(|a| a.as_str())
+        .is_some_and(|a| a.trim_end_matches('/') == relay.settings.manage_url);
+    let tenant = c
+        .get("tid")
+        .and_then(|t| t.as_str())
+        .and_then(|t| TenantId::parse(t).ok());
     let (Some(tenant), true) = (tenant, aud_ok) else {
-        return error_page("The token from Microsoft does not name a tenant for the Management API.");
+        return error_page(
+            "The token from Microsoft does not name a tenant for the Management API.",
+        );
     };
-    let upn = c.get("upn").or_else(|| c.get("unique_name")).and_then(|u| u.as_str()).map(str::to_string);
-    if let Err(e) = relay.tenants.add(&tenant, AddedBy::Consent, upn.clone()).await {
+    let upn = c
+        .get("upn")
+        .or_else(|| c.get("unique_name"))
+        .and_then(|u| u.as_str())
+        .map(str::to_string);
+    if let Err(e) = relay
+        .tenants
+        .add(&tenant, AddedBy::Consent, upn.clone())
+        .await
+    {
         tracing::error!(error = %e, "Cannot register the tenant.");
-        return error_page("The tenant could not be registered right now. Please try again in a minute.");
+        return error_page(
+            "The tenant could not be registered right now. Please try again in a minute.",
+        );
     }
     let outcomes = relay.subscriptions.start_all(&tenant, None, false).await;
     let rows: String = outcomes
@@ -199,7 +252,8 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
         &format!(
             r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>"#,
             esc(tenant.as_str()),
-            upn.map(|u| format!(" (consent by {})", esc(&u))).unwrap_or_default()
+            upn.map(|u| format!(" (consent by {})", esc(&u)))
+                .unwrap_or_default()
         ),
     )
 }

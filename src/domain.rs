@@ -12,8 +12,11 @@ pub struct TenantId(String);
 
 impl TenantId {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let u = uuid::Uuid::parse_str(s.trim())
-            .map_err(|_| format!("'{s}' is not a tenant GUID (expected e.g. 41463f53-8812-40f4-890f-865bf6e35190)"))?;
+        let u = uuid::Uuid::parse_str(s.trim()).map_err(|_| {
+            format!(
+                "'{s}' is not a tenant GUID (expected e.g. 41463f53-8812-40f4-890f-865bf6e35190)"
+            )
+        })?;
         if s.trim().len() != 36 {
             return Err(format!("'{s}' is not a hyphenated tenant GUID"));
         }
@@ -126,8 +129,7 @@ impl ContentId {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 512
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'$' | b'_' | b'-' | b'.'));
         if ok {
             Ok(ContentId(s.to_string()))

@@ -16,7 +16,12 @@ pub struct Lease {
 impl Lease {
     pub fn new(store: Arc<Store>, name: &str, ttl: Duration) -> Lease {
         let key = store.lease_key(name);
-        Lease { store, key, holder: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()), ttl }
+        Lease {
+            store,
+            key,
+            holder: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
+            ttl,
+        }
     }
 
     /// Takes the lease if free, or renews it if ours. Without Redis nobody holds it: the work
@@ -24,7 +29,11 @@ impl Lease {
     pub async fn try_hold(&self) -> bool {
         match self.store.renew(&self.key, &self.holder, self.ttl).await {
             Ok(true) => true,
-            Ok(false) => self.store.set_nx_px(&self.key, &self.holder, self.ttl).await.unwrap_or(false),
+            Ok(false) => self
+                .store
+                .set_nx_px(&self.key, &self.holder, self.ttl)
+                .await
+                .unwrap_or(false),
             Err(_) => false,
         }
     }

@@ -8,7 +8,11 @@ use o365_relay::tenants::AddedBy;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "o365-relay", version, about = "Relays the Office 365 unified audit log into RabbitMQ")]
+#[command(
+    name = "o365-relay",
+    version,
+    about = "Relays the Office 365 unified audit log into RabbitMQ"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -38,7 +42,9 @@ enum Command {
 #[derive(Subcommand)]
 enum TenantsCmd {
     List,
-    Add { tenant: String },
+    Add {
+        tenant: String,
+    },
     Remove {
         tenant: String,
         /// Also stop the tenant's subscriptions at Microsoft.
@@ -104,7 +110,10 @@ fn settings_or_exit() -> Result<Settings, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("o365-relay: cannot start the runtime: {e}");
@@ -126,7 +135,9 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     None => {
-                        eprintln!("o365-relay: O365_PUBLIC_URL: is required to build the consent URL");
+                        eprintln!(
+                            "o365-relay: O365_PUBLIC_URL: is required to build the consent URL"
+                        );
                         ExitCode::from(2)
                     }
                 }
@@ -156,7 +167,11 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(public_port = app.public_port(), admin_port = app.admin_port(), "o365-relay started.");
+    tracing::info!(
+        public_port = app.public_port(),
+        admin_port = app.admin_port(),
+        "o365-relay started."
+    );
     let token = app.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -173,7 +188,10 @@ async fn serve() -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received."),
@@ -215,18 +233,27 @@ async fn tenants(cmd: TenantsCmd) -> ExitCode {
                         "{}  {:<8} {}  {}",
                         t.tenant_id,
                         format!("{:?}", t.added_by).to_lowercase(),
-                        if t.added_at.is_empty() { "-" } else { &t.added_at },
+                        if t.added_at.is_empty() {
+                            "-"
+                        } else {
+                            &t.added_at
+                        },
                         t.consented_by.unwrap_or_default()
                     );
                 }
             }
             TenantsCmd::Add { tenant } => {
-                let tid = parse_tenant(&tenant).map_err(|_| anyhow::anyhow!("invalid tenant id"))?;
+                let tid =
+                    parse_tenant(&tenant).map_err(|_| anyhow::anyhow!("invalid tenant id"))?;
                 relay.tenants.add(&tid, AddedBy::Admin, None).await?;
                 println!("added {tid}");
             }
-            TenantsCmd::Remove { tenant, stop_subscriptions } => {
-                let tid = parse_tenant(&tenant).map_err(|_| anyhow::anyhow!("invalid tenant id"))?;
+            TenantsCmd::Remove {
+                tenant,
+                stop_subscriptions,
+            } => {
+                let tid =
+                    parse_tenant(&tenant).map_err(|_| anyhow::anyhow!("invalid tenant id"))?;
                 if stop_subscriptions {
                     for ct in relay.settings.content_types.clone() {
                         match relay.subscriptions.stop(&tid, ct).await {
@@ -237,7 +264,14 @@ async fn tenants(cmd: TenantsCmd) -> ExitCode {
                 }
                 let removed = relay.tenants.remove(&tid).await?;
                 relay.tokens.forget(&tid).await;
-                println!("{} {tid}", if removed { "removed" } else { "was not registered:" });
+                println!(
+                    "{} {tid}",
+                    if removed {
+                        "removed"
+                    } else {
+                        "was not registered:"
+                    }
+                );
             }
         }
         Ok(())
@@ -260,7 +294,12 @@ async fn subscriptions(cmd: SubsCmd) -> ExitCode {
     let filter = match &cmd {
         SubsCmd::List(f) | SubsCmd::Stop(f) | SubsCmd::Start { filter: f, .. } => f,
     };
-    let only = match filter.content_type.as_deref().map(str::parse::<ContentType>).transpose() {
+    let only = match filter
+        .content_type
+        .as_deref()
+        .map(str::parse::<ContentType>)
+        .transpose()
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("o365-relay: --content-type: {e}");
@@ -279,11 +318,22 @@ async fn subscriptions(cmd: SubsCmd) -> ExitCode {
         match &cmd {
             SubsCmd::List(_) => match relay.subscriptions.list(&tid).await {
                 Ok(subs) => {
-                    for s in subs.iter().filter(|s| only.is_none_or(|o| s.content_type.eq_ignore_ascii_case(o.as_str()))) {
+                    for s in subs.iter().filter(|s| {
+                        only.is_none_or(|o| s.content_type.eq_ignore_ascii_case(o.as_str()))
+                    }) {
                         let hook = s.webhook.as_ref().map(|w| {
-                            format!("webhook {} {}", w.status.as_deref().unwrap_or("?"), w.address.as_deref().unwrap_or(""))
+                            format!(
+                                "webhook {} {}",
+                                w.status.as_deref().unwrap_or("?"),
+                                w.address.as_deref().unwrap_or("")
+                            )
                         });
-                        println!("{tid}  {:<28} {:<9} {}", s.content_type, s.status, hook.unwrap_or_else(|| "no webhook".into()));
+                        println!(
+                            "{tid}  {:<28} {:<9} {}",
+                            s.content_type,
+                            s.status,
+                            hook.unwrap_or_else(|| "no webhook".into())
+                        );
                     }
                 }
                 Err(e) => {
@@ -298,7 +348,13 @@ async fn subscriptions(cmd: SubsCmd) -> ExitCode {
                 }
             }
             SubsCmd::Stop(_) => {
-                for ct in relay.settings.content_types.iter().copied().filter(|c| only.is_none_or(|o| o == *c)) {
+                for ct in relay
+                    .settings
+                    .content_types
+                    .iter()
+                    .copied()
+                    .filter(|c| only.is_none_or(|o| o == *c))
+                {
                     match relay.subscriptions.stop(&tid, ct).await {
                         Ok(()) => println!("{tid}  {ct:<28} stopped"),
                         Err(e) => {
@@ -375,9 +431,15 @@ async fn check() -> ExitCode {
     if let o365_relay::config::Credential::Certificate(c) = &relay.settings.credential {
         let days = c.seconds_left() / 86_400;
         if days < 30 {
-            println!("warning certificate expires in {days} days ({})", c.not_after);
+            println!(
+                "warning certificate expires in {days} days ({})",
+                c.not_after
+            );
         } else {
-            println!("ok      certificate (x5t {}, expires {})", c.x5t, c.not_after);
+            println!(
+                "ok      certificate (x5t {}, expires {})",
+                c.x5t, c.not_after
+            );
         }
     }
     if ok {
@@ -395,10 +457,18 @@ fn cert(cmd: CertCmd) -> ExitCode {
         println!("x5t:        {}", info.x5t);
         println!("not after:  {}", info.not_after);
         println!("keyCredentials entry for the app manifest:");
-        println!("{}", serde_json::to_string_pretty(&info.key_credential()).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info.key_credential()).unwrap_or_default()
+        );
     };
     match cmd {
-        CertCmd::New { cn, days, bits, out } => {
+        CertCmd::New {
+            cn,
+            days,
+            bits,
+            out,
+        } => {
             let (key, cert) = match generate(&cn, days, bits) {
                 Ok(kc) => kc,
                 Err(e) => {
@@ -410,7 +480,11 @@ fn cert(cmd: CertCmd) -> ExitCode {
                 eprintln!("o365-relay: cannot write to {}: {e}", out.display());
                 return ExitCode::FAILURE;
             }
-            println!("wrote {} and {}", out.join("o365-relay.crt").display(), out.join("o365-relay.key").display());
+            println!(
+                "wrote {} and {}",
+                out.join("o365-relay.crt").display(),
+                out.join("o365-relay.key").display()
+            );
             match CertInfo::from_pem(&cert) {
                 Ok(info) => print(&info),
                 Err(e) => {
@@ -420,7 +494,10 @@ fn cert(cmd: CertCmd) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        CertCmd::Show { path } => match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|pem| CertInfo::from_pem(&pem)) {
+        CertCmd::Show { path } => match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| CertInfo::from_pem(&pem))
+        {
             Ok(info) => {
                 print(&info);
                 ExitCode::SUCCESS
@@ -437,7 +514,11 @@ fn write_pair(dir: &std::path::Path, key: &[u8], cert: &[u8]) -> std::io::Result
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("o365-relay.key"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("o365-relay.key"))?;
     f.write_all(key)?;
     std::fs::write(dir.join("o365-relay.crt"), cert)?;
     Ok(())

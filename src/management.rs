@@ -18,7 +18,12 @@ use url::Url;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("Management API answered HTTP {status} {code}: {message}")]
-    Api { status: u16, code: String, message: String, retry_after: Option<Duration> },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("Management API could not be reached: {0}")]
     Transport(String),
     #[error("no token: {0}")]
@@ -59,12 +64,17 @@ impl ApiError {
     /// Classifies by `error.code`, not by status: AF429 arrives as 429 *and* as 403.
     pub fn disposition(&self) -> Disposition {
         match self {
-            ApiError::Api { status, code, retry_after, .. } => match code.as_str() {
+            ApiError::Api {
+                status,
+                code,
+                retry_after,
+                ..
+            } => match code.as_str() {
                 "AF429" => Disposition::Retry(*retry_after),
                 "AF50000" | "AF50005" | "AF50006" | "AF20031" => Disposition::Retry(*retry_after),
                 "AF20022" | "AF20023" => Disposition::StartSubscription,
-                "AF20050" | "AF20051" | "AF20052" | "AF20020" | "AF10001" | "AF20010" | "AF20011" | "AF20012"
-                | "AF20013" => Disposition::GiveUp,
+                "AF20050" | "AF20051" | "AF20052" | "AF20020" | "AF10001" | "AF20010"
+                | "AF20011" | "AF20012" | "AF20013" => Disposition::GiveUp,
                 _ if *status == 429 || *status >= 500 || *status == 401 || *status == 408 => {
                     Disposition::Retry(*retry_after)
                 }
@@ -162,7 +172,9 @@ impl ManagementClient {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
     ) -> ManagementClient {
-        let origin = Url::parse(&settings.manage_url).expect("validated by config").origin();
+        let origin = Url::parse(&settings.manage_url)
+            .expect("validated by config")
+            .origin();
         ManagementClient {
             http,
             base: settings.manage_url.clone(),
@@ -194,7 +206,14 @@ impl ManagementClient {
         loop {
             let now = chrono::Utc::now().timestamp_millis();
             let member = format!("{now}-{}", uuid::Uuid::new_v4().simple());
-            let wait = self.store.eval_i64(QUOTA_SCRIPT, &key, &[now.to_string(), self.quota_per_minute.to_string(), member]).await;
+            let wait = self
+                .store
+                .eval_i64(
+                    QUOTA_SCRIPT,
+                    &key,
+                    &[now.to_string(), self.quota_per_minute.to_string(), member],
+                )
+                .await;
             match wait {
                 Ok(0) => return,
                 Ok(ms) => {
@@ -217,26 +236,37 @@ impl ManagementClient {
         call: &'static str,
         body: Option<serde_json::Value>,
     ) -> Result<reqwest::Response, ApiError> {
-        let mut url = Url::parse(url).map_err(|_| ApiError::ForeignUrl("an unparseable URL".into()))?;
+        let mut url =
+            Url::parse(url).map_err(|_| ApiError::ForeignUrl("an unparseable URL".into()))?;
         if !self.is_management_url(&url) {
             return Err(ApiError::ForeignUrl(url.origin().ascii_serialization()));
         }
-        if !url.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("PublisherIdentifier")) {
+        if !url
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("PublisherIdentifier"))
+        {
             let publisher = self.publisher_id.as_ref().unwrap_or(tenant).to_string();
-            url.query_pairs_mut().append_pair("PublisherIdentifier", &publisher);
+            url.query_pairs_mut()
+                .append_pair("PublisherIdentifier", &publisher);
         }
         let mut retried_auth = false;
         loop {
             self.acquire_quota(tenant).await;
             let token = self.tokens.get(tenant).await?;
-            let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(&token.token);
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(&token.token);
             if let Some(b) = &body {
                 req = req.json(b);
             }
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.metrics.management_requests.with_label_values(&[call, "error"]).inc();
+                    self.metrics
+                        .management_requests
+                        .with_label_values(&[call, "error"])
+                        .inc();
                     return Err(ApiError::Transport(e.without_url().to_string()));
                 }
             };
@@ -247,7 +277,10 @@ impl ManagementClient {
                 500..=599 => "5xx",
                 _ => "other",
             };
-            self.metrics.management_requests.with_label_values(&[call, class]).inc();
+            self.metrics
+                .management_requests
+                .with_label_values(&[call, class])
+                .inc();
             if status.is_success() {
                 return Ok(resp);
             }
@@ -260,15 +293,26 @@ impl ManagementClient {
             let bytes = read_limited(resp, 64 * 1024).await.unwrap_or_default();
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(b) => (b.error.code, b.error.message),
-                Err(_) => (String::new(), String::from_utf8_lossy(&bytes).chars().take(200).collect()),
+                Err(_) => (
+                    String::new(),
+                    String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                ),
             };
-            let err = ApiError::Api { status: status.as_u16(), code, message, retry_after };
+            let err = ApiError::Api {
+                status: status.as_u16(),
+                code,
+                message,
+                retry_after,
+            };
             if err.is_throttle() {
                 self.metrics.throttled.inc();
             }
             // A 401 that is not about the tenant or role means the token is no longer good:
             // drop it everywhere and try once more with a new one.
-            if status.as_u16() == 401 && !retried_auth && !matches!(err.disposition(), Disposition::GiveUp) {
+            if status.as_u16() == 401
+                && !retried_auth
+                && !matches!(err.disposition(), Disposition::GiveUp)
+            {
                 retried_auth = true;
                 tracing::info!(tenant_id = %tenant, "Management API refused the token; fetching a new one.");
                 self.tokens.invalidate(tenant, &token.token).await;
@@ -279,8 +323,13 @@ impl ManagementClient {
     }
 
     /// `GET {contentUri}`: the response whose body is the blob (streamed by the caller).
-    pub async fn fetch_content(&self, tenant: &TenantId, content_uri: &str) -> Result<reqwest::Response, ApiError> {
-        self.send(reqwest::Method::GET, content_uri, tenant, "content", None).await
+    pub async fn fetch_content(
+        &self,
+        tenant: &TenantId,
+        content_uri: &str,
+    ) -> Result<reqwest::Response, ApiError> {
+        self.send(reqwest::Method::GET, content_uri, tenant, "content", None)
+            .await
     }
 
     /// `subscriptions/content` for one window, following `NextPageUri` (or `NextPageUrl`) to
@@ -293,7 +342,8 @@ impl ManagementClient {
         end: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<ContentEntry>, ApiError> {
         let fmt = "%Y-%m-%dT%H:%M:%S";
-        let mut url = Url::parse(&self.feed_url(tenant, "subscriptions/content")).expect("valid base");
+        let mut url =
+            Url::parse(&self.feed_url(tenant, "subscriptions/content")).expect("valid base");
         url.query_pairs_mut()
             .append_pair("contentType", ct.as_str())
             .append_pair("startTime", &start.format(fmt).to_string())
@@ -304,17 +354,25 @@ impl ManagementClient {
         while let Some(page_url) = next.take() {
             pages += 1;
             if pages > 10_000 {
-                return Err(ApiError::Body("more than 10,000 pages in one window".into()));
+                return Err(ApiError::Body(
+                    "more than 10,000 pages in one window".into(),
+                ));
             }
-            let resp = self.send(reqwest::Method::GET, &page_url, tenant, "list", None).await?;
+            let resp = self
+                .send(reqwest::Method::GET, &page_url, tenant, "list", None)
+                .await?;
             next = ["NextPageUri", "NextPageUrl"]
                 .iter()
                 .find_map(|h| resp.headers().get(*h))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
                 .filter(|s| !s.is_empty());
-            let bytes = resp.bytes().await.map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
-            let page: Vec<ContentEntry> = serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))?;
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+            let page: Vec<ContentEntry> =
+                serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))?;
             all.extend(page);
         }
         Ok(all)
@@ -327,28 +385,54 @@ impl ManagementClient {
         ct: ContentType,
         webhook: Option<(&str, &str)>,
     ) -> Result<(), ApiError> {
-        let mut url = Url::parse(&self.feed_url(tenant, "subscriptions/start")).expect("valid base");
-        url.query_pairs_mut().append_pair("contentType", ct.as_str());
+        let mut url =
+            Url::parse(&self.feed_url(tenant, "subscriptions/start")).expect("valid base");
+        url.query_pairs_mut()
+            .append_pair("contentType", ct.as_str());
         let body = webhook.map(|(address, auth_id)| {
             serde_json::json!({"webhook": {"address": address, "authId": auth_id, "expiration": ""}})
         });
-        match self.send(reqwest::Method::POST, url.as_str(), tenant, "start", body).await {
+        match self
+            .send(reqwest::Method::POST, url.as_str(), tenant, "start", body)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(ApiError::Api { code, .. }) if code == "AF20024" => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    pub async fn stop_subscription(&self, tenant: &TenantId, ct: ContentType) -> Result<(), ApiError> {
+    pub async fn stop_subscription(
+        &self,
+        tenant: &TenantId,
+        ct: ContentType,
+    ) -> Result<(), ApiError> {
         let mut url = Url::parse(&self.feed_url(tenant, "subscriptions/stop")).expect("valid base");
-        url.query_pairs_mut().append_pair("contentType", ct.as_str());
-        self.send(reqwest::Method::POST, url.as_str(), tenant, "stop", None).await.map(|_| ())
+        url.query_pairs_mut()
+            .append_pair("contentType", ct.as_str());
+        self.send(reqwest::Method::POST, url.as_str(), tenant, "stop", None)
+            .await
+            .map(|_| ())
     }
 
-    pub async fn list_subscriptions(&self, tenant: &TenantId) -> Result<Vec<Subscription>, ApiError> {
+    pub async fn list_subscriptions(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<Subscription>, ApiError> {
         let url = self.feed_url(tenant, "subscriptions/list");
-        let resp = self.send(reqwest::Method::GET, &url, tenant, "list_subscriptions", None).await?;
-        let bytes = resp.bytes().await.map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+        let resp = self
+            .send(
+                reqwest::Method::GET,
+                &url,
+                tenant,
+                "list_subscriptions",
+                None,
+            )
+            .await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))
     }
 }
@@ -373,7 +457,12 @@ mod tests {
     use super::*;
 
     fn api(status: u16, code: &str) -> ApiError {
-        ApiError::Api { status, code: code.into(), message: String::new(), retry_after: None }
+        ApiError::Api {
+            status,
+            code: code.into(),
+            message: String::new(),
+            retry_after: None,
+        }
     }
 
     #[test]
@@ -390,8 +479,14 @@ mod tests {
         assert_eq!(api(503, "").disposition(), Disposition::Retry(None));
         assert_eq!(api(400, "AF20051").disposition(), Disposition::GiveUp);
         assert_eq!(api(400, "AF20050").disposition(), Disposition::GiveUp);
-        assert_eq!(api(400, "AF20022").disposition(), Disposition::StartSubscription);
+        assert_eq!(
+            api(400, "AF20022").disposition(),
+            Disposition::StartSubscription
+        );
         assert_eq!(api(401, "AF20010").disposition(), Disposition::GiveUp);
-        assert_eq!(ApiError::Transport("reset".into()).disposition(), Disposition::Retry(None));
+        assert_eq!(
+            ApiError::Transport("reset".into()).disposition(),
+            Disposition::Retry(None)
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! results are fixed vocabularies, content types are five, tenants are the served ones.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -44,20 +44,34 @@ impl Metrics {
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m;
-                registry.register(Box::new(m.clone())).expect("metric names are unique");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
                 m
             }};
         }
-        let buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+        let buckets = vec![
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        ];
         Metrics {
             notifications: reg!(IntCounterVec::new(
-                Opts::new("o365_notifications_total", "Webhook requests by result and reason"),
+                Opts::new(
+                    "o365_notifications_total",
+                    "Webhook requests by result and reason"
+                ),
                 &["result", "reason"]
             )
             .unwrap()),
-            blobs: reg!(IntCounterVec::new(Opts::new("o365_blobs_total", "Content blobs processed by result"), &["result"]).unwrap()),
+            blobs: reg!(IntCounterVec::new(
+                Opts::new("o365_blobs_total", "Content blobs processed by result"),
+                &["result"]
+            )
+            .unwrap()),
             records_published: reg!(IntCounterVec::new(
-                Opts::new("o365_records_published_total", "Audit records confirmed on the exchange"),
+                Opts::new(
+                    "o365_records_published_total",
+                    "Audit records confirmed on the exchange"
+                ),
                 &["content_type"]
             )
             .unwrap()),
@@ -67,50 +81,87 @@ impl Metrics {
             )
             .unwrap()),
             token_requests: reg!(IntCounterVec::new(
-                Opts::new("o365_token_requests_total", "Token requests sent to Entra ID"),
+                Opts::new(
+                    "o365_token_requests_total",
+                    "Token requests sent to Entra ID"
+                ),
                 &["result"]
             )
             .unwrap()),
-            throttled: reg!(IntCounter::new("o365_throttled_total", "Management API throttling answers (AF429)").unwrap()),
+            throttled: reg!(IntCounter::new(
+                "o365_throttled_total",
+                "Management API throttling answers (AF429)"
+            )
+            .unwrap()),
             management_requests: reg!(IntCounterVec::new(
-                Opts::new("o365_management_requests_total", "Management API requests by call and status class"),
+                Opts::new(
+                    "o365_management_requests_total",
+                    "Management API requests by call and status class"
+                ),
                 &["call", "status"]
             )
             .unwrap()),
             fetch_duration: reg!(HistogramVec::new(
-                HistogramOpts::new("o365_fetch_duration_seconds", "Time to fetch a blob and confirm its records")
-                    .buckets(buckets.clone()),
+                HistogramOpts::new(
+                    "o365_fetch_duration_seconds",
+                    "Time to fetch a blob and confirm its records"
+                )
+                .buckets(buckets.clone()),
                 &["content_type"]
             )
             .unwrap()),
             dead_letters: reg!(IntCounterVec::new(
-                Opts::new("o365_dead_letter_total", "Blobs sent to the dead-letter queue by reason"),
+                Opts::new(
+                    "o365_dead_letter_total",
+                    "Blobs sent to the dead-letter queue by reason"
+                ),
                 &["reason"]
             )
             .unwrap()),
-            work_queue_depth: reg!(IntGauge::new("o365_work_queue_depth", "Messages ready in the work queue").unwrap()),
+            work_queue_depth: reg!(IntGauge::new(
+                "o365_work_queue_depth",
+                "Messages ready in the work queue"
+            )
+            .unwrap()),
             relay_lag: reg!(Histogram::with_opts(
-                HistogramOpts::new("o365_relay_lag_seconds", "Seconds from a blob's creation at Microsoft to its relay")
-                    .buckets(vec![1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0])
+                HistogramOpts::new(
+                    "o365_relay_lag_seconds",
+                    "Seconds from a blob's creation at Microsoft to its relay"
+                )
+                .buckets(vec![
+                    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0
+                ])
             )
             .unwrap()),
             reconcile_lag: reg!(GaugeVec::new(
-                Opts::new("o365_reconcile_lag_seconds", "Age of the oldest blob the last reconciliation found unrelayed"),
+                Opts::new(
+                    "o365_reconcile_lag_seconds",
+                    "Age of the oldest blob the last reconciliation found unrelayed"
+                ),
                 &["tenant_id"]
             )
             .unwrap()),
             reconcile_missing: reg!(IntCounterVec::new(
-                Opts::new("o365_reconcile_missing_total", "Blobs the reconciler found that the webhook had missed"),
+                Opts::new(
+                    "o365_reconcile_missing_total",
+                    "Blobs the reconciler found that the webhook had missed"
+                ),
                 &["tenant_id"]
             )
             .unwrap()),
             reconcile_last_success: reg!(GaugeVec::new(
-                Opts::new("o365_reconcile_last_success_timestamp_seconds", "End of the last complete reconciliation"),
+                Opts::new(
+                    "o365_reconcile_last_success_timestamp_seconds",
+                    "End of the last complete reconciliation"
+                ),
                 &["tenant_id"]
             )
             .unwrap()),
             subscription_changes: reg!(IntCounterVec::new(
-                Opts::new("o365_subscription_changes_total", "Subscriptions (re)started or found broken"),
+                Opts::new(
+                    "o365_subscription_changes_total",
+                    "Subscriptions (re)started or found broken"
+                ),
                 &["event"]
             )
             .unwrap()),

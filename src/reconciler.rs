@@ -39,9 +39,14 @@ pub fn windows(start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<(DateTime<Utc>, 
 }
 
 /// Reconciles one tenant and content type over the look-back.
-pub async fn reconcile_one(relay: &Relay, tenant: &TenantId, ct: ContentType) -> Result<PassStats, ApiError> {
+pub async fn reconcile_one(
+    relay: &Relay,
+    tenant: &TenantId,
+    ct: ContentType,
+) -> Result<PassStats, ApiError> {
     let now = Utc::now();
-    let lookback = chrono::Duration::from_std(relay.settings.reconcile_lookback).unwrap_or(MAX_WINDOW);
+    let lookback =
+        chrono::Duration::from_std(relay.settings.reconcile_lookback).unwrap_or(MAX_WINDOW);
     let start = (now - lookback).max(now - chrono::Duration::days(7) + SKEW);
     let mut stats = PassStats::default();
     let mut oldest_missing: Option<DateTime<Utc>> = None;
@@ -74,8 +79,13 @@ pub async fn reconcile_one(relay: &Relay, tenant: &TenantId, ct: ContentType) ->
                 continue;
             }
             stats.missing += 1;
-            if let Some(created) = entry.content_created.as_deref().and_then(crate::domain::parse_ms_time) {
-                oldest_missing = Some(oldest_missing.map_or(created, |o: DateTime<Utc>| o.min(created)));
+            if let Some(created) = entry
+                .content_created
+                .as_deref()
+                .and_then(crate::domain::parse_ms_time)
+            {
+                oldest_missing =
+                    Some(oldest_missing.map_or(created, |o: DateTime<Utc>| o.min(created)));
             }
             items.push(WorkItem {
                 tenant_id: tenant.clone(),
@@ -94,9 +104,19 @@ pub async fn reconcile_one(relay: &Relay, tenant: &TenantId, ct: ContentType) ->
             stats.enqueued += chunk.len() as u64;
         }
     }
-    let lag = oldest_missing.map(|o| (now - o).num_seconds().max(0) as f64).unwrap_or(0.0);
-    relay.metrics.reconcile_lag.with_label_values(&[tenant.as_str()]).set(lag);
-    relay.metrics.reconcile_missing.with_label_values(&[tenant.as_str()]).inc_by(stats.missing);
+    let lag = oldest_missing
+        .map(|o| (now - o).num_seconds().max(0) as f64)
+        .unwrap_or(0.0);
+    relay
+        .metrics
+        .reconcile_lag
+        .with_label_values(&[tenant.as_str()])
+        .set(lag);
+    relay
+        .metrics
+        .reconcile_missing
+        .with_label_values(&[tenant.as_str()])
+        .inc_by(stats.missing);
     Ok(stats)
 }
 
@@ -121,11 +141,19 @@ pub async fn pass(relay: &Relay) -> PassStats {
             }
         }
         if ok {
-            relay.metrics.reconcile_last_success.with_label_values(&[tenant.as_str()]).set(Utc::now().timestamp() as f64);
+            relay
+                .metrics
+                .reconcile_last_success
+                .with_label_values(&[tenant.as_str()])
+                .set(Utc::now().timestamp() as f64);
         }
     }
     if total.missing > 0 {
-        tracing::info!(listed = total.listed, missing = total.missing, "Reconciliation enqueued blobs the webhook had missed.");
+        tracing::info!(
+            listed = total.listed,
+            missing = total.missing,
+            "Reconciliation enqueued blobs the webhook had missed."
+        );
     }
     total
 }
@@ -133,7 +161,11 @@ pub async fn pass(relay: &Relay) -> PassStats {
 /// The reconciler loop: one replica at a time, every `O365_RECONCILE_INTERVAL`.
 pub async fn run(relay: Arc<Relay>, shutdown: CancellationToken) {
     let interval = relay.settings.reconcile_interval;
-    let lease = Lease::new(relay.store.clone(), "reconciler", (interval * 3).max(Duration::from_secs(60)));
+    let lease = Lease::new(
+        relay.store.clone(),
+        "reconciler",
+        (interval * 3).max(Duration::from_secs(60)),
+    );
     loop {
         if lease.try_hold().await {
             tokio::select! {

@@ -54,7 +54,14 @@ impl Default for ArraySplitter {
 
 impl ArraySplitter {
     pub fn new() -> ArraySplitter {
-        ArraySplitter { state: State::BeforeArray, depth: 0, in_string: false, escaped: false, buf: Vec::new(), index: 0 }
+        ArraySplitter {
+            state: State::BeforeArray,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            buf: Vec::new(),
+            index: 0,
+        }
     }
 
     /// Consumes `chunk`, appending every record it completes to `out`.
@@ -79,7 +86,11 @@ impl ArraySplitter {
                     } else if b == b']' && self.state == State::ExpectValueOrEnd {
                         self.state = State::Done;
                     } else if !is_ws(b) {
-                        return Err(if b == b']' { RecordsError::Unexpected(b) } else { RecordsError::NotAnObject(self.index) });
+                        return Err(if b == b']' {
+                            RecordsError::Unexpected(b)
+                        } else {
+                            RecordsError::NotAnObject(self.index)
+                        });
                     }
                 }
                 State::InRecord => {
@@ -195,8 +206,8 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     pub fn parse(raw: Bytes, index: usize) -> Result<AuditRecord, RecordsError> {
-        let meta: RecordMeta<'_> =
-            serde_json::from_slice(&raw).map_err(|e| RecordsError::Invalid(index, e.to_string()))?;
+        let meta: RecordMeta<'_> = serde_json::from_slice(&raw)
+            .map_err(|e| RecordsError::Invalid(index, e.to_string()))?;
         let text = |v: Option<Cow<'_, str>>| v.map(|c| c.into_owned()).unwrap_or_default();
         let record_type = match meta.record_type {
             Some(serde_json::Value::String(s)) => s,
@@ -207,7 +218,13 @@ impl AuditRecord {
             Some(id) => id.into_owned(),
             None => {
                 let digest = openssl::sha::sha256(&raw);
-                format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                format!(
+                    "sha256:{}",
+                    digest
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                )
             }
         };
         Ok(AuditRecord {
@@ -252,20 +269,42 @@ mod tests {
     fn empty_arrays_are_fine_and_truncation_is_detected() {
         assert!(split_in_chunks(b" [ ] ", 1).unwrap().is_empty());
         let body = br#"[{"Id":"a"},{"Id":"b""#;
-        assert_eq!(split_in_chunks(body, 5).unwrap_err(), RecordsError::Truncated);
-        assert_eq!(split_in_chunks(br#"[{"Id":"a"}"#, 5).unwrap_err(), RecordsError::Truncated);
-        assert!(matches!(split_in_chunks(br#"{"error":{}}"#, 5).unwrap_err(), RecordsError::NotAnArray(b'{')));
-        assert!(matches!(split_in_chunks(br#"[1,2]"#, 5).unwrap_err(), RecordsError::NotAnObject(0)));
-        assert!(matches!(split_in_chunks(br#"[{"a":1}}"#, 5).unwrap_err(), RecordsError::Unexpected(b'}')));
+        assert_eq!(
+            split_in_chunks(body, 5).unwrap_err(),
+            RecordsError::Truncated
+        );
+        assert_eq!(
+            split_in_chunks(br#"[{"Id":"a"}"#, 5).unwrap_err(),
+            RecordsError::Truncated
+        );
+        assert!(matches!(
+            split_in_chunks(br#"{"error":{}}"#, 5).unwrap_err(),
+            RecordsError::NotAnArray(b'{')
+        ));
+        assert!(matches!(
+            split_in_chunks(br#"[1,2]"#, 5).unwrap_err(),
+            RecordsError::NotAnObject(0)
+        ));
+        assert!(matches!(
+            split_in_chunks(br#"[{"a":1}}"#, 5).unwrap_err(),
+            RecordsError::Unexpected(b'}')
+        ));
     }
 
     #[test]
     fn metadata_reads_odd_shapes() {
         let raw = Bytes::from_static(br#"{"CreationTime":"2015-06-29T20:03:19","Id":"80c7","Operation":"Op","RecordType":9,"Workload":"AzureActiveDirectory","ClientIP":null}"#);
         let r = AuditRecord::parse(raw.clone(), 0).unwrap();
-        assert_eq!((r.id.as_str(), r.record_type.as_str(), r.workload.as_str()), ("80c7", "9", "AzureActiveDirectory"));
+        assert_eq!(
+            (r.id.as_str(), r.record_type.as_str(), r.workload.as_str()),
+            ("80c7", "9", "AzureActiveDirectory")
+        );
         assert_eq!(r.raw, raw);
-        let r = AuditRecord::parse(Bytes::from_static(br#"{"RecordType":"261","Workload":"MicrosoftTeams"}"#), 0).unwrap();
+        let r = AuditRecord::parse(
+            Bytes::from_static(br#"{"RecordType":"261","Workload":"MicrosoftTeams"}"#),
+            0,
+        )
+        .unwrap();
         assert_eq!(r.record_type, "261");
         assert!(r.id.starts_with("sha256:"));
         assert!(AuditRecord::parse(Bytes::from_static(br#"{"Id":"a",}"#), 3).is_err());

@@ -39,13 +39,16 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("prefix", &self.prefix).finish()
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
 impl Store {
     pub fn new(url: &str, prefix: &str) -> StoreResult<Store> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad URL: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad URL: {e}")))?;
         Ok(Store {
             prefix: prefix.to_string(),
             client,
@@ -66,24 +69,29 @@ impl Store {
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);
         }
-        let _guard = self.connecting.lock().await;
+        // One task connects; the others fail fast instead of queueing behind it, and after a
+        // failure nobody tries again for a second: a dead Redis must not slow the relay.
+        let not_connected = || StoreError::Unavailable("not connected (retrying)".into());
+        let Ok(_guard) = self.connecting.try_lock() else {
+            return Err(not_connected());
+        };
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);
         }
         {
             let mut last = self.last_attempt.lock().expect("poisoned");
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return Err(StoreError::Unavailable("not connected (retrying)".into()));
+                return Err(not_connected());
             }
             *last = Some(Instant::now());
         }
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
+            .set_connection_timeout(Duration::from_secs(1))
             .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
+            .set_number_of_retries(1)
+            .set_max_delay(500);
         match tokio::time::timeout(
-            Duration::from_secs(3),
+            Duration::from_millis(1500),
             ConnectionManager::new_with_config(self.client.clone(), config),
         )
         .await
@@ -100,7 +108,12 @@ impl Store {
     fn observe_err(&self, e: StoreError) -> StoreError {
         let is_outage = match &e {
             StoreError::Unavailable(_) => true,
-            StoreError::Command(r) => r.is_io_error() || r.is_timeout() || r.is_connection_dropped() || r.is_connection_refusal(),
+            StoreError::Command(r) => {
+                r.is_io_error()
+                    || r.is_timeout()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+            }
         };
         if is_outage && !self.down.swap(true, Ordering::SeqCst) {
             tracing::warn!(error = %e, "Redis is unreachable; relaying continues without the shared cache and de-duplication.");
@@ -192,7 +205,11 @@ impl Store {
     /// Deletes `key` only if it still holds `value` (our lock or lease).
     pub async fn release(&self, key: &str, value: &str) -> StoreResult<bool> {
         let mut c = self.conn().await?;
-        let r: Result<i64, _> = redis::Script::new(RELEASE).key(key).arg(value).invoke_async(&mut c).await;
+        let r: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(key)
+            .arg(value)
+            .invoke_async(&mut c)
+            .await;
         self.observe(r).map(|n| n == 1)
     }
 
@@ -244,7 +261,12 @@ impl Store {
         self.observe(r)
     }
 
-    pub async fn mark_relayed(&self, t: &TenantId, c: &ContentId, ttl: Duration) -> StoreResult<()> {
+    pub async fn mark_relayed(
+        &self,
+        t: &TenantId,
+        c: &ContentId,
+        ttl: Duration,
+    ) -> StoreResult<()> {
         self.set_px(&self.relayed_key(t, c), "1", ttl).await
     }
 

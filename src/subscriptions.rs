@@ -20,7 +20,9 @@ pub const START_SPACING: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("a /start for {1} was sent less than 15 minutes ago (Microsoft's rule); try again later")]
+    #[error(
+        "a /start for {1} was sent less than 15 minutes ago (Microsoft's rule); try again later"
+    )]
     TooSoon(TenantId, ContentType),
     #[error("Microsoft could not validate the webhook (AF20021): is {0} reachable from the internet over https, and does it answer 200 to the validation request?")]
     ValidationFailed(String),
@@ -46,14 +48,32 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn new(settings: Arc<Settings>, management: Arc<ManagementClient>, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
-        Subscriptions { settings, management, store, metrics }
+    pub fn new(
+        settings: Arc<Settings>,
+        management: Arc<ManagementClient>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Subscriptions {
+            settings,
+            management,
+            store,
+            metrics,
+        }
     }
 
     /// Starts `ct` for `tenant` with our webhook. With `force` false, refuses when a start was
     /// attempted in the last 15 minutes.
-    pub async fn start(&self, tenant: &TenantId, ct: ContentType, force: bool) -> Result<(), StartError> {
-        let address = self.settings.webhook_address().ok_or(StartError::NoPublicUrl)?;
+    pub async fn start(
+        &self,
+        tenant: &TenantId,
+        ct: ContentType,
+        force: bool,
+    ) -> Result<(), StartError> {
+        let address = self
+            .settings
+            .webhook_address()
+            .ok_or(StartError::NoPublicUrl)?;
         let key = self.store.start_guard_key(tenant, ct);
         let stamp = chrono::Utc::now().to_rfc3339();
         if force {
@@ -62,27 +82,51 @@ impl Subscriptions {
             return Err(StartError::TooSoon(tenant.clone(), ct));
         }
         let auth_id = self.settings.webhook_auth_id.expose();
-        match self.management.start_subscription(tenant, ct, Some((&address, auth_id))).await {
+        match self
+            .management
+            .start_subscription(tenant, ct, Some((&address, auth_id)))
+            .await
+        {
             Ok(()) => {
-                self.metrics.subscription_changes.with_label_values(&["started"]).inc();
+                self.metrics
+                    .subscription_changes
+                    .with_label_values(&["started"])
+                    .inc();
                 tracing::info!(tenant_id = %tenant, content_type = %ct, "Subscription started.");
                 Ok(())
             }
             Err(ApiError::Api { code, .. }) if code == "AF20021" => {
-                self.metrics.subscription_changes.with_label_values(&["validation_failed"]).inc();
+                self.metrics
+                    .subscription_changes
+                    .with_label_values(&["validation_failed"])
+                    .inc();
                 Err(StartError::ValidationFailed(address))
             }
             Err(e) => {
-                self.metrics.subscription_changes.with_label_values(&["start_failed"]).inc();
+                self.metrics
+                    .subscription_changes
+                    .with_label_values(&["start_failed"])
+                    .inc();
                 Err(StartError::Api(e))
             }
         }
     }
 
     /// Starts every configured content type for `tenant` (consent, CLI, admin API).
-    pub async fn start_all(&self, tenant: &TenantId, only: Option<ContentType>, force: bool) -> Vec<StartOutcome> {
+    pub async fn start_all(
+        &self,
+        tenant: &TenantId,
+        only: Option<ContentType>,
+        force: bool,
+    ) -> Vec<StartOutcome> {
         let mut out = Vec::new();
-        for ct in self.settings.content_types.iter().copied().filter(|c| only.is_none_or(|o| o == *c)) {
+        for ct in self
+            .settings
+            .content_types
+            .iter()
+            .copied()
+            .filter(|c| only.is_none_or(|o| o == *c))
+        {
             let r = self.start(tenant, ct, force).await;
             if let Err(e) = &r {
                 tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Subscription start failed.");
@@ -90,7 +134,10 @@ impl Subscriptions {
             out.push(StartOutcome {
                 content_type: ct.to_string(),
                 ok: r.is_ok(),
-                message: r.err().map(|e| e.to_string()).unwrap_or_else(|| "enabled".into()),
+                message: r
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "enabled".into()),
             });
         }
         out
@@ -101,13 +148,18 @@ impl Subscriptions {
     pub async fn ensure_started(&self, tenant: &TenantId, ct: ContentType) {
         match self.start(tenant, ct, false).await {
             Ok(()) | Err(StartError::TooSoon(..)) => {}
-            Err(e) => tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Could not restart the subscription."),
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Could not restart the subscription.")
+            }
         }
     }
 
     pub async fn stop(&self, tenant: &TenantId, ct: ContentType) -> Result<(), ApiError> {
         self.management.stop_subscription(tenant, ct).await?;
-        self.metrics.subscription_changes.with_label_values(&["stopped"]).inc();
+        self.metrics
+            .subscription_changes
+            .with_label_values(&["stopped"])
+            .inc();
         tracing::info!(tenant_id = %tenant, content_type = %ct, "Subscription stopped.");
         Ok(())
     }
@@ -124,14 +176,29 @@ impl Subscriptions {
             .content_types
             .iter()
             .filter_map(|ct| {
-                let s = subs.iter().find(|s| s.content_type.eq_ignore_ascii_case(ct.as_str()));
+                let s = subs
+                    .iter()
+                    .find(|s| s.content_type.eq_ignore_ascii_case(ct.as_str()));
                 let why = match s {
                     None => "missing",
                     Some(s) if !s.status.eq_ignore_ascii_case("enabled") => "disabled",
                     Some(s) => match &s.webhook {
                         None => "no_webhook",
-                        Some(w) if !w.status.as_deref().unwrap_or("").eq_ignore_ascii_case("enabled") => "webhook_disabled",
-                        Some(w) if w.address.as_deref().map(|a| a.trim_end_matches('/')) != ours.as_deref() => "webhook_elsewhere",
+                        Some(w)
+                            if !w
+                                .status
+                                .as_deref()
+                                .unwrap_or("")
+                                .eq_ignore_ascii_case("enabled") =>
+                        {
+                            "webhook_disabled"
+                        }
+                        Some(w)
+                            if w.address.as_deref().map(|a| a.trim_end_matches('/'))
+                                != ours.as_deref() =>
+                        {
+                            "webhook_elsewhere"
+                        }
                         Some(_) => return None,
                     },
                 };
@@ -151,11 +218,16 @@ impl Subscriptions {
                 }
             };
             for (ct, why) in self.needing_start(&subs) {
-                self.metrics.subscription_changes.with_label_values(&[why]).inc();
+                self.metrics
+                    .subscription_changes
+                    .with_label_values(&[why])
+                    .inc();
                 tracing::warn!(tenant_id = %tenant, content_type = %ct, state = why, "Subscription needs a start.");
                 match self.start(&tenant, ct, false).await {
                     Ok(()) | Err(StartError::TooSoon(..)) => {}
-                    Err(e) => tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Keeper could not start the subscription."),
+                    Err(e) => {
+                        tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Keeper could not start the subscription.")
+                    }
                 }
             }
         }
@@ -163,7 +235,13 @@ impl Subscriptions {
 }
 
 /// The keeper loop: one replica at a time (lease), every `O365_KEEPER_INTERVAL`.
-pub async fn keep(subs: Arc<Subscriptions>, tenants: Arc<Tenants>, store: Arc<Store>, interval: Duration, shutdown: CancellationToken) {
+pub async fn keep(
+    subs: Arc<Subscriptions>,
+    tenants: Arc<Tenants>,
+    store: Arc<Store>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let lease = Lease::new(store, "keeper", (interval * 3).max(Duration::from_secs(30)));
     loop {
         if lease.try_hold().await {

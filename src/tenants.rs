@@ -47,7 +47,11 @@ pub struct Tenants {
 
 impl Tenants {
     pub fn new(store: Arc<Store>, fixed: Vec<TenantId>) -> Tenants {
-        Tenants { store, fixed, cache: Mutex::new(HashMap::new()) }
+        Tenants {
+            store,
+            fixed,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn is_static(&self, t: &TenantId) -> bool {
@@ -59,12 +63,21 @@ impl Tenants {
         if self.is_static(t) {
             return true;
         }
-        if self.cache.lock().expect("poisoned").get(t).is_some_and(|at| at.elapsed() < CACHE_FOR) {
+        if self
+            .cache
+            .lock()
+            .expect("poisoned")
+            .get(t)
+            .is_some_and(|at| at.elapsed() < CACHE_FOR)
+        {
             return true;
         }
         match self.store.tenant_get(t).await {
             Ok(Some(_)) => {
-                self.cache.lock().expect("poisoned").insert(t.clone(), Instant::now());
+                self.cache
+                    .lock()
+                    .expect("poisoned")
+                    .insert(t.clone(), Instant::now());
                 true
             }
             Ok(None) => {
@@ -80,7 +93,11 @@ impl Tenants {
         if self.is_static(t) {
             return Ok(Some(self.static_record(t)));
         }
-        Ok(self.store.tenant_get(t).await?.and_then(|j| serde_json::from_str(&j).ok()))
+        Ok(self
+            .store
+            .tenant_get(t)
+            .await?
+            .and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     fn static_record(&self, t: &TenantId) -> TenantRecord {
@@ -115,14 +132,26 @@ impl Tenants {
             Ok(l) => l.into_iter().map(|r| r.tenant_id).collect(),
             Err(_) => {
                 let mut ids = self.fixed.clone();
-                ids.extend(self.cache.lock().expect("poisoned").keys().filter(|t| !self.fixed.contains(t)).cloned());
+                ids.extend(
+                    self.cache
+                        .lock()
+                        .expect("poisoned")
+                        .keys()
+                        .filter(|t| !self.fixed.contains(t))
+                        .cloned(),
+                );
                 ids
             }
         }
     }
 
     /// Registers `t` (idempotent: an existing record keeps its history).
-    pub async fn add(&self, t: &TenantId, by: AddedBy, consented_by: Option<String>) -> Result<TenantRecord, StoreError> {
+    pub async fn add(
+        &self,
+        t: &TenantId,
+        by: AddedBy,
+        consented_by: Option<String>,
+    ) -> Result<TenantRecord, StoreError> {
         if self.is_static(t) {
             return Ok(self.static_record(t));
         }
@@ -135,7 +164,10 @@ impl Tenants {
         };
         let json = serde_json::to_string(&record).expect("serialisable");
         self.store.tenant_put(t, &json).await?;
-        self.cache.lock().expect("poisoned").insert(t.clone(), Instant::now());
+        self.cache
+            .lock()
+            .expect("poisoned")
+            .insert(t.clone(), Instant::now());
         tracing::info!(tenant_id = %t, added_by = ?by, "Tenant registered.");
         Ok(record)
     }

@@ -27,7 +27,11 @@ const WAIT_FOR_PEER: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("Entra ID refused the token request ({status}): {error}: {description}")]
-    Rejected { status: u16, error: String, description: String },
+    Rejected {
+        status: u16,
+        error: String,
+        description: String,
+    },
     #[error("Entra ID could not be reached: {0}")]
     Transport(String),
     #[error("Entra ID answered with an unreadable token response: {0}")]
@@ -61,7 +65,10 @@ pub struct AccessToken {
 
 impl std::fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessToken").field("token", &"[redacted]").field("expires_at", &self.expires_at).finish()
+        f.debug_struct("AccessToken")
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 
@@ -113,7 +120,11 @@ struct AssertionClaims<'a> {
 /// Builds the RS256 client assertion Entra ID expects (reference §4): header `x5t` = base64url
 /// SHA-1 of the DER certificate; `aud` = the exact token URL; `iss` = `sub` = client id;
 /// a fresh `jti`; valid for 10 minutes.
-pub fn client_assertion(cert: &crate::certs::ClientCertificate, client_id: &str, token_url: &str) -> Result<String, TokenError> {
+pub fn client_assertion(
+    cert: &crate::certs::ClientCertificate,
+    client_id: &str,
+    token_url: &str,
+) -> Result<String, TokenError> {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.typ = Some("JWT".into());
     header.x5t = Some(cert.x5t.clone());
@@ -158,7 +169,10 @@ impl EntraClient {
         format!("{}/{}/oauth2/token", self.login_url, tenant)
     }
 
-    fn credential_form(&self, token_url: &str) -> Result<Vec<(&'static str, Secret<String>)>, TokenError> {
+    fn credential_form(
+        &self,
+        token_url: &str,
+    ) -> Result<Vec<(&'static str, Secret<String>)>, TokenError> {
         Ok(match &self.credential {
             Credential::Secret(s) => vec![("client_secret", s.clone())],
             Credential::Certificate(c) => vec![
@@ -166,12 +180,19 @@ impl EntraClient {
                     "client_assertion_type",
                     Secret::new("urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()),
                 ),
-                ("client_assertion", Secret::new(client_assertion(c, &self.client_id, token_url)?)),
+                (
+                    "client_assertion",
+                    Secret::new(client_assertion(c, &self.client_id, token_url)?),
+                ),
             ],
         })
     }
 
-    async fn post(&self, url: &str, mut form: Vec<(&'static str, String)>) -> Result<serde_json::Value, TokenError> {
+    async fn post(
+        &self,
+        url: &str,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<serde_json::Value, TokenError> {
         for (k, v) in self.credential_form(url)? {
             form.push((k, v.expose().clone()));
         }
@@ -183,12 +204,24 @@ impl EntraClient {
             .await
             .map_err(|e| TokenError::Transport(e.without_url().to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| TokenError::Transport(e.without_url().to_string()))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| TokenError::Transport(e.without_url().to_string()))?;
         let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|_| TokenError::Malformed(format!("HTTP {status}, body is not JSON")))?;
         if status != 200 {
-            let field = |k: &str| json.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            return Err(TokenError::Rejected { status, error: field("error"), description: field("error_description") });
+            let field = |k: &str| {
+                json.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            return Err(TokenError::Rejected {
+                status,
+                error: field("error"),
+                description: field("error_description"),
+            });
         }
         Ok(json)
     }
@@ -206,13 +239,22 @@ impl EntraClient {
                 ],
             )
             .await?;
-        let r: TokenResponse = serde_json::from_value(json).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let r: TokenResponse =
+            serde_json::from_value(json).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let now = chrono::Utc::now().timestamp();
-        Ok(AccessToken { token: r.access_token, expires_at: now + r.expires_in, obtained_at: now })
+        Ok(AccessToken {
+            token: r.access_token,
+            expires_at: now + r.expires_in,
+            obtained_at: now,
+        })
     }
 
     /// Authorization-code grant at the `common` endpoint (consent). Returns the raw access token.
-    pub async fn exchange_code(&self, code: &str, redirect_uri: &str) -> Result<String, TokenError> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+    ) -> Result<String, TokenError> {
         let url = self.token_url("common");
         let json = self
             .post(
@@ -226,7 +268,8 @@ impl EntraClient {
                 ],
             )
             .await?;
-        let r: TokenResponse = serde_json::from_value(json).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let r: TokenResponse =
+            serde_json::from_value(json).map_err(|e| TokenError::Malformed(e.to_string()))?;
         Ok(r.access_token)
     }
 
@@ -246,7 +289,13 @@ pub struct TokenProvider {
 
 impl TokenProvider {
     pub fn new(entra: EntraClient, store: Arc<Store>, metrics: Arc<Metrics>) -> TokenProvider {
-        TokenProvider { entra, store, metrics, memory: Mutex::new(HashMap::new()), flights: Mutex::new(HashMap::new()) }
+        TokenProvider {
+            entra,
+            store,
+            metrics,
+            memory: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn entra(&self) -> &EntraClient {
@@ -258,11 +307,19 @@ impl TokenProvider {
     }
 
     fn remember(&self, t: &TenantId, tok: &AccessToken) {
-        self.memory.lock().expect("poisoned").insert(t.clone(), tok.clone());
+        self.memory
+            .lock()
+            .expect("poisoned")
+            .insert(t.clone(), tok.clone());
     }
 
     async fn from_redis(&self, t: &TenantId) -> Option<AccessToken> {
-        let raw = self.store.get(&self.store.token_cache_key(t)).await.ok().flatten()?;
+        let raw = self
+            .store
+            .get(&self.store.token_cache_key(t))
+            .await
+            .ok()
+            .flatten()?;
         serde_json::from_str::<AccessToken>(&raw).ok()
     }
 
@@ -318,7 +375,10 @@ impl TokenProvider {
                     if let Ok(t) = &result {
                         let ttl = Duration::from_secs(t.seconds_left().max(1) as u64);
                         if let Ok(json) = serde_json::to_string(t) {
-                            let _ = self.store.set_px(&self.store.token_cache_key(tenant), &json, ttl).await;
+                            let _ = self
+                                .store
+                                .set_px(&self.store.token_cache_key(tenant), &json, ttl)
+                                .await;
                         }
                     }
                     let _ = self.store.release(&lock_key, &me).await;
@@ -343,9 +403,14 @@ impl TokenProvider {
 
     async fn fetch(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
         let result = self.entra.app_token(tenant).await;
-        self.metrics.token_requests.with_label_values(&[if result.is_ok() { "ok" } else { "failed" }]).inc();
+        self.metrics
+            .token_requests
+            .with_label_values(&[if result.is_ok() { "ok" } else { "failed" }])
+            .inc();
         match &result {
-            Ok(t) => tracing::info!(tenant_id = %tenant, expires_in = t.seconds_left(), "Fetched an app-only token."),
+            Ok(t) => {
+                tracing::info!(tenant_id = %tenant, expires_in = t.seconds_left(), "Fetched an app-only token.")
+            }
             Err(e) => tracing::warn!(tenant_id = %tenant, error = %e, "Token request failed."),
         }
         result
@@ -388,12 +453,15 @@ mod tests {
     fn client_assertion_is_rs256_signed_with_the_certificate_key_and_names_it() {
         let (key, cert_pem) = crate::certs::generate("assertion test", 10, 2048).unwrap();
         let cert = crate::certs::ClientCertificate::from_pem(&cert_pem, &key).unwrap();
-        let url = "https://login.microsoftonline.com/41463f53-8812-40f4-890f-865bf6e35190/oauth2/token";
+        let url =
+            "https://login.microsoftonline.com/41463f53-8812-40f4-890f-865bf6e35190/oauth2/token";
         let jwt = client_assertion(&cert, "a6099727-6b7b-482c-b509-1df309acc563", url).unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
-        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
 
         let x509 = X509::from_pem(&cert_pem).unwrap();
@@ -404,14 +472,22 @@ mod tests {
 
         let pubkey = x509.public_key().unwrap();
         let mut v = Verifier::new(MessageDigest::sha256(), &pubkey).unwrap();
-        v.update(format!("{}.{}", parts[0], parts[1]).as_bytes()).unwrap();
-        assert!(v.verify(&sig).unwrap(), "signature must verify with the certificate's key");
+        v.update(format!("{}.{}", parts[0], parts[1]).as_bytes())
+            .unwrap();
+        assert!(
+            v.verify(&sig).unwrap(),
+            "signature must verify with the certificate's key"
+        );
 
         assert_eq!(claims["aud"], url);
         assert_eq!(claims["iss"], "a6099727-6b7b-482c-b509-1df309acc563");
         assert_eq!(claims["sub"], claims["iss"]);
         assert!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).is_ok());
-        let (nbf, iat, exp) = (claims["nbf"].as_i64().unwrap(), claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+        let (nbf, iat, exp) = (
+            claims["nbf"].as_i64().unwrap(),
+            claims["iat"].as_i64().unwrap(),
+            claims["exp"].as_i64().unwrap(),
+        );
         assert_eq!(nbf, iat);
         assert_eq!(exp - nbf, 600);
         let jwt2 = client_assertion(&cert, "a6099727-6b7b-482c-b509-1df309acc563", url).unwrap();
@@ -425,7 +501,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.expires_in, 3599);
-        let r: TokenResponse = serde_json::from_str(r#"{"expires_in":4000,"access_token":"x"}"#).unwrap();
+        let r: TokenResponse =
+            serde_json::from_str(r#"{"expires_in":4000,"access_token":"x"}"#).unwrap();
         assert_eq!(r.expires_in, 4000);
     }
 }

@@ -39,7 +39,11 @@ pub enum Rejection {
     MediaType,
     TooLarge,
     Malformed(String),
-    Blob { index: usize, reason: &'static str, detail: String },
+    Blob {
+        index: usize,
+        reason: &'static str,
+        detail: String,
+    },
     Unavailable(String),
 }
 
@@ -57,12 +61,27 @@ impl Rejection {
 
     fn response(&self) -> HttpResponse {
         let (mut builder, msg) = match self {
-            Rejection::Auth => (HttpResponse::Unauthorized(), "missing or wrong Webhook-AuthID".to_string()),
-            Rejection::MediaType => (HttpResponse::UnsupportedMediaType(), "expected Content-Type application/json".into()),
-            Rejection::TooLarge => (HttpResponse::PayloadTooLarge(), format!("body larger than {MAX_BODY} bytes")),
+            Rejection::Auth => (
+                HttpResponse::Unauthorized(),
+                "missing or wrong Webhook-AuthID".to_string(),
+            ),
+            Rejection::MediaType => (
+                HttpResponse::UnsupportedMediaType(),
+                "expected Content-Type application/json".into(),
+            ),
+            Rejection::TooLarge => (
+                HttpResponse::PayloadTooLarge(),
+                format!("body larger than {MAX_BODY} bytes"),
+            ),
             Rejection::Malformed(m) => (HttpResponse::BadRequest(), format!("malformed body: {m}")),
-            Rejection::Blob { index, detail, .. } => (HttpResponse::BadRequest(), format!("blob {index}: {detail}")),
-            Rejection::Unavailable(_) => (HttpResponse::ServiceUnavailable(), "work queue unavailable; retry later".into()),
+            Rejection::Blob { index, detail, .. } => (
+                HttpResponse::BadRequest(),
+                format!("blob {index}: {detail}"),
+            ),
+            Rejection::Unavailable(_) => (
+                HttpResponse::ServiceUnavailable(),
+                "work queue unavailable; retry later".into(),
+            ),
         };
         builder.json(serde_json::json!({ "error": msg }))
     }
@@ -70,7 +89,10 @@ impl Rejection {
 
 fn authorised(req: &HttpRequest, relay: &Relay) -> bool {
     match req.headers().get("Webhook-AuthID") {
-        Some(v) => constant_time_eq(v.as_bytes(), relay.settings.webhook_auth_id.expose().as_bytes()),
+        Some(v) => constant_time_eq(
+            v.as_bytes(),
+            relay.settings.webhook_auth_id.expose().as_bytes(),
+        ),
         None => false,
     }
 }
@@ -80,11 +102,20 @@ fn is_json(req: &HttpRequest) -> bool {
     req.headers()
         .get(actix_web::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
         .unwrap_or(false)
 }
 
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, Rejection> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::BytesMut, Rejection> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -105,29 +136,56 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::
 }
 
 fn blob_err(index: usize, reason: &'static str, detail: impl Into<String>) -> Rejection {
-    Rejection::Blob { index, reason, detail: detail.into() }
+    Rejection::Blob {
+        index,
+        reason,
+        detail: detail.into(),
+    }
 }
 
 /// Turns one notification entry into a work item, or says precisely why not. Pure except for
 /// the served-tenant lookup.
-pub async fn validate_blob(relay: &Relay, index: usize, n: RawNotification) -> Result<WorkItem, Rejection> {
-    let field = |v: Option<String>, name: &str| v.filter(|s| !s.is_empty()).ok_or_else(|| blob_err(index, "malformed", format!("{name} is missing")));
+pub async fn validate_blob(
+    relay: &Relay,
+    index: usize,
+    n: RawNotification,
+) -> Result<WorkItem, Rejection> {
+    let field = |v: Option<String>, name: &str| {
+        v.filter(|s| !s.is_empty())
+            .ok_or_else(|| blob_err(index, "malformed", format!("{name} is missing")))
+    };
     let client_id = field(n.client_id, "clientId")?;
     if !client_id.eq_ignore_ascii_case(&relay.settings.client_id) {
-        return Err(blob_err(index, "client_id", "clientId is not this application's"));
+        return Err(blob_err(
+            index,
+            "client_id",
+            "clientId is not this application's",
+        ));
     }
-    let tenant = TenantId::parse(&field(n.tenant_id, "tenantId")?).map_err(|e| blob_err(index, "tenant", e))?;
+    let tenant = TenantId::parse(&field(n.tenant_id, "tenantId")?)
+        .map_err(|e| blob_err(index, "tenant", e))?;
     if !relay.tenants.is_served(&tenant).await {
-        return Err(blob_err(index, "tenant", format!("tenant {tenant} is not served")));
+        return Err(blob_err(
+            index,
+            "tenant",
+            format!("tenant {tenant} is not served"),
+        ));
     }
-    let content_type: ContentType =
-        field(n.content_type, "contentType")?.parse().map_err(|e: String| blob_err(index, "content_type", e))?;
+    let content_type: ContentType = field(n.content_type, "contentType")?
+        .parse()
+        .map_err(|e: String| blob_err(index, "content_type", e))?;
     if !relay.settings.content_types.contains(&content_type) {
-        return Err(blob_err(index, "content_type", format!("content type {content_type} is not configured")));
+        return Err(blob_err(
+            index,
+            "content_type",
+            format!("content type {content_type} is not configured"),
+        ));
     }
-    let content_id = ContentId::parse(&field(n.content_id, "contentId")?).map_err(|e| blob_err(index, "malformed", e))?;
+    let content_id = ContentId::parse(&field(n.content_id, "contentId")?)
+        .map_err(|e| blob_err(index, "malformed", e))?;
     let uri = field(n.content_uri, "contentUri")?;
-    check_content_uri(relay, &uri, &tenant, &content_id).map_err(|d| blob_err(index, "content_uri", d))?;
+    check_content_uri(relay, &uri, &tenant, &content_id)
+        .map_err(|d| blob_err(index, "content_uri", d))?;
     Ok(WorkItem {
         tenant_id: tenant,
         content_type,
@@ -142,12 +200,21 @@ pub async fn validate_blob(relay: &Relay, index: usize, n: RawNotification) -> R
 /// The `contentUri` must be exactly `{O365_MANAGE_URL}/api/v1.0/{tenant}/activity/feed/audit/{contentId}`:
 /// same origin, this tenant, this content id, no credentials, query or fragment. Anything else
 /// could make us send the tenant's token to someone else.
-pub fn check_content_uri(relay: &Relay, uri: &str, tenant: &TenantId, content_id: &ContentId) -> Result<(), String> {
+pub fn check_content_uri(
+    relay: &Relay,
+    uri: &str,
+    tenant: &TenantId,
+    content_id: &ContentId,
+) -> Result<(), String> {
     let url = url::Url::parse(uri).map_err(|_| "contentUri is not a URL".to_string())?;
     if !relay.management.is_management_url(&url) {
         return Err("contentUri does not point at the Management API".into());
     }
-    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
         return Err("contentUri has credentials, a query or a fragment".into());
     }
     let segments: Vec<&str> = url.path().split('/').collect();
@@ -166,7 +233,8 @@ pub fn check_content_uri(relay: &Relay, uri: &str, tenant: &TenantId, content_id
 
 /// Content ids hold `$`, which a sender may percent-encode.
 fn decode_dollar(s: &str) -> String {
-    s.replace("%24", "$").replace("%24".to_ascii_lowercase().as_str(), "$")
+    s.replace("%24", "$")
+        .replace("%24".to_ascii_lowercase().as_str(), "$")
 }
 
 /// Serialises work items into work-queue messages.
@@ -176,10 +244,25 @@ pub fn work_messages(items: &[WorkItem]) -> Vec<(Vec<u8>, lapin::BasicProperties
         .map(|item| {
             let mut headers = FieldTable::default();
             header(&mut headers, "o365-tenant-id", item.tenant_id.as_str());
-            header(&mut headers, "o365-content-type", item.content_type.as_str());
-            header(&mut headers, "o365-source", if item.source == Source::Webhook { "webhook" } else { "reconcile" });
+            header(
+                &mut headers,
+                "o365-content-type",
+                item.content_type.as_str(),
+            );
+            header(
+                &mut headers,
+                "o365-source",
+                if item.source == Source::Webhook {
+                    "webhook"
+                } else {
+                    "reconcile"
+                },
+            );
             let body = serde_json::to_vec(item).expect("serialisable");
-            (body, json_properties(item.content_id.as_str()).with_headers(headers))
+            (
+                body,
+                json_properties(item.content_id.as_str()).with_headers(headers),
+            )
         })
         .collect()
 }
@@ -190,12 +273,21 @@ pub async fn enqueue(relay: &Relay, items: &[WorkItem]) -> Result<(), crate::bro
     let work = relay.broker.names().work.clone();
     let out: Vec<OutMessage<'_>> = messages
         .iter()
-        .map(|(body, props)| OutMessage { exchange: "", routing_key: &work, body, properties: props.clone() })
+        .map(|(body, props)| OutMessage {
+            exchange: "",
+            routing_key: &work,
+            body,
+            properties: props.clone(),
+        })
         .collect();
     relay.broker.publish_all(out).await
 }
 
-async fn handle(req: &HttpRequest, payload: web::Payload, relay: &Relay) -> Result<HttpResponse, Rejection> {
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    relay: &Relay,
+) -> Result<HttpResponse, Rejection> {
     if !authorised(req, relay) {
         return Err(Rejection::Auth);
     }
@@ -204,7 +296,8 @@ async fn handle(req: &HttpRequest, payload: web::Payload, relay: &Relay) -> Resu
         return Err(Rejection::MediaType);
     }
     let body = read_body(req, payload).await?;
-    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) && validation_header {
+    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) && validation_header
+    {
         serde_json::Value::Null
     } else {
         serde_json::from_slice(&body).map_err(|e| Rejection::Malformed(e.to_string()))?
@@ -212,34 +305,57 @@ async fn handle(req: &HttpRequest, payload: web::Payload, relay: &Relay) -> Resu
     // Validation request (sent by /subscriptions/start): answer 200, enqueue nothing.
     if validation_header || value.get("validationCode").is_some() {
         tracing::info!("Answered a webhook validation request.");
-        relay.metrics.notifications.with_label_values(&["accepted", "validation"]).inc();
+        relay
+            .metrics
+            .notifications
+            .with_label_values(&["accepted", "validation"])
+            .inc();
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "validated" })));
     }
-    let entries: Vec<RawNotification> = serde_json::from_value(value)
-        .map_err(|e| Rejection::Malformed(format!("expected an array of content notifications ({e})")))?;
+    let entries: Vec<RawNotification> = serde_json::from_value(value).map_err(|e| {
+        Rejection::Malformed(format!("expected an array of content notifications ({e})"))
+    })?;
     let mut items = Vec::with_capacity(entries.len());
     for (i, n) in entries.into_iter().enumerate() {
         items.push(validate_blob(relay, i, n).await?);
     }
     if !items.is_empty() {
-        enqueue(relay, &items).await.map_err(|e| Rejection::Unavailable(e.to_string()))?;
+        enqueue(relay, &items)
+            .await
+            .map_err(|e| Rejection::Unavailable(e.to_string()))?;
     }
     for item in &items {
         tracing::debug!(tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id, "Blob enqueued.");
     }
-    relay.metrics.notifications.with_label_values(&["accepted", "ok"]).inc();
+    relay
+        .metrics
+        .notifications
+        .with_label_values(&["accepted", "ok"])
+        .inc();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "accepted": items.len() })))
 }
 
 /// The actix handler.
-pub async fn webhook(req: HttpRequest, payload: web::Payload, relay: web::Data<Relay>) -> HttpResponse {
+pub async fn webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    relay: web::Data<Relay>,
+) -> HttpResponse {
     match handle(&req, payload, &relay).await {
         Ok(r) => r,
         Err(rejection) => {
-            relay.metrics.notifications.with_label_values(&["rejected", rejection.label()]).inc();
+            relay
+                .metrics
+                .notifications
+                .with_label_values(&["rejected", rejection.label()])
+                .inc();
             match &rejection {
-                Rejection::Unavailable(e) => tracing::error!(error = %e, "Work queue unavailable; answered 503 so Microsoft retries."),
-                Rejection::Blob { index, detail, .. } => tracing::warn!(blob = index, reason = %detail, "Notification rejected."),
+                Rejection::Unavailable(e) => {
+                    tracing::error!(error = %e, "Work queue unavailable; answered 503 so Microsoft retries.")
+                }
+                Rejection::Blob { index, detail, .. } => {
+                    tracing::warn!(blob = index, reason = %detail, "Notification rejected.")
+                }
                 other => tracing::warn!(reason = other.label(), "Webhook request rejected."),
             }
             rejection.response()

@@ -7,7 +7,9 @@
 //! permanent ones and exhausted retries go to `{work}.dead` with the reason in a header.
 
 use crate::app::Relay;
-use crate::broker::{await_confirm, header, header_str, json_properties, publish_one, BrokerError, OutMessage};
+use crate::broker::{
+    await_confirm, header, header_str, json_properties, publish_one, BrokerError, OutMessage,
+};
 use crate::domain::{parse_ms_time, WorkItem};
 use crate::management::{ApiError, Disposition};
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
@@ -68,8 +70,15 @@ pub struct BlobStats {
 
 /// Backoff for attempt `n` (1-based): `base·2^(n-1)` capped at `max`, with "equal jitter"
 /// (half fixed, half random) so retries of many blobs spread out; never less than `Retry-After`.
-pub fn backoff(base: Duration, max: Duration, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20))).min(max);
+pub fn backoff(
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exp = base
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
+        .min(max);
     let half = exp / 2;
     let jitter = Duration::from_millis(rand::random_range(0..=half.as_millis().max(1) as u64));
     (half + jitter).max(retry_after.unwrap_or_default())
@@ -99,7 +108,11 @@ pub async fn run(relay: Arc<Relay>, shutdown: CancellationToken) {
 async fn consume(relay: &Arc<Relay>, shutdown: &CancellationToken) -> Result<(), BrokerError> {
     let concurrency = relay.settings.worker_concurrency;
     let ch = relay.broker.channel().await?;
-    ch.basic_qos(concurrency.min(u16::MAX as usize) as u16, BasicQosOptions::default()).await?;
+    ch.basic_qos(
+        concurrency.min(u16::MAX as usize) as u16,
+        BasicQosOptions::default(),
+    )
+    .await?;
     let mut consumer = ch
         .basic_consume(
             relay.broker.names().work.as_str().into(),
@@ -127,7 +140,8 @@ async fn consume(relay: &Arc<Relay>, shutdown: &CancellationToken) -> Result<(),
     // Let blobs in flight finish (their records confirmed and acked) within the shutdown
     // budget; whatever is still unacked is requeued by RabbitMQ when the channel closes.
     let budget = relay.settings.shutdown_timeout;
-    let drained = tokio::time::timeout(budget, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(budget, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("Blobs still in flight at shutdown are left to RabbitMQ to redeliver.");
         tasks.abort_all();
@@ -137,14 +151,23 @@ async fn consume(relay: &Arc<Relay>, shutdown: &CancellationToken) -> Result<(),
 }
 
 fn attempt_of(d: &Delivery) -> u32 {
-    header_str(&d.properties, ATTEMPT_HEADER).and_then(|s| s.parse().ok()).unwrap_or(0)
+    header_str(&d.properties, ATTEMPT_HEADER)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn handle_delivery(relay: &Relay, delivery: Delivery) {
     let item: WorkItem = match serde_json::from_slice(&delivery.data) {
         Ok(i) => i,
         Err(e) => {
-            dead_letter(relay, &delivery, None, "malformed_work_item", &format!("unreadable work item: {e}")).await;
+            dead_letter(
+                relay,
+                &delivery,
+                None,
+                "malformed_work_item",
+                &format!("unreadable work item: {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -154,10 +177,21 @@ async fn handle_delivery(relay: &Relay, delivery: Delivery) {
 
 async fn process(relay: &Relay, delivery: Delivery, item: WorkItem) {
     if !relay.tenants.is_served(&item.tenant_id).await {
-        dead_letter(relay, &delivery, Some(&item), "tenant_not_served", "tenant is no longer served").await;
+        dead_letter(
+            relay,
+            &delivery,
+            Some(&item),
+            "tenant_not_served",
+            "tenant is no longer served",
+        )
+        .await;
         return;
     }
-    if let Ok(true) = relay.store.is_relayed(&item.tenant_id, &item.content_id).await {
+    if let Ok(true) = relay
+        .store
+        .is_relayed(&item.tenant_id, &item.content_id)
+        .await
+    {
         tracing::debug!("Blob already relayed; skipping.");
         relay.metrics.blobs.with_label_values(&["duplicate"]).inc();
         ack(&delivery).await;
@@ -172,7 +206,10 @@ async fn process(relay: &Relay, delivery: Delivery, item: WorkItem) {
                 .map(|s| Duration::from_secs(s as u64))
                 .unwrap_or(Duration::from_secs(7 * 86_400))
                 + MARKER_GRACE;
-            let _ = relay.store.mark_relayed(&item.tenant_id, &item.content_id, ttl).await;
+            let _ = relay
+                .store
+                .mark_relayed(&item.tenant_id, &item.content_id, ttl)
+                .await;
             ack(&delivery).await;
             relay.metrics.blobs.with_label_values(&["relayed"]).inc();
             relay
@@ -181,24 +218,38 @@ async fn process(relay: &Relay, delivery: Delivery, item: WorkItem) {
                 .with_label_values(&[item.content_type.as_str()])
                 .observe(started.elapsed().as_secs_f64());
             if let Some(created) = item.content_created.as_deref().and_then(parse_ms_time) {
-                relay.metrics.relay_lag.observe((chrono::Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0);
+                relay.metrics.relay_lag.observe(
+                    (chrono::Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0,
+                );
             }
-            tracing::info!(records = stats.records, published = stats.published, duplicates = stats.duplicates, "Blob relayed.");
+            tracing::info!(
+                records = stats.records,
+                published = stats.published,
+                duplicates = stats.duplicates,
+                "Blob relayed."
+            );
         }
         Err(e) => {
             let attempt = attempt_of(&delivery) + 1;
             let reason = e.to_string();
             match e.disposition() {
-                Disposition::GiveUp => dead_letter(relay, &delivery, Some(&item), &e.code(), &reason).await,
+                Disposition::GiveUp => {
+                    dead_letter(relay, &delivery, Some(&item), &e.code(), &reason).await
+                }
                 _ if attempt >= relay.settings.max_attempts => {
                     let why = format!("gave up after {attempt} attempts: {reason}");
                     dead_letter(relay, &delivery, Some(&item), &e.code(), &why).await
                 }
                 Disposition::StartSubscription => {
-                    relay.subscriptions.ensure_started(&item.tenant_id, item.content_type).await;
+                    relay
+                        .subscriptions
+                        .ensure_started(&item.tenant_id, item.content_type)
+                        .await;
                     retry_later(relay, &delivery, attempt, None, &e).await
                 }
-                Disposition::Retry(after) => retry_later(relay, &delivery, attempt, after, &e).await,
+                Disposition::Retry(after) => {
+                    retry_later(relay, &delivery, attempt, after, &e).await
+                }
             }
         }
     }
@@ -206,7 +257,10 @@ async fn process(relay: &Relay, delivery: Delivery, item: WorkItem) {
 
 /// Fetches the blob and publishes its records, streaming: at most one batch of records is held.
 pub async fn relay_blob(relay: &Relay, item: &WorkItem) -> Result<BlobStats, RelayError> {
-    let resp = relay.management.fetch_content(&item.tenant_id, &item.content_uri).await?;
+    let resp = relay
+        .management
+        .fetch_content(&item.tenant_id, &item.content_uri)
+        .await?;
     let mut body = resp.bytes_stream();
     let mut splitter = ArraySplitter::new();
     let mut raw = Vec::new();
@@ -215,7 +269,8 @@ pub async fn relay_blob(relay: &Relay, item: &WorkItem) -> Result<BlobStats, Rel
     let mut stats = BlobStats::default();
     let mut index = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Transport(format!("reading content: {}", e.without_url())))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::Transport(format!("reading content: {}", e.without_url())))?;
         splitter.feed(&chunk, &mut raw)?;
         for r in raw.drain(..) {
             batch.push(AuditRecord::parse(r, index)?);
@@ -247,7 +302,11 @@ async fn publish_records(
     let seen: Vec<bool> = if dedup {
         let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
         // Without Redis, relay everything: consumers de-duplicate on message_id.
-        relay.store.records_seen(&item.tenant_id, &ids).await.unwrap_or_else(|_| vec![false; ids.len()])
+        relay
+            .store
+            .records_seen(&item.tenant_id, &ids)
+            .await
+            .unwrap_or_else(|_| vec![false; ids.len()])
     } else {
         vec![false; batch.len()]
     };
@@ -264,7 +323,11 @@ async fn publish_records(
         }
         let mut headers = FieldTable::default();
         header(&mut headers, "o365-tenant-id", item.tenant_id.as_str());
-        header(&mut headers, "o365-content-type", item.content_type.as_str());
+        header(
+            &mut headers,
+            "o365-content-type",
+            item.content_type.as_str(),
+        );
         header(&mut headers, "o365-content-id", item.content_id.as_str());
         header(&mut headers, "o365-record-type", &record.record_type);
         header(&mut headers, "o365-workload", &record.workload);
@@ -294,9 +357,20 @@ async fn publish_records(
         }
     }
     stats.published += published_ids.len() as u64;
-    relay.metrics.records_published.with_label_values(&[item.content_type.as_str()]).inc_by(published_ids.len() as u64);
+    relay
+        .metrics
+        .records_published
+        .with_label_values(&[item.content_type.as_str()])
+        .inc_by(published_ids.len() as u64);
     if dedup {
-        let _ = relay.store.mark_records(&item.tenant_id, &published_ids, relay.settings.record_dedup_ttl).await;
+        let _ = relay
+            .store
+            .mark_records(
+                &item.tenant_id,
+                &published_ids,
+                relay.settings.record_dedup_ttl,
+            )
+            .await;
     }
     batch.clear();
     Ok(())
@@ -311,26 +385,62 @@ async fn ack(d: &Delivery) {
 /// Hands the message back to RabbitMQ for immediate redelivery (used only when we cannot
 /// even park it in the retry or dead queue).
 async fn requeue(d: &Delivery) {
-    let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+    let _ = d
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
 }
 
-fn forwarded_properties(d: &Delivery, extra: &[(&str, String)], attempt: u32) -> lapin::BasicProperties {
+fn forwarded_properties(
+    d: &Delivery,
+    extra: &[(&str, String)],
+    attempt: u32,
+) -> lapin::BasicProperties {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
-    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
     for (k, v) in extra {
         header(&mut headers, k, v);
     }
-    let id = d.properties.message_id().as_ref().map(|s| s.as_str().to_string()).unwrap_or_default();
+    let id = d
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
     json_properties(&id).with_headers(headers)
 }
 
-async fn retry_later(relay: &Relay, d: &Delivery, attempt: u32, retry_after: Option<Duration>, e: &RelayError) {
+async fn retry_later(
+    relay: &Relay,
+    d: &Delivery,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    e: &RelayError,
+) {
     let s = &relay.settings;
     let delay = backoff(s.retry_base, s.retry_max, attempt, retry_after);
-    let props = forwarded_properties(d, &[("o365-last-error", e.to_string()), ("o365-error-code", e.code())], attempt)
-        .with_expiration(delay.as_millis().max(1).to_string().into());
+    let props = forwarded_properties(
+        d,
+        &[
+            ("o365-last-error", e.to_string()),
+            ("o365-error-code", e.code()),
+        ],
+        attempt,
+    )
+    .with_expiration(delay.as_millis().max(1).to_string().into());
     let retry = relay.broker.names().retry.clone();
-    let msg = OutMessage { exchange: "", routing_key: &retry, body: &d.data, properties: props };
+    let msg = OutMessage {
+        exchange: "",
+        routing_key: &retry,
+        body: &d.data,
+        properties: props,
+    };
     match relay.broker.publish_all(vec![msg]).await {
         Ok(()) => {
             relay.metrics.blobs.with_label_values(&["retried"]).inc();
@@ -344,7 +454,13 @@ async fn retry_later(relay: &Relay, d: &Delivery, attempt: u32, retry_after: Opt
     }
 }
 
-async fn dead_letter(relay: &Relay, d: &Delivery, item: Option<&WorkItem>, code: &str, reason: &str) {
+async fn dead_letter(
+    relay: &Relay,
+    d: &Delivery,
+    item: Option<&WorkItem>,
+    code: &str,
+    reason: &str,
+) {
     let attempt = attempt_of(d);
     let props = forwarded_properties(
         d,
@@ -356,11 +472,20 @@ async fn dead_letter(relay: &Relay, d: &Delivery, item: Option<&WorkItem>, code:
         attempt,
     );
     let dead = relay.broker.names().dead.clone();
-    let msg = OutMessage { exchange: "", routing_key: &dead, body: &d.data, properties: props };
+    let msg = OutMessage {
+        exchange: "",
+        routing_key: &dead,
+        body: &d.data,
+        properties: props,
+    };
     match relay.broker.publish_all(vec![msg]).await {
         Ok(()) => {
             relay.metrics.blobs.with_label_values(&["dead"]).inc();
-            relay.metrics.dead_letters.with_label_values(&[code_label(code)]).inc();
+            relay
+                .metrics
+                .dead_letters
+                .with_label_values(&[code_label(code)])
+                .inc();
             tracing::error!(
                 content_id = item.map(|i| i.content_id.as_str()).unwrap_or(""),
                 code,
@@ -404,7 +529,11 @@ mod tests {
         for attempt in 1..=12 {
             let d = backoff(base, max, attempt, None);
             let exp = (base * 2u32.pow(attempt - 1)).min(max);
-            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?} not in [{:?}, {exp:?}]", exp / 2);
+            assert!(
+                d >= exp / 2 && d <= exp,
+                "attempt {attempt}: {d:?} not in [{:?}, {exp:?}]",
+                exp / 2
+            );
         }
         assert!(backoff(base, max, 1, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
     }

@@ -95,12 +95,25 @@ pub async fn start_sim(opts: &Options, dir: &std::path::Path) -> (Simulator, Str
         notification_retry_delays: vec![Duration::from_millis(200), Duration::from_millis(400)],
         ..SimConfig::default()
     };
-    let sim = Simulator::start(config, "127.0.0.1:0").await.expect("simulator starts");
-    (sim, cert_path.display().to_string(), key_path.display().to_string())
+    let sim = Simulator::start(config, "127.0.0.1:0")
+        .await
+        .expect("simulator starts");
+    (
+        sim,
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
 }
 
 impl TestEnv {
     pub async fn start(opts: Options) -> TestEnv {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .try_init();
         let id = unique();
         let dir = std::env::temp_dir().join(format!("o365-relay-test-{id}"));
         let (sim, cert_path, key_path) = start_sim(&opts, &dir).await;
@@ -136,7 +149,10 @@ impl TestEnv {
             ("O365_HTTP_TIMEOUT".into(), "5s".into()),
         ];
         if opts.use_secret {
-            vars.push(("O365_CLIENT_SECRET".into(), "test-client-secret-value".into()));
+            vars.push((
+                "O365_CLIENT_SECRET".into(),
+                "test-client-secret-value".into(),
+            ));
         } else {
             vars.push(("O365_CLIENT_CERT_PATH".into(), cert_path));
             vars.push(("O365_CLIENT_KEY_PATH".into(), key_path));
@@ -148,26 +164,45 @@ impl TestEnv {
         // The sink exists before the relay publishes (records are published as mandatory).
         let sink = format!("test.{id}.sink");
         let amqp = if opts.amqp_url == AMQP {
-            let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.expect("RabbitMQ is running");
+            let conn = Connection::connect(AMQP, ConnectionProperties::default())
+                .await
+                .expect("RabbitMQ is running");
             let ch = conn.create_channel().await.unwrap();
             ch.exchange_declare(
                 exchange.as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
             .unwrap();
-            ch.queue_declare(sink.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-            ch.queue_bind(sink.as_str().into(), exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-                .await
-                .unwrap();
+            ch.queue_declare(
+                sink.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            ch.queue_bind(
+                sink.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
             Some((conn, ch))
         } else {
             None
         };
         let settings = Settings::from_vars(vars.clone()).expect("test settings are valid");
-        let app = Application::build_with_listeners(settings, Some(public), admin).await.expect("relay builds");
+        let app = Application::build_with_listeners(settings, Some(public), admin)
+            .await
+            .expect("relay builds");
         let relay = app.relay();
         let stop = app.shutdown_token();
         let app_task = Some(tokio::spawn(app.run_until_stopped()));
@@ -184,7 +219,10 @@ impl TestEnv {
             work_queue,
             sink,
             prefix,
-            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
             vars,
             dir,
             amqp,
@@ -240,9 +278,23 @@ impl TestEnv {
 
     /// Messages in a queue right now (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
-        let ch = self.amqp.as_ref().unwrap().0.create_channel().await.unwrap();
+        let ch = self
+            .amqp
+            .as_ref()
+            .unwrap()
+            .0
+            .create_channel()
+            .await
+            .unwrap();
         let q = ch
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let _ = ch.close(200, "ok".into()).await;
@@ -251,10 +303,31 @@ impl TestEnv {
 
     /// Takes every message from `queue` until `want` arrived (or `wait` passed), then keeps
     /// listening for `linger` to catch extras (duplicates).
-    pub async fn drain(&self, queue: &str, want: usize, wait: Duration, linger: Duration) -> Vec<lapin::message::Delivery> {
-        let ch = self.amqp.as_ref().unwrap().0.create_channel().await.unwrap();
+    pub async fn drain(
+        &self,
+        queue: &str,
+        want: usize,
+        wait: Duration,
+        linger: Duration,
+    ) -> Vec<lapin::message::Delivery> {
+        let ch = self
+            .amqp
+            .as_ref()
+            .unwrap()
+            .0
+            .create_channel()
+            .await
+            .unwrap();
         let mut consumer = ch
-            .basic_consume(queue.into(), format!("t-{}", unique()).into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                queue.into(),
+                format!("t-{}", unique()).into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let mut got = Vec::new();
@@ -275,11 +348,24 @@ impl TestEnv {
 
     /// Records on the exchange.
     pub async fn records(&self, want: usize) -> Vec<lapin::message::Delivery> {
-        self.drain(&self.sink.clone(), want, Duration::from_secs(20), Duration::from_millis(500)).await
+        self.drain(
+            &self.sink.clone(),
+            want,
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )
+        .await
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.admin_url)).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Stops the relay and simulator, deletes every queue, the exchange and every Redis key.
@@ -290,10 +376,22 @@ impl TestEnv {
         }
         self.sim.stop().await;
         if let Some((conn, ch)) = self.amqp.take() {
-            for q in [self.sink.clone(), self.work_queue.clone(), format!("{}.retry", self.work_queue), format!("{}.dead", self.work_queue)] {
-                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            for q in [
+                self.sink.clone(),
+                self.work_queue.clone(),
+                format!("{}.retry", self.work_queue),
+                format!("{}.dead", self.work_queue),
+            ] {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
-            let _ = ch.exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = ch
+                .exchange_delete(
+                    self.exchange.as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
             let _ = conn.close(200, "bye".into()).await;
         }
         if let Ok(store) = o365_relay::store::Store::new(REDIS, &self.prefix) {

@@ -18,7 +18,11 @@ fn relay_with(env_vars: &[(String, String)], overrides: &[(&str, &str)]) -> std:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_and_many_tasks_share_one_token_request_per_tenant() {
-    let env = TestEnv::start(Options { workers: false, ..Default::default() }).await;
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
     let replicas: Vec<_> = (0..3).map(|_| relay_with(&env.vars, &[])).collect();
     let mut tasks = Vec::new();
     for r in &replicas {
@@ -26,7 +30,9 @@ async fn three_replicas_and_many_tasks_share_one_token_request_per_tenant() {
             for _ in 0..20 {
                 let r = r.clone();
                 let tid = TenantId::parse(t).unwrap();
-                tasks.push(tokio::spawn(async move { r.tokens.get(&tid).await.map(|t| t.token) }));
+                tasks.push(tokio::spawn(async move {
+                    r.tokens.get(&tid).await.map(|t| t.token)
+                }));
             }
         }
     }
@@ -46,7 +52,12 @@ async fn three_replicas_and_many_tasks_share_one_token_request_per_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_are_refreshed_before_they_expire() {
     // A 4 s lifetime is refreshed at half-life (a real 60–90 min token: 5 minutes before).
-    let env = TestEnv::start(Options { workers: false, token_lifetime: Duration::from_secs(4), ..Default::default() }).await;
+    let env = TestEnv::start(Options {
+        workers: false,
+        token_lifetime: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await;
     let tid = TenantId::parse(TENANT_A).unwrap();
     let first = env.relay.tokens.get(&tid).await.unwrap();
     let again = env.relay.tokens.get(&tid).await.unwrap();
@@ -55,14 +66,21 @@ async fn tokens_are_refreshed_before_they_expire() {
     let now = chrono::Utc::now().timestamp();
     assert!(first.expires_at > now, "the old token is still valid…");
     let second = env.relay.tokens.get(&tid).await.unwrap();
-    assert_ne!(first.token, second.token, "…yet it was replaced ahead of expiry");
+    assert_ne!(
+        first.token, second.token,
+        "…yet it was replaced ahead of expiry"
+    );
     assert_eq!(env.sim.token_requests(TENANT_A), 2);
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_secret_works_as_the_credential() {
-    let env = TestEnv::start(Options { use_secret: true, ..Default::default() }).await;
+    let env = TestEnv::start(Options {
+        use_secret: true,
+        ..Default::default()
+    })
+    .await;
     let blobs = env.sim.publish(TENANT_A, "Audit.General", 1, Some(4)).await;
     assert_eq!(env.notify(&env.notification(&blobs)).await.status(), 200);
     let unique: std::collections::HashSet<&String> = blobs[0].record_ids.iter().collect();
@@ -72,25 +90,62 @@ async fn client_secret_works_as_the_credential() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refused_credential_is_reported_and_never_cached() {
-    let env = TestEnv::start(Options { workers: false, ..Default::default() }).await;
-    let bad = relay_with(&env.vars, &[("O365_CLIENT_ID", "00000000-1111-2222-3333-444444444444")]);
-    let err = bad.tokens.get(&TenantId::parse(TENANT_A).unwrap()).await.unwrap_err();
-    assert!(err.to_string().contains("invalid_client") || err.to_string().contains("AADSTS"), "{err}");
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let bad = relay_with(
+        &env.vars,
+        &[("O365_CLIENT_ID", "00000000-1111-2222-3333-444444444444")],
+    );
+    let err = bad
+        .tokens
+        .get(&TenantId::parse(TENANT_A).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("invalid_client") || err.to_string().contains("AADSTS"),
+        "{err}"
+    );
     assert_eq!(env.sim.token_requests(TENANT_A), 0);
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_redis_the_relay_keeps_relaying() {
-    let env = TestEnv::start(Options { redis_url: "redis://127.0.0.1:1".into(), ..Default::default() }).await;
-    let blobs = env.sim.publish(TENANT_A, "Audit.Exchange", 2, Some(5)).await;
+    let env = TestEnv::start(Options {
+        redis_url: "redis://127.0.0.1:1".into(),
+        ..Default::default()
+    })
+    .await;
+    let blobs = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 2, Some(5))
+        .await;
     assert_eq!(env.notify(&env.notification(&blobs)).await.status(), 200);
-    let ids: std::collections::HashSet<&String> = blobs.iter().flat_map(|b| b.record_ids.iter()).collect();
+    let ids: std::collections::HashSet<&String> =
+        blobs.iter().flat_map(|b| b.record_ids.iter()).collect();
     let got = env.records(ids.len()).await;
-    let got_ids: std::collections::HashSet<String> =
-        got.iter().map(|d| d.properties.message_id().as_ref().unwrap().to_string()).collect();
-    assert_eq!(got_ids.len(), ids.len(), "every record relayed without Redis");
-    let ready = env.http.get(format!("{}/readyz", env.admin_url)).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "readiness tells the operator Redis is down");
+    let got_ids: std::collections::HashSet<String> = got
+        .iter()
+        .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        got_ids.len(),
+        ids.len(),
+        "every record relayed without Redis"
+    );
+    let ready = env
+        .http
+        .get(format!("{}/readyz", env.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "readiness tells the operator Redis is down"
+    );
     env.cleanup().await;
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn validation_request_is_answered_200_and_enqueues_nothing() {
-    let env = TestEnv::start(Options { workers: false, ..Default::default() }).await;
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
     let r = env
         .http
         .post(format!("{}/webhook", env.public_url))
@@ -19,7 +23,9 @@ async fn validation_request_is_answered_200_and_enqueues_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = env.notify(&serde_json::json!({"validationCode": "abc"})).await;
+    let r = env
+        .notify(&serde_json::json!({"validationCode": "abc"}))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(env.depth(&env.work_queue.clone()).await, 0);
     env.cleanup().await;
@@ -29,7 +35,11 @@ async fn validation_request_is_answered_200_and_enqueues_nothing() {
 async fn subscription_start_performs_the_validation_handshake_with_our_webhook() {
     let env = TestEnv::start(Options::default()).await;
     let tenant = o365_relay::domain::TenantId::parse(TENANT_A).unwrap();
-    let outcomes = env.relay.subscriptions.start_all(&tenant, None, false).await;
+    let outcomes = env
+        .relay
+        .subscriptions
+        .start_all(&tenant, None, false)
+        .await;
     assert!(outcomes.iter().all(|o| o.ok), "{outcomes:?}");
     let subs = env.sim.subscriptions(TENANT_A);
     assert_eq!(subs.len(), 5);
@@ -45,11 +55,27 @@ async fn subscription_start_performs_the_validation_handshake_with_our_webhook()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_or_wrong_auth_id_is_401_and_enqueues_nothing() {
-    let env = TestEnv::start(Options { workers: false, ..Default::default() }).await;
-    let blob = env.sim.publish(TENANT_A, "Audit.Exchange", 1, Some(3)).await;
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let blob = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(3))
+        .await;
     let body = serde_json::to_vec(&env.notification(&blob)).unwrap();
-    for auth in [None, Some("wrong-auth-id-0000000000"), Some(""), Some(&env.auth_id[..env.auth_id.len() - 1])] {
-        let mut req = env.http.post(format!("{}/webhook", env.public_url)).header("Content-Type", "application/json").body(body.clone());
+    for auth in [
+        None,
+        Some("wrong-auth-id-0000000000"),
+        Some(""),
+        Some(&env.auth_id[..env.auth_id.len() - 1]),
+    ] {
+        let mut req = env
+            .http
+            .post(format!("{}/webhook", env.public_url))
+            .header("Content-Type", "application/json")
+            .body(body.clone());
         if let Some(a) = auth {
             req = req.header("Webhook-AuthID", a);
         }
@@ -88,9 +114,16 @@ async fn counting_listener() -> (String, Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_failing_blob_check_is_400_enqueues_nothing_and_reaches_no_server() {
-    let env = TestEnv::start(Options { static_tenants: vec![TENANT_A.into()], ..Default::default() }).await;
+    let env = TestEnv::start(Options {
+        static_tenants: vec![TENANT_A.into()],
+        ..Default::default()
+    })
+    .await;
     let (foreign, hits) = counting_listener().await;
-    let good = env.sim.publish(TENANT_A, "Audit.SharePoint", 1, Some(2)).await;
+    let good = env
+        .sim
+        .publish(TENANT_A, "Audit.SharePoint", 1, Some(2))
+        .await;
     let b = &good[0];
     let base = env.notification(&good)[0].clone();
     let with = |k: &str, v: serde_json::Value| {
@@ -98,21 +131,97 @@ async fn every_failing_blob_check_is_400_enqueues_nothing_and_reaches_no_server(
         x[k] = v;
         x
     };
-    let path = format!("/api/v1.0/{}/activity/feed/audit/{}", b.tenant_id, b.content_id);
+    let path = format!(
+        "/api/v1.0/{}/activity/feed/audit/{}",
+        b.tenant_id, b.content_id
+    );
     let cases = vec![
-        ("foreign contentUri origin", with("contentUri", format!("{foreign}{path}").into())),
-        ("other host and port", with("contentUri", format!("{}{path}", env.sim.url().replace(|c: char| c.is_ascii_digit(), "1")).into())),
-        ("https instead of http", with("contentUri", format!("{}{path}", env.sim.url().replace("http://", "https://")).into())),
-        ("userinfo in contentUri", with("contentUri", format!("{}{path}", env.sim.url().replace("http://", "http://evil@")).into())),
-        ("query in contentUri", with("contentUri", format!("{}{path}?x=1", env.sim.url()).into())),
-        ("other tenant in path", with("contentUri", format!("{}/api/v1.0/{TENANT_B}/activity/feed/audit/{}", env.sim.url(), b.content_id).into())),
-        ("other content id in path", with("contentUri", format!("{}/api/v1.0/{}/activity/feed/audit/other", env.sim.url(), b.tenant_id).into())),
-        ("other path", with("contentUri", format!("{}/api/v1.0/{}/activity/feed/subscriptions/list", env.sim.url(), b.tenant_id).into())),
-        ("wrong client id", with("clientId", "00000000-0000-0000-0000-000000000000".into())),
+        (
+            "foreign contentUri origin",
+            with("contentUri", format!("{foreign}{path}").into()),
+        ),
+        (
+            "other host and port",
+            with(
+                "contentUri",
+                format!(
+                    "{}{path}",
+                    env.sim.url().replace(|c: char| c.is_ascii_digit(), "1")
+                )
+                .into(),
+            ),
+        ),
+        (
+            "https instead of http",
+            with(
+                "contentUri",
+                format!("{}{path}", env.sim.url().replace("http://", "https://")).into(),
+            ),
+        ),
+        (
+            "userinfo in contentUri",
+            with(
+                "contentUri",
+                format!("{}{path}", env.sim.url().replace("http://", "http://evil@")).into(),
+            ),
+        ),
+        (
+            "query in contentUri",
+            with("contentUri", format!("{}{path}?x=1", env.sim.url()).into()),
+        ),
+        (
+            "other tenant in path",
+            with(
+                "contentUri",
+                format!(
+                    "{}/api/v1.0/{TENANT_B}/activity/feed/audit/{}",
+                    env.sim.url(),
+                    b.content_id
+                )
+                .into(),
+            ),
+        ),
+        (
+            "other content id in path",
+            with(
+                "contentUri",
+                format!(
+                    "{}/api/v1.0/{}/activity/feed/audit/other",
+                    env.sim.url(),
+                    b.tenant_id
+                )
+                .into(),
+            ),
+        ),
+        (
+            "other path",
+            with(
+                "contentUri",
+                format!(
+                    "{}/api/v1.0/{}/activity/feed/subscriptions/list",
+                    env.sim.url(),
+                    b.tenant_id
+                )
+                .into(),
+            ),
+        ),
+        (
+            "wrong client id",
+            with("clientId", "00000000-0000-0000-0000-000000000000".into()),
+        ),
         ("tenant not served", with("tenantId", TENANT_B.into())),
-        ("tenant not a GUID", with("tenantId", "contoso.onmicrosoft.com".into())),
-        ("unknown content type", with("contentType", "Audit.Everything".into())),
-        ("missing contentId", with("contentId", serde_json::Value::Null)),
+        (
+            "tenant not a GUID",
+            with("tenantId", "contoso.onmicrosoft.com".into()),
+        ),
+        (
+            "unknown content type",
+            with("contentType", "Audit.Everything".into()),
+        ),
+        (
+            "missing contentId",
+            with("contentId", serde_json::Value::Null),
+        ),
         ("bad contentId", with("contentId", "../../x".into())),
     ];
     for (name, bad) in cases {
@@ -121,7 +230,10 @@ async fn every_failing_blob_check_is_400_enqueues_nothing_and_reaches_no_server(
         let r = env.notify(&body).await;
         assert_eq!(r.status(), 400, "{name}");
         let j: serde_json::Value = r.json().await.unwrap();
-        assert!(j["error"].as_str().unwrap().starts_with("blob 1:"), "{name}: {j}");
+        assert!(
+            j["error"].as_str().unwrap().starts_with("blob 1:"),
+            "{name}: {j}"
+        );
     }
     for (name, body, status) in [
         ("not JSON", "this is not json".to_string(), 400),
@@ -160,23 +272,45 @@ async fn every_failing_blob_check_is_400_enqueues_nothing_and_reaches_no_server(
         .unwrap();
     assert_eq!(r.status(), 413);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(env.depth(&env.work_queue.clone()).await, 0, "nothing may be enqueued");
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "no request may reach a foreign server");
+    assert_eq!(
+        env.depth(&env.work_queue.clone()).await,
+        0,
+        "nothing may be enqueued"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "no request may reach a foreign server"
+    );
     assert_eq!(env.sim.content_gets(), 0, "nothing was fetched");
     let m = env.metrics().await;
-    assert!(m.contains(r#"o365_notifications_total{reason="content_uri",result="rejected"} 8"#), "{m}");
+    assert!(
+        m.contains(r#"o365_notifications_total{reason="content_uri",result="rejected"} 8"#),
+        "{m}"
+    );
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn accepted_blobs_are_durably_queued_before_200() {
-    let env = TestEnv::start(Options { workers: false, ..Default::default() }).await;
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
     let blobs = env.sim.publish(TENANT_A, "Audit.General", 3, Some(2)).await;
     let r = env.notify(&env.notification(&blobs)).await;
     assert_eq!(r.status(), 200);
     // Confirmed before 200: the messages are in the queue the moment we look.
     assert_eq!(env.depth(&env.work_queue.clone()).await, 3);
-    let msgs = env.drain(&env.work_queue.clone(), 3, Duration::from_secs(5), Duration::from_millis(100)).await;
+    let msgs = env
+        .drain(
+            &env.work_queue.clone(),
+            3,
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )
+        .await;
     assert_eq!(msgs.len(), 3);
     for (m, b) in msgs.iter().zip(&blobs) {
         assert_eq!(m.properties.delivery_mode(), &Some(2));
@@ -189,13 +323,26 @@ async fn accepted_blobs_are_durably_queued_before_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rabbitmq_unreachable_answers_503_so_microsoft_retries() {
-    let env = TestEnv::start(Options { amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(), workers: false, ..Default::default() }).await;
-    let blobs = env.sim.publish(TENANT_A, "Audit.Exchange", 1, Some(1)).await;
+    let env = TestEnv::start(Options {
+        amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let blobs = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(1))
+        .await;
     let r = env.notify(&env.notification(&blobs)).await;
     assert_eq!(r.status(), 503);
     let j: serde_json::Value = r.json().await.unwrap();
     assert!(j["error"].as_str().unwrap().contains("unavailable"));
-    let r = env.http.get(format!("{}/readyz", env.admin_url)).send().await.unwrap();
+    let r = env
+        .http
+        .get(format!("{}/readyz", env.admin_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let j: serde_json::Value = r.json().await.unwrap();
     assert!(j["reasons"].to_string().contains("rabbitmq"), "{j}");

@@ -70,6 +70,7 @@ async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
 }
 
 /// `Authorization: Bearer {O365_ADMIN_TOKEN}` when that variable is set.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per request
 fn authorise(req: &HttpRequest, relay: &Relay) -> Result<(), HttpResponse> {
     let Some(expected) = &relay.settings.admin_token else {
         return Ok(());
@@ -90,6 +91,7 @@ fn authorise(req: &HttpRequest, relay: &Relay) -> Result<(), HttpResponse> {
     }
 }
 
+#[allow(clippy::result_large_err)] // as above
 fn tenant_param(tid: &str) -> Result<TenantId, HttpResponse> {
     TenantId::parse(tid).map_err(|e| error(actix_web::http::StatusCode::BAD_REQUEST, e))
 }

@@ -168,10 +168,12 @@ impl Parser {
         }
     }
 
-    fn number<T: std::str::FromStr>(&mut self, var: &str, v: Option<String>, default: &str) -> T
-    where
-        T: Default,
-    {
+    fn number<T: std::str::FromStr + Default>(
+        &mut self,
+        var: &str,
+        v: Option<String>,
+        default: &str,
+    ) -> T {
         let s = self.text(var, v, default);
         s.parse().unwrap_or_else(|_| {
             self.fail(var, format!("'{s}' is not a whole number"));

@@ -23,7 +23,7 @@ enum Command {
     /// Run the listeners, workers, reconciler and subscription keeper (the default).
     Serve,
     /// Run the relay against the built-in simulator and the local Redis and RabbitMQ.
-    Demo,
+    Demo(o365_relay::demo::DemoArgs),
     /// Print the admin-consent URL for this deployment.
     ConsentUrl,
     /// Manage the served tenants.
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve().await,
-            Command::Demo => ExitCode::FAILURE,
+            Command::Demo(args) => o365_relay::demo::run(args).await,
             Command::ConsentUrl => {
                 let s = match settings_or_exit() {
                     Ok(s) => s,

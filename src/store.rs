@@ -25,6 +25,29 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Check-and-delete: releases a lock or lease only when we still hold it.
 const RELEASE: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#;
+/// Claims each KEYS[i] with ARGV[1] (PX ARGV[2]) unless taken: 1 = claimed now, 0 = already
+/// published (`d`), 2 = claimed by someone else.
+const CLAIM: &str = r#"
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  else
+    local v = redis.call('GET', k)
+    if v == 'd' then out[i] = 0 elseif v == ARGV[1] then out[i] = 1 else out[i] = 2 end
+  end
+end
+return out
+"#;
+
+/// What happened to a record claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Mine,
+    Done,
+    Pending,
+}
+
 /// Check-and-extend for leases.
 const RENEW: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"#;
 
@@ -270,21 +293,47 @@ impl Store {
         self.set_px(&self.relayed_key(t, c), "1", ttl).await
     }
 
-    /// For each record id, whether it was already relayed (any blob).
-    pub async fn records_seen(&self, t: &TenantId, ids: &[&str]) -> StoreResult<Vec<bool>> {
+    /// Claims records for publishing, one round trip for the batch. Each key ends as
+    /// `p:{owner}` (claimed, being published; expires after `claim_ttl` if the owner dies) or
+    /// `d` (published). For each id: [`Claim::Mine`], [`Claim::Done`] or [`Claim::Pending`]
+    /// (another worker is publishing it right now: wait, then ask again).
+    pub async fn claim_records(
+        &self,
+        t: &TenantId,
+        ids: &[&str],
+        owner: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Vec<Claim>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut c = self.conn().await?;
-        let mut pipe = redis::pipe();
+        let script = redis::Script::new(CLAIM);
+        let mut inv = script.prepare_invoke();
         for id in ids {
-            pipe.exists(self.record_key(t, id));
+            inv.key(self.record_key(t, id));
         }
-        let r: Result<Vec<bool>, _> = pipe.query_async(&mut c).await;
-        self.observe(r)
+        inv.arg(format!("p:{owner}"))
+            .arg(claim_ttl.as_millis().max(1) as u64);
+        let r: Result<Vec<i64>, _> = inv.invoke_async(&mut c).await;
+        self.observe(r).map(|v| {
+            v.into_iter()
+                .map(|n| match n {
+                    1 => Claim::Mine,
+                    0 => Claim::Done,
+                    _ => Claim::Pending,
+                })
+                .collect()
+        })
     }
 
-    pub async fn mark_records(&self, t: &TenantId, ids: &[&str], ttl: Duration) -> StoreResult<()> {
+    /// Marks published records done for `ttl`.
+    pub async fn finish_records(
+        &self,
+        t: &TenantId,
+        ids: &[&str],
+        ttl: Duration,
+    ) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -293,9 +342,28 @@ impl Store {
         for id in ids {
             pipe.cmd("SET")
                 .arg(self.record_key(t, id))
-                .arg("1")
+                .arg("d")
                 .arg("PX")
                 .arg(ttl.as_millis().max(1) as u64)
+                .ignore();
+        }
+        let r: Result<(), _> = pipe.query_async(&mut c).await;
+        self.observe(r)
+    }
+
+    /// Gives up claims we still hold (publishing failed), so a retry can take them at once.
+    pub async fn release_claims(&self, t: &TenantId, ids: &[&str], owner: &str) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(self.record_key(t, id))
+                .arg(format!("p:{owner}"))
                 .ignore();
         }
         let r: Result<(), _> = pipe.query_async(&mut c).await;

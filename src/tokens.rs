@@ -302,7 +302,7 @@ impl TokenProvider {
         &self.entra
     }
 
-    fn from_memory(&self, t: &TenantId) -> Option<AccessToken> {
+    fn cached_in_memory(&self, t: &TenantId) -> Option<AccessToken> {
         self.memory.lock().expect("poisoned").get(t).cloned()
     }
 
@@ -313,7 +313,7 @@ impl TokenProvider {
             .insert(t.clone(), tok.clone());
     }
 
-    async fn from_redis(&self, t: &TenantId) -> Option<AccessToken> {
+    async fn cached_in_redis(&self, t: &TenantId) -> Option<AccessToken> {
         let raw = self
             .store
             .get(&self.store.token_cache_key(t))
@@ -325,7 +325,7 @@ impl TokenProvider {
 
     /// A token for `tenant` with at least five minutes left.
     pub async fn get(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
-        if let Some(t) = self.from_memory(tenant).filter(AccessToken::is_fresh) {
+        if let Some(t) = self.cached_in_memory(tenant).filter(AccessToken::is_fresh) {
             return Ok(t);
         }
         let flight = self
@@ -336,7 +336,7 @@ impl TokenProvider {
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone();
         let _one_task = flight.lock().await;
-        if let Some(t) = self.from_memory(tenant).filter(AccessToken::is_fresh) {
+        if let Some(t) = self.cached_in_memory(tenant).filter(AccessToken::is_fresh) {
             return Ok(t);
         }
         match self.refresh_shared(tenant).await {
@@ -345,7 +345,7 @@ impl TokenProvider {
                 Ok(t)
             }
             // Keep using a still-valid token when a refresh fails (as MSAL does).
-            Err(e) => match self.from_memory(tenant).filter(AccessToken::is_usable) {
+            Err(e) => match self.cached_in_memory(tenant).filter(AccessToken::is_usable) {
                 Some(t) => {
                     tracing::warn!(tenant_id = %tenant, error = %e, "Token refresh failed; using the current token until it expires.");
                     Ok(t)
@@ -357,7 +357,11 @@ impl TokenProvider {
 
     /// Reads a fresh token from Redis or becomes the one replica that fetches it.
     async fn refresh_shared(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
-        if let Some(t) = self.from_redis(tenant).await.filter(AccessToken::is_fresh) {
+        if let Some(t) = self
+            .cached_in_redis(tenant)
+            .await
+            .filter(AccessToken::is_fresh)
+        {
             return Ok(t);
         }
         let lock_key = self.store.token_lock_key(tenant);
@@ -367,7 +371,11 @@ impl TokenProvider {
             match self.store.set_nx_px(&lock_key, &me, LOCK_TTL).await {
                 Ok(true) => {
                     // Another replica may have finished between our read and our lock.
-                    if let Some(t) = self.from_redis(tenant).await.filter(AccessToken::is_fresh) {
+                    if let Some(t) = self
+                        .cached_in_redis(tenant)
+                        .await
+                        .filter(AccessToken::is_fresh)
+                    {
                         let _ = self.store.release(&lock_key, &me).await;
                         return Ok(t);
                     }
@@ -387,7 +395,11 @@ impl TokenProvider {
                 Ok(false) => {
                     // A peer is fetching: wait for its value.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    if let Some(t) = self.from_redis(tenant).await.filter(AccessToken::is_fresh) {
+                    if let Some(t) = self
+                        .cached_in_redis(tenant)
+                        .await
+                        .filter(AccessToken::is_fresh)
+                    {
                         return Ok(t);
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -424,7 +436,7 @@ impl TokenProvider {
                 m.remove(tenant);
             }
         }
-        if let Some(t) = self.from_redis(tenant).await {
+        if let Some(t) = self.cached_in_redis(tenant).await {
             if t.token == token {
                 let _ = self.store.del(&self.store.token_cache_key(tenant)).await;
             }

@@ -13,6 +13,7 @@ use crate::broker::{
 use crate::domain::{parse_ms_time, WorkItem};
 use crate::management::{ApiError, Disposition};
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
+use crate::store::Claim;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -37,6 +38,8 @@ pub enum RelayError {
     Records(#[from] RecordsError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl RelayError {
@@ -47,6 +50,7 @@ impl RelayError {
             RelayError::Records(_) => "malformed_content".into(),
             RelayError::Broker(BrokerError::Unroutable(_)) => "unroutable".into(),
             RelayError::Broker(_) => "broker".into(),
+            RelayError::Busy(_) => "busy".into(),
         }
     }
 
@@ -55,7 +59,7 @@ impl RelayError {
             RelayError::Api(e) => e.disposition(),
             RelayError::Records(RecordsError::TooLarge(_)) => Disposition::GiveUp,
             RelayError::Records(_) => Disposition::Retry(None),
-            RelayError::Broker(_) => Disposition::Retry(None),
+            RelayError::Broker(_) | RelayError::Busy(_) => Disposition::Retry(None),
         }
     }
 }
@@ -268,6 +272,7 @@ pub async fn relay_blob(relay: &Relay, item: &WorkItem) -> Result<BlobStats, Rel
     let mut seen_here: HashSet<String> = HashSet::new();
     let mut stats = BlobStats::default();
     let mut index = 0;
+    let owner = uuid::Uuid::new_v4().simple().to_string();
     while let Some(chunk) = body.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::Transport(format!("reading content: {}", e.without_url())))?;
@@ -276,51 +281,122 @@ pub async fn relay_blob(relay: &Relay, item: &WorkItem) -> Result<BlobStats, Rel
             batch.push(AuditRecord::parse(r, index)?);
             index += 1;
             if batch.len() >= BATCH {
-                publish_records(relay, item, &mut batch, &mut seen_here, &mut stats).await?;
+                publish_records(relay, item, &mut batch, &mut seen_here, &mut stats, &owner)
+                    .await?;
             }
         }
     }
     splitter.finish()?;
-    publish_records(relay, item, &mut batch, &mut seen_here, &mut stats).await?;
+    publish_records(relay, item, &mut batch, &mut seen_here, &mut stats, &owner).await?;
     Ok(stats)
 }
 
-/// Publishes a batch with confirms, skipping records already relayed (by `Id`, in this blob or
-/// — through Redis — in another), then remembers the published ids.
+/// How long a record claim survives an owner that died mid-publish.
+const CLAIM_TTL: Duration = Duration::from_secs(120);
+
+/// Publishes a batch, each record once: duplicates within the blob are skipped here; across
+/// blobs and workers a record is claimed in Redis before it is published and marked done
+/// after its confirm, so two workers never both publish it. A record another worker is
+/// publishing right now is waited for. Without Redis everything is published (consumers
+/// de-duplicate on `message_id`).
 async fn publish_records(
     relay: &Relay,
     item: &WorkItem,
     batch: &mut Vec<AuditRecord>,
     seen_here: &mut HashSet<String>,
     stats: &mut BlobStats,
+    owner: &str,
 ) -> Result<(), RelayError> {
     if batch.is_empty() {
         return Ok(());
     }
     stats.records += batch.len() as u64;
-    let dedup = !relay.settings.record_dedup_ttl.is_zero();
-    let seen: Vec<bool> = if dedup {
-        let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
-        // Without Redis, relay everything: consumers de-duplicate on message_id.
+    let mut duplicates = 0u64;
+    let mut todo: Vec<&AuditRecord> = Vec::with_capacity(batch.len());
+    for r in batch.iter() {
+        if seen_here.insert(r.id.clone()) {
+            todo.push(r);
+        } else {
+            duplicates += 1;
+        }
+    }
+    let ttl = relay.settings.record_dedup_ttl;
+    let dedup = !ttl.is_zero();
+    let give_up_at = Instant::now() + CLAIM_TTL + Duration::from_secs(30);
+    while !todo.is_empty() {
+        let (mine, pending): (Vec<&AuditRecord>, Vec<&AuditRecord>) = if dedup {
+            let ids: Vec<&str> = todo.iter().map(|r| r.id.as_str()).collect();
+            match relay
+                .store
+                .claim_records(&item.tenant_id, &ids, owner, CLAIM_TTL)
+                .await
+            {
+                Ok(claims) => {
+                    let (mut mine, mut pending) = (Vec::new(), Vec::new());
+                    for (r, c) in todo.iter().zip(claims) {
+                        match c {
+                            Claim::Mine => mine.push(*r),
+                            Claim::Done => duplicates += 1,
+                            Claim::Pending => pending.push(*r),
+                        }
+                    }
+                    (mine, pending)
+                }
+                Err(_) => (std::mem::take(&mut todo), Vec::new()),
+            }
+        } else {
+            (std::mem::take(&mut todo), Vec::new())
+        };
+        let ids: Vec<&str> = mine.iter().map(|r| r.id.as_str()).collect();
+        if let Err(e) = publish_confirmed(relay, item, &mine).await {
+            if dedup {
+                let _ = relay
+                    .store
+                    .release_claims(&item.tenant_id, &ids, owner)
+                    .await;
+            }
+            return Err(e);
+        }
+        stats.published += mine.len() as u64;
         relay
-            .store
-            .records_seen(&item.tenant_id, &ids)
-            .await
-            .unwrap_or_else(|_| vec![false; ids.len()])
-    } else {
-        vec![false; batch.len()]
-    };
+            .metrics
+            .records_published
+            .with_label_values(&[item.content_type.as_str()])
+            .inc_by(mine.len() as u64);
+        if dedup {
+            let _ = relay.store.finish_records(&item.tenant_id, &ids, ttl).await;
+        }
+        todo = pending;
+        if !todo.is_empty() {
+            if Instant::now() > give_up_at {
+                return Err(RelayError::Busy(format!(
+                    "{} records stayed claimed by another worker",
+                    todo.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stats.duplicates += duplicates;
+    relay.metrics.records_duplicate.inc_by(duplicates);
+    batch.clear();
+    Ok(())
+}
+
+/// Publishes records to the exchange and waits for every confirm.
+async fn publish_confirmed(
+    relay: &Relay,
+    item: &WorkItem,
+    records: &[&AuditRecord],
+) -> Result<(), RelayError> {
+    if records.is_empty() {
+        return Ok(());
+    }
     let exchange = relay.broker.names().exchange.as_str();
     let routing_key = format!("{}.{}", item.content_type, item.tenant_id);
     let publisher = relay.broker.publisher().await?;
-    let mut pending = Vec::with_capacity(batch.len());
-    let mut published_ids = Vec::with_capacity(batch.len());
-    for (record, already) in batch.iter().zip(seen) {
-        if already || !seen_here.insert(record.id.clone()) {
-            stats.duplicates += 1;
-            relay.metrics.records_duplicate.inc();
-            continue;
-        }
+    let mut pending = Vec::with_capacity(records.len());
+    for record in records {
         let mut headers = FieldTable::default();
         header(&mut headers, "o365-tenant-id", item.tenant_id.as_str());
         header(
@@ -346,7 +422,6 @@ async fn publish_records(
                 return Err(e.into());
             }
         }
-        published_ids.push(record.id.as_str());
     }
     for c in pending {
         if let Err(e) = await_confirm(c, &routing_key).await {
@@ -356,23 +431,6 @@ async fn publish_records(
             return Err(e.into());
         }
     }
-    stats.published += published_ids.len() as u64;
-    relay
-        .metrics
-        .records_published
-        .with_label_values(&[item.content_type.as_str()])
-        .inc_by(published_ids.len() as u64);
-    if dedup {
-        let _ = relay
-            .store
-            .mark_records(
-                &item.tenant_id,
-                &published_ids,
-                relay.settings.record_dedup_ttl,
-            )
-            .await;
-    }
-    batch.clear();
     Ok(())
 }
 

@@ -177,7 +177,8 @@ impl Parser {
         let s = self.text(var, v, default);
         s.parse().unwrap_or_else(|_| {
             self.fail(var, format!("'{s}' is not a whole number"));
-            T::default()
+            // The default keeps later range checks from reporting the same variable twice.
+            default.parse().unwrap_or_default()
         })
     }
 

@@ -92,11 +92,17 @@ impl Store {
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);
         }
-        // One task connects; the others fail fast instead of queueing behind it, and after a
-        // failure nobody tries again for a second: a dead Redis must not slow the relay.
+        // One task connects and the others wait for it — unless Redis is known to be down:
+        // then they fail fast, and nobody tries again for a second, so a dead Redis does not
+        // slow the relay.
         let not_connected = || StoreError::Unavailable("not connected (retrying)".into());
-        let Ok(_guard) = self.connecting.try_lock() else {
-            return Err(not_connected());
+        let _guard = if self.is_down() {
+            match self.connecting.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Err(not_connected()),
+            }
+        } else {
+            self.connecting.lock().await
         };
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);

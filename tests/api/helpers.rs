@@ -80,7 +80,7 @@ pub fn bind() -> TcpListener {
 
 /// A simulator that trusts a freshly generated certificate (written to `dir`) and a secret.
 pub async fn start_sim(opts: &Options, dir: &std::path::Path) -> (Simulator, String, String) {
-    let (key, cert) = o365_relay::certs::generate("o365-relay tests", 30, 2048).unwrap();
+    let (key, cert) = o365_relay::certs::generate("o365-relay tests", 365, 2048).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let cert_path = dir.join("client.crt");
     let key_path = dir.join("client.key");

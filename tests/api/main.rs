@@ -2,6 +2,7 @@
 //! simulator. One binary, one module per area.
 
 mod helpers;
+mod observability;
 mod retrieval;
 mod tokens;
 mod webhook;

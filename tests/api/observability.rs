@@ -1,0 +1,292 @@
+//! Metrics, logs, `check` and configuration errors, as an operator sees them.
+
+use crate::helpers::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_what_happened() {
+    let env = TestEnv::start(Options::default()).await;
+    let before = env.metrics().await;
+    assert!(before.contains("o365_work_queue_depth 0"), "{before}");
+    let blobs = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 3, Some(7))
+        .await;
+    let unique: std::collections::HashSet<&String> =
+        blobs.iter().flat_map(|b| b.record_ids.iter()).collect();
+    assert_eq!(env.notify(&env.notification(&blobs)).await.status(), 200);
+    let bad = env
+        .http
+        .post(format!("{}/webhook", env.public_url))
+        .header("Webhook-AuthID", "wrong-wrong-wrong-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert_eq!(env.records(unique.len()).await.len(), unique.len());
+    let m = env.metrics().await;
+    for line in [
+        r#"o365_notifications_total{reason="ok",result="accepted"} 1"#.to_string(),
+        r#"o365_notifications_total{reason="auth",result="rejected"} 1"#.to_string(),
+        r#"o365_blobs_total{result="relayed"} 3"#.to_string(),
+        format!(
+            r#"o365_records_published_total{{content_type="Audit.Exchange"}} {}"#,
+            unique.len()
+        ),
+        r#"o365_token_requests_total{result="ok"} 1"#.to_string(),
+        r#"o365_fetch_duration_seconds_count{content_type="Audit.Exchange"} 3"#.to_string(),
+        r#"o365_management_requests_total{call="content",status="2xx"} 3"#.to_string(),
+        "o365_relay_lag_seconds_count 3".to_string(),
+    ] {
+        assert!(m.contains(&line), "missing `{line}` in:\n{m}");
+    }
+    assert!(m.contains("o365_certificate_expiry_seconds"), "{m}");
+    env.cleanup().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `o365-relay serve` as a real process with `debug` logs, relays traffic through it, and
+/// looks for every secret in everything it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_secret_appears_in_the_logs_of_a_full_run() {
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let public = free_port();
+    let admin = free_port();
+    let admin_token = "admin-token-that-is-secret-1234";
+    let client_secret = "test-client-secret-value";
+    let mut vars = env.vars.clone();
+    vars.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "O365_LISTEN"
+                | "O365_ADMIN_LISTEN"
+                | "O365_PUBLIC_URL"
+                | "O365_ENABLE_WORKERS"
+                | "O365_CLIENT_CERT_PATH"
+                | "O365_CLIENT_KEY_PATH"
+        )
+    });
+    let public_url = format!("http://127.0.0.1:{public}");
+    vars.extend([
+        ("O365_LISTEN".to_string(), format!("127.0.0.1:{public}")),
+        (
+            "O365_ADMIN_LISTEN".to_string(),
+            format!("127.0.0.1:{admin}"),
+        ),
+        ("O365_PUBLIC_URL".to_string(), public_url.clone()),
+        ("O365_ENABLE_WORKERS".to_string(), "true".to_string()),
+        ("O365_ADMIN_TOKEN".to_string(), admin_token.to_string()),
+        ("O365_CLIENT_SECRET".to_string(), client_secret.to_string()),
+    ]);
+    let log_path = env.dir.join("relay.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_o365-relay"))
+        .arg("serve")
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .env("RUST_LOG", "debug")
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut child = Child(child);
+    let http = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(20), || {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    assert!(ready, "relay process became ready");
+    // Subscriptions (the validation handshake carries the auth id), notifications, admin calls.
+    let r = http
+        .post(format!(
+            "http://127.0.0.1:{admin}/admin/tenants/{TENANT_A}/subscriptions/start?force=true"
+        ))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let blobs = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 2, Some(5))
+        .await;
+    let unique: std::collections::HashSet<&String> =
+        blobs.iter().flat_map(|b| b.record_ids.iter()).collect();
+    assert_eq!(
+        env.records(unique.len()).await.len(),
+        unique.len(),
+        "relayed through the notifications the simulator sent"
+    );
+    let wrong = http
+        .post(format!("{public_url}/webhook"))
+        .header("Webhook-AuthID", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let _ = http
+        .get(format!("http://127.0.0.1:{admin}/admin/tenants"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+
+    let store = o365_relay::store::Store::new(REDIS, &env.prefix).unwrap();
+    let cached = store
+        .get(&store.key(&format!("token:{TENANT_A}")))
+        .await
+        .unwrap()
+        .expect("token cached in Redis");
+    let access_token = serde_json::from_str::<serde_json::Value>(&cached).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    unsafe { libc_kill(child.0.id() as i32) };
+    let _ = child.0.wait();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("Blob relayed"),
+        "debug logs were captured:\n{logs}"
+    );
+    for (name, secret) in [
+        ("client secret", client_secret),
+        ("auth id", env.auth_id.as_str()),
+        ("admin token", admin_token),
+        ("access token", access_token.as_str()),
+        (
+            "access token signature",
+            access_token.rsplit('.').next().unwrap(),
+        ),
+    ] {
+        assert!(!logs.contains(secret), "{name} leaked into the logs");
+    }
+    let key_pem = std::fs::read_to_string(env.dir.join("client.key")).unwrap();
+    let key_line = key_pem.lines().nth(1).unwrap();
+    assert!(!logs.contains(key_line), "private key leaked");
+    for line in logs.lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).expect("every log line is JSON");
+    }
+    env.cleanup().await;
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn c_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// SIGTERM, the signal Kubernetes sends.
+unsafe fn libc_kill(pid: i32) {
+    c_kill(pid, 15);
+}
+
+fn relay_cmd(vars: &[(String, String)], args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_o365-relay"))
+        .args(args)
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_reports_each_dependency_ok_or_failed() {
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let out = relay_cmd(&env.vars, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "ok      configuration",
+        "ok      redis",
+        "ok      rabbitmq",
+        "ok      token endpoint",
+        "ok      certificate",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    let mut broken = env.vars.clone();
+    broken.retain(|(k, _)| k != "O365_REDIS_URL" && k != "O365_AMQP_URL");
+    broken.push(("O365_REDIS_URL".into(), "redis://127.0.0.1:1".into()));
+    broken.push((
+        "O365_AMQP_URL".into(),
+        "amqp://guest:secretpw@127.0.0.1:1/%2f".into(),
+    ));
+    let out = relay_cmd(&broken, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("failed  redis (redis://127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("failed  rabbitmq (amqp://guest:***@127.0.0.1:1/%2f)"),
+        "{text}"
+    );
+    assert!(!text.contains("secretpw"));
+    env.cleanup().await;
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_line_per_problem_and_no_panic() {
+    let out = relay_cmd(
+        &[
+            ("O365_WEBHOOK_AUTH_ID".into(), "short".into()),
+            ("O365_TENANTS".into(), "nope".into()),
+            ("O365_WORKER_CONCURRENCY".into(), "many".into()),
+        ],
+        &["serve"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for var in [
+        "O365_CLIENT_ID",
+        "O365_CLIENT_CERT_PATH",
+        "O365_WEBHOOK_AUTH_ID",
+        "O365_TENANTS",
+        "O365_WORKER_CONCURRENCY",
+    ] {
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.trim_start().starts_with(var))
+                .count(),
+            1,
+            "{var} in:\n{err}"
+        );
+    }
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}

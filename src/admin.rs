@@ -35,6 +35,9 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
     let mut problems = Vec::new();
+    if relay.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        problems.push("shutting down".to_string());
+    }
     if let Err(e) = relay.store.ping().await {
         problems.push(format!("redis: {e}"));
     }

@@ -28,6 +28,8 @@ pub struct Relay {
     pub management: Arc<ManagementClient>,
     pub tenants: Arc<Tenants>,
     pub subscriptions: Arc<Subscriptions>,
+    /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The one HTTP client: no redirects (it carries bearer tokens), bounded connect and read times.
@@ -79,6 +81,7 @@ impl Relay {
             management,
             tenants,
             subscriptions,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
@@ -240,6 +243,9 @@ impl Application {
         let admin_task = tokio::spawn(self.admin);
 
         self.shutdown.cancelled().await;
+        relay
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!("Shutting down: no new webhook requests.");
         if let Some(h) = public_handle {
             h.stop(true).await;

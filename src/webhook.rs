@@ -15,6 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use lapin::types::FieldTable;
 use serde::Deserialize;
+use tracing::Instrument;
 
 /// Microsoft's notification bodies are small; anything above this is refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -341,6 +342,11 @@ pub async fn webhook(
     payload: web::Payload,
     relay: web::Data<Relay>,
 ) -> HttpResponse {
+    let span = tracing::info_span!("webhook", request_id = %uuid::Uuid::new_v4());
+    respond(req, payload, relay).instrument(span).await
+}
+
+async fn respond(req: HttpRequest, payload: web::Payload, relay: web::Data<Relay>) -> HttpResponse {
     match handle(&req, payload, &relay).await {
         Ok(r) => r,
         Err(rejection) => {

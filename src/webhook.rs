@@ -238,18 +238,24 @@ fn decode_dollar(s: &str) -> String {
         .replace("%24".to_ascii_lowercase().as_str(), "$")
 }
 
+/// The headers naming a blob's tenant and content type, on work items and on records alike.
+pub fn blob_headers(item: &WorkItem) -> FieldTable {
+    let mut headers = FieldTable::default();
+    header(&mut headers, "o365-tenant-id", item.tenant_id.as_str());
+    header(
+        &mut headers,
+        "o365-content-type",
+        item.content_type.as_str(),
+    );
+    headers
+}
+
 /// Serialises work items into work-queue messages.
 pub fn work_messages(items: &[WorkItem]) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
     items
         .iter()
         .map(|item| {
-            let mut headers = FieldTable::default();
-            header(&mut headers, "o365-tenant-id", item.tenant_id.as_str());
-            header(
-                &mut headers,
-                "o365-content-type",
-                item.content_type.as_str(),
-            );
+            let mut headers = blob_headers(item);
             header(
                 &mut headers,
                 "o365-source",

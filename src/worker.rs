@@ -397,13 +397,7 @@ async fn publish_confirmed(
     let publisher = relay.broker.publisher().await?;
     let mut pending = Vec::with_capacity(records.len());
     for record in records {
-        let mut headers = FieldTable::default();
-        header(&mut headers, "o365-tenant-id", item.tenant_id.as_str());
-        header(
-            &mut headers,
-            "o365-content-type",
-            item.content_type.as_str(),
-        );
+        let mut headers = crate::webhook::blob_headers(item);
         header(&mut headers, "o365-content-id", item.content_id.as_str());
         header(&mut headers, "o365-record-type", &record.record_type);
         header(&mut headers, "o365-workload", &record.workload);

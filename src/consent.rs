@@ -57,7 +57,9 @@ h1{{font-size:1.4rem;margin-top:0}} ul{{padding-left:1.2rem}} code{{background:#
         .insert_header(("X-Frame-Options", "DENY"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            // The Connect button is a link, not a form: browsers apply `form-action` to the
+            // redirect that follows a form submission, and that redirect goes to Entra's origin.
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
         ))
         .body(page)
 }
@@ -91,7 +93,7 @@ Office 365 Management Activity API and delivers it to your security pipeline.</p
 read-only access to the activity feed (<code>ActivityFeed.Read</code>,
 <code>ActivityFeed.ReadDlp</code>, <code>ServiceHealth.Read</code>). It cannot change anything in
 your tenant. After consent we subscribe to these content types:</p><ul>{types}</ul>
-<form method="get" action="/consent/start"><button class="button" id="connect" type="submit">Connect your Microsoft 365 tenant</button></form>
+<p><a class="button" id="connect" href="/consent/start">Connect your Microsoft 365 tenant</a></p>
 <p><small>You can revoke access at any time under Enterprise applications in the Microsoft Entra admin center.</small></p>"#
         ),
     )
@@ -250,7 +252,8 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
         actix_web::http::StatusCode::OK,
         "Tenant connected",
         &format!(
-            r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>"#,
+            r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>
+<p><small>Audit records flow as Microsoft publishes them, often with a delay of up to an hour. You can close this page.</small></p>"#,
             esc(tenant.as_str()),
             upn.map(|u| format!(" (consent by {})", esc(&u)))
                 .unwrap_or_default()

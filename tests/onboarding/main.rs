@@ -3,6 +3,7 @@
 //! API, the subscription lifecycle and keeper, and the operator CLI.
 
 mod admin;
+mod browser;
 mod consent;
 mod helpers;
 mod subscriptions;

@@ -99,30 +99,42 @@ your tenant. After consent we subscribe to these content types:</p><ul>{types}</
     )
 }
 
-async fn start(relay: web::Data<Relay>) -> HttpResponse {
-    let Some(redirect_uri) = relay.settings.consent_redirect_uri() else {
-        return error_page("This deployment has no public URL configured (O365_PUBLIC_URL).");
-    };
+/// Creates a random single-use `state`, kept in Redis for 10 minutes.
+pub async fn issue_state(store: &crate::store::Store) -> Result<String, crate::store::StoreError> {
     let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    if let Err(e) = relay
-        .store
-        .set_px(&relay.store.consent_state_key(&state), "1", STATE_TTL)
-        .await
-    {
-        tracing::error!(error = %e, "Cannot store the consent state.");
-        return html(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "Try again later",
-            "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
-        );
+    store
+        .set_px(&store.consent_state_key(&state), "1", STATE_TTL)
+        .await?;
+    Ok(state)
+}
+
+/// The authorize URL with a fresh state: what `/consent/start` redirects to and what
+/// `o365-relay consent-url` prints (single use, valid 10 minutes). `None` without a public URL.
+pub async fn consent_link(relay: &Relay) -> Option<Result<String, crate::store::StoreError>> {
+    let redirect_uri = relay.settings.consent_redirect_uri()?;
+    Some(
+        issue_state(&relay.store)
+            .await
+            .map(|state| authorize_url(&relay.settings, &redirect_uri, Some(&state))),
+    )
+}
+
+async fn start(relay: web::Data<Relay>) -> HttpResponse {
+    match consent_link(&relay).await {
+        None => error_page("This deployment has no public URL configured (O365_PUBLIC_URL)."),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "Cannot store the consent state.");
+            html(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
+            )
+        }
+        Some(Ok(url)) => HttpResponse::Found()
+            .insert_header(("Location", url))
+            .insert_header(("Cache-Control", "no-store"))
+            .finish(),
     }
-    HttpResponse::Found()
-        .insert_header((
-            "Location",
-            authorize_url(&relay.settings, &redirect_uri, Some(&state)),
-        ))
-        .insert_header(("Cache-Control", "no-store"))
-        .finish()
 }
 
 /// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…[&state=…]`.

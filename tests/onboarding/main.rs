@@ -4,6 +4,7 @@
 
 mod admin;
 mod browser;
+mod cli;
 mod consent;
 mod helpers;
 mod subscriptions;

@@ -22,7 +22,19 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Also on a failed assertion: chromedriver's `/shutdown` quits the browsers it started
+    /// (killing chromedriver alone would orphan them), then the process is killed.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(
+                s,
+                "GET /shutdown HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.read_to_end(&mut Vec::new());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

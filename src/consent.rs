@@ -57,7 +57,9 @@ h1{{font-size:1.4rem;margin-top:0}} ul{{padding-left:1.2rem}} code{{background:#
         .insert_header(("X-Frame-Options", "DENY"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            // The Connect button is a link, not a form: browsers apply `form-action` to the
+            // redirect that follows a form submission, and that redirect goes to Entra's origin.
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
         ))
         .body(page)
 }
@@ -91,36 +93,48 @@ Office 365 Management Activity API and delivers it to your security pipeline.</p
 read-only access to the activity feed (<code>ActivityFeed.Read</code>,
 <code>ActivityFeed.ReadDlp</code>, <code>ServiceHealth.Read</code>). It cannot change anything in
 your tenant. After consent we subscribe to these content types:</p><ul>{types}</ul>
-<form method="get" action="/consent/start"><button class="button" id="connect" type="submit">Connect your Microsoft 365 tenant</button></form>
+<p><a class="button" id="connect" href="/consent/start">Connect your Microsoft 365 tenant</a></p>
 <p><small>You can revoke access at any time under Enterprise applications in the Microsoft Entra admin center.</small></p>"#
         ),
     )
 }
 
-async fn start(relay: web::Data<Relay>) -> HttpResponse {
-    let Some(redirect_uri) = relay.settings.consent_redirect_uri() else {
-        return error_page("This deployment has no public URL configured (O365_PUBLIC_URL).");
-    };
+/// Creates a random single-use `state`, kept in Redis for 10 minutes.
+pub async fn issue_state(store: &crate::store::Store) -> Result<String, crate::store::StoreError> {
     let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    if let Err(e) = relay
-        .store
-        .set_px(&relay.store.consent_state_key(&state), "1", STATE_TTL)
-        .await
-    {
-        tracing::error!(error = %e, "Cannot store the consent state.");
-        return html(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "Try again later",
-            "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
-        );
+    store
+        .set_px(&store.consent_state_key(&state), "1", STATE_TTL)
+        .await?;
+    Ok(state)
+}
+
+/// The authorize URL with a fresh state: what `/consent/start` redirects to and what
+/// `o365-relay consent-url` prints (single use, valid 10 minutes). `None` without a public URL.
+pub async fn consent_link(relay: &Relay) -> Option<Result<String, crate::store::StoreError>> {
+    let redirect_uri = relay.settings.consent_redirect_uri()?;
+    Some(
+        issue_state(&relay.store)
+            .await
+            .map(|state| authorize_url(&relay.settings, &redirect_uri, Some(&state))),
+    )
+}
+
+async fn start(relay: web::Data<Relay>) -> HttpResponse {
+    match consent_link(&relay).await {
+        None => error_page("This deployment has no public URL configured (O365_PUBLIC_URL)."),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "Cannot store the consent state.");
+            html(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
+            )
+        }
+        Some(Ok(url)) => HttpResponse::Found()
+            .insert_header(("Location", url))
+            .insert_header(("Cache-Control", "no-store"))
+            .finish(),
     }
-    HttpResponse::Found()
-        .insert_header((
-            "Location",
-            authorize_url(&relay.settings, &redirect_uri, Some(&state)),
-        ))
-        .insert_header(("Cache-Control", "no-store"))
-        .finish()
 }
 
 /// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…[&state=…]`.
@@ -250,7 +264,8 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
         actix_web::http::StatusCode::OK,
         "Tenant connected",
         &format!(
-            r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>"#,
+            r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>
+<p><small>Audit records flow as Microsoft publishes them, often with a delay of up to an hour. You can close this page.</small></p>"#,
             esc(tenant.as_str()),
             upn.map(|u| format!(" (consent by {})", esc(&u)))
                 .unwrap_or_default()

@@ -124,30 +124,42 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve().await,
             Command::Demo(args) => o365_relay::demo::run(args).await,
-            Command::ConsentUrl => {
-                let s = match settings_or_exit() {
-                    Ok(s) => s,
-                    Err(c) => return c,
-                };
-                match s.consent_redirect_uri() {
-                    Some(r) => {
-                        println!("{}", o365_relay::consent::authorize_url(&s, &r, None));
-                        ExitCode::SUCCESS
-                    }
-                    None => {
-                        eprintln!(
-                            "o365-relay: O365_PUBLIC_URL: is required to build the consent URL"
-                        );
-                        ExitCode::from(2)
-                    }
-                }
-            }
+            Command::ConsentUrl => consent_url().await,
             Command::Tenants(cmd) => tenants(cmd).await,
             Command::Subscriptions(cmd) => subscriptions(cmd).await,
             Command::Check => check().await,
             Command::Cert(cmd) => cert(cmd),
         }
     })
+}
+
+/// The authorize URL with a state the callback accepts (without one, the callback would refuse
+/// the admin's return): single use, valid 10 minutes, so it needs Redis.
+async fn consent_url() -> ExitCode {
+    let relay = match relay_for_cli().await {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    match o365_relay::consent::consent_link(&relay).await {
+        Some(Ok(url)) => {
+            println!("{url}");
+            if let Some(public) = &relay.settings.public_url {
+                eprintln!(
+                    "This link works once and for 10 minutes. For a link that does not expire, send the tenant admin {}/consent",
+                    public.as_str().trim_end_matches('/')
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!("o365-relay: cannot store the consent state in Redis: {e}");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("o365-relay: O365_PUBLIC_URL: is required to build the consent URL");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn serve() -> ExitCode {

@@ -234,6 +234,16 @@ impl Subscriptions {
     }
 }
 
+/// How long the keeper lease lives without renewal: three intervals, so a holder may miss two
+/// renewals (a slow pass, a Redis hiccup) before another replica takes over, with a floor of
+/// 3 s. The holder renews once per interval; when it dies without releasing, a survivor takes
+/// over within one TTL. A short TTL is safe even if a pass outlasts it: every `/start` is still
+/// guarded per tenant and content type by the shared 15-minute key, so two keepers overlapping
+/// for a moment cannot send Microsoft a second `/start`.
+pub fn keeper_lease_ttl(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(3))
+}
+
 /// The keeper loop: one replica at a time (lease), every `O365_KEEPER_INTERVAL`.
 pub async fn keep(
     subs: Arc<Subscriptions>,
@@ -242,7 +252,7 @@ pub async fn keep(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let lease = Lease::new(store, "keeper", (interval * 3).max(Duration::from_secs(30)));
+    let lease = Lease::new(store, "keeper", keeper_lease_ttl(interval));
     loop {
         if lease.try_hold().await {
             subs.keep_once(&tenants).await;

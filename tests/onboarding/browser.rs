@@ -1,0 +1,296 @@
+//! A real browser (Debian's chromium, headless) driven over WebDriver by chromedriver: the tenant
+//! admin's consent journey, Cancel and Accept. WebDriver is JSON over HTTP, so reqwest is the
+//! whole client. Screenshots of the final pages go to `test-artifacts/`.
+//!
+//! CI installs chromium and chromium-driver with `.ci/browser-setup`; without them this test
+//! fails (it must not pass silently).
+
+use crate::helpers::*;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver as a child process on a free port; killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    /// Also on a failed assertion: chromedriver's `/shutdown` quits the browsers it started
+    /// (killing chromedriver alone would orphan them), then the process is killed.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(
+                s,
+                "GET /shutdown HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+            "{CHROMEDRIVER} or {CHROMIUM} is missing: the browser test needs Debian's chromium and \
+             chromium-driver. Install them with `bash .ci/browser-setup` (CI runs it)."
+        );
+        let port = bind().local_addr().unwrap().port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = client();
+        let ready = eventually(Duration::from_secs(20), || {
+            let http = http.clone();
+            let url = format!("{}/status", driver.url);
+            async move {
+                match http.get(url).send().await {
+                    Ok(r) => r
+                        .json::<Value>()
+                        .await
+                        .is_ok_and(|v| v["value"]["ready"] == true),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(ready, "chromedriver did not become ready on port {port}");
+        driver
+    }
+}
+
+/// One WebDriver session (one headless chromium with a fresh profile).
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    async fn open(driver: &Driver) -> Browser {
+        let profile = std::env::temp_dir().join(format!("o365-chromium-{}", unique()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                    "--window-size=1000,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+        }}});
+        let r = http
+            .post(format!("{}/session", driver.url))
+            .json(&caps)
+            .send()
+            .await
+            .expect("chromedriver answers");
+        let v: Value = r.json().await.unwrap();
+        let id = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("chromium session could not start: {v}"))
+            .to_string();
+        Browser {
+            http,
+            base: format!("{}/session/{id}", driver.url),
+            profile,
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        let v = self
+            .cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+        assert!(v.is_null(), "navigation to {url} failed: {v}");
+    }
+
+    async fn current_url(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn source(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/source", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn title(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/title", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Finds `css` once the page shows it (navigations take a moment), or fails with the page.
+    async fn find(&self, css: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self
+                .cmd(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            if let Some(id) = v[ELEMENT].as_str() {
+                return id.to_string();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "no element {css} on {}:\n{}",
+                    self.current_url().await,
+                    self.source().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.find(css).await;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                &format!("/element/{id}/click"),
+                Some(json!({})),
+            )
+            .await;
+        assert!(v.is_null(), "click on {css} failed: {v}");
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let id = self.find(css).await;
+        self.cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Saves a PNG screenshot as `test-artifacts/{name}.png` in the crate root.
+    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
+        let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("a base64 screenshot"))
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    async fn close(self) {
+        let _ = self.cmd(reqwest::Method::DELETE, "", None).await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_admin_connects_their_tenant_in_a_real_browser_and_cancel_connects_nothing() {
+    let driver = Driver::start().await;
+    let env = TestEnv::start(Options::default()).await;
+    let browser = Browser::open(&driver).await;
+
+    // Cancel: our error page, nothing registered.
+    browser.goto(&format!("{}/consent", env.public_url)).await;
+    assert_eq!(browser.title().await, "Connect your Microsoft 365 tenant");
+    browser.screenshot("consent-page").await;
+    browser.click("#connect").await;
+    browser.find("#accept").await;
+    assert!(
+        browser
+            .current_url()
+            .await
+            .starts_with(&format!("{}/common/oauth2/authorize?", env.sim.url())),
+        "the button leads to Entra's authorize page"
+    );
+    browser.screenshot("consent-sim-page").await;
+    browser.click("#cancel").await;
+    let message = browser.text("#error").await;
+    assert!(message.contains("Consent was declined"), "{message}");
+    assert!(browser
+        .current_url()
+        .await
+        .starts_with(&format!("{}/consent/callback?", env.public_url)));
+    assert_eq!(browser.title().await, "Tenant not connected");
+    browser.screenshot("consent-cancelled").await;
+    assert_eq!(env.tenant_ids().await, vec![TENANT_STATIC.to_string()]);
+    assert_eq!(start_calls(&env.sim, TENANT_A), 0);
+
+    // Accept: our success page naming the tenant.
+    browser.goto(&format!("{}/consent", env.public_url)).await;
+    browser.click("#connect").await;
+    browser.click("#accept").await;
+    let tenant = browser.text("#tenant").await;
+    assert_eq!(tenant, TENANT_A);
+    assert_eq!(browser.title().await, "Tenant connected");
+    let subscribed = browser.text("#subscriptions").await;
+    for ct in ALL_TYPES {
+        assert!(
+            subscribed.contains(&format!("{ct}: enabled")),
+            "{subscribed}"
+        );
+    }
+    let shot = browser.screenshot("consent-success").await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1_000);
+
+    // The tenant is served and its subscriptions are enabled with our webhook.
+    assert!(
+        env.relay
+            .tenants
+            .is_served(&o365_relay::domain::TenantId::parse(TENANT_A).unwrap())
+            .await
+    );
+    assert_subscribed(&env.sim, TENANT_A, &env.public_url, &env.auth_id);
+    assert_eq!(env.notify_for(TENANT_A).await.status(), 200);
+
+    browser.close().await;
+    env.cleanup().await;
+    drop(driver);
+}

@@ -1,0 +1,423 @@
+//! `TestEnv` for onboarding: a simulator, one or more relays built with
+//! `Application::build_with_listeners` against the real Redis and RabbitMQ, all with names unique
+//! to the test (Redis prefix, exchange, work queue) and cleaned up after. Adapted from
+//! `tests/api/helpers.rs`.
+
+#![allow(dead_code)]
+
+use lapin::options::*;
+use lapin::{Connection, ConnectionProperties};
+use o365_relay::app::{Application, Relay};
+use o365_relay::config::Settings;
+use o365_relay::sim::{SimConfig, Simulator};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+/// The tenant that signs in on the simulator's consent page.
+pub const TENANT_A: &str = "41463f53-8812-40f4-890f-865bf6e35190";
+pub const TENANT_B: &str = "7a0c1f2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
+/// A tenant configured in `O365_TENANTS` (served without consent).
+pub const TENANT_STATIC: &str = "0b6a3c1d-2e4f-4a5b-9c8d-7e6f5a4b3c2d";
+pub const CLIENT_ID: &str = "a6099727-6b7b-482c-b509-1df309acc563";
+pub const CONSENT_UPN: &str = "admin@contoso.onmicrosoft.com";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+pub const ALL_TYPES: [&str; 5] = o365_relay::sim::CONTENT_TYPES;
+
+#[derive(Clone)]
+pub struct Options {
+    pub sim_tenants: Vec<String>,
+    pub static_tenants: Vec<String>,
+    pub extra_env: Vec<(String, String)>,
+    /// The Redis prefix (default: unique to the test). Set it to prepare keys before the
+    /// relay starts; it must still be unique to the test.
+    pub prefix: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sim_tenants: vec![TENANT_A.into(), TENANT_B.into(), TENANT_STATIC.into()],
+            static_tenants: vec![TENANT_STATIC.into()],
+            extra_env: Vec::new(),
+            prefix: None,
+        }
+    }
+}
+
+/// One running relay process (an `Application`).
+pub struct Instance {
+    pub relay: Arc<Relay>,
+    pub stop: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub public_url: String,
+    pub admin_url: String,
+}
+
+impl Instance {
+    /// Stops the application gracefully and waits for it.
+    pub async fn shutdown(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    }
+}
+
+pub struct TestEnv {
+    pub sim: Simulator,
+    /// The first relay; `others` are extra replicas sharing the Redis prefix.
+    pub main: Instance,
+    pub others: Vec<Instance>,
+    pub relay: Arc<Relay>,
+    pub public_url: String,
+    pub admin_url: String,
+    pub auth_id: String,
+    pub id: String,
+    pub exchange: String,
+    pub work_queue: String,
+    pub prefix: String,
+    pub http: reqwest::Client,
+    pub vars: Vec<(String, String)>,
+    pub dir: std::path::PathBuf,
+    pub cert_path: String,
+    pub key_path: String,
+}
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+pub fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port")
+}
+
+pub fn url_of(l: &TcpListener) -> String {
+    format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
+}
+
+/// An HTTP client that never follows redirects (each hop is asserted by the tests).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A fresh RSA key and self-signed certificate written to `dir`: `(cert_pem, cert_path, key_path)`.
+pub fn write_cert(dir: &std::path::Path) -> (Vec<u8>, String, String) {
+    let (key, cert) = o365_relay::certs::generate("o365-relay onboarding tests", 30, 2048).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let cert_path = dir.join("client.crt");
+    let key_path = dir.join("client.key");
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    (
+        cert,
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+pub async fn start_sim(tenants: &[String], certs: Vec<Vec<u8>>) -> Simulator {
+    let config = SimConfig {
+        client_id: CLIENT_ID.into(),
+        client_secret: Some("test-client-secret-value".into()),
+        client_certs_pem: certs,
+        tenants: tenants.to_vec(),
+        consent_upn: CONSENT_UPN.into(),
+        notification_retry_delays: vec![Duration::from_millis(200)],
+        ..SimConfig::default()
+    };
+    Simulator::start(config, "127.0.0.1:0")
+        .await
+        .expect("simulator starts")
+}
+
+impl TestEnv {
+    pub async fn start(opts: Options) -> TestEnv {
+        init_tracing();
+        let id = unique();
+        let dir = std::env::temp_dir().join(format!("o365-onboarding-{id}"));
+        let (cert, cert_path, key_path) = write_cert(&dir);
+        let sim = start_sim(&opts.sim_tenants, vec![cert]).await;
+        let public = bind();
+        let admin = bind();
+        let public_url = url_of(&public);
+        let admin_url = url_of(&admin);
+        let auth_id = format!("auth-{}", uuid::Uuid::new_v4().simple());
+        let exchange = format!("test.{id}.audit");
+        let work_queue = format!("test.{id}.content");
+        let prefix = opts.prefix.clone().unwrap_or_else(|| format!("test:{id}:"));
+        let mut vars: Vec<(String, String)> = vec![
+            ("O365_CLIENT_ID".into(), CLIENT_ID.into()),
+            ("O365_CLIENT_CERT_PATH".into(), cert_path.clone()),
+            ("O365_CLIENT_KEY_PATH".into(), key_path.clone()),
+            ("O365_WEBHOOK_AUTH_ID".into(), auth_id.clone()),
+            ("O365_PUBLIC_URL".into(), public_url.clone()),
+            ("O365_TENANTS".into(), opts.static_tenants.join(",")),
+            ("O365_LOGIN_URL".into(), sim.url()),
+            ("O365_MANAGE_URL".into(), sim.url()),
+            ("O365_LISTEN".into(), "127.0.0.1:0".into()),
+            ("O365_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
+            ("O365_REDIS_URL".into(), REDIS.into()),
+            ("O365_REDIS_PREFIX".into(), prefix.clone()),
+            ("O365_AMQP_URL".into(), AMQP.into()),
+            ("O365_AMQP_EXCHANGE".into(), exchange.clone()),
+            ("O365_AMQP_WORK_QUEUE".into(), work_queue.clone()),
+            ("O365_ENABLE_RECONCILER".into(), "false".into()),
+            ("O365_ENABLE_KEEPER".into(), "false".into()),
+            ("O365_ENABLE_WORKERS".into(), "false".into()),
+            ("O365_SHUTDOWN_TIMEOUT".into(), "3s".into()),
+            ("O365_HTTP_TIMEOUT".into(), "10s".into()),
+        ];
+        for (k, v) in &opts.extra_env {
+            vars.retain(|(vk, _)| vk != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        let main = launch(&vars, public, admin).await;
+        wait_ready(&main.relay).await;
+        TestEnv {
+            sim,
+            relay: main.relay.clone(),
+            public_url,
+            admin_url,
+            main,
+            others: Vec::new(),
+            auth_id,
+            id,
+            exchange,
+            work_queue,
+            prefix,
+            http: client(),
+            vars,
+            dir,
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// Starts another replica with the same settings (same Redis prefix, same public URL
+    /// unless overridden), on its own listeners. Returns its index in `others`.
+    pub async fn add_replica(&mut self, extra: &[(&str, &str)], public: TcpListener) -> usize {
+        let mut vars = self.vars.clone();
+        for (k, v) in extra {
+            vars.retain(|(vk, _)| vk != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let inst = launch(&vars, public, bind()).await;
+        wait_ready(&inst.relay).await;
+        self.others.push(inst);
+        self.others.len() - 1
+    }
+
+    /// A `Relay` (no listeners, no loops) sharing this environment's settings: a second
+    /// replica for store-level checks, or what the CLI builds.
+    pub fn second_relay(&self) -> Arc<Relay> {
+        Relay::new(Settings::from_vars(self.vars.clone()).unwrap()).unwrap()
+    }
+
+    pub fn redis_key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    /// Registered tenant ids (static ones included), as the relay lists them.
+    pub async fn tenant_ids(&self) -> Vec<String> {
+        self.relay
+            .tenants
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.tenant_id.to_string())
+            .collect()
+    }
+
+    /// POSTs a notification for one freshly published blob of `tenant` to `/webhook`.
+    pub async fn notify_for(&self, tenant: &str) -> reqwest::Response {
+        let blob = self
+            .sim
+            .publish_raw(
+                tenant,
+                "Audit.Exchange",
+                vec![format!(
+                    r#"{{"Id":"{}","RecordType":2,"CreationTime":"2026-01-01T00:00:00","Operation":"Send","OrganizationId":"{tenant}","UserType":0,"Workload":"Exchange"}}"#,
+                    uuid::Uuid::new_v4()
+                )],
+            )
+            .await;
+        let body = serde_json::json!([{
+            "tenantId": blob.tenant_id, "clientId": CLIENT_ID, "contentType": blob.content_type,
+            "contentId": blob.content_id, "contentUri": blob.content_uri,
+            "contentCreated": blob.content_created, "contentExpiration": blob.content_expiration,
+        }]);
+        self.http
+            .post(format!("{}/webhook", self.public_url))
+            .header("Webhook-AuthID", &self.auth_id)
+            .header("Content-Type", "application/json; utf-8")
+            .body(serde_json::to_vec(&body).unwrap())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stops every relay and the simulator, deletes the queues, the exchange and every Redis key.
+    pub async fn cleanup(mut self) {
+        self.main.shutdown().await;
+        for o in &mut self.others {
+            o.shutdown().await;
+        }
+        self.sim.stop().await;
+        if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in [
+                    self.work_queue.clone(),
+                    format!("{}.retry", self.work_queue),
+                    format!("{}.dead", self.work_queue),
+                ] {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = ch
+                    .exchange_delete(
+                        self.exchange.as_str().into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        if let Ok(store) = o365_relay::store::Store::new(REDIS, &self.prefix) {
+            let _ = store.purge_prefix().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn launch(vars: &[(String, String)], public: TcpListener, admin: TcpListener) -> Instance {
+    let public_url = url_of(&public);
+    let admin_url = url_of(&admin);
+    let settings = Settings::from_vars(vars.to_vec()).expect("test settings are valid");
+    let app = Application::build_with_listeners(settings, Some(public), admin)
+        .await
+        .expect("relay builds");
+    let relay = app.relay();
+    let stop = app.shutdown_token();
+    let task = Some(tokio::spawn(app.run_until_stopped()));
+    Instance {
+        relay,
+        stop,
+        task,
+        public_url,
+        admin_url,
+    }
+}
+
+/// Waits until the relay declared its RabbitMQ topology (it then accepts notifications).
+async fn wait_ready(relay: &Arc<Relay>) {
+    let r = relay.clone();
+    let ok = eventually(Duration::from_secs(15), || {
+        let r = r.clone();
+        async move { r.broker.topology_declared() }
+    })
+    .await;
+    assert!(ok, "relay never declared its RabbitMQ topology");
+}
+
+/// A raw Redis connection for checks the relay's API does not expose (TTLs, deletions).
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is running")
+}
+
+/// Polls `f` until it is true or `wait` passes.
+pub async fn eventually<F, Fut>(wait: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts the sim shows all five subscriptions of `tenant` enabled with our webhook.
+pub fn assert_subscribed(sim: &Simulator, tenant: &str, public_url: &str, auth_id: &str) {
+    let subs = sim.subscriptions(tenant);
+    assert_eq!(
+        subs.len(),
+        5,
+        "expected five subscriptions for {tenant}: {subs:?}"
+    );
+    for s in subs {
+        assert_eq!(s.status, "enabled", "{s:?}");
+        let hook = s.webhook.expect("webhook registered");
+        assert_eq!(hook.address, format!("{public_url}/webhook"));
+        assert_eq!(hook.status, "enabled");
+        assert_eq!(hook.auth_id, auth_id);
+    }
+}
+
+/// Total `/start` calls the simulator received for `tenant`.
+pub fn start_calls(sim: &Simulator, tenant: &str) -> u64 {
+    ALL_TYPES.iter().map(|ct| sim.start_calls(tenant, ct)).sum()
+}
+
+/// `(name, value)` of every `<input type="hidden">` of an HTML page (the simulator's form).
+pub fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let key = format!("{name}=\"");
+        let start = tag.find(&key)? + key.len();
+        let end = tag[start..].find('"')? + start;
+        Some(unescape(&tag[start..end]))
+    };
+    html.split("<input")
+        .skip(1)
+        .filter_map(|rest| {
+            let tag = &rest[..rest.find('>')?];
+            if attr(tag, "type").as_deref() != Some("hidden") {
+                return None;
+            }
+            Some((attr(tag, "name")?, attr(tag, "value").unwrap_or_default()))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// A query parameter of a URL.
+pub fn query_param(url: &url::Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

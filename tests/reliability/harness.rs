@@ -675,7 +675,7 @@ impl Drop for Harness {
             });
         })
         .join();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("RELIABILITY_KEEP_LOGS").is_some() {
             eprintln!("{}: relay logs kept in {}", self.name, self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -309,6 +309,16 @@ impl Harness {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v));
         }
+        // `RELIABILITY_EXTRA_ENV="O365_ENABLE_RECONCILER=false;..."` overrides the relay's
+        // environment: the way to check that a test fails when a mechanism is switched off.
+        if let Ok(extra) = std::env::var("RELIABILITY_EXTRA_ENV") {
+            for pair in extra.split(';').filter(|p| !p.trim().is_empty()) {
+                if let Some((k, v)) = pair.split_once('=') {
+                    env.retain(|(ek, _)| ek != k.trim());
+                    env.push((k.trim().to_string(), v.to_string()));
+                }
+            }
+        }
         // The sink exists before the relay publishes (records are published as mandatory).
         let conn = Connection::connect(&amqp_url(AMQP_ADDR), ConnectionProperties::default())
             .await
@@ -531,7 +541,7 @@ impl Harness {
     ) -> Row {
         let sent = self.sim.unique_record_ids();
         let deadline = Instant::now() + wait;
-        let mut recovery = since.elapsed();
+        let recovery;
         loop {
             let got = self.received_ids();
             if sent.iter().all(|id| got.contains(id)) {
@@ -539,6 +549,7 @@ impl Harness {
                 break;
             }
             if Instant::now() >= deadline {
+                recovery = since.elapsed();
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -139,18 +139,21 @@ pub struct WebhookInfo {
 
 /// Sliding-window limiter shared by every replica through Redis: a sorted set of request
 /// times per tenant; a request waits until fewer than `limit` were sent in the last minute.
+/// The window is 61 s, not 60: a request is stamped when it is admitted, not when Microsoft
+/// receives it, and the extra second absorbs that latency (and small clock differences
+/// between replicas) so no 60-second window *as Microsoft counts it* ever sees more.
 const QUOTA_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 61000)
 local n = redis.call('ZCARD', KEYS[1])
 if n < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], 61000)
+  redis.call('PEXPIRE', KEYS[1], 62000)
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tonumber(oldest[2]) + 60000 - now + 1
+return tonumber(oldest[2]) + 61000 - now + 1
 "#;
 
 pub struct ManagementClient {

@@ -1,13 +1,33 @@
 //! Reconciliation: Microsoft's notifications are late (often 60–90 minutes) or missing
 //! (reference §6), so one replica at a time lists the available content of every served
-//! tenant and content type over `O365_RECONCILE_LOOKBACK`, in windows of at most 24 hours,
-//! and enqueues every blob not yet relayed into the same work queue.
+//! tenant and content type, in windows of at most 24 hours, and enqueues every blob not yet
+//! relayed into the same work queue (marked `source: reconcile`).
+//!
+//! **Checkpoint.** Per tenant and content type, Redis keeps the end of the last window that was
+//! fully listed (every page, `NextPageUri` followed to the end) *and* whose missing blobs were
+//! durably enqueued. Microsoft lists content late, so the checkpoint never *shortens* a pass:
+//! every pass re-lists at least `O365_RECONCILE_LOOKBACK` before now (listing is cheap and the
+//! blobs found are de-duplicated against the relayed markers). What the checkpoint adds is the
+//! catch-up after downtime: a pass starts at `min(now, checkpoint) - lookback`, so a relay that
+//! was down for three days with a 24-hour look-back lists the three days plus the overlap
+//! instead of silently skipping two of them. Never beyond Microsoft's 7 days (minus a skew
+//! margin); content older than that cannot be listed any more, which is logged.
+//!
+//! **Window errors.** AF20030/AF20055 mean Microsoft's clock disagrees with ours (or a window
+//! came out too long): the window is recomputed with a fresh `now` and a growing margin from the
+//! 7-day edge, and windows longer than an hour are split in two; a few tries per pass.
+//!
+//! **Re-enqueue guard.** A blob enqueued by a pass gets a short-lived marker so the next passes
+//! (every `O365_RECONCILE_INTERVAL`) do not enqueue it again while it is still waiting in the
+//! work or retry queue; when the marker lapses and the blob is still not relayed (dead-lettered,
+//! lost), it is enqueued again.
 
 use crate::app::Relay;
 use crate::domain::{ContentId, ContentType, Source, TenantId, WorkItem};
 use crate::leases::Lease;
-use crate::management::{ApiError, Disposition};
+use crate::management::{ApiError, ContentEntry, Disposition};
 use chrono::{DateTime, Utc};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 const MAX_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 /// Stay clear of the 7-day edge so clock skew cannot trip AF20055.
 const SKEW: chrono::Duration = chrono::Duration::minutes(5);
+/// Microsoft serves content for 7 days.
+const RETENTION: chrono::Duration = chrono::Duration::days(7);
+/// Window recomputations (AF20030/AF20055) allowed per tenant and content type in one pass.
+const MAX_WINDOW_RETRIES: u32 = 4;
 
 /// What one pass found.
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,7 +62,51 @@ pub fn windows(start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<(DateTime<Utc>, 
     out
 }
 
-/// Reconciles one tenant and content type over the look-back.
+/// Where a pass starts: the look-back before `min(now, checkpoint)`, never beyond the 7 days
+/// Microsoft keeps content (minus the skew margin).
+pub fn pass_start(
+    now: DateTime<Utc>,
+    lookback: chrono::Duration,
+    checkpoint: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    let anchor = checkpoint.map_or(now, |c| c.min(now));
+    (anchor - lookback).max(now - RETENTION + SKEW)
+}
+
+async fn read_checkpoint(
+    relay: &Relay,
+    tenant: &TenantId,
+    ct: ContentType,
+) -> Option<DateTime<Utc>> {
+    let key = relay.store.checkpoint_key(tenant, ct);
+    let raw = relay.store.get(&key).await.ok().flatten()?;
+    DateTime::parse_from_rfc3339(&raw)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+async fn write_checkpoint(relay: &Relay, tenant: &TenantId, ct: ContentType, end: DateTime<Utc>) {
+    let key = relay.store.checkpoint_key(tenant, ct);
+    // Older than Microsoft's retention it is useless: let it expire.
+    let ttl = (RETENTION + chrono::Duration::days(1))
+        .to_std()
+        .unwrap_or(Duration::from_secs(8 * 86_400));
+    if let Err(e) = relay.store.set_px(&key, &end.to_rfc3339(), ttl).await {
+        tracing::debug!(tenant_id = %tenant, content_type = %ct, error = %e, "Cannot save the reconciliation checkpoint; the next pass re-lists from the previous one.");
+    }
+}
+
+/// How long a blob enqueued by reconciliation is not enqueued again while it waits.
+fn enqueue_guard_ttl(relay: &Relay) -> Duration {
+    (relay.settings.reconcile_interval * 5)
+        .clamp(Duration::from_secs(30), Duration::from_secs(1800))
+}
+
+fn is_window_error(e: &ApiError) -> bool {
+    matches!(e, ApiError::Api { code, .. } if code == "AF20030" || code == "AF20055")
+}
+
+/// Reconciles one tenant and content type from its checkpoint (minus the look-back) to now.
 pub async fn reconcile_one(
     relay: &Relay,
     tenant: &TenantId,
@@ -47,12 +115,39 @@ pub async fn reconcile_one(
     let now = Utc::now();
     let lookback =
         chrono::Duration::from_std(relay.settings.reconcile_lookback).unwrap_or(MAX_WINDOW);
-    let start = (now - lookback).max(now - chrono::Duration::days(7) + SKEW);
+    let checkpoint = read_checkpoint(relay, tenant, ct).await;
+    let start = pass_start(now, lookback, checkpoint);
+    if let Some(cp) = checkpoint {
+        if cp < start {
+            tracing::warn!(tenant_id = %tenant, content_type = %ct, checkpoint = %cp, "The last reconciliation is older than Microsoft's 7-day retention: content created before {start} can no longer be listed.");
+        }
+    }
     let mut stats = PassStats::default();
     let mut oldest_missing: Option<DateTime<Utc>> = None;
-    for (ws, we) in windows(start, now) {
+    let mut queue: VecDeque<_> = windows(start, now).into();
+    let mut window_retries = 0;
+    while let Some((ws, we)) = queue.pop_front() {
         let entries = match relay.management.list_content(tenant, ct, ws, we).await {
             Ok(e) => e,
+            Err(e) if is_window_error(&e) && window_retries < MAX_WINDOW_RETRIES => {
+                window_retries += 1;
+                // Microsoft's clock disagrees with ours (or the window is off): recompute with
+                // a fresh now and a growing margin from the 7-day edge; split long windows.
+                let margin = SKEW * 2i32.pow(window_retries);
+                let floor = Utc::now() - RETENTION + margin;
+                let ws = ws.max(floor);
+                tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Listing window refused; recomputing it (clock skew?).");
+                if ws < we {
+                    if we - ws > chrono::Duration::hours(1) {
+                        let mid = ws + (we - ws) / 2;
+                        queue.push_front((mid, we));
+                        queue.push_front((ws, mid));
+                    } else {
+                        queue.push_front((ws, we));
+                    }
+                }
+                continue;
+            }
             Err(e) if e.disposition() == Disposition::StartSubscription => {
                 relay.subscriptions.ensure_started(tenant, ct).await;
                 return Err(e);
@@ -60,49 +155,23 @@ pub async fn reconcile_one(
             Err(e) => return Err(e),
         };
         stats.listed += entries.len() as u64;
-        let mut items = Vec::new();
-        for entry in entries {
-            let Ok(content_id) = ContentId::parse(&entry.content_id) else {
-                stats.errors += 1;
-                continue;
-            };
-            let Ok(url) = url::Url::parse(&entry.content_uri) else {
-                stats.errors += 1;
-                continue;
-            };
-            if !relay.management.is_management_url(&url) {
-                tracing::warn!(tenant_id = %tenant, "Listing returned a contentUri outside the Management API; ignored.");
-                stats.errors += 1;
-                continue;
-            }
-            if let Ok(true) = relay.store.is_relayed(tenant, &content_id).await {
-                continue;
-            }
-            stats.missing += 1;
-            if let Some(created) = entry
-                .content_created
-                .as_deref()
-                .and_then(crate::domain::parse_ms_time)
-            {
-                oldest_missing =
-                    Some(oldest_missing.map_or(created, |o: DateTime<Utc>| o.min(created)));
-            }
-            items.push(WorkItem {
-                tenant_id: tenant.clone(),
-                content_type: ct,
-                content_id,
-                content_uri: entry.content_uri,
-                content_created: entry.content_created,
-                content_expiration: entry.content_expiration,
-                source: Source::Reconcile,
-            });
-        }
+        let items =
+            missing_items(relay, tenant, ct, entries, &mut stats, &mut oldest_missing).await;
         for chunk in items.chunks(500) {
             crate::webhook::enqueue(relay, chunk)
                 .await
                 .map_err(|e| ApiError::Transport(format!("work queue: {e}")))?;
             stats.enqueued += chunk.len() as u64;
+            let ttl = enqueue_guard_ttl(relay);
+            for item in chunk {
+                let _ = relay
+                    .store
+                    .set_px(&guard_key(relay, tenant, &item.content_id), "1", ttl)
+                    .await;
+            }
         }
+        // Listed to the last page and every missing blob durably enqueued: the window is done.
+        write_checkpoint(relay, tenant, ct, we).await;
     }
     let lag = oldest_missing
         .map(|o| (now - o).num_seconds().max(0) as f64)
@@ -118,6 +187,69 @@ pub async fn reconcile_one(
         .with_label_values(&[tenant.as_str()])
         .inc_by(stats.missing);
     Ok(stats)
+}
+
+fn guard_key(relay: &Relay, tenant: &TenantId, content_id: &ContentId) -> String {
+    relay
+        .store
+        .key(&format!("reconcile-enqueued:{tenant}:{content_id}"))
+}
+
+/// The listed blobs that are neither relayed nor recently enqueued by reconciliation.
+async fn missing_items(
+    relay: &Relay,
+    tenant: &TenantId,
+    ct: ContentType,
+    entries: Vec<ContentEntry>,
+    stats: &mut PassStats,
+    oldest_missing: &mut Option<DateTime<Utc>>,
+) -> Vec<WorkItem> {
+    let mut items = Vec::new();
+    for entry in entries {
+        let Ok(content_id) = ContentId::parse(&entry.content_id) else {
+            stats.errors += 1;
+            continue;
+        };
+        let Ok(url) = url::Url::parse(&entry.content_uri) else {
+            stats.errors += 1;
+            continue;
+        };
+        if !relay.management.is_management_url(&url) {
+            tracing::warn!(tenant_id = %tenant, "Listing returned a contentUri outside the Management API; ignored.");
+            stats.errors += 1;
+            continue;
+        }
+        if let Ok(true) = relay.store.is_relayed(tenant, &content_id).await {
+            continue;
+        }
+        if let Some(created) = entry
+            .content_created
+            .as_deref()
+            .and_then(crate::domain::parse_ms_time)
+        {
+            *oldest_missing =
+                Some(oldest_missing.map_or(created, |o: DateTime<Utc>| o.min(created)));
+        }
+        if let Ok(Some(_)) = relay
+            .store
+            .get(&guard_key(relay, tenant, &content_id))
+            .await
+        {
+            // Enqueued by an earlier pass and still waiting in the work or retry queue.
+            continue;
+        }
+        stats.missing += 1;
+        items.push(WorkItem {
+            tenant_id: tenant.clone(),
+            content_type: ct,
+            content_id,
+            content_uri: entry.content_uri,
+            content_created: entry.content_created,
+            content_expiration: entry.content_expiration,
+            source: Source::Reconcile,
+        });
+    }
+    items
 }
 
 /// One pass over every served tenant and configured content type.
@@ -158,24 +290,47 @@ pub async fn pass(relay: &Relay) -> PassStats {
     total
 }
 
-/// The reconciler loop: one replica at a time, every `O365_RECONCILE_INTERVAL`.
+/// The lease's time to live: short enough that a replica that died (SIGKILL, OOM) is taken
+/// over within seconds, renewed by the holder every third of it, also during a long pass.
+pub fn lease_ttl(interval: Duration) -> Duration {
+    (interval * 3).clamp(Duration::from_secs(15), Duration::from_secs(60))
+}
+
+/// The reconciler loop: one replica at a time (a Redis lease, renewed by its holder every
+/// third of its TTL and taken over when it lapses), a pass every `O365_RECONCILE_INTERVAL`.
 pub async fn run(relay: Arc<Relay>, shutdown: CancellationToken) {
     let interval = relay.settings.reconcile_interval;
-    let lease = Lease::new(
-        relay.store.clone(),
-        "reconciler",
-        (interval * 3).max(Duration::from_secs(60)),
-    );
+    let ttl = lease_ttl(interval);
+    let beat = ttl / 3;
+    let lease = Lease::new(relay.store.clone(), "reconciler", ttl);
+    let mut next_pass = tokio::time::Instant::now();
     loop {
-        if lease.try_hold().await {
-            tokio::select! {
-                _ = shutdown.cancelled() => { lease.release().await; return; }
-                _ = pass(&relay) => {}
+        let held = lease.try_hold().await;
+        if held && tokio::time::Instant::now() >= next_pass {
+            let pass = pass(&relay);
+            tokio::pin!(pass);
+            let mut heartbeat = tokio::time::interval(beat);
+            heartbeat.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => { lease.release().await; return; }
+                    _ = &mut pass => break,
+                    _ = heartbeat.tick() => { lease.try_hold().await; }
+                }
             }
+            next_pass = tokio::time::Instant::now() + interval;
         }
+        // Holder: wake for the next pass or heartbeat; others: poll to take over a lapsed lease.
+        let now = tokio::time::Instant::now();
+        let wait = if held {
+            beat.min(next_pass.saturating_duration_since(now))
+        } else {
+            beat.min(interval)
+        }
+        .max(Duration::from_millis(100));
         tokio::select! {
             _ = shutdown.cancelled() => { lease.release().await; return; }
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -196,5 +351,31 @@ mod tests {
             assert_eq!(pair[0].1, pair[1].0);
         }
         assert!(w.iter().all(|(s, e)| *e - *s <= MAX_WINDOW));
+    }
+
+    #[test]
+    fn the_checkpoint_extends_the_lookback_but_never_shortens_it() {
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        // No checkpoint, or a recent one: the look-back before now.
+        assert_eq!(pass_start(now, hour, None), now - hour);
+        assert_eq!(
+            pass_start(now, hour, Some(now - chrono::Duration::seconds(2))),
+            now - hour - chrono::Duration::seconds(2)
+        );
+        // A checkpoint in the future (clock skew between replicas) changes nothing.
+        assert_eq!(pass_start(now, hour, Some(now + hour)), now - hour);
+        // Down for three days: resume from the checkpoint, with the overlap.
+        let cp = now - chrono::Duration::days(3);
+        assert_eq!(pass_start(now, hour, Some(cp)), cp - hour);
+        // Never beyond Microsoft's 7 days.
+        let cp = now - chrono::Duration::days(30);
+        assert_eq!(pass_start(now, hour, Some(cp)), now - RETENTION + SKEW);
+    }
+
+    #[test]
+    fn a_dead_holder_is_taken_over_within_a_minute() {
+        assert_eq!(lease_ttl(Duration::from_secs(2)), Duration::from_secs(15));
+        assert_eq!(lease_ttl(Duration::from_secs(900)), Duration::from_secs(60));
     }
 }

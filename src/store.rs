@@ -58,6 +58,9 @@ pub struct Store {
     last_attempt: Mutex<Option<Instant>>,
     connecting: tokio::sync::Mutex<()>,
     down: AtomicBool,
+    /// While Redis is down, one call a second is let through to probe it; the others fail
+    /// at once instead of each waiting on the connection manager's reconnect.
+    last_probe: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -79,6 +82,7 @@ impl Store {
             last_attempt: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             down: AtomicBool::new(false),
+            last_probe: Mutex::new(None),
         })
     }
 
@@ -89,6 +93,15 @@ impl Store {
     /// A multiplexed connection; (re)connects lazily, at most once a second while Redis is down,
     /// so a dead Redis costs callers a fast error instead of a hang.
     async fn conn(&self) -> StoreResult<ConnectionManager> {
+        if self.down.load(Ordering::SeqCst) {
+            let mut last = self.last_probe.lock().expect("poisoned");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(StoreError::Unavailable(
+                    "down (probed once a second)".into(),
+                ));
+            }
+            *last = Some(Instant::now());
+        }
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);
         }

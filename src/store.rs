@@ -55,7 +55,6 @@ pub struct Store {
     prefix: String,
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
-    last_attempt: Mutex<Option<Instant>>,
     connecting: tokio::sync::Mutex<()>,
     down: AtomicBool,
     /// While Redis is down, one call a second is let through to probe it; the others fail
@@ -79,7 +78,6 @@ impl Store {
             prefix: prefix.to_string(),
             client,
             conn: Mutex::new(None),
-            last_attempt: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             down: AtomicBool::new(false),
             last_probe: Mutex::new(None),
@@ -105,27 +103,11 @@ impl Store {
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);
         }
-        // One task connects and the others wait for it — unless Redis is known to be down:
-        // then they fail fast, and nobody tries again for a second, so a dead Redis does not
-        // slow the relay.
-        let not_connected = || StoreError::Unavailable("not connected (retrying)".into());
-        let _guard = if self.is_down() {
-            match self.connecting.try_lock() {
-                Ok(g) => g,
-                Err(_) => return Err(not_connected()),
-            }
-        } else {
-            self.connecting.lock().await
-        };
+        // One task connects and the others wait for it (while Redis is down only the one
+        // probe a second gets this far).
+        let _guard = self.connecting.lock().await;
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);
-        }
-        {
-            let mut last = self.last_attempt.lock().expect("poisoned");
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return Err(not_connected());
-            }
-            *last = Some(Instant::now());
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(1))

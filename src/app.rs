@@ -212,6 +212,22 @@ impl Application {
                 }
             });
         }
+        // Markers written while Redis was down are written once it is back.
+        {
+            let relay = relay.clone();
+            let stop = workers_stop.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
+                    if relay.store.deferred_len() > 0 {
+                        if let Ok(n) = relay.store.flush_deferred().await {
+                            tracing::info!(markers = n, "Wrote the de-duplication markers deferred during the Redis outage.");
+                        }
+                    }
+                }
+                let _ = relay.store.flush_deferred().await;
+            });
+        }
         if relay.settings.enable_workers {
             tasks.spawn(worker::run(relay.clone(), workers_stop.clone()));
         }

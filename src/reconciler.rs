@@ -254,6 +254,10 @@ async fn missing_items(
 
 /// One pass over every served tenant and configured content type.
 pub async fn pass(relay: &Relay) -> PassStats {
+    // Markers deferred during a Redis outage first, or their blobs would look unrelayed.
+    if relay.store.deferred_len() > 0 {
+        let _ = relay.store.flush_deferred().await;
+    }
     let mut total = PassStats::default();
     for tenant in relay.tenants.served_ids().await {
         let mut ok = true;

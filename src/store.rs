@@ -23,6 +23,9 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Bound on marker writes kept in memory during a Redis outage (about 100 bytes each).
+const MAX_DEFERRED: usize = 500_000;
+
 /// Check-and-delete: releases a lock or lease only when we still hold it.
 const RELEASE: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#;
 /// Claims each KEYS[i] with ARGV[1] (PX ARGV[2]) unless taken: 1 = claimed now, 0 = already
@@ -57,6 +60,8 @@ pub struct Store {
     conn: Mutex<Option<ConnectionManager>>,
     connecting: tokio::sync::Mutex<()>,
     down: AtomicBool,
+    /// Marker writes that failed while Redis was down: (key, value, expiry).
+    deferred: Mutex<Vec<(String, String, Instant)>>,
     /// While Redis is down, one call a second is let through to probe it; the others fail
     /// at once instead of each waiting on the connection manager's reconnect.
     last_probe: Mutex<Option<Instant>>,
@@ -81,6 +86,7 @@ impl Store {
             connecting: tokio::sync::Mutex::new(()),
             down: AtomicBool::new(false),
             last_probe: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
         })
     }
 
@@ -291,7 +297,8 @@ impl Store {
         c: &ContentId,
         ttl: Duration,
     ) -> StoreResult<()> {
-        self.set_px(&self.relayed_key(t, c), "1", ttl).await
+        self.set_many_or_defer(vec![(self.relayed_key(t, c), "1")], ttl)
+            .await
     }
 
     /// Claims records for publishing, one round trip for the batch. Each key ends as
@@ -338,18 +345,85 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut c = self.conn().await?;
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("SET")
-                .arg(self.record_key(t, id))
-                .arg("d")
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .ignore();
+        let writes: Vec<(String, &str)> =
+            ids.iter().map(|id| (self.record_key(t, id), "d")).collect();
+        self.set_many_or_defer(writes, ttl).await
+    }
+
+    /// Writes `key = value PX ttl` for each pair; what cannot be written now (Redis down) is
+    /// kept in memory and written by [`Store::flush_deferred`] once Redis is back, so markers
+    /// of work done during an outage still suppress duplicates afterwards.
+    async fn set_many_or_defer(
+        &self,
+        writes: Vec<(String, &str)>,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let result = async {
+            let mut c = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for (k, v) in &writes {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(*v)
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .ignore();
+            }
+            let r: Result<(), _> = pipe.query_async(&mut c).await;
+            self.observe(r)
         }
-        let r: Result<(), _> = pipe.query_async(&mut c).await;
-        self.observe(r)
+        .await;
+        if result.is_err() {
+            let expires = Instant::now() + ttl;
+            let mut d = self.deferred.lock().expect("poisoned");
+            for (k, v) in writes {
+                if d.len() >= MAX_DEFERRED {
+                    break;
+                }
+                d.push((k, v.to_string(), expires));
+            }
+        }
+        result
+    }
+
+    /// Writes the markers deferred during an outage. Returns how many were written.
+    pub async fn flush_deferred(&self) -> StoreResult<usize> {
+        let pending: Vec<(String, String, Instant)> =
+            std::mem::take(&mut *self.deferred.lock().expect("poisoned"));
+        let now = Instant::now();
+        let live: Vec<&(String, String, Instant)> =
+            pending.iter().filter(|(_, _, e)| *e > now).collect();
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let result = async {
+            let mut c = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for (k, v, e) in &live {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(v)
+                    .arg("PX")
+                    .arg(e.duration_since(now).as_millis().max(1) as u64)
+                    .ignore();
+            }
+            let r: Result<(), _> = pipe.query_async(&mut c).await;
+            self.observe(r)
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(live.len()),
+            Err(e) => {
+                let mut d = self.deferred.lock().expect("poisoned");
+                d.extend(live.into_iter().cloned());
+                Err(e)
+            }
+        }
+    }
+
+    /// How many marker writes wait for Redis.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred.lock().expect("poisoned").len()
     }
 
     /// Gives up claims we still hold (publishing failed), so a retry can take them at once.

@@ -338,6 +338,73 @@ fn proc_cpu_secs(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / clk_tck()
 }
 
+/// The RabbitMQ server process (`beam.smp`), to account its CPU.
+fn rabbit_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "beam.smp").then_some(pid)
+    })
+}
+
+/// (busy, total) jiffies of the whole machine from `/proc/stat`.
+fn machine_jiffies() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// CPU seconds of the participants at one instant.
+#[derive(Clone, Copy)]
+struct CpuSnap {
+    relay: f64,
+    bench: f64,
+    rabbit: f64,
+    busy: f64,
+    total: f64,
+}
+
+impl CpuSnap {
+    fn take(relay: Option<&RelayProc>, rabbit: Option<u32>) -> CpuSnap {
+        let (busy, total) = machine_jiffies();
+        CpuSnap {
+            relay: relay.map_or(0.0, |r| r.cpu_secs()),
+            bench: proc_cpu_secs("/proc/self/stat"),
+            rabbit: rabbit.map_or(0.0, |p| proc_cpu_secs(&format!("/proc/{p}/stat"))),
+            busy,
+            total,
+        }
+    }
+
+    /// "relay X µs + this process Y µs + RabbitMQ Z µs per op; machine N % busy".
+    fn per_op(&self, later: &CpuSnap, ops: f64, this: &str) -> String {
+        let us = |a: f64, b: f64| (b - a) / ops.max(1.0) * 1e6;
+        let busy = (later.busy - self.busy) / (later.total - self.total).max(1.0) * 100.0;
+        let relay = us(self.relay, later.relay);
+        let mut parts = Vec::new();
+        if relay > 0.0 {
+            parts.push(format!("relay {relay:.0} µs"));
+        }
+        parts.push(format!("{this} {:.0} µs", us(self.bench, later.bench)));
+        if later.rabbit > 0.0 {
+            parts.push(format!("RabbitMQ {:.0} µs", us(self.rabbit, later.rabbit)));
+        }
+        format!(
+            "CPU per op: {}; machine {busy:.0} % busy",
+            parts.join(" + ")
+        )
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Context, names, clean-up
 // ------------------------------------------------------------------------------------------
@@ -835,55 +902,113 @@ fn single_blob_notification(sim_url: &str, tenant: &str) -> Vec<u8> {
     serde_json::to_vec(&body).expect("json")
 }
 
-/// 64 connections posting single-blob notifications for `dur`.
-async fn webhook_load(ctx: &Ctx, relay: &RelayProc, sim_url: &str, dur: Duration) -> Load {
-    let url = format!("{}/webhook", relay.public_url);
-    let started = Instant::now();
-    let end = started + dur;
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..INGEST_CONCURRENCY {
-        let (http, url, auth, sim_url, errors) = (
-            ctx.http.clone(),
-            url.clone(),
-            ctx.auth_id.clone(),
-            sim_url.to_string(),
-            errors.clone(),
+/// One keep-alive HTTP/1.1 connection posting notifications until `end`: a lean client
+/// (one write per request, minimal response parsing), because on a 2-core machine the load
+/// generator's CPU is taken from the relay under test (reqwest cost ~56 µs per request here).
+async fn post_loop(
+    addr: std::net::SocketAddr,
+    auth: String,
+    sim_url: String,
+    end: Instant,
+) -> (Vec<Duration>, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut lat = Vec::new();
+    let mut errors = 0u64;
+    let mut conn: Option<tokio::net::TcpStream> = None;
+    let mut buf = vec![0u8; 8192];
+    let mut req = Vec::with_capacity(2048);
+    while Instant::now() < end {
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    conn.insert(s)
+                }
+                Err(_) => {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let body = single_blob_notification(&sim_url, TENANT_A);
+        req.clear();
+        req.extend_from_slice(
+            format!(
+                "POST /webhook HTTP/1.1\r\nHost: {addr}\r\nWebhook-AuthID: {auth}\r\nContent-Type: application/json; utf-8\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
         );
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < end {
-                let body = single_blob_notification(&sim_url, TENANT_A);
-                let t0 = Instant::now();
-                let r = http
-                    .post(&url)
-                    .header("Webhook-AuthID", &auth)
-                    .header("Content-Type", "application/json; utf-8")
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = match r {
-                    Ok(r) => {
-                        let ok = r.status().is_success();
-                        let _ = r.bytes().await;
-                        ok
-                    }
-                    Err(_) => false,
+        req.extend_from_slice(&body);
+        let t0 = Instant::now();
+        let ok = async {
+            s.write_all(&req).await.ok()?;
+            let mut have = 0;
+            loop {
+                if have == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+                let n = s.read(&mut buf[have..]).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                have += n;
+                let Some(head) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
                 };
-                if ok {
-                    lat.push(t0.elapsed());
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                let headers = std::str::from_utf8(&buf[..head]).ok()?;
+                let len: usize = headers
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if have >= head + 4 + len {
+                    return Some(headers.starts_with("HTTP/1.1 200"));
                 }
             }
-            lat
-        });
+        }
+        .await;
+        match ok {
+            Some(true) => lat.push(t0.elapsed()),
+            Some(false) => errors += 1,
+            None => {
+                errors += 1;
+                conn = None;
+            }
+        }
     }
-    let mut lat = Vec::new();
-    while let Some(Ok(mut l)) = tasks.join_next().await {
+    (lat, errors)
+}
+
+/// 64 connections posting single-blob notifications for `dur`.
+async fn webhook_load(ctx: &Ctx, relay: &RelayProc, sim_url: &str, dur: Duration) -> Load {
+    let addr: std::net::SocketAddr = relay
+        .public_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("relay address");
+    let started = Instant::now();
+    let end = started + dur;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..INGEST_CONCURRENCY {
+        tasks.spawn(post_loop(
+            addr,
+            ctx.auth_id.clone(),
+            sim_url.to_string(),
+            end,
+        ));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    while let Some(Ok((mut l, e))) = tasks.join_next().await {
         lat.append(&mut l);
+        errors += e;
     }
-    summarise(lat, started.elapsed(), errors.load(Ordering::Relaxed))
+    summarise(lat, started.elapsed(), errors)
 }
 
 /// The ceiling: the same work messages, published with confirms by bare lapin to a quorum
@@ -1002,15 +1127,28 @@ async fn section_ingest(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Resu
         let (mut best_relay, mut best_ceiling): (Option<Load>, Option<Load>) = (None, None);
         let mut cpu = 0.0;
         let mut accepted = 0usize;
+        let rabbit = rabbit_pid();
         for round in 1..=rounds {
+            let s0 = CpuSnap::take(None, rabbit);
             let c = bare_work_publish(ctx, &ceiling_queue, &sim_url, dur).await?;
+            let s1 = CpuSnap::take(None, rabbit);
             let cpu0 = relay.cpu_secs();
+            let s2 = CpuSnap::take(Some(&relay), rabbit);
             let r = webhook_load(ctx, &relay, &sim_url, dur).await;
+            let s3 = CpuSnap::take(Some(&relay), rabbit);
             cpu += relay.cpu_secs() - cpu0;
             accepted += r.n;
             println!(
                 "   round {round}: relay {:.0}/s (p50 {}, p99 {}, {} errors) | bare lapin {:.0}/s (p50 {}, p99 {}, {} errors)",
                 r.rate, ms(r.p50), ms(r.p99), r.errors, c.rate, ms(c.p50), ms(c.p99), c.errors
+            );
+            println!(
+                "     relay path   {}",
+                s2.per_op(&s3, r.n as f64, "HTTP load generator")
+            );
+            println!(
+                "     ceiling path {}",
+                s0.per_op(&s1, c.n as f64, "bare lapin publisher")
             );
             if best_relay.as_ref().is_none_or(|b| r.rate > b.rate) {
                 best_relay = Some(r);
@@ -1055,8 +1193,9 @@ struct Prepared {
 
 /// What the relay publishes for `blobs`: each distinct record once (the relay de-duplicates
 /// across blobs), grouped per blob, with the relay's properties and headers.
-fn prepare(blobs: &[SimBlob]) -> Vec<Vec<Prepared>> {
-    let mut seen = HashSet::new();
+/// `seen` spans rounds: the simulator repeats records of a round's last blobs in the next
+/// round's first ones, and the relay (rightly) publishes those only once.
+fn prepare(blobs: &[SimBlob], seen: &mut HashSet<String>) -> Vec<Vec<Prepared>> {
     blobs
         .iter()
         .map(|b| {
@@ -1166,6 +1305,8 @@ async fn section_e2e(ctx: &Ctx, n_blobs: usize, rounds: usize) -> anyhow::Result
         let mut best: Option<(f64, f64, u64)> = None; // (relay rec/s, cpu s per 100k, records)
         let mut best_ceiling: Option<f64> = None;
         let mut avg = 0.0;
+        let mut seen = HashSet::new();
+        let rabbit = rabbit_pid();
         for round in 1..=rounds {
             // Fresh blobs every round (the relay would skip relayed ones).
             let mut blobs = Vec::new();
@@ -1174,29 +1315,41 @@ async fn section_e2e(ctx: &Ctx, n_blobs: usize, rounds: usize) -> anyhow::Result
                 blobs.extend(sim.publish(TENANT_A, ct, 1, None).await);
             }
             avg = avg_record_bytes(&blobs);
-            let prepared = prepare(&blobs);
+            let prepared = prepare(&blobs, &mut seen);
             let want: u64 = prepared.iter().map(|b| b.len() as u64).sum();
 
             // Ceiling first.
             sink.reset();
             let prepared = Arc::new(prepared);
+            let s0 = CpuSnap::take(None, rabbit);
             let t0 = Instant::now();
             bare_record_publish(ctx, &names.exchange, prepared.clone()).await?;
             let t1 = sink.wait_for(want, Duration::from_secs(300)).await?;
+            let s1 = CpuSnap::take(None, rabbit);
             let ceiling = want as f64 / (t1 - t0).as_secs_f64();
             tokio::time::sleep(Duration::from_millis(200)).await;
 
             // The relay: notify, then wait for every distinct record on the sink.
             sink.reset();
             let cpu0 = relay.cpu_secs();
+            let s2 = CpuSnap::take(Some(&relay), rabbit);
             let t0 = Instant::now();
             notify(ctx, &[&relay], &blobs).await?;
             let t1 = sink.wait_for(want, Duration::from_secs(600)).await?;
+            let s3 = CpuSnap::take(Some(&relay), rabbit);
             let cpu = relay.cpu_secs() - cpu0;
             let rate = want as f64 / (t1 - t0).as_secs_f64();
             let cpu100k = cpu / want as f64 * 100_000.0;
             println!(
                 "   round {round}: {want} distinct records (avg {avg:.0} B): relay {rate:.0} rec/s, {cpu100k:.2} CPU s/100k | bare publish {ceiling:.0} rec/s"
+            );
+            println!(
+                "     relay path   {}",
+                s2.per_op(&s3, want as f64, "simulator + sink consumer")
+            );
+            println!(
+                "     ceiling path {}",
+                s0.per_op(&s1, want as f64, "bare publisher + sink consumer")
             );
             if best.is_none_or(|b| rate > b.0) {
                 best = Some((rate, cpu100k, want));

@@ -195,7 +195,8 @@ fn guard_key(relay: &Relay, tenant: &TenantId, content_id: &ContentId) -> String
         .key(&format!("reconcile-enqueued:{tenant}:{content_id}"))
 }
 
-/// The listed blobs that are neither relayed nor recently enqueued by reconciliation.
+/// The listed blobs that are neither relayed nor recently enqueued by reconciliation. Both
+/// markers of a whole page are read in one Redis round trip.
 async fn missing_items(
     relay: &Relay,
     tenant: &TenantId,
@@ -204,7 +205,7 @@ async fn missing_items(
     stats: &mut PassStats,
     oldest_missing: &mut Option<DateTime<Utc>>,
 ) -> Vec<WorkItem> {
-    let mut items = Vec::new();
+    let mut listed = Vec::with_capacity(entries.len());
     for entry in entries {
         let Ok(content_id) = ContentId::parse(&entry.content_id) else {
             stats.errors += 1;
@@ -219,7 +220,23 @@ async fn missing_items(
             stats.errors += 1;
             continue;
         }
-        if let Ok(true) = relay.store.is_relayed(tenant, &content_id).await {
+        listed.push((content_id, entry));
+    }
+    let mut keys = Vec::with_capacity(listed.len() * 2);
+    for (content_id, _) in &listed {
+        keys.push(relay.store.relayed_key(tenant, content_id));
+        keys.push(guard_key(relay, tenant, content_id));
+    }
+    // Without Redis every listed blob counts as missing (workers still skip relayed ones).
+    let known = relay
+        .store
+        .exists_many(&keys)
+        .await
+        .unwrap_or_else(|_| vec![false; keys.len()]);
+    let mut items = Vec::new();
+    for ((content_id, entry), marks) in listed.into_iter().zip(known.chunks(2)) {
+        let (relayed, enqueued) = (marks[0], marks[1]);
+        if relayed {
             continue;
         }
         if let Some(created) = entry
@@ -230,11 +247,7 @@ async fn missing_items(
             *oldest_missing =
                 Some(oldest_missing.map_or(created, |o: DateTime<Utc>| o.min(created)));
         }
-        if let Ok(Some(_)) = relay
-            .store
-            .get(&guard_key(relay, tenant, &content_id))
-            .await
-        {
+        if enqueued {
             // Enqueued by an earlier pass and still waiting in the work or retry queue.
             continue;
         }

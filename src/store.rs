@@ -182,7 +182,7 @@ impl Store {
     fn token_key(&self, t: &TenantId) -> String {
         self.key(&format!("token:{t}"))
     }
-    fn relayed_key(&self, t: &TenantId, c: &ContentId) -> String {
+    pub fn relayed_key(&self, t: &TenantId, c: &ContentId) -> String {
         self.key(&format!("relayed:{t}:{c}"))
     }
     fn record_key(&self, t: &TenantId, id: &str) -> String {
@@ -284,6 +284,20 @@ impl Store {
     }
 
     // ---- de-duplication ----------------------------------------------------------------------
+
+    /// `EXISTS` for each key, in one round trip.
+    pub async fn exists_many(&self, keys: &[String]) -> StoreResult<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.exists(k);
+        }
+        let r: Result<Vec<bool>, _> = pipe.query_async(&mut c).await;
+        self.observe(r)
+    }
 
     pub async fn is_relayed(&self, t: &TenantId, c: &ContentId) -> StoreResult<bool> {
         let mut conn = self.conn().await?;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub use crate::common::*;
+
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -10,16 +12,9 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use o365_relay::app::{Application, Relay};
 use o365_relay::config::Settings;
 use o365_relay::sim::{SimConfig, Simulator};
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const REDIS: &str = "redis://127.0.0.1:6379";
-pub const TENANT_A: &str = "41463f53-8812-40f4-890f-865bf6e35190";
-pub const TENANT_B: &str = "7a0c1f2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
-pub const CLIENT_ID: &str = "a6099727-6b7b-482c-b509-1df309acc563";
 
 /// How a test wants its environment.
 #[derive(Clone)]
@@ -70,22 +65,9 @@ pub struct TestEnv {
     amqp: Option<(Connection, Channel)>,
 }
 
-pub fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
-pub fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("bind a free port")
-}
-
 /// A simulator that trusts a freshly generated certificate (written to `dir`) and a secret.
 pub async fn start_sim(opts: &Options, dir: &std::path::Path) -> (Simulator, String, String) {
-    let (key, cert) = o365_relay::certs::generate("o365-relay tests", 365, 2048).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let cert_path = dir.join("client.crt");
-    let key_path = dir.join("client.key");
-    std::fs::write(&cert_path, &cert).unwrap();
-    std::fs::write(&key_path, &key).unwrap();
+    let (cert, cert_path, key_path) = write_cert(dir);
     let config = SimConfig {
         client_id: CLIENT_ID.into(),
         client_secret: Some("test-client-secret-value".into()),
@@ -98,29 +80,19 @@ pub async fn start_sim(opts: &Options, dir: &std::path::Path) -> (Simulator, Str
     let sim = Simulator::start(config, "127.0.0.1:0")
         .await
         .expect("simulator starts");
-    (
-        sim,
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    )
+    (sim, cert_path, key_path)
 }
 
 impl TestEnv {
     pub async fn start(opts: Options) -> TestEnv {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .try_init();
+        init_tracing();
         let id = unique();
         let dir = std::env::temp_dir().join(format!("o365-relay-test-{id}"));
         let (sim, cert_path, key_path) = start_sim(&opts, &dir).await;
         let public = bind();
         let admin = bind();
-        let public_url = format!("http://127.0.0.1:{}", public.local_addr().unwrap().port());
-        let admin_url = format!("http://127.0.0.1:{}", admin.local_addr().unwrap().port());
+        let public_url = url_of(&public);
+        let admin_url = url_of(&admin);
         let auth_id = format!("auth-{}", uuid::Uuid::new_v4().simple());
         let exchange = format!("test.{id}.audit");
         let work_queue = format!("test.{id}.content");
@@ -375,28 +347,16 @@ impl TestEnv {
             let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
         }
         self.sim.stop().await;
-        if let Some((conn, ch)) = self.amqp.take() {
-            for q in [
-                self.sink.clone(),
-                self.work_queue.clone(),
-                format!("{}.retry", self.work_queue),
-                format!("{}.dead", self.work_queue),
-            ] {
-                let _ = ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            let _ = ch
-                .exchange_delete(
-                    self.exchange.as_str().into(),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await;
+        if let Some((conn, _)) = self.amqp.take() {
             let _ = conn.close(200, "bye".into()).await;
         }
-        if let Ok(store) = o365_relay::store::Store::new(REDIS, &self.prefix) {
-            let _ = store.purge_prefix().await;
-        }
+        remove_relay_resources(
+            &self.exchange,
+            &self.work_queue,
+            &[self.sink.clone()],
+            &self.prefix,
+        )
+        .await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -404,22 +364,4 @@ impl TestEnv {
 /// A header of a delivery as text.
 pub fn header(d: &lapin::message::Delivery, key: &str) -> Option<String> {
     o365_relay::broker::header_str(&d.properties, key)
-}
-
-/// Polls `f` until it is true or `wait` passes.
-pub async fn eventually<F, Fut>(wait: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if f().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -5,8 +5,8 @@
 
 #![allow(dead_code)]
 
-use lapin::options::*;
-use lapin::{Connection, ConnectionProperties};
+pub use crate::common::*;
+
 use o365_relay::app::{Application, Relay};
 use o365_relay::config::Settings;
 use o365_relay::sim::{SimConfig, Simulator};
@@ -15,14 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const REDIS: &str = "redis://127.0.0.1:6379";
-/// The tenant that signs in on the simulator's consent page.
-pub const TENANT_A: &str = "41463f53-8812-40f4-890f-865bf6e35190";
-pub const TENANT_B: &str = "7a0c1f2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
 /// A tenant configured in `O365_TENANTS` (served without consent).
 pub const TENANT_STATIC: &str = "0b6a3c1d-2e4f-4a5b-9c8d-7e6f5a4b3c2d";
-pub const CLIENT_ID: &str = "a6099727-6b7b-482c-b509-1df309acc563";
 pub const CONSENT_UPN: &str = "admin@contoso.onmicrosoft.com";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 pub const ALL_TYPES: [&str; 5] = o365_relay::sim::CONTENT_TYPES;
@@ -87,27 +81,6 @@ pub struct TestEnv {
     pub key_path: String,
 }
 
-pub fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
-pub fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("bind a free port")
-}
-
-pub fn url_of(l: &TcpListener) -> String {
-    format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
-}
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .try_init();
-}
-
 /// An HTTP client that never follows redirects (each hop is asserted by the tests).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -115,21 +88,6 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
-}
-
-/// A fresh RSA key and self-signed certificate written to `dir`: `(cert_pem, cert_path, key_path)`.
-pub fn write_cert(dir: &std::path::Path) -> (Vec<u8>, String, String) {
-    let (key, cert) = o365_relay::certs::generate("o365-relay onboarding tests", 30, 2048).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let cert_path = dir.join("client.crt");
-    let key_path = dir.join("client.key");
-    std::fs::write(&cert_path, &cert).unwrap();
-    std::fs::write(&key_path, &key).unwrap();
-    (
-        cert,
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    )
 }
 
 pub async fn start_sim(tenants: &[String], certs: Vec<Vec<u8>>) -> Simulator {
@@ -281,29 +239,7 @@ impl TestEnv {
             o.shutdown().await;
         }
         self.sim.stop().await;
-        if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await {
-            if let Ok(ch) = conn.create_channel().await {
-                for q in [
-                    self.work_queue.clone(),
-                    format!("{}.retry", self.work_queue),
-                    format!("{}.dead", self.work_queue),
-                ] {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                let _ = ch
-                    .exchange_delete(
-                        self.exchange.as_str().into(),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
-            }
-            let _ = conn.close(200, "bye".into()).await;
-        }
-        if let Ok(store) = o365_relay::store::Store::new(REDIS, &self.prefix) {
-            let _ = store.purge_prefix().await;
-        }
+        remove_relay_resources(&self.exchange, &self.work_queue, &[], &self.prefix).await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -345,24 +281,6 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("Redis is running")
-}
-
-/// Polls `f` until it is true or `wait` passes.
-pub async fn eventually<F, Fut>(wait: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if f().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Asserts the sim shows all five subscriptions of `tenant` enabled with our webhook.

@@ -63,6 +63,7 @@ pub struct TestEnv {
     pub vars: Vec<(String, String)>,
     pub dir: std::path::PathBuf,
     amqp: Option<(Connection, Channel)>,
+    guard: ResourceGuard,
 }
 
 /// A simulator that trusts a freshly generated certificate (written to `dir`) and a secret.
@@ -178,6 +179,8 @@ impl TestEnv {
         let relay = app.relay();
         let stop = app.shutdown_token();
         let app_task = Some(tokio::spawn(app.run_until_stopped()));
+        let guard =
+            ResourceGuard::new(&exchange, &work_queue, std::slice::from_ref(&sink), &prefix);
         let env = TestEnv {
             sim,
             relay,
@@ -198,6 +201,7 @@ impl TestEnv {
             vars,
             dir,
             amqp,
+            guard,
         };
         if opts.amqp_url == AMQP {
             env.wait_ready().await;

@@ -104,3 +104,65 @@ pub async fn remove_relay_resources(
         let _ = store.purge_prefix().await;
     }
 }
+
+/// Removes a test's RabbitMQ and Redis resources when dropped, so a test that panics before
+/// its clean-up leaves nothing behind either. `release` does it in the normal path.
+pub struct ResourceGuard {
+    pub exchange: String,
+    pub work_queue: String,
+    pub extra_queues: Vec<String>,
+    pub prefix: String,
+    done: bool,
+}
+
+impl ResourceGuard {
+    pub fn new(
+        exchange: &str,
+        work_queue: &str,
+        extra_queues: &[String],
+        prefix: &str,
+    ) -> ResourceGuard {
+        ResourceGuard {
+            exchange: exchange.into(),
+            work_queue: work_queue.into(),
+            extra_queues: extra_queues.to_vec(),
+            prefix: prefix.into(),
+            done: false,
+        }
+    }
+
+    pub async fn release(&mut self) {
+        remove_relay_resources(
+            &self.exchange,
+            &self.work_queue,
+            &self.extra_queues,
+            &self.prefix,
+        )
+        .await;
+        self.done = true;
+    }
+}
+
+impl Drop for ResourceGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (e, w, x, p) = (
+            self.exchange.clone(),
+            self.work_queue.clone(),
+            self.extra_queues.clone(),
+            self.prefix.clone(),
+        );
+        // Drop may run inside a runtime (a panicking test): clean up on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(remove_relay_resources(&e, &w, &x, &p));
+            }
+        })
+        .join();
+    }
+}

@@ -79,6 +79,7 @@ pub struct TestEnv {
     pub dir: std::path::PathBuf,
     pub cert_path: String,
     pub key_path: String,
+    guard: ResourceGuard,
 }
 
 /// An HTTP client that never follows redirects (each hop is asserted by the tests).
@@ -148,6 +149,7 @@ impl TestEnv {
         }
         let main = launch(&vars, public, admin).await;
         wait_ready(&main.relay).await;
+        let guard = ResourceGuard::new(&exchange, &work_queue, &[], &prefix);
         TestEnv {
             sim,
             relay: main.relay.clone(),
@@ -165,6 +167,7 @@ impl TestEnv {
             dir,
             cert_path,
             key_path,
+            guard,
         }
     }
 
@@ -239,7 +242,7 @@ impl TestEnv {
             o.shutdown().await;
         }
         self.sim.stop().await;
-        remove_relay_resources(&self.exchange, &self.work_queue, &[], &self.prefix).await;
+        self.guard.release().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

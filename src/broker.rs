@@ -75,6 +75,10 @@ pub struct Broker {
     generation: AtomicU64,
     topology_declared: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// When the last connection attempt failed: for a second after it, callers get an
+    /// immediate error instead of each waiting on a connect of their own (a webhook request
+    /// must answer 503 fast during an outage, not queue behind reconnects).
+    failed_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// A confirm-mode channel and the connection generation it belongs to.
@@ -101,6 +105,7 @@ impl Broker {
             generation: AtomicU64::new(0),
             topology_declared: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            failed_at: Mutex::new(None),
         }
     }
 
@@ -126,6 +131,7 @@ impl Broker {
 
     fn failed(&self, e: BrokerError) -> BrokerError {
         *self.last_error.lock().expect("poisoned") = Some(e.to_string());
+        *self.failed_at.lock().expect("poisoned") = Some(std::time::Instant::now());
         e
     }
 
@@ -148,6 +154,16 @@ impl Broker {
             tracing::warn!("RabbitMQ connection lost; reconnecting.");
         }
         *live = None;
+        let recently_failed = self
+            .failed_at
+            .lock()
+            .expect("poisoned")
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        if recently_failed {
+            return Err(BrokerError::Unavailable(
+                self.last_error().unwrap_or_else(|| "reconnecting".into()),
+            ));
+        }
         let connection = self.connect().await?;
         let publisher = connection
             .create_channel()
@@ -165,6 +181,7 @@ impl Broker {
             tracing::info!("RabbitMQ connection re-established.");
         }
         *self.last_error.lock().expect("poisoned") = None;
+        *self.failed_at.lock().expect("poisoned") = None;
         *live = Some(Live {
             generation,
             connection,

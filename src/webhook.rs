@@ -303,14 +303,27 @@ async fn handle(
         return Err(Rejection::MediaType);
     }
     let body = read_body(req, payload).await?;
-    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) && validation_header
-    {
-        serde_json::Value::Null
+    // Notifications are arrays and are parsed straight into their type; a validation request
+    // (sent by /subscriptions/start) has the header or a `validationCode` object body: answer
+    // 200 and enqueue nothing.
+    let entries: Option<Vec<RawNotification>> = if validation_header {
+        None
     } else {
-        serde_json::from_slice(&body).map_err(|e| Rejection::Malformed(e.to_string()))?
+        match serde_json::from_slice(&body) {
+            Ok(entries) => Some(entries),
+            Err(e) => {
+                let value: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| Rejection::Malformed(e.to_string()))?;
+                if value.get("validationCode").is_none() {
+                    return Err(Rejection::Malformed(format!(
+                        "expected an array of content notifications ({e})"
+                    )));
+                }
+                None
+            }
+        }
     };
-    // Validation request (sent by /subscriptions/start): answer 200, enqueue nothing.
-    if validation_header || value.get("validationCode").is_some() {
+    let Some(entries) = entries else {
         tracing::info!("Answered a webhook validation request.");
         relay
             .metrics
@@ -318,10 +331,7 @@ async fn handle(
             .with_label_values(&["accepted", "validation"])
             .inc();
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "validated" })));
-    }
-    let entries: Vec<RawNotification> = serde_json::from_value(value).map_err(|e| {
-        Rejection::Malformed(format!("expected an array of content notifications ({e})"))
-    })?;
+    };
     let mut items = Vec::with_capacity(entries.len());
     for (i, n) in entries.into_iter().enumerate() {
         items.push(validate_blob(relay, i, n).await?);

@@ -369,3 +369,47 @@ async fn a_blob_that_keeps_failing_is_dead_lettered_after_bounded_retries() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_work_item_pointing_outside_the_management_api_is_dead_lettered_and_gets_no_token() {
+    let env = TestEnv::start(Options::default()).await;
+    let (foreign, hits) = crate::webhook::counting_listener().await;
+    // Defence in depth: the webhook never enqueues such an item, but the worker must refuse it
+    // too (a queue shared with another producer, a tampered message).
+    let item = serde_json::json!({
+        "tenantId": TENANT_A, "contentType": "Audit.Exchange", "contentId": "abc$1",
+        "contentUri": format!("{foreign}/api/v1.0/{TENANT_A}/activity/feed/audit/abc$1"),
+        "source": "webhook",
+    });
+    let confirm = env
+        .channel()
+        .basic_publish(
+            "".into(),
+            env.work_queue.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            &serde_json::to_vec(&item).unwrap(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    let _ = confirm.await;
+    let dead = env
+        .drain(
+            &format!("{}.dead", env.work_queue),
+            1,
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+        )
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "o365-error-code").as_deref(),
+        Some("foreign_url")
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the foreign server was never contacted"
+    );
+    env.cleanup().await;
+}

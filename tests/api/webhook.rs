@@ -99,7 +99,7 @@ async fn missing_or_wrong_auth_id_is_401_and_enqueues_nothing() {
 }
 
 /// A listener that counts every connection it receives (the "foreign server").
-async fn counting_listener() -> (String, Arc<AtomicUsize>) {
+pub async fn counting_listener() -> (String, Arc<AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", l.local_addr().unwrap());
     let hits = Arc::new(AtomicUsize::new(0));

@@ -3,7 +3,8 @@
 //! connection and channels after any failure.
 //!
 //! Topology (contract.md): topic exchange `O365_AMQP_EXCHANGE`; work queue
-//! `O365_AMQP_WORK_QUEUE`; `{work}.retry`, whose messages carry a per-message TTL and are
+//! `O365_AMQP_WORK_QUEUE`; `{work}.retry.{tier}` (5s, 1m, 10m, 1h, 6h), whose messages carry a
+//! per-message TTL no longer than their tier and are
 //! dead-lettered back into the work queue when it expires (delayed retries); `{work}.dead` for
 //! blobs that will not succeed, with the reason in a header.
 
@@ -40,12 +41,32 @@ impl From<lapin::Error> for BrokerError {
     }
 }
 
+/// Retry tiers. RabbitMQ expires messages only at the head of a queue, so one retry queue
+/// would make a 5-second retry wait behind a 30-minute one; with a queue per tier, a message
+/// waits at most for the longest delay of its own tier.
+pub const RETRY_TIERS: [(Duration, &str); 5] = [
+    (Duration::from_secs(5), "5s"),
+    (Duration::from_secs(60), "1m"),
+    (Duration::from_secs(600), "10m"),
+    (Duration::from_secs(3600), "1h"),
+    (Duration::from_secs(6 * 3600), "6h"),
+];
+
+/// The retry queues of a work queue, shortest tier first.
+pub fn retry_queue_names(work: &str) -> Vec<String> {
+    RETRY_TIERS
+        .iter()
+        .map(|(_, t)| format!("{work}.retry.{t}"))
+        .collect()
+}
+
 /// Queue and exchange names.
 #[derive(Clone, Debug)]
 pub struct Names {
     pub exchange: String,
     pub work: String,
-    pub retry: String,
+    /// One per entry of [`RETRY_TIERS`].
+    pub retry: Vec<String>,
     pub dead: String,
     pub queue_type: QueueType,
 }
@@ -55,10 +76,19 @@ impl Names {
         Names {
             exchange: s.amqp_exchange.clone(),
             work: s.amqp_work_queue.clone(),
-            retry: format!("{}.retry", s.amqp_work_queue),
+            retry: retry_queue_names(&s.amqp_work_queue),
             dead: format!("{}.dead", s.amqp_work_queue),
             queue_type: s.amqp_queue_type,
         }
+    }
+
+    /// The retry queue for a delay: the shortest tier that holds it (the longest for longer).
+    pub fn retry_queue_for(&self, delay: Duration) -> &str {
+        let i = RETRY_TIERS
+            .iter()
+            .position(|(max, _)| delay <= *max)
+            .unwrap_or(RETRY_TIERS.len() - 1);
+        &self.retry[i]
     }
 }
 
@@ -264,8 +294,10 @@ impl Broker {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(n.work.as_str().into()),
         );
-        ch.queue_declare(n.retry.as_str().into(), durable, retry_args)
-            .await?;
+        for q in &n.retry {
+            ch.queue_declare(q.as_str().into(), durable, retry_args.clone())
+                .await?;
+        }
         ch.queue_declare(n.dead.as_str().into(), durable, self.queue_args())
             .await?;
         self.topology_declared.store(true, Ordering::SeqCst);
@@ -397,5 +429,35 @@ pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
         AMQPValue::LongLongInt(i) => Some(i.to_string()),
         AMQPValue::LongInt(i) => Some(i.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_go_to_the_shortest_tier_that_holds_their_delay() {
+        let names = Names {
+            exchange: "x".into(),
+            work: "w".into(),
+            retry: retry_queue_names("w"),
+            dead: "w.dead".into(),
+            queue_type: QueueType::Quorum,
+        };
+        assert_eq!(
+            names.retry_queue_for(Duration::from_millis(200)),
+            "w.retry.5s"
+        );
+        assert_eq!(names.retry_queue_for(Duration::from_secs(5)), "w.retry.5s");
+        assert_eq!(names.retry_queue_for(Duration::from_secs(6)), "w.retry.1m");
+        assert_eq!(
+            names.retry_queue_for(Duration::from_secs(1800)),
+            "w.retry.1h"
+        );
+        assert_eq!(
+            names.retry_queue_for(Duration::from_secs(86_400)),
+            "w.retry.6h"
+        );
     }
 }

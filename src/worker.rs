@@ -2,7 +2,7 @@
 //! records to the exchange with publisher confirms, then mark the blob relayed and ack.
 //!
 //! Nothing is acked before its records are confirmed. Failures are classified by Microsoft's
-//! error code: retryable ones go to `{work}.retry` with a per-message TTL (exponential backoff
+//! error code: retryable ones go to a `{work}.retry.{tier}` queue with a per-message TTL (exponential backoff
 //! with jitter, `Retry-After` honoured) and come back to the work queue when it expires;
 //! permanent ones and exhausted retries go to `{work}.dead` with the reason in a header.
 
@@ -486,7 +486,7 @@ async fn retry_later(
         attempt,
     )
     .with_expiration(delay.as_millis().max(1).to_string().into());
-    let retry = relay.broker.names().retry.clone();
+    let retry = relay.broker.names().retry_queue_for(delay).to_string();
     let msg = OutMessage {
         exchange: "",
         routing_key: &retry,

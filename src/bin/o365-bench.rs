@@ -492,12 +492,8 @@ impl Ctx {
     /// Deletes every queue, the exchange and every Redis key of the section.
     async fn cleanup(&self, n: &Names) {
         if let Ok(ch) = self.channel().await {
-            let mut queues = vec![
-                n.sink.clone(),
-                n.work.clone(),
-                format!("{}.retry", n.work),
-                format!("{}.dead", n.work),
-            ];
+            let mut queues = vec![n.sink.clone(), n.work.clone(), format!("{}.dead", n.work)];
+            queues.extend(o365_relay::broker::retry_queue_names(&n.work));
             queues.extend(n.extra_queues.iter().cloned());
             for q in queues {
                 let _ = ch

@@ -643,12 +643,12 @@ impl Drop for Harness {
             c.abort();
         }
         let conn = self.amqp.take();
-        let queues = vec![
+        let mut queues = vec![
             self.sink.clone(),
             self.work_queue.clone(),
-            format!("{}.retry", self.work_queue),
             format!("{}.dead", self.work_queue),
         ];
+        queues.extend(o365_relay::broker::retry_queue_names(&self.work_queue));
         let exchange = self.exchange.clone();
         let prefix = self.prefix.clone();
         // Async clean-up from a synchronous drop (also while unwinding): its own runtime on

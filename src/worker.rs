@@ -291,8 +291,11 @@ pub async fn relay_blob(relay: &Relay, item: &WorkItem) -> Result<BlobStats, Rel
     Ok(stats)
 }
 
-/// How long a record claim survives an owner that died mid-publish.
-const CLAIM_TTL: Duration = Duration::from_secs(120);
+/// How long a record claim survives an owner that died mid-publish: the redelivered blob waits
+/// this long for the dead owner's claims. A live owner finishes a batch well within it (its
+/// confirms time out sooner); were it slower, the claim would lapse and the record could be
+/// published twice — never lost.
+const CLAIM_TTL: Duration = Duration::from_secs(20);
 
 /// Publishes a batch, each record once: duplicates within the blob are skipped here; across
 /// blobs and workers a record is claimed in Redis before it is published and marked done
@@ -322,7 +325,7 @@ async fn publish_records(
     }
     let ttl = relay.settings.record_dedup_ttl;
     let dedup = !ttl.is_zero();
-    let give_up_at = Instant::now() + CLAIM_TTL + Duration::from_secs(30);
+    let give_up_at = Instant::now() + CLAIM_TTL + Duration::from_secs(10);
     while !todo.is_empty() {
         let (mine, pending): (Vec<&AuditRecord>, Vec<&AuditRecord>) = if dedup {
             let ids: Vec<&str> = todo.iter().map(|r| r.id.as_str()).collect();

@@ -273,16 +273,7 @@ impl Broker {
             durable: true,
             ..Default::default()
         };
-        ch.exchange_declare(
-            n.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+        declare_exchange(ch, &n.exchange).await?;
         ch.queue_declare(n.work.as_str().into(), durable, self.queue_args())
             .await?;
         let mut retry_args = self.queue_args();
@@ -358,6 +349,45 @@ impl Broker {
             let _ = l.connection.close(200, "shutdown".into()).await;
         }
     }
+}
+
+/// Declares the audit exchange exactly as the relay does (a durable topic exchange). Whatever
+/// binds before the relay starts — consumers, the demo, tests — must declare it identically, or
+/// RabbitMQ refuses the second declaration (PRECONDITION_FAILED).
+pub async fn declare_exchange(ch: &Channel, exchange: &str) -> Result<(), BrokerError> {
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Declares `queue` and binds it to every record of `exchange` (`#`), declaring the exchange
+/// first: a consumer that exists before the relay publishes (records are published mandatory).
+pub async fn bind_all_records(
+    ch: &Channel,
+    exchange: &str,
+    queue: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) -> Result<(), BrokerError> {
+    declare_exchange(ch, exchange).await?;
+    ch.queue_declare(queue.into(), options, arguments).await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        lapin::options::QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// A message to publish.

@@ -9,7 +9,7 @@ use crate::config::{redact_url, Settings};
 use crate::domain::TenantId;
 use crate::sim::{Faults, SimConfig, Simulator};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -170,32 +170,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     // The demo queue exists before anything is published (records are published mandatory).
     let conn = lapin::Connection::connect(&amqp_url, Default::default()).await?;
     let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
     let demo_queue = format!("o365.demo.{run_id}");
-    ch.queue_declare(
-        demo_queue.as_str().into(),
+    crate::broker::bind_all_records(
+        &ch,
+        &exchange,
+        &demo_queue,
         QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,
             ..Default::default()
         },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        demo_queue.as_str().into(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await?;

@@ -23,11 +23,11 @@ use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use o365_relay::broker::{header, json_properties};
 use o365_relay::domain::{ContentId, ContentType, Source, TenantId, WorkItem};
 use o365_relay::records::AuditRecord;
@@ -453,36 +453,20 @@ impl Ctx {
     /// publishes: records are published mandatory).
     async fn declare_sink(&self, n: &Names) -> anyhow::Result<()> {
         let ch = self.channel().await?;
-        ch.exchange_declare(
-            n.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("classic".into()),
         );
-        ch.queue_declare(
-            n.sink.as_str().into(),
+        o365_relay::broker::bind_all_records(
+            &ch,
+            &n.exchange,
+            &n.sink,
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
             args,
-        )
-        .await?;
-        ch.queue_bind(
-            n.sink.as_str().into(),
-            n.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
         )
         .await?;
         let _ = ch.close(200, "ok".into()).await;

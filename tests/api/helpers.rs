@@ -8,7 +8,7 @@ pub use crate::common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use o365_relay::app::{Application, Relay};
 use o365_relay::config::Settings;
 use o365_relay::sim::{SimConfig, Simulator};
@@ -141,29 +141,11 @@ impl TestEnv {
                 .await
                 .expect("RabbitMQ is running");
             let ch = conn.create_channel().await.unwrap();
-            ch.exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-            ch.queue_declare(
-                sink.as_str().into(),
+            o365_relay::broker::bind_all_records(
+                &ch,
+                &exchange,
+                &sink,
                 QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-            ch.queue_bind(
-                sink.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await

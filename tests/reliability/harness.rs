@@ -10,7 +10,7 @@
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 use o365_relay::sim::{Faults, SimConfig, Simulator};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -324,32 +324,14 @@ impl Harness {
             .await
             .expect("RabbitMQ is running on 127.0.0.1:5672");
         let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_declare(
-            sink.as_str().into(),
+        o365_relay::broker::bind_all_records(
+            &ch,
+            &exchange,
+            &sink,
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            sink.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await

@@ -29,8 +29,16 @@ fn error(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpRes
     HttpResponse::build(status).json(serde_json::json!({ "error": msg.into() }))
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+/// Alive unless a background loop could not be kept alive (see [`crate::supervise`]): then
+/// Kubernetes should restart the pod.
+async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
+    let failed = relay.supervisor.failed();
+    if failed.is_empty() {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "failed", "failed_tasks": failed }))
+    }
 }
 
 async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
@@ -41,8 +49,11 @@ async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
     if let Err(e) = relay.store.ping().await {
         problems.push(format!("redis: {e}"));
     }
-    match tokio::time::timeout(Duration::from_secs(5), relay.broker.publisher()).await {
-        Ok(Ok(_)) if relay.broker.topology_declared() => {}
+    for task in relay.supervisor.failed() {
+        problems.push(format!("background task {task} is not running"));
+    }
+    match tokio::time::timeout(Duration::from_secs(5), relay.broker.ensure_connected()).await {
+        Ok(Ok(())) if relay.broker.topology_declared() => {}
         Ok(Ok(_)) => problems.push("rabbitmq: work queue not declared yet".into()),
         Ok(Err(e)) => problems.push(format!("rabbitmq: {e}")),
         Err(_) => problems.push("rabbitmq: connection attempt timed out".into()),
@@ -57,7 +68,7 @@ async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
 
 async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
     if let Ok(Ok(depth)) =
-        tokio::time::timeout(Duration::from_secs(2), relay.broker.work_queue_depth()).await
+        tokio::time::timeout(Duration::from_secs(2), relay.work_queue.depth()).await
     {
         relay.metrics.work_queue_depth.set(i64::from(depth));
     }

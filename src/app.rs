@@ -6,11 +6,17 @@ use crate::broker::Broker;
 use crate::config::{Credential, Settings};
 use crate::management::ManagementClient;
 use crate::metrics::Metrics;
+use crate::notification::ContentRules;
+use crate::sink::RecordSink;
 use crate::store::Store;
 use crate::subscriptions::Subscriptions;
+use crate::supervise::Supervisor;
 use crate::tenants::Tenants;
 use crate::tokens::{EntraClient, TokenProvider};
-use crate::{consent, reconciler, subscriptions, webhook, worker};
+use crate::webhook::Webhook;
+use crate::work_queue::{Names, RetryPolicy, WorkQueue};
+use crate::worker::Worker;
+use crate::{consent, reconciler, subscriptions, webhook};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::net::TcpListener;
@@ -28,6 +34,12 @@ pub struct Relay {
     pub management: Arc<ManagementClient>,
     pub tenants: Arc<Tenants>,
     pub subscriptions: Arc<Subscriptions>,
+    /// The checks every blob announced from outside passes.
+    pub rules: ContentRules,
+    pub work_queue: Arc<WorkQueue>,
+    pub sink: Arc<RecordSink>,
+    /// Runs the background loops; its failures turn `/healthz` to 503.
+    pub supervisor: Arc<Supervisor>,
     /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
     pub stopping: std::sync::atomic::AtomicBool,
 }
@@ -52,7 +64,32 @@ impl Relay {
                 .context("O365_REDIS_URL")?,
         );
         let metrics = Arc::new(Metrics::new());
-        let broker = Arc::new(Broker::new(&settings));
+        let names = Names::new(&settings.amqp_work_queue);
+        let broker = Arc::new(Broker::new(
+            &settings.amqp_url,
+            names.topology(&settings.amqp_exchange, settings.amqp_queue_type),
+            metrics.amqp_connections.clone(),
+        ));
+        let rules = ContentRules::new(
+            &settings.manage_url,
+            &settings.client_id,
+            &settings.content_types,
+        )
+        .context("O365_MANAGE_URL")?;
+        let work_queue = Arc::new(WorkQueue::new(
+            broker.clone(),
+            store.clone(),
+            names,
+            rules.clone(),
+            RetryPolicy {
+                base: settings.retry_base,
+                max: settings.retry_max,
+                max_attempts: settings.max_attempts,
+            },
+            metrics.clone(),
+        ));
+        let sink = Arc::new(RecordSink::new(broker.clone(), &settings.amqp_exchange));
+        let supervisor = Arc::new(Supervisor::new(metrics.clone(), CancellationToken::new()));
         let tokens = Arc::new(TokenProvider::new(
             EntraClient::new(&settings, http.clone()),
             store.clone(),
@@ -81,6 +118,10 @@ impl Relay {
             management,
             tenants,
             subscriptions,
+            rules,
+            work_queue,
+            sink,
+            supervisor,
             stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -128,6 +169,14 @@ impl Application {
         let relay = Relay::new(settings)?;
         let shutdown_timeout = relay.settings.shutdown_timeout.as_secs();
         let data = web::Data::from(relay.clone());
+        let webhook_data = web::Data::new(Webhook {
+            auth_id: relay.settings.webhook_auth_id.clone(),
+            rules: relay.rules.clone(),
+            tenants: relay.tenants.clone(),
+            queue: relay.work_queue.clone(),
+            metrics: relay.metrics.clone(),
+            body_timeout: relay.settings.webhook_body_timeout,
+        });
         let (public, public_port) = match public {
             Some(listener) => {
                 let port = listener.local_addr()?.port();
@@ -135,6 +184,7 @@ impl Application {
                 let server = HttpServer::new(move || {
                     App::new()
                         .app_data(d.clone())
+                        .app_data(webhook_data.clone())
                         .route("/webhook", web::post().to(webhook::webhook))
                         .configure(consent::routes)
                 })
@@ -183,24 +233,25 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Runs until the shutdown token is cancelled, then stops in order: no new webhook
-    /// requests (in-flight ones finish), consumers stop and in-flight blobs finish or are left
-    /// unacked for redelivery, confirms are awaited, the connection is closed.
+    /// Runs until the shutdown token is cancelled, then stops within one budget,
+    /// `O365_SHUTDOWN_TIMEOUT`, shared by every phase: no new webhook requests (in-flight ones
+    /// finish), consumers stop taking jobs and jobs in flight finish or are left unacked for
+    /// redelivery — all at once, against the same deadline — then the connection is closed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let relay = self.relay.clone();
-        let workers_stop = CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
+        let supervisor = relay.supervisor.clone();
+        let stop = supervisor.shutdown_token();
 
         // Declare the topology before anything else uses it; retried until RabbitMQ answers.
-        {
+        let declare = {
             let relay = relay.clone();
-            let stop = workers_stop.clone();
-            tasks.spawn(async move {
+            let stop = stop.clone();
+            tokio::spawn(async move {
                 let mut delay = Duration::from_millis(200);
                 while !stop.is_cancelled() {
-                    match relay.broker.declare_topology().await {
+                    match relay.broker.ensure_connected().await {
                         Ok(()) => {
-                            tracing::info!(exchange = %relay.broker.names().exchange, queue = %relay.broker.names().work, "RabbitMQ topology declared.");
+                            tracing::info!(exchange = %relay.sink.exchange(), queue = %relay.work_queue.names().work, "RabbitMQ topology declared.");
                             return;
                         }
                         Err(e) => {
@@ -210,38 +261,60 @@ impl Application {
                         }
                     }
                 }
-            });
-        }
+            })
+        };
         // Markers written while Redis was down are written once it is back.
         {
-            let relay = relay.clone();
-            let stop = workers_stop.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
-                    if relay.store.deferred_len() > 0 {
-                        if let Ok(n) = relay.store.flush_deferred().await {
-                            tracing::info!(markers = n, "Wrote the de-duplication markers deferred during the Redis outage.");
+            let store = relay.store.clone();
+            supervisor.spawn("marker_flusher", move |stop| {
+                let store = store.clone();
+                async move {
+                    loop {
+                        tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
+                        if store.deferred_len() > 0 {
+                            if let Ok(n) = store.flush_deferred().await {
+                                tracing::info!(markers = n, "Wrote the de-duplication markers deferred during the Redis outage.");
+                            }
                         }
                     }
+                    let _ = store.flush_deferred().await;
                 }
-                let _ = relay.store.flush_deferred().await;
             });
         }
         if relay.settings.enable_workers {
-            tasks.spawn(worker::run(relay.clone(), workers_stop.clone()));
+            let worker = Arc::new(Worker {
+                management: relay.management.clone(),
+                sink: relay.sink.clone(),
+                store: relay.store.clone(),
+                tenants: relay.tenants.clone(),
+                subscriptions: relay.subscriptions.clone(),
+                metrics: relay.metrics.clone(),
+                record_dedup_ttl: relay.settings.record_dedup_ttl,
+                fetch_timeout: relay.settings.fetch_timeout,
+            });
+            let queue = relay.work_queue.clone();
+            let concurrency = relay.settings.worker_concurrency;
+            let budget = relay.settings.shutdown_timeout;
+            supervisor.spawn("workers", move |stop| {
+                worker.clone().run(queue.clone(), concurrency, stop, budget)
+            });
         }
         if relay.settings.enable_reconciler {
-            tasks.spawn(reconciler::run(relay.clone(), workers_stop.clone()));
+            let relay = relay.clone();
+            supervisor.spawn("reconciler", move |stop| {
+                reconciler::run(relay.clone(), stop)
+            });
         }
         if relay.settings.enable_keeper && relay.settings.public_url.is_some() {
-            tasks.spawn(subscriptions::keep(
+            let (subs, tenants, store) = (
                 relay.subscriptions.clone(),
                 relay.tenants.clone(),
                 relay.store.clone(),
-                relay.settings.keeper_interval,
-                workers_stop.clone(),
-            ));
+            );
+            let interval = relay.settings.keeper_interval;
+            supervisor.spawn("keeper", move |stop| {
+                subscriptions::keep(subs.clone(), tenants.clone(), store.clone(), interval, stop)
+            });
         }
         if let Credential::Certificate(c) = &relay.settings.credential {
             relay
@@ -259,24 +332,21 @@ impl Application {
         let admin_task = tokio::spawn(self.admin);
 
         self.shutdown.cancelled().await;
+        let deadline = tokio::time::Instant::now() + relay.settings.shutdown_timeout;
         relay
             .stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        tracing::info!("Shutting down: no new webhook requests.");
-        if let Some(h) = public_handle {
-            h.stop(true).await;
-        }
-        workers_stop.cancel();
-        let budget = relay.settings.shutdown_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(budget, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            tracing::warn!("Background tasks did not stop in time; aborting them.");
-            tasks.abort_all();
-        }
-        relay.broker.close().await;
-        admin_handle.stop(true).await;
+        tracing::info!("Shutting down: no new webhook requests, no new jobs.");
+        stop.cancel();
+        let public_stopped = async {
+            if let Some(h) = public_handle {
+                let _ = tokio::time::timeout_at(deadline, h.stop(true)).await;
+            }
+        };
+        tokio::join!(public_stopped, supervisor.join(deadline));
+        declare.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), relay.broker.close()).await;
+        admin_handle.stop(false).await;
         if let Some(t) = public_task {
             let _ = t.await;
         }

@@ -1,14 +1,21 @@
-//! RabbitMQ: the one owner of lapin. Declares the topology, publishes with confirms (and the
-//! mandatory flag, so an unroutable message is an error, not a silent drop), and rebuilds the
-//! connection and channels after any failure.
+//! RabbitMQ: the one owner of lapin. Keeps one connection (rebuilt after any failure, with the
+//! topology declared again on each new connection), and publishes batches with publisher
+//! confirms and the mandatory flag, so an unroutable message is an error, never a silent drop.
 //!
-//! Topology (contract.md): topic exchange `O365_AMQP_EXCHANGE`; work queue
-//! `O365_AMQP_WORK_QUEUE`; `{work}.retry.{tier}` (5s, 1m, 10m, 1h, 6h), whose messages carry a
-//! per-message TTL no longer than their tier and are
-//! dead-lettered back into the work queue when it expires (delayed retries); `{work}.dead` for
-//! blobs that will not succeed, with the reason in a header.
+//! **Why every batch gets a channel of its own.** RabbitMQ reports an unroutable mandatory
+//! message with a `basic.return` followed by the `basic.ack` of the same message, and lapin hands
+//! a return to whichever confirm of the channel resolves next. With several tasks publishing on
+//! one channel, a record's return was reported on a webhook enqueue or a retry publish of another
+//! task (and the record counted as published: lost). So [`Broker::publish_batch`] checks out a
+//! confirm channel for the batch alone, awaits *every* confirm of the batch, and only then hands
+//! the channel back to the pool: a return can only land on a confirm of the batch that caused it.
+//! A channel whose confirms did not all resolve (timeout, channel error) is closed, not reused.
+//!
+//! **Frames.** The whole content header (properties and headers table) must fit in one frame
+//! (`frame_max`, 128 KiB by default) or RabbitMQ closes the *connection*. Header values are
+//! therefore capped ([`MAX_HEADER_VALUE`], with [`TRUNCATION_MARKER`]), and AMQP short strings
+//! (message ids, names) are never built from unchecked data ([`short_string`]).
 
-use crate::config::{QueueType, Settings};
 use crate::secret::Secret;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
@@ -16,12 +23,25 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// Idle confirm channels kept for reuse; more are opened on demand and closed after use.
+const POOL_IDLE: usize = 64;
+/// Batches publishing at once per process (each holds a channel; RabbitMQ allows 2,047).
+const MAX_PUBLISHING: usize = 256;
+
+/// The longest header value the relay writes, in bytes. Far below `frame_max` even with every
+/// header at its cap.
+pub const MAX_HEADER_VALUE: usize = 1024;
+/// Ends a header value that was cut to its cap.
+pub const TRUNCATION_MARKER: &str = "…[truncated]";
+/// AMQP short strings (message id, routing key, names) hold at most 255 bytes.
+pub const SHORT_STRING_MAX: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -41,66 +61,34 @@ impl From<lapin::Error> for BrokerError {
     }
 }
 
-/// Retry tiers. RabbitMQ expires messages only at the head of a queue, so one retry queue
-/// would make a 5-second retry wait behind a 30-minute one; with a queue per tier, a message
-/// waits at most for the longest delay of its own tier.
-pub const RETRY_TIERS: [(Duration, &str); 5] = [
-    (Duration::from_secs(5), "5s"),
-    (Duration::from_secs(60), "1m"),
-    (Duration::from_secs(600), "10m"),
-    (Duration::from_secs(3600), "1h"),
-    (Duration::from_secs(6 * 3600), "6h"),
-];
-
-/// The retry queues of a work queue, shortest tier first.
-pub fn retry_queue_names(work: &str) -> Vec<String> {
-    RETRY_TIERS
-        .iter()
-        .map(|(_, t)| format!("{work}.retry.{t}"))
-        .collect()
-}
-
-/// Queue and exchange names.
+/// A queue the relay declares, with its arguments.
 #[derive(Clone, Debug)]
-pub struct Names {
-    pub exchange: String,
-    pub work: String,
-    /// One per entry of [`RETRY_TIERS`].
-    pub retry: Vec<String>,
-    pub dead: String,
-    pub queue_type: QueueType,
+pub struct QueueSpec {
+    pub name: String,
+    pub arguments: FieldTable,
 }
 
-impl Names {
-    pub fn from_settings(s: &Settings) -> Names {
-        Names {
-            exchange: s.amqp_exchange.clone(),
-            work: s.amqp_work_queue.clone(),
-            retry: retry_queue_names(&s.amqp_work_queue),
-            dead: format!("{}.dead", s.amqp_work_queue),
-            queue_type: s.amqp_queue_type,
-        }
-    }
-
-    /// The retry queue for a delay: the shortest tier that holds it (the longest for longer).
-    pub fn retry_queue_for(&self, delay: Duration) -> &str {
-        let i = RETRY_TIERS
-            .iter()
-            .position(|(max, _)| delay <= *max)
-            .unwrap_or(RETRY_TIERS.len() - 1);
-        &self.retry[i]
-    }
+/// What is declared on every new connection: the audit exchange and the relay's queues.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub exchange: String,
+    pub queues: Vec<QueueSpec>,
 }
 
 struct Live {
     generation: u64,
-    connection: Connection,
-    publisher: Channel,
+    connection: Arc<Connection>,
+}
+
+/// A confirm-mode channel and the connection generation it was opened on.
+struct ConfirmChannel {
+    channel: Channel,
+    generation: u64,
 }
 
 pub struct Broker {
     url: Secret<String>,
-    names: Names,
+    topology: Topology,
     live: tokio::sync::Mutex<Option<Live>>,
     generation: AtomicU64,
     topology_declared: AtomicBool,
@@ -109,18 +97,20 @@ pub struct Broker {
     /// immediate error instead of each waiting on a connect of their own (a webhook request
     /// must answer 503 fast during an outage, not queue behind reconnects).
     failed_at: Mutex<Option<std::time::Instant>>,
-}
-
-/// A confirm-mode channel and the connection generation it belongs to.
-#[derive(Clone)]
-pub struct Publisher {
-    pub channel: Channel,
-    pub generation: u64,
+    idle: Mutex<Vec<ConfirmChannel>>,
+    publishing: tokio::sync::Semaphore,
+    connections_opened: prometheus::IntCounter,
 }
 
 impl Broker {
-    pub fn new(settings: &Settings) -> Broker {
-        let mut url = settings.amqp_url.expose().clone();
+    /// `connections_opened` counts every connection made (a rise after the first means the
+    /// connection was lost or closed by RabbitMQ).
+    pub fn new(
+        amqp_url: &Secret<String>,
+        topology: Topology,
+        connections_opened: prometheus::IntCounter,
+    ) -> Broker {
+        let mut url = amqp_url.expose().clone();
         if !url.contains("heartbeat=") {
             url.push_str(if url.contains('?') {
                 "&heartbeat=10"
@@ -130,20 +120,23 @@ impl Broker {
         }
         Broker {
             url: Secret::new(url),
-            names: Names::from_settings(settings),
+            topology,
             live: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             topology_declared: AtomicBool::new(false),
             last_error: Mutex::new(None),
             failed_at: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            publishing: tokio::sync::Semaphore::new(MAX_PUBLISHING),
+            connections_opened,
         }
     }
 
-    pub fn names(&self) -> &Names {
-        &self.names
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
-    /// Opens a new connection (bounded in time).
+    /// Opens a new connection (bounded in time), not shared with anything else.
     pub async fn connect(&self) -> Result<Connection, BrokerError> {
         match tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -170,16 +163,12 @@ impl Broker {
         self.last_error.lock().expect("poisoned").clone()
     }
 
-    /// The shared confirm-mode publishing channel, reconnecting (and re-declaring the topology)
-    /// when the previous connection or channel is gone.
-    pub async fn publisher(&self) -> Result<Publisher, BrokerError> {
+    /// The shared connection, reconnecting (and declaring the topology) when it is gone.
+    async fn connection(&self) -> Result<(Arc<Connection>, u64), BrokerError> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref() {
-            if l.connection.status().connected() && l.publisher.status().connected() {
-                return Ok(Publisher {
-                    channel: l.publisher.clone(),
-                    generation: l.generation,
-                });
+            if l.connection.status().connected() {
+                return Ok((l.connection.clone(), l.generation));
             }
             tracing::warn!("RabbitMQ connection lost; reconnecting.");
         }
@@ -194,18 +183,14 @@ impl Broker {
                 self.last_error().unwrap_or_else(|| "reconnecting".into()),
             ));
         }
-        let connection = self.connect().await?;
-        let publisher = connection
+        let connection = Arc::new(self.connect().await?);
+        self.connections_opened.inc();
+        let ch = connection
             .create_channel()
             .await
             .map_err(|e| self.failed(e.into()))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| self.failed(e.into()))?;
-        self.declare_on(&publisher)
-            .await
-            .map_err(|e| self.failed(e))?;
+        self.declare_on(&ch).await.map_err(|e| self.failed(e))?;
+        let _ = ch.close(200, "declared".into()).await;
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if generation > 1 {
             tracing::info!("RabbitMQ connection re-established.");
@@ -214,30 +199,22 @@ impl Broker {
         *self.failed_at.lock().expect("poisoned") = None;
         *live = Some(Live {
             generation,
-            connection,
-            publisher: publisher.clone(),
+            connection: connection.clone(),
         });
-        Ok(Publisher {
-            channel: publisher,
-            generation,
-        })
+        Ok((connection, generation))
     }
 
-    /// A fresh channel on the current connection (consumers own theirs).
+    /// A fresh channel on the shared connection (consumers own theirs).
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        self.publisher().await?;
-        let live = self.live.lock().await;
-        let l = live
-            .as_ref()
-            .ok_or_else(|| BrokerError::Unavailable("not connected".into()))?;
-        l.connection
+        let (connection, _) = self.connection().await?;
+        connection
             .create_channel()
             .await
             .map_err(|e| self.failed(e.into()))
     }
 
     /// Forgets the connection of `generation` after an error, so the next call reconnects.
-    pub async fn invalidate(&self, generation: u64) {
+    async fn invalidate(&self, generation: u64) {
         let mut live = self.live.lock().await;
         if live.as_ref().is_some_and(|l| l.generation == generation) {
             if let Some(l) = live.take() {
@@ -251,101 +228,139 @@ impl Broker {
         self.topology_declared.load(Ordering::SeqCst)
     }
 
-    /// Whether a connection is open right now.
-    pub async fn is_connected(&self) -> bool {
-        let live = self.live.lock().await;
-        live.as_ref()
-            .is_some_and(|l| l.connection.status().connected() && l.publisher.status().connected())
-    }
-
-    fn queue_args(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(self.names.queue_type.as_str().into()),
-        );
-        args
+    /// Connects (declaring the topology) unless connected: `/readyz` and start-up use it.
+    pub async fn ensure_connected(&self) -> Result<(), BrokerError> {
+        self.connection().await.map(|_| ())
     }
 
     async fn declare_on(&self, ch: &Channel) -> Result<(), BrokerError> {
-        let n = &self.names;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        declare_exchange(ch, &n.exchange).await?;
-        ch.queue_declare(n.work.as_str().into(), durable, self.queue_args())
+        declare_exchange(ch, &self.topology.exchange).await?;
+        for q in &self.topology.queues {
+            ch.queue_declare(
+                q.name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                q.arguments.clone(),
+            )
             .await?;
-        let mut retry_args = self.queue_args();
-        retry_args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        retry_args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(n.work.as_str().into()),
-        );
-        for q in &n.retry {
-            ch.queue_declare(q.as_str().into(), durable, retry_args.clone())
-                .await?;
         }
-        ch.queue_declare(n.dead.as_str().into(), durable, self.queue_args())
-            .await?;
         self.topology_declared.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Declares the exchange and queues (idempotent).
-    pub async fn declare_topology(&self) -> Result<(), BrokerError> {
-        self.publisher().await.map(|_| ())
-    }
-
-    /// Messages ready in the work queue.
-    pub async fn work_queue_depth(&self) -> Result<u32, BrokerError> {
+    /// Messages ready in `queue`.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
         let ch = self.channel().await?;
         let q = ch
             .queue_declare(
-                self.names.work.as_str().into(),
+                short_string(queue),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
             )
-            .await?;
+            .await;
         let _ = ch.close(200, "ok".into()).await;
-        Ok(q.message_count())
+        Ok(q?.message_count())
     }
 
-    /// Publishes a batch and waits for every confirm. Any nack, unroutable return, or channel
-    /// failure fails the whole batch (callers retry it whole: at-least-once).
-    pub async fn publish_all(&self, messages: Vec<OutMessage<'_>>) -> Result<(), BrokerError> {
-        let p = self.publisher().await?;
-        let mut pending = Vec::new();
+    async fn checkout(&self) -> Result<ConfirmChannel, BrokerError> {
+        let (connection, generation) = self.connection().await?;
+        loop {
+            let idle = self.idle.lock().expect("poisoned").pop();
+            match idle {
+                Some(c) if c.generation == generation && c.channel.status().connected() => {
+                    return Ok(c)
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| self.failed(e.into()))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| self.failed(e.into()))?;
+        Ok(ConfirmChannel {
+            channel,
+            generation,
+        })
+    }
+
+    fn check_in(&self, c: ConfirmChannel) {
+        let mut idle = self.idle.lock().expect("poisoned");
+        if idle.len() < POOL_IDLE {
+            idle.push(c);
+        } else {
+            drop(idle);
+            tokio::spawn(async move {
+                let _ = c.channel.close(200, "surplus".into()).await;
+            });
+        }
+    }
+
+    /// Publishes a batch on a channel of its own and waits for every confirm. Any nack,
+    /// unroutable return or channel failure fails the whole batch (callers retry it whole:
+    /// at-least-once).
+    pub async fn publish_batch(&self, messages: &[OutMessage<'_>]) -> Result<(), BrokerError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let _permit = self
+            .publishing
+            .acquire()
+            .await
+            .map_err(|_| BrokerError::Unavailable("closing".into()))?;
+        let ch = self.checkout().await?;
+        let mut pending = Vec::with_capacity(messages.len());
         for m in messages {
-            match publish_one(&p.channel, &m).await {
-                Ok(c) => pending.push((m.routing_key.to_string(), c)),
+            match publish_one(&ch.channel, m).await {
+                Ok(c) => pending.push(c),
                 Err(e) => {
-                    self.invalidate(p.generation).await;
+                    // Confirms already pending die with the channel; nothing of it is reused.
+                    let _ = ch.channel.close(200, "publish failed".into()).await;
+                    if !ch.channel.status().connected() {
+                        self.invalidate(ch.generation).await;
+                    }
                     return Err(e);
                 }
             }
         }
-        for (rk, c) in pending {
-            if let Err(e) = await_confirm(c, &rk).await {
-                if matches!(e, BrokerError::Amqp(_) | BrokerError::Unavailable(_)) {
-                    self.invalidate(p.generation).await;
+        let mut first_error = None;
+        let mut channel_ok = true;
+        for (c, m) in pending.into_iter().zip(messages) {
+            if let Err(e) = await_confirm(c, m.routing_key).await {
+                if !matches!(e, BrokerError::Unroutable(_) | BrokerError::Nacked(_)) {
+                    channel_ok = false;
                 }
-                return Err(e);
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        if channel_ok {
+            self.check_in(ch);
+        } else {
+            let _ = ch.channel.close(200, "confirm failed".into()).await;
+            self.invalidate(ch.generation).await;
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Closes the connection cleanly (shutdown).
     pub async fn close(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().expect("poisoned"));
+        for c in idle {
+            let _ = c.channel.close(200, "shutdown".into()).await;
+        }
         if let Some(l) = self.live.lock().await.take() {
-            let _ = l.publisher.close(200, "shutdown".into()).await;
             let _ = l.connection.close(200, "shutdown".into()).await;
         }
     }
@@ -356,7 +371,7 @@ impl Broker {
 /// RabbitMQ refuses the second declaration (PRECONDITION_FAILED).
 pub async fn declare_exchange(ch: &Channel, exchange: &str) -> Result<(), BrokerError> {
     ch.exchange_declare(
-        exchange.into(),
+        short_string(exchange),
         ExchangeKind::Topic,
         ExchangeDeclareOptions {
             durable: true,
@@ -378,10 +393,11 @@ pub async fn bind_all_records(
     arguments: FieldTable,
 ) -> Result<(), BrokerError> {
     declare_exchange(ch, exchange).await?;
-    ch.queue_declare(queue.into(), options, arguments).await?;
+    ch.queue_declare(short_string(queue), options, arguments)
+        .await?;
     ch.queue_bind(
-        queue.into(),
-        exchange.into(),
+        short_string(queue),
+        short_string(exchange),
         "#".into(),
         lapin::options::QueueBindOptions::default(),
         FieldTable::default(),
@@ -399,13 +415,10 @@ pub struct OutMessage<'a> {
 }
 
 /// Publishes with the mandatory flag; returns the pending confirm.
-pub async fn publish_one(
-    ch: &Channel,
-    m: &OutMessage<'_>,
-) -> Result<PublisherConfirm, BrokerError> {
+async fn publish_one(ch: &Channel, m: &OutMessage<'_>) -> Result<PublisherConfirm, BrokerError> {
     ch.basic_publish(
-        m.exchange.into(),
-        m.routing_key.into(),
+        short_string(m.exchange),
+        short_string(m.routing_key),
         BasicPublishOptions {
             mandatory: true,
             ..Default::default()
@@ -418,8 +431,8 @@ pub async fn publish_one(
 }
 
 /// Awaits a confirm: `Ack(None)` is success; `Ack(Some(returned))` means the mandatory message
-/// was unroutable (library-notes.md); a nack or a closed channel is a failure.
-pub async fn await_confirm(c: PublisherConfirm, routing_key: &str) -> Result<(), BrokerError> {
+/// was unroutable; a nack or a closed channel is a failure.
+async fn await_confirm(c: PublisherConfirm, routing_key: &str) -> Result<(), BrokerError> {
     match tokio::time::timeout(CONFIRM_TIMEOUT, c).await {
         Err(_) => Err(BrokerError::Amqp("publisher confirm timed out".into())),
         Ok(Err(e)) => Err(BrokerError::Amqp(e.to_string())),
@@ -432,21 +445,58 @@ pub async fn await_confirm(c: PublisherConfirm, routing_key: &str) -> Result<(),
     }
 }
 
+/// An AMQP short string that cannot panic: text of more than 255 bytes becomes
+/// `sha256:<64 hex digits>` of the text. Callers with a documented derivation of their own
+/// (record ids) apply it first; this is the last line of defence.
+pub fn short_string(s: &str) -> ShortString {
+    if s.len() <= SHORT_STRING_MAX {
+        ShortString::from(s)
+    } else {
+        ShortString::from(sha256_id(s.as_bytes()))
+    }
+}
+
+/// `sha256:` and the lower-case hex SHA-256 of `bytes` (71 bytes).
+pub fn sha256_id(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = openssl::sha::sha256(bytes);
+    let mut out = String::with_capacity(71);
+    out.push_str("sha256:");
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// Persistent JSON message properties shared by every message the relay sends.
 pub fn json_properties(message_id: &str) -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_message_id(message_id.into())
+        .with_message_id(short_string(message_id))
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
         .with_app_id("o365-relay".into())
 }
 
-/// Adds a string header.
-pub fn header(table: &mut FieldTable, key: &str, value: &str) {
+/// `value` cut to at most `cap` bytes (at a character boundary), ending with
+/// [`TRUNCATION_MARKER`] when it was cut.
+pub fn capped(value: &str, cap: usize) -> Cow<'_, str> {
+    if value.len() <= cap {
+        return Cow::Borrowed(value);
+    }
+    let mut end = cap.saturating_sub(TRUNCATION_MARKER.len());
+    while end > 0 && !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{TRUNCATION_MARKER}", &value[..end]))
+}
+
+/// Adds a string header, capped at `cap` bytes (never above [`MAX_HEADER_VALUE`]).
+pub fn header(table: &mut FieldTable, key: &'static str, value: &str, cap: usize) {
+    let v = capped(value, cap.min(MAX_HEADER_VALUE));
     table.insert(
         ShortString::from(key),
-        AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+        AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
     );
 }
 
@@ -467,27 +517,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retries_go_to_the_shortest_tier_that_holds_their_delay() {
-        let names = Names {
-            exchange: "x".into(),
-            work: "w".into(),
-            retry: retry_queue_names("w"),
-            dead: "w.dead".into(),
-            queue_type: QueueType::Quorum,
-        };
-        assert_eq!(
-            names.retry_queue_for(Duration::from_millis(200)),
-            "w.retry.5s"
-        );
-        assert_eq!(names.retry_queue_for(Duration::from_secs(5)), "w.retry.5s");
-        assert_eq!(names.retry_queue_for(Duration::from_secs(6)), "w.retry.1m");
-        assert_eq!(
-            names.retry_queue_for(Duration::from_secs(1800)),
-            "w.retry.1h"
-        );
-        assert_eq!(
-            names.retry_queue_for(Duration::from_secs(86_400)),
-            "w.retry.6h"
-        );
+    fn long_values_are_capped_at_a_character_boundary_with_a_marker() {
+        let v = "é".repeat(1000);
+        let c = capped(&v, 101);
+        assert!(c.len() <= 101, "{} bytes", c.len());
+        assert!(c.ends_with(TRUNCATION_MARKER));
+        assert_eq!(capped("short", 101), "short");
+    }
+
+    #[test]
+    fn short_strings_never_exceed_255_bytes() {
+        let long = "x".repeat(300);
+        let s = short_string(&long);
+        assert_eq!(s.as_str().len(), 71);
+        assert!(s.as_str().starts_with("sha256:"));
+        assert_eq!(short_string("abc").as_str(), "abc");
+        assert_eq!(short_string(&long), short_string(&long));
     }
 }

@@ -51,6 +51,8 @@ struct Raw {
     shutdown_timeout: Option<String>,
     record_dedup_ttl: Option<String>,
     keeper_interval: Option<String>,
+    fetch_timeout: Option<String>,
+    webhook_body_timeout: Option<String>,
 }
 
 /// The client credential used with Entra ID.
@@ -124,6 +126,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub record_dedup_ttl: Duration,
     pub keeper_interval: Duration,
+    /// A blob's whole fetch, from request to last byte (`O365_FETCH_TIMEOUT`).
+    pub fetch_timeout: Duration,
+    /// How long a webhook request body may take to arrive (`O365_WEBHOOK_BODY_TIMEOUT`).
+    pub webhook_body_timeout: Duration,
 }
 
 /// Every configuration problem found, one line each (`O365_X: what is wrong; what is expected`).
@@ -514,6 +520,19 @@ impl Settings {
         if keeper_interval < Duration::from_secs(1) {
             p.fail("KEEPER_INTERVAL", "must be at least 1s");
         }
+        let fetch_timeout = p.duration("FETCH_TIMEOUT", raw.fetch_timeout, "5m");
+        if !(Duration::from_secs(1)..=Duration::from_secs(6 * 3600)).contains(&fetch_timeout) {
+            p.fail("FETCH_TIMEOUT", "must be between 1s and 6h");
+        }
+        let webhook_body_timeout =
+            p.duration("WEBHOOK_BODY_TIMEOUT", raw.webhook_body_timeout, "10s");
+        if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&webhook_body_timeout)
+        {
+            p.fail("WEBHOOK_BODY_TIMEOUT", "must be between 100ms and 2m");
+        }
+        if shutdown_timeout > Duration::from_secs(3600) {
+            p.fail("SHUTDOWN_TIMEOUT", "must be at most 1h");
+        }
 
         if !p.errors.is_empty() {
             return Err(ConfigErrors(p.errors));
@@ -555,6 +574,8 @@ impl Settings {
             shutdown_timeout,
             record_dedup_ttl,
             keeper_interval,
+            fetch_timeout,
+            webhook_body_timeout,
         })
     }
 

@@ -119,23 +119,35 @@ impl From<ContentType> for String {
 }
 
 /// A content (blob) id. Microsoft's ids are made of digits, letters and `$`
-/// (`492638008028$492638008028$f28a…$04`); anything outside a conservative alphabet is refused
-/// so an id can be used in a URL path and a Redis key without escaping.
+/// (`492638008028$492638008028$f28a…$04`, about 100 bytes); anything outside a conservative
+/// alphabet is refused so an id can be used in a URL path and a Redis key without escaping, and
+/// anything longer than [`ContentId::MAX_LEN`] is refused because the id is the work item's AMQP
+/// `message_id` (a short string: 255 bytes at most).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ContentId(String);
 
 impl ContentId {
+    pub const MAX_LEN: usize = 255;
+
     pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 512
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'$' | b'_' | b'-' | b'.'));
-        if ok {
-            Ok(ContentId(s.to_string()))
-        } else {
-            Err("contentId is empty, too long or has characters outside [A-Za-z0-9$_.-]".into())
+        if s.is_empty() {
+            return Err("contentId is empty".into());
         }
+        if s.len() > Self::MAX_LEN {
+            return Err(format!(
+                "contentId is {} bytes long (at most {} allowed)",
+                s.len(),
+                Self::MAX_LEN
+            ));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'$' | b'_' | b'-' | b'.'))
+        {
+            return Err("contentId has characters outside [A-Za-z0-9$_.-]".into());
+        }
+        Ok(ContentId(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -170,6 +182,15 @@ pub enum Source {
     Reconcile,
 }
 
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+            Source::Reconcile => "reconcile",
+        }
+    }
+}
+
 /// One content blob waiting to be fetched: the message body of the work queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -186,12 +207,30 @@ pub struct WorkItem {
 }
 
 impl WorkItem {
+    /// The headers naming the blob, on its work item and on each of its records.
+    pub fn header_pairs(&self) -> [(&'static str, &str); 2] {
+        [
+            ("o365-tenant-id", self.tenant_id.as_str()),
+            ("o365-content-type", self.content_type.as_str()),
+        ]
+    }
+
     /// Seconds until the blob expires at Microsoft (7 days after creation), when known.
     pub fn expires_in(&self) -> Option<i64> {
         let exp = self.content_expiration.as_deref()?;
         let exp = parse_ms_time(exp)?;
         Some((exp - chrono::Utc::now()).num_seconds())
     }
+}
+
+/// A Microsoft timestamp from outside, checked and normalised to RFC 3339 (UTC, milliseconds);
+/// `None` for anything that is not a time (it is then treated as unknown, never trusted).
+pub fn normalise_ms_time(s: Option<&str>) -> Option<String> {
+    let s = s?;
+    if s.len() > 64 {
+        return None;
+    }
+    parse_ms_time(s).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// Parses Microsoft's timestamps: RFC 3339 (`2015-05-30T17:35:00.000Z`) or zone-less
@@ -231,6 +270,8 @@ mod tests {
         assert!(ContentId::parse("../../etc/passwd").is_err());
         assert!(ContentId::parse("a?b").is_err());
         assert!(ContentId::parse("").is_err());
+        assert!(ContentId::parse(&"a$".repeat(127)).is_ok());
+        assert!(ContentId::parse(&"a".repeat(256)).is_err());
     }
 
     #[test]

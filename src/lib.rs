@@ -1,10 +1,12 @@
 //! o365-relay: collects the Office 365 unified audit log through the Management Activity API
 //! and relays every record into a RabbitMQ topic exchange.
 //!
-//! The data path reads top to bottom: [`webhook`] (source) → [`broker`] work queue →
-//! [`worker`] (fetch through [`management`] with [`tokens`]) → [`broker`] exchange (sink).
-//! [`reconciler`] is a second source into the same queue; [`tenants`], [`subscriptions`] and
-//! [`store`] are services they use. [`app`] wires it all; `main.rs` is the CLI.
+//! The data path reads top to bottom: [`webhook`] (source; blobs checked by [`notification`])
+//! → [`work_queue`] → [`worker`] (fetch through [`management`] with [`tokens`], split by
+//! [`records`]) → [`sink`] (the topic exchange). [`reconciler`] is a second source into the same
+//! queue; [`broker`] owns the RabbitMQ connection and confirms; [`tenants`], [`subscriptions`] and
+//! [`store`] are services they use; [`supervise`] keeps the background loops alive. [`app`] wires
+//! it all; `main.rs` is the CLI.
 
 pub mod admin;
 pub mod app;
@@ -17,14 +19,18 @@ pub mod domain;
 pub mod leases;
 pub mod management;
 pub mod metrics;
+pub mod notification;
 pub mod reconciler;
 pub mod records;
 pub mod secret;
 pub mod sim;
+pub mod sink;
 pub mod store;
 pub mod subscriptions;
+pub mod supervise;
 pub mod telemetry;
 pub mod tenants;
 pub mod tokens;
 pub mod webhook;
+pub mod work_queue;
 pub mod worker;

@@ -8,6 +8,7 @@
 
 use crate::domain::{ContentType, TenantId};
 use crate::metrics::Metrics;
+use crate::notification::RawContent;
 use crate::store::Store;
 use crate::tokens::{TokenError, TokenProvider};
 use serde::Deserialize;
@@ -90,6 +91,15 @@ impl ApiError {
     }
 }
 
+/// How long an error body may take to arrive before it is ignored.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest listing page or subscription list read (bytes); Microsoft's pages hold a few
+/// hundred entries of ~400 bytes.
+const MAX_LISTING_BODY: usize = 16 * 1024 * 1024;
+
+/// The longest error message kept from a Management API answer (bytes).
+const MAX_ERROR_MESSAGE: usize = 512;
+
 #[derive(Deserialize)]
 struct ErrorBody {
     error: ErrorDetail,
@@ -100,19 +110,6 @@ struct ErrorDetail {
     code: String,
     #[serde(default)]
     message: String,
-}
-
-/// One entry of `subscriptions/content`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContentEntry {
-    pub content_type: String,
-    pub content_id: String,
-    pub content_uri: String,
-    #[serde(default)]
-    pub content_created: Option<String>,
-    #[serde(default)]
-    pub content_expiration: Option<String>,
 }
 
 /// One entry of `subscriptions/list` (and the answer of `/start`).
@@ -293,12 +290,22 @@ impl ManagementClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let bytes = read_limited(resp, 64 * 1024).await.unwrap_or_default();
+            let bytes = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_limited(resp, 64 * 1024))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            // Microsoft's error text is kept short: it travels into logs and dead-letter
+            // headers, and a 64 KiB message must not reach either whole.
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => (b.error.code, b.error.message),
+                Ok(b) => (
+                    crate::broker::capped(&b.error.code, 64).into_owned(),
+                    crate::broker::capped(&b.error.message, MAX_ERROR_MESSAGE).into_owned(),
+                ),
                 Err(_) => (
                     String::new(),
-                    String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                    crate::broker::capped(&String::from_utf8_lossy(&bytes), MAX_ERROR_MESSAGE)
+                        .into_owned(),
                 ),
             };
             let err = ApiError::Api {
@@ -343,7 +350,7 @@ impl ManagementClient {
         ct: ContentType,
         start: chrono::DateTime<chrono::Utc>,
         end: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<ContentEntry>, ApiError> {
+    ) -> Result<Vec<RawContent>, ApiError> {
         let fmt = "%Y-%m-%dT%H:%M:%S";
         let mut url =
             Url::parse(&self.feed_url(tenant, "subscriptions/content")).expect("valid base");
@@ -370,11 +377,8 @@ impl ManagementClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
                 .filter(|s| !s.is_empty());
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
-            let page: Vec<ContentEntry> =
+            let bytes = read_body(resp).await?;
+            let page: Vec<RawContent> =
                 serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))?;
             all.extend(page);
         }
@@ -432,12 +436,23 @@ impl ManagementClient {
                 None,
             )
             .await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+        let bytes = read_body(resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))
     }
+}
+
+/// A listing or subscription-list body, bounded in size (the client's read timeout bounds
+/// each read).
+async fn read_body(resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
+    let bytes = read_limited(resp, MAX_LISTING_BODY + 1)
+        .await
+        .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+    if bytes.len() > MAX_LISTING_BODY {
+        return Err(ApiError::Body(format!(
+            "response larger than {MAX_LISTING_BODY} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, reqwest::Error> {

@@ -36,6 +36,16 @@ pub struct Metrics {
     pub reconcile_last_success: GaugeVec,
     pub subscription_changes: IntCounterVec,
     pub certificate_expiry: Gauge,
+    /// Jobs whose handler panicked (each dead-lettered with code `panic`).
+    pub job_panics: IntCounter,
+    /// Listed content refused by the edge checks, by reason.
+    pub listing_rejected: IntCounterVec,
+    /// Records that were not JSON text (their blob is dead-lettered after the others relay).
+    pub records_malformed: IntCounter,
+    /// RabbitMQ connections opened (more than one means connections were lost or closed).
+    pub amqp_connections: IntCounter,
+    /// Background loops restarted after they ended or panicked, by task.
+    pub task_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -168,6 +178,37 @@ impl Metrics {
             certificate_expiry: reg!(Gauge::new(
                 "o365_certificate_expiry_seconds",
                 "Seconds until the client certificate expires (absent with a client secret)"
+            )
+            .unwrap()),
+            job_panics: reg!(IntCounter::new(
+                "o365_job_panics_total",
+                "Work-queue jobs whose handler panicked (dead-lettered with code panic)"
+            )
+            .unwrap()),
+            listing_rejected: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_listing_rejected_total",
+                    "Listed content entries refused by the edge checks, by reason"
+                ),
+                &["reason"]
+            )
+            .unwrap()),
+            records_malformed: reg!(IntCounter::new(
+                "o365_records_malformed_total",
+                "Records that were not JSON text and were not relayed"
+            )
+            .unwrap()),
+            amqp_connections: reg!(IntCounter::new(
+                "o365_amqp_connections_total",
+                "RabbitMQ connections opened by this process"
+            )
+            .unwrap()),
+            task_restarts: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_task_restarts_total",
+                    "Background loops restarted after ending or panicking, by task"
+                ),
+                &["task"]
             )
             .unwrap()),
             registry,

@@ -23,9 +23,10 @@
 //! lost), it is enqueued again.
 
 use crate::app::Relay;
-use crate::domain::{ContentId, ContentType, Source, TenantId, WorkItem};
+use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
 use crate::leases::Lease;
-use crate::management::{ApiError, ContentEntry, Disposition};
+use crate::management::{ApiError, Disposition};
+use crate::notification::RawContent;
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -158,7 +159,9 @@ pub async fn reconcile_one(
         let items =
             missing_items(relay, tenant, ct, entries, &mut stats, &mut oldest_missing).await;
         for chunk in items.chunks(500) {
-            crate::webhook::enqueue(relay, chunk)
+            relay
+                .work_queue
+                .enqueue(chunk)
                 .await
                 .map_err(|e| ApiError::Transport(format!("work queue: {e}")))?;
             stats.enqueued += chunk.len() as u64;
@@ -195,37 +198,38 @@ fn guard_key(relay: &Relay, tenant: &TenantId, content_id: &ContentId) -> String
         .key(&format!("reconcile-enqueued:{tenant}:{content_id}"))
 }
 
-/// The listed blobs that are neither relayed nor recently enqueued by reconciliation. Both
-/// markers of a whole page are read in one Redis round trip.
+/// The listed blobs that are neither relayed, dead-lettered, nor recently enqueued by
+/// reconciliation. Every entry passes the same checks as a webhook notification
+/// ([`crate::notification`]); one that fails is skipped with a log line and a metric (it can
+/// never be fetched safely). The markers of a whole page are read in one Redis round trip.
 async fn missing_items(
     relay: &Relay,
     tenant: &TenantId,
     ct: ContentType,
-    entries: Vec<ContentEntry>,
+    entries: Vec<RawContent>,
     stats: &mut PassStats,
     oldest_missing: &mut Option<DateTime<Utc>>,
 ) -> Vec<WorkItem> {
     let mut listed = Vec::with_capacity(entries.len());
     for entry in entries {
-        let Ok(content_id) = ContentId::parse(&entry.content_id) else {
-            stats.errors += 1;
-            continue;
-        };
-        let Ok(url) = url::Url::parse(&entry.content_uri) else {
-            stats.errors += 1;
-            continue;
-        };
-        if !relay.management.is_management_url(&url) {
-            tracing::warn!(tenant_id = %tenant, "Listing returned a contentUri outside the Management API; ignored.");
-            stats.errors += 1;
-            continue;
+        match relay.rules.listing_entry(tenant, ct, entry) {
+            Ok(item) => listed.push(item),
+            Err(rejection) => {
+                stats.errors += 1;
+                relay
+                    .metrics
+                    .listing_rejected
+                    .with_label_values(&[rejection.reason])
+                    .inc();
+                tracing::warn!(tenant_id = %tenant, content_type = %ct, reason = %rejection.detail, "Listed content refused; skipped.");
+            }
         }
-        listed.push((content_id, entry));
     }
-    let mut keys = Vec::with_capacity(listed.len() * 2);
-    for (content_id, _) in &listed {
-        keys.push(relay.store.relayed_key(tenant, content_id));
-        keys.push(guard_key(relay, tenant, content_id));
+    let mut keys = Vec::with_capacity(listed.len() * 3);
+    for item in &listed {
+        keys.push(relay.store.relayed_key(tenant, &item.content_id));
+        keys.push(guard_key(relay, tenant, &item.content_id));
+        keys.push(relay.store.dead_key(tenant, &item.content_id));
     }
     // Without Redis every listed blob counts as missing (workers still skip relayed ones).
     let known = relay
@@ -234,12 +238,12 @@ async fn missing_items(
         .await
         .unwrap_or_else(|_| vec![false; keys.len()]);
     let mut items = Vec::new();
-    for ((content_id, entry), marks) in listed.into_iter().zip(known.chunks(2)) {
-        let (relayed, enqueued) = (marks[0], marks[1]);
-        if relayed {
+    for (item, marks) in listed.into_iter().zip(known.chunks(3)) {
+        let (relayed, enqueued, dead) = (marks[0], marks[1], marks[2]);
+        if relayed || dead {
             continue;
         }
-        if let Some(created) = entry
+        if let Some(created) = item
             .content_created
             .as_deref()
             .and_then(crate::domain::parse_ms_time)
@@ -252,15 +256,7 @@ async fn missing_items(
             continue;
         }
         stats.missing += 1;
-        items.push(WorkItem {
-            tenant_id: tenant.clone(),
-            content_type: ct,
-            content_id,
-            content_uri: entry.content_uri,
-            content_created: entry.content_created,
-            content_expiration: entry.content_expiration,
-            source: Source::Reconcile,
-        });
+        items.push(item);
     }
     items
 }

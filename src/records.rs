@@ -175,28 +175,98 @@ fn is_bom(b: u8) -> bool {
     matches!(b, 0xEF | 0xBB | 0xBF)
 }
 
+/// A field read leniently: strings as they are, numbers and booleans as their JSON text, and
+/// anything else (null, objects, arrays) as absent. Microsoft's fields change shape ("numbers
+/// sometimes arrive as strings"), and a record must never be refused for the shape of a field
+/// the relay only uses for routing headers.
+#[derive(Debug, Default)]
+pub struct Lenient<'a>(pub Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Lenient<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v))))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Borrowed(if v {
+                    "true"
+                } else {
+                    "false"
+                }))))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The few fields of a record the relay routes and labels by; everything else stays opaque.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RecordMeta<'a> {
     #[serde(borrow, default)]
-    pub id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub record_type: Option<serde_json::Value>,
+    pub id: Lenient<'a>,
     #[serde(borrow, default)]
-    pub workload: Option<Cow<'a, str>>,
+    pub record_type: Lenient<'a>,
     #[serde(borrow, default)]
-    pub operation: Option<Cow<'a, str>>,
+    pub workload: Lenient<'a>,
     #[serde(borrow, default)]
-    pub creation_time: Option<Cow<'a, str>>,
+    pub operation: Lenient<'a>,
+    #[serde(borrow, default)]
+    pub creation_time: Lenient<'a>,
 }
 
 /// One record: its exact bytes and what we read of it.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
     pub raw: Bytes,
-    /// The record's `Id`, or `sha256:<hex of the bytes>` for the rare record without one, so
-    /// consumers can still de-duplicate on `message_id`.
+    /// The AMQP `message_id` and the de-duplication key: the record's `Id` when it has one of
+    /// 1 to 255 bytes (Microsoft's are 36-byte GUIDs); `sha256:<hex>` of the `Id` when it is
+    /// longer (a short string holds 255 bytes); `sha256:<hex>` of the record's bytes when it
+    /// has none. Consumers de-duplicate on it either way.
     pub id: String,
     pub record_type: String,
     pub workload: String,
@@ -205,31 +275,27 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// Reads a record split out of a blob. Refuses only what is not JSON text (invalid UTF-8
+    /// included, RFC 8259 §8.1): such a record cannot be relayed as the exact bytes consumers
+    /// parse.
     pub fn parse(raw: Bytes, index: usize) -> Result<AuditRecord, RecordsError> {
+        if let Err(e) = std::str::from_utf8(&raw) {
+            return Err(RecordsError::Invalid(
+                index,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            ));
+        }
         let meta: RecordMeta<'_> = serde_json::from_slice(&raw)
             .map_err(|e| RecordsError::Invalid(index, e.to_string()))?;
-        let text = |v: Option<Cow<'_, str>>| v.map(|c| c.into_owned()).unwrap_or_default();
-        let record_type = match meta.record_type {
-            Some(serde_json::Value::String(s)) => s,
-            Some(serde_json::Value::Null) | None => String::new(),
-            Some(v) => v.to_string(),
-        };
-        let id = match meta.id.filter(|s| !s.is_empty()) {
-            Some(id) => id.into_owned(),
-            None => {
-                let digest = openssl::sha::sha256(&raw);
-                format!(
-                    "sha256:{}",
-                    digest
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                )
-            }
+        let text = |v: Lenient<'_>| v.0.map(|c| c.into_owned()).unwrap_or_default();
+        let id = match meta.id.0.filter(|s| !s.is_empty()) {
+            Some(id) if id.len() <= crate::broker::SHORT_STRING_MAX => id.into_owned(),
+            Some(long) => crate::broker::sha256_id(long.as_bytes()),
+            None => crate::broker::sha256_id(&raw),
         };
         Ok(AuditRecord {
             id,
-            record_type,
+            record_type: text(meta.record_type),
             workload: text(meta.workload),
             operation: text(meta.operation),
             creation_time: text(meta.creation_time),
@@ -308,5 +374,23 @@ mod tests {
         assert_eq!(r.record_type, "261");
         assert!(r.id.starts_with("sha256:"));
         assert!(AuditRecord::parse(Bytes::from_static(br#"{"Id":"a",}"#), 3).is_err());
+    }
+
+    #[test]
+    fn over_long_and_odd_ids_get_a_derived_message_id() {
+        let long = format!(
+            r#"{{"Id":"{}","Workload":{{"x":1}},"Operation":7}}"#,
+            "x".repeat(300)
+        );
+        let r = AuditRecord::parse(Bytes::from(long), 0).unwrap();
+        assert!(r.id.starts_with("sha256:") && r.id.len() == 71);
+        assert_eq!((r.workload.as_str(), r.operation.as_str()), ("", "7"));
+        let r = AuditRecord::parse(Bytes::from_static(br#"{"Id":12}"#), 0).unwrap();
+        assert_eq!(r.id, "12");
+        let bad = Bytes::from_static(b"{\"Id\":\"a\",\"UserId\":\"\xff\"}");
+        assert!(matches!(
+            AuditRecord::parse(bad, 4),
+            Err(RecordsError::Invalid(4, _))
+        ));
     }
 }

@@ -185,6 +185,11 @@ impl Store {
     pub fn relayed_key(&self, t: &TenantId, c: &ContentId) -> String {
         self.key(&format!("relayed:{t}:{c}"))
     }
+    /// Set when a blob was dead-lettered, so reconciliation does not enqueue it again and
+    /// again while Microsoft still lists it (an operator requeues dead letters explicitly).
+    pub fn dead_key(&self, t: &TenantId, c: &ContentId) -> String {
+        self.key(&format!("dead:{t}:{c}"))
+    }
     fn record_key(&self, t: &TenantId, id: &str) -> String {
         self.key(&format!("rec:{t}:{id}"))
     }
@@ -313,6 +318,10 @@ impl Store {
     ) -> StoreResult<()> {
         self.set_many_or_defer(vec![(self.relayed_key(t, c), "1")], ttl)
             .await
+    }
+
+    pub async fn mark_dead(&self, t: &TenantId, c: &ContentId, ttl: Duration) -> StoreResult<()> {
+        self.set_px(&self.dead_key(t, c), "1", ttl).await
     }
 
     /// Claims records for publishing, one round trip for the batch. Each key ends as

@@ -1,36 +1,38 @@
-//! `POST /webhook`: where Microsoft's notifications enter (reference §6, contract.md).
+//! `POST /webhook`: where Microsoft's notifications enter (Microsoft's "Get started" guide,
+//! "Receiving notifications"; README "Data path").
 //!
 //! A request is untrusted until every check passed: the `Webhook-AuthID` (constant time), the
-//! media type, the size, the JSON shape, and every blob (client id, served tenant, configured
-//! content type, and a `contentUri` that is exactly the Management API's URL for that tenant and
-//! content id). Only then are the blobs published to the work queue; `200` is answered only
+//! media type, the size and the time its body takes to arrive, the JSON shape, and every blob
+//! ([`crate::notification`]: client id, content type, content id, the exact `contentUri`; here:
+//! a served tenant). Only then are the blobs handed to the [`WorkQueue`]; `200` is answered only
 //! after RabbitMQ confirmed every one. One bad blob rejects the whole request and enqueues
-//! nothing.
+//! nothing. The same blob named twice in one request is enqueued once.
 
-use crate::app::Relay;
-use crate::broker::{header, json_properties, OutMessage};
-use crate::domain::{ContentId, ContentType, Source, TenantId, WorkItem};
-use crate::secret::constant_time_eq;
+use crate::domain::TenantId;
+use crate::metrics::Metrics;
+use crate::notification::{parse_notification_body, BlobRejection, ContentRules};
+use crate::secret::{constant_time_eq, Secret};
+use crate::tenants::Tenants;
+use crate::work_queue::WorkQueue;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use lapin::types::FieldTable;
-use serde::Deserialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 /// Microsoft's notification bodies are small; anything above this is refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// A notification entry as Microsoft sends it (reference §6). Strings until validated.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RawNotification {
-    tenant_id: Option<String>,
-    client_id: Option<String>,
-    content_type: Option<String>,
-    content_id: Option<String>,
-    content_uri: Option<String>,
-    content_created: Option<String>,
-    content_expiration: Option<String>,
+/// What the webhook needs.
+pub struct Webhook {
+    pub auth_id: Secret<String>,
+    pub rules: ContentRules,
+    pub tenants: Arc<Tenants>,
+    pub queue: Arc<WorkQueue>,
+    pub metrics: Arc<Metrics>,
+    /// `O365_WEBHOOK_BODY_TIMEOUT`: how long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 /// Why a request was refused; also the metric's `reason` label.
@@ -39,11 +41,11 @@ pub enum Rejection {
     Auth,
     MediaType,
     TooLarge,
+    SlowBody,
     Malformed(String),
     Blob {
         index: usize,
-        reason: &'static str,
-        detail: String,
+        rejection: BlobRejection,
     },
     Unavailable(String),
 }
@@ -54,8 +56,9 @@ impl Rejection {
             Rejection::Auth => "auth",
             Rejection::MediaType => "media_type",
             Rejection::TooLarge => "too_large",
+            Rejection::SlowBody => "slow_body",
             Rejection::Malformed(_) => "malformed",
-            Rejection::Blob { reason, .. } => reason,
+            Rejection::Blob { rejection, .. } => rejection.reason,
             Rejection::Unavailable(_) => "unavailable",
         }
     }
@@ -74,10 +77,17 @@ impl Rejection {
                 HttpResponse::PayloadTooLarge(),
                 format!("body larger than {MAX_BODY} bytes"),
             ),
-            Rejection::Malformed(m) => (HttpResponse::BadRequest(), format!("malformed body: {m}")),
-            Rejection::Blob { index, detail, .. } => (
+            Rejection::SlowBody => (
+                HttpResponse::RequestTimeout(),
+                "request body did not arrive in time".into(),
+            ),
+            Rejection::Malformed(m) => (
                 HttpResponse::BadRequest(),
-                format!("blob {index}: {detail}"),
+                format!("malformed body: {}", crate::broker::capped(m, 300)),
+            ),
+            Rejection::Blob { index, rejection } => (
+                HttpResponse::BadRequest(),
+                format!("blob {index}: {}", rejection.detail),
             ),
             Rejection::Unavailable(_) => (
                 HttpResponse::ServiceUnavailable(),
@@ -88,12 +98,9 @@ impl Rejection {
     }
 }
 
-fn authorised(req: &HttpRequest, relay: &Relay) -> bool {
+fn authorised(req: &HttpRequest, webhook: &Webhook) -> bool {
     match req.headers().get("Webhook-AuthID") {
-        Some(v) => constant_time_eq(
-            v.as_bytes(),
-            relay.settings.webhook_auth_id.expose().as_bytes(),
-        ),
+        Some(v) => constant_time_eq(v.as_bytes(), webhook.auth_id.expose().as_bytes()),
         None => false,
     }
 }
@@ -136,215 +143,93 @@ async fn read_body(
     Ok(body)
 }
 
-fn blob_err(index: usize, reason: &'static str, detail: impl Into<String>) -> Rejection {
-    Rejection::Blob {
-        index,
-        reason,
-        detail: detail.into(),
-    }
-}
-
-/// Turns one notification entry into a work item, or says precisely why not. Pure except for
-/// the served-tenant lookup.
-pub async fn validate_blob(
-    relay: &Relay,
-    index: usize,
-    n: RawNotification,
-) -> Result<WorkItem, Rejection> {
-    let field = |v: Option<String>, name: &str| {
-        v.filter(|s| !s.is_empty())
-            .ok_or_else(|| blob_err(index, "malformed", format!("{name} is missing")))
-    };
-    let client_id = field(n.client_id, "clientId")?;
-    if !client_id.eq_ignore_ascii_case(&relay.settings.client_id) {
-        return Err(blob_err(
-            index,
-            "client_id",
-            "clientId is not this application's",
-        ));
-    }
-    let tenant = TenantId::parse(&field(n.tenant_id, "tenantId")?)
-        .map_err(|e| blob_err(index, "tenant", e))?;
-    if !relay.tenants.is_served(&tenant).await {
-        return Err(blob_err(
-            index,
-            "tenant",
-            format!("tenant {tenant} is not served"),
-        ));
-    }
-    let content_type: ContentType = field(n.content_type, "contentType")?
-        .parse()
-        .map_err(|e: String| blob_err(index, "content_type", e))?;
-    if !relay.settings.content_types.contains(&content_type) {
-        return Err(blob_err(
-            index,
-            "content_type",
-            format!("content type {content_type} is not configured"),
-        ));
-    }
-    let content_id = ContentId::parse(&field(n.content_id, "contentId")?)
-        .map_err(|e| blob_err(index, "malformed", e))?;
-    let uri = field(n.content_uri, "contentUri")?;
-    check_content_uri(relay, &uri, &tenant, &content_id)
-        .map_err(|d| blob_err(index, "content_uri", d))?;
-    Ok(WorkItem {
-        tenant_id: tenant,
-        content_type,
-        content_id,
-        content_uri: uri,
-        content_created: n.content_created,
-        content_expiration: n.content_expiration,
-        source: Source::Webhook,
-    })
-}
-
-/// The `contentUri` must be exactly `{O365_MANAGE_URL}/api/v1.0/{tenant}/activity/feed/audit/{contentId}`:
-/// same origin, this tenant, this content id, no credentials, query or fragment. Anything else
-/// could make us send the tenant's token to someone else.
-pub fn check_content_uri(
-    relay: &Relay,
-    uri: &str,
-    tenant: &TenantId,
-    content_id: &ContentId,
-) -> Result<(), String> {
-    let url = url::Url::parse(uri).map_err(|_| "contentUri is not a URL".to_string())?;
-    if !relay.management.is_management_url(&url) {
-        return Err("contentUri does not point at the Management API".into());
-    }
-    if !url.username().is_empty()
-        || url.password().is_some()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
-        return Err("contentUri has credentials, a query or a fragment".into());
-    }
-    let segments: Vec<&str> = url.path().split('/').collect();
-    let ok = matches!(
-        segments.as_slice(),
-        ["", "api", "v1.0", t, "activity", "feed", "audit", c]
-            if TenantId::parse(t).is_ok_and(|t| &t == tenant)
-                && decode_dollar(c) == content_id.as_str()
-    );
-    if ok {
-        Ok(())
-    } else {
-        Err("contentUri path is not /api/v1.0/{tenantId}/activity/feed/audit/{contentId} for this blob".into())
-    }
-}
-
-/// Content ids hold `$`, which a sender may percent-encode.
-fn decode_dollar(s: &str) -> String {
-    s.replace("%24", "$")
-        .replace("%24".to_ascii_lowercase().as_str(), "$")
-}
-
-/// The headers naming a blob's tenant and content type, on work items and on records alike.
-pub fn blob_headers(item: &WorkItem) -> FieldTable {
-    let mut headers = FieldTable::default();
-    header(&mut headers, "o365-tenant-id", item.tenant_id.as_str());
-    header(
-        &mut headers,
-        "o365-content-type",
-        item.content_type.as_str(),
-    );
-    headers
-}
-
-/// Serialises work items into work-queue messages.
-pub fn work_messages(items: &[WorkItem]) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
-    items
-        .iter()
-        .map(|item| {
-            let mut headers = blob_headers(item);
-            header(
-                &mut headers,
-                "o365-source",
-                if item.source == Source::Webhook {
-                    "webhook"
-                } else {
-                    "reconcile"
-                },
-            );
-            let body = serde_json::to_vec(item).expect("serialisable");
-            (
-                body,
-                json_properties(item.content_id.as_str()).with_headers(headers),
-            )
-        })
-        .collect()
-}
-
-/// Publishes work items to the work queue and waits for every confirm.
-pub async fn enqueue(relay: &Relay, items: &[WorkItem]) -> Result<(), crate::broker::BrokerError> {
-    let messages = work_messages(items);
-    let work = relay.broker.names().work.clone();
-    let out: Vec<OutMessage<'_>> = messages
-        .iter()
-        .map(|(body, props)| OutMessage {
-            exchange: "",
-            routing_key: &work,
-            body,
-            properties: props.clone(),
-        })
-        .collect();
-    relay.broker.publish_all(out).await
-}
-
 async fn handle(
     req: &HttpRequest,
     payload: web::Payload,
-    relay: &Relay,
+    webhook: &Webhook,
 ) -> Result<HttpResponse, Rejection> {
-    if !authorised(req, relay) {
+    if !authorised(req, webhook) {
         return Err(Rejection::Auth);
     }
     let validation_header = req.headers().get("Webhook-ValidationCode").is_some();
     if !is_json(req) && !validation_header {
         return Err(Rejection::MediaType);
     }
-    let body = read_body(req, payload).await?;
-    // Notifications are arrays and are parsed straight into their type; a validation request
-    // (sent by /subscriptions/start) has the header or a `validationCode` object body: answer
-    // 200 and enqueue nothing.
-    let entries: Option<Vec<RawNotification>> = if validation_header {
-        None
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(entries) => Some(entries),
-            Err(e) => {
-                let value: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|e| Rejection::Malformed(e.to_string()))?;
-                if value.get("validationCode").is_none() {
-                    return Err(Rejection::Malformed(format!(
-                        "expected an array of content notifications ({e})"
-                    )));
-                }
-                None
-            }
+    // A slow sender must not hold a connection and a buffer for long (slowloris).
+    let body = tokio::time::timeout(webhook.body_timeout, read_body(req, payload))
+        .await
+        .map_err(|_| Rejection::SlowBody)??;
+    // A validation request (sent by /subscriptions/start) has the header and/or a
+    // `{"validationCode": …}` object body: answer 200 and enqueue nothing. A notification is an
+    // array; an array that comes with the validation header is neither — refuse it rather than
+    // drop its blobs silently.
+    let first = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .copied()
+        .unwrap_or(b' ');
+    if first != b'[' {
+        let is_validation = validation_header
+            || serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .is_some_and(|v| v.get("validationCode").is_some());
+        if !is_validation {
+            return Err(Rejection::Malformed(
+                "expected an array of content notifications".into(),
+            ));
         }
-    };
-    let Some(entries) = entries else {
         tracing::info!("Answered a webhook validation request.");
-        relay
+        webhook
             .metrics
             .notifications
             .with_label_values(&["accepted", "validation"])
             .inc();
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "validated" })));
-    };
+    }
+    if validation_header {
+        return Err(Rejection::Malformed(
+            "a validation request (Webhook-ValidationCode) must not carry notifications".into(),
+        ));
+    }
+    let entries = parse_notification_body(&body).map_err(Rejection::Malformed)?;
     let mut items = Vec::with_capacity(entries.len());
-    for (i, n) in entries.into_iter().enumerate() {
-        items.push(validate_blob(relay, i, n).await?);
+    let mut seen = HashSet::new();
+    for (index, raw) in entries.into_iter().enumerate() {
+        // An unserved tenant is named as such, whatever else is wrong with the blob.
+        if let Some(tenant) = raw
+            .tenant_id
+            .as_deref()
+            .and_then(|t| TenantId::parse(t).ok())
+        {
+            if !webhook.tenants.is_served(&tenant).await {
+                return Err(Rejection::Blob {
+                    index,
+                    rejection: BlobRejection {
+                        reason: "tenant",
+                        detail: format!("tenant {tenant} is not served"),
+                    },
+                });
+            }
+        }
+        let item = webhook
+            .rules
+            .notification(raw)
+            .map_err(|rejection| Rejection::Blob { index, rejection })?;
+        if seen.insert((item.tenant_id.clone(), item.content_id.clone())) {
+            items.push(item);
+        }
     }
     if !items.is_empty() {
-        enqueue(relay, &items)
+        webhook
+            .queue
+            .enqueue(&items)
             .await
             .map_err(|e| Rejection::Unavailable(e.to_string()))?;
     }
     for item in &items {
         tracing::debug!(tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id, "Blob enqueued.");
     }
-    relay
+    webhook
         .metrics
         .notifications
         .with_label_values(&["accepted", "ok"])
@@ -356,17 +241,21 @@ async fn handle(
 pub async fn webhook(
     req: HttpRequest,
     payload: web::Payload,
-    relay: web::Data<Relay>,
+    webhook: web::Data<Webhook>,
 ) -> HttpResponse {
     let span = tracing::info_span!("webhook", request_id = %uuid::Uuid::new_v4());
-    respond(req, payload, relay).instrument(span).await
+    respond(req, payload, webhook).instrument(span).await
 }
 
-async fn respond(req: HttpRequest, payload: web::Payload, relay: web::Data<Relay>) -> HttpResponse {
-    match handle(&req, payload, &relay).await {
+async fn respond(
+    req: HttpRequest,
+    payload: web::Payload,
+    webhook: web::Data<Webhook>,
+) -> HttpResponse {
+    match handle(&req, payload, &webhook).await {
         Ok(r) => r,
         Err(rejection) => {
-            relay
+            webhook
                 .metrics
                 .notifications
                 .with_label_values(&["rejected", rejection.label()])
@@ -375,8 +264,8 @@ async fn respond(req: HttpRequest, payload: web::Payload, relay: web::Data<Relay
                 Rejection::Unavailable(e) => {
                     tracing::error!(error = %e, "Work queue unavailable; answered 503 so Microsoft retries.")
                 }
-                Rejection::Blob { index, detail, .. } => {
-                    tracing::warn!(blob = index, reason = %detail, "Notification rejected.")
+                Rejection::Blob { index, rejection } => {
+                    tracing::warn!(blob = index, reason = %rejection.detail, "Notification rejected.")
                 }
                 other => tracing::warn!(reason = other.label(), "Webhook request rejected."),
             }

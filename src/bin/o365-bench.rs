@@ -28,10 +28,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
-use o365_relay::broker::{header, json_properties};
 use o365_relay::domain::{ContentId, ContentType, Source, TenantId, WorkItem};
 use o365_relay::records::AuditRecord;
 use o365_relay::sim::{SimBlob, SimConfig, Simulator, CONTENT_TYPES};
+use o365_relay::sink::RecordSink;
 use o365_relay::store::Store;
 use std::collections::HashSet;
 use std::io::Read;
@@ -477,7 +477,7 @@ impl Ctx {
     async fn cleanup(&self, n: &Names) {
         if let Ok(ch) = self.channel().await {
             let mut queues = vec![n.sink.clone(), n.work.clone(), format!("{}.dead", n.work)];
-            queues.extend(o365_relay::broker::retry_queue_names(&n.work));
+            queues.extend(o365_relay::work_queue::retry_queue_names(&n.work));
             queues.extend(n.extra_queues.iter().cloned());
             for q in queues {
                 let _ = ch
@@ -1028,9 +1028,7 @@ async fn bare_work_publish(
                     source: Source::Webhook,
                 };
                 let t0 = Instant::now();
-                let (body, props) = o365_relay::webhook::work_messages(std::slice::from_ref(&item))
-                    .pop()
-                    .expect("one message");
+                let (body, props) = o365_relay::work_queue::encode(&item).expect("encodable");
                 let ok = match ch
                     .basic_publish(
                         "".into(),
@@ -1187,17 +1185,18 @@ fn prepare(blobs: &[SimBlob], seen: &mut HashSet<String>) -> Vec<Vec<Prepared>> 
                     if !seen.insert(rec.id.clone()) {
                         return None;
                     }
-                    let mut h = FieldTable::default();
-                    header(&mut h, "o365-tenant-id", &b.tenant_id);
-                    header(&mut h, "o365-content-type", &b.content_type);
-                    header(&mut h, "o365-content-id", &b.content_id);
-                    header(&mut h, "o365-record-type", &rec.record_type);
-                    header(&mut h, "o365-workload", &rec.workload);
-                    header(&mut h, "o365-operation", &rec.operation);
-                    header(&mut h, "o365-creation-time", &rec.creation_time);
+                    let item = WorkItem {
+                        tenant_id: TenantId::parse(&b.tenant_id).ok()?,
+                        content_type: b.content_type.parse().ok()?,
+                        content_id: ContentId::parse(&b.content_id).ok()?,
+                        content_uri: b.content_uri.clone(),
+                        content_created: None,
+                        content_expiration: None,
+                        source: Source::Webhook,
+                    };
                     Some(Prepared {
-                        routing_key: format!("{}.{}", b.content_type, b.tenant_id),
-                        props: json_properties(&rec.id).with_headers(h),
+                        routing_key: RecordSink::routing_key(&item),
+                        props: RecordSink::properties(&item, &rec),
                         raw: rec.raw,
                     })
                 })
@@ -1541,7 +1540,7 @@ async fn section_reconcile(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>
         let settings = o365_relay::config::Settings::from_vars(vars)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let relay = o365_relay::app::Relay::new(settings)?;
-        relay.broker.declare_topology().await?;
+        relay.broker.ensure_connected().await?;
         let tenant = TenantId::parse(TENANT_A).map_err(|e| anyhow::anyhow!(e))?;
         // Listing needs enabled subscriptions; started without a webhook, so publishing
         // content notifies nobody.

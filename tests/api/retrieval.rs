@@ -402,10 +402,14 @@ async fn a_work_item_pointing_outside_the_management_api_is_dead_lettered_and_ge
         )
         .await;
     assert_eq!(dead.len(), 1);
+    // Refused when read back from the queue, by the same checks as at the webhook.
     assert_eq!(
         header(&dead[0], "o365-error-code").as_deref(),
-        Some("foreign_url")
+        Some("malformed_work_item")
     );
+    assert!(header(&dead[0], "o365-dead-reason")
+        .unwrap_or_default()
+        .contains("contentUri does not point at the Management API"));
     assert_eq!(
         hits.load(std::sync::atomic::Ordering::SeqCst),
         0,

@@ -84,7 +84,7 @@ pub async fn remove_relay_resources(
     if let Ok(conn) = lapin::Connection::connect(AMQP, Default::default()).await {
         if let Ok(ch) = conn.create_channel().await {
             let mut queues = vec![work_queue.to_string(), format!("{work_queue}.dead")];
-            queues.extend(o365_relay::broker::retry_queue_names(work_queue));
+            queues.extend(o365_relay::work_queue::retry_queue_names(work_queue));
             queues.extend(extra.iter().cloned());
             for q in queues {
                 let _ = ch

@@ -630,7 +630,7 @@ impl Drop for Harness {
             self.work_queue.clone(),
             format!("{}.dead", self.work_queue),
         ];
-        queues.extend(o365_relay::broker::retry_queue_names(&self.work_queue));
+        queues.extend(o365_relay::work_queue::retry_queue_names(&self.work_queue));
         let exchange = self.exchange.clone();
         let prefix = self.prefix.clone();
         // Async clean-up from a synchronous drop (also while unwinding): its own runtime on

@@ -1,0 +1,624 @@
+//! The work queue: the one owner of work items on RabbitMQ — their message format, the queue,
+//! its retry tiers and its dead-letter queue.
+//!
+//! Sources ([`crate::webhook`], [`crate::reconciler`]) call [`WorkQueue::enqueue`], which returns
+//! once RabbitMQ confirmed every item. Consumers call [`WorkQueue::consume`] with a handler that
+//! turns a [`Job`] into an [`Outcome`]; the queue then settles the delivery in exactly one way:
+//!
+//! - [`Outcome::Done`] → ack;
+//! - [`Outcome::Retry`] → a copy goes to `{work}.retry.{tier}` with a per-message TTL and comes
+//!   back to the work queue when it expires (exponential backoff with jitter; Microsoft's
+//!   `Retry-After` honoured up to [`MAX_RETRY_AFTER`] and never past the content's expiration),
+//!   then ack; after `O365_MAX_ATTEMPTS` it is dead instead;
+//! - [`Outcome::Dead`] → a copy goes to `{work}.dead` with the code and reason in headers, then ack;
+//! - a handler that **panics** is settled as dead with code `panic` (and counted): a delivery is
+//!   never left unacked to hold a prefetch slot forever;
+//! - when the copy cannot be published (RabbitMQ trouble), the delivery is handed back to
+//!   RabbitMQ (nack + requeue) — never dropped.
+//!
+//! Retry tiers: RabbitMQ expires messages only at the head of a queue, so one retry queue would
+//! make a 5-second retry wait behind a 30-minute one; with a queue per tier, a message waits at
+//! most for the longest delay of its own tier.
+
+use crate::broker::{
+    header, header_str, json_properties, Broker, BrokerError, OutMessage, QueueSpec, Topology,
+};
+use crate::config::QueueType;
+use crate::domain::WorkItem;
+use crate::metrics::Metrics;
+use crate::notification::ContentRules;
+use crate::store::Store;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Retry tiers: (longest delay, queue suffix).
+pub const RETRY_TIERS: [(Duration, &str); 5] = [
+    (Duration::from_secs(5), "5s"),
+    (Duration::from_secs(60), "1m"),
+    (Duration::from_secs(600), "10m"),
+    (Duration::from_secs(3600), "1h"),
+    (Duration::from_secs(6 * 3600), "6h"),
+];
+
+/// The longest `Retry-After` honoured. Microsoft does not document the header; a value of years
+/// would park a blob past its 7-day retention at the head of a tier, blocking all behind it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// A retry is scheduled at least this long before the content expires at Microsoft.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// Cap of the error and reason headers (bytes).
+pub const REASON_CAP: usize = 1024;
+
+const ATTEMPT_HEADER: &str = "o365-attempt";
+/// A dead blob is remembered while Microsoft may still list it (7 days) and a day more.
+const DEAD_MARKER_TTL: Duration = Duration::from_secs(8 * 86_400);
+
+/// The retry queues of a work queue, shortest tier first.
+pub fn retry_queue_names(work: &str) -> Vec<String> {
+    RETRY_TIERS
+        .iter()
+        .map(|(_, t)| format!("{work}.retry.{t}"))
+        .collect()
+}
+
+/// The queue names derived from `O365_AMQP_WORK_QUEUE`.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub work: String,
+    /// One per entry of [`RETRY_TIERS`].
+    pub retry: Vec<String>,
+    pub dead: String,
+}
+
+impl Names {
+    pub fn new(work: &str) -> Names {
+        Names {
+            work: work.to_string(),
+            retry: retry_queue_names(work),
+            dead: format!("{work}.dead"),
+        }
+    }
+
+    /// The retry queue for a delay: the shortest tier that holds it (the longest for longer).
+    pub fn retry_queue_for(&self, delay: Duration) -> &str {
+        let i = RETRY_TIERS
+            .iter()
+            .position(|(max, _)| delay <= *max)
+            .unwrap_or(RETRY_TIERS.len() - 1);
+        &self.retry[i]
+    }
+
+    /// The exchange and queues to declare: the work queue, its retry tiers (dead-lettering
+    /// back into the work queue when a message's TTL expires) and the dead-letter queue.
+    pub fn topology(&self, exchange: &str, queue_type: QueueType) -> Topology {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(queue_type.as_str().into()),
+        );
+        let mut retry_args = args.clone();
+        retry_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        retry_args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.work.as_str().into()),
+        );
+        let mut queues = vec![QueueSpec {
+            name: self.work.clone(),
+            arguments: args.clone(),
+        }];
+        queues.extend(self.retry.iter().map(|q| QueueSpec {
+            name: q.clone(),
+            arguments: retry_args.clone(),
+        }));
+        queues.push(QueueSpec {
+            name: self.dead.clone(),
+            arguments: args,
+        });
+        Topology {
+            exchange: exchange.to_string(),
+            queues,
+        }
+    }
+}
+
+/// How failed jobs are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+/// Backoff for attempt `n` (1-based): `base·2^(n-1)` capped at `max`, with "equal jitter"
+/// (half fixed, half random) so retries of many blobs spread out; never less than `Retry-After`
+/// (itself capped at [`MAX_RETRY_AFTER`]).
+pub fn backoff(
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exp = base
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
+        .min(max);
+    let half = exp / 2;
+    let jitter = Duration::from_millis(rand::random_range(0..=half.as_millis().max(1) as u64));
+    (half + jitter).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+}
+
+/// A work item taken from the queue.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub item: WorkItem,
+    /// Failed attempts before this one (0 on the first).
+    pub attempt: u32,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Try again later; `after` is Microsoft's `Retry-After` when it sent one.
+    Retry {
+        after: Option<Duration>,
+        code: String,
+        error: String,
+    },
+    /// Will not succeed: park it in the dead-letter queue with the reason.
+    Dead {
+        code: String,
+        reason: String,
+    },
+}
+
+impl Outcome {
+    pub fn retry(after: Option<Duration>, code: impl Into<String>, error: impl ToString) -> Self {
+        Outcome::Retry {
+            after,
+            code: code.into(),
+            error: error.to_string(),
+        }
+    }
+
+    pub fn dead(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        Outcome::Dead {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub struct WorkQueue {
+    broker: Arc<Broker>,
+    store: Arc<Store>,
+    names: Names,
+    rules: ContentRules,
+    policy: RetryPolicy,
+    metrics: Arc<Metrics>,
+}
+
+impl WorkQueue {
+    pub fn new(
+        broker: Arc<Broker>,
+        store: Arc<Store>,
+        names: Names,
+        rules: ContentRules,
+        policy: RetryPolicy,
+        metrics: Arc<Metrics>,
+    ) -> WorkQueue {
+        WorkQueue {
+            broker,
+            store,
+            names,
+            rules,
+            policy,
+            metrics,
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Publishes work items to the work queue and waits for every confirm.
+    pub async fn enqueue(&self, items: &[WorkItem]) -> Result<(), BrokerError> {
+        let encoded: Vec<(Vec<u8>, lapin::BasicProperties)> =
+            items.iter().map(encode).collect::<Result<_, _>>()?;
+        let out: Vec<OutMessage<'_>> = encoded
+            .iter()
+            .map(|(body, props)| OutMessage {
+                exchange: "",
+                routing_key: &self.names.work,
+                body,
+                properties: props.clone(),
+            })
+            .collect();
+        self.broker.publish_batch(&out).await
+    }
+
+    /// Messages ready in the work queue.
+    pub async fn depth(&self) -> Result<u32, BrokerError> {
+        self.broker.queue_depth(&self.names.work).await
+    }
+
+    /// Messages in the dead-letter queue.
+    pub async fn dead_depth(&self) -> Result<u32, BrokerError> {
+        self.broker.queue_depth(&self.names.dead).await
+    }
+
+    /// Consumes the work queue with at most `concurrency` jobs at once until `shutdown`; then
+    /// lets jobs in flight finish until `drain_deadline` (those still running are left unacked,
+    /// and RabbitMQ redelivers them). Returns an error when the channel or connection failed
+    /// (the caller consumes again).
+    pub async fn consume<H, Fut>(
+        self: &Arc<Self>,
+        concurrency: usize,
+        shutdown: &CancellationToken,
+        drain_budget: Duration,
+        handler: H,
+    ) -> Result<(), BrokerError>
+    where
+        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let ch = self.broker.channel().await?;
+        ch.basic_qos(
+            concurrency.clamp(1, u16::MAX as usize) as u16,
+            BasicQosOptions::default(),
+        )
+        .await?;
+        let mut consumer = ch
+            .basic_consume(
+                self.names.work.as_str().into(),
+                format!("o365-relay-{}", uuid::Uuid::new_v4().simple()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %self.names.work, concurrency, "Consuming the work queue.");
+        let mut tasks = tokio::task::JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let queue = self.clone();
+                        let handler = handler.clone();
+                        tasks.spawn(async move { queue.run_job(delivery, &*handler).await });
+                    }
+                    Some(Err(e)) => break Err(BrokerError::Amqp(e.to_string())),
+                    None => break Err(BrokerError::Unavailable("consumer closed".into())),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        let drained = tokio::time::timeout(drain_budget, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("Blobs still in flight at shutdown are left to RabbitMQ to redeliver.");
+            tasks.abort_all();
+        }
+        let _ = ch.close(200, "bye".into()).await;
+        result
+    }
+
+    /// Decodes, runs and settles one delivery. Whatever the handler does — return, fail or
+    /// panic — the delivery ends acked (done, retried or dead) or handed back to RabbitMQ.
+    async fn run_job<H, Fut>(&self, delivery: Delivery, handler: &H)
+    where
+        H: Fn(Job) -> Fut,
+        Fut: Future<Output = Outcome>,
+    {
+        let (job, outcome) = match self.decode(&delivery) {
+            Err(reason) => (None, Outcome::dead("malformed_work_item", reason)),
+            Ok(job) => {
+                let run = std::panic::AssertUnwindSafe(handler(job.clone())).catch_unwind();
+                let outcome = run.await.unwrap_or_else(|panic| {
+                    self.metrics.job_panics.inc();
+                    Outcome::dead(
+                        "panic",
+                        format!("the worker panicked: {}", panic_message(&panic)),
+                    )
+                });
+                (Some(job), outcome)
+            }
+        };
+        let settle = std::panic::AssertUnwindSafe(self.settle(&delivery, job.as_ref(), outcome))
+            .catch_unwind();
+        if settle.await.is_err() {
+            self.metrics.job_panics.inc();
+            requeue(&delivery).await;
+        }
+    }
+
+    fn decode(&self, d: &Delivery) -> Result<Job, String> {
+        let item: WorkItem =
+            serde_json::from_slice(&d.data).map_err(|e| format!("unreadable work item: {e}"))?;
+        self.rules.recheck(&item)?;
+        let attempt = header_str(&d.properties, ATTEMPT_HEADER)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(Job { item, attempt })
+    }
+
+    async fn settle(&self, d: &Delivery, job: Option<&Job>, outcome: Outcome) {
+        match outcome {
+            Outcome::Done => ack(d).await,
+            Outcome::Retry { after, code, error } => {
+                let Some(job) = job else {
+                    return self.dead_letter(d, None, 0, &code, &error).await;
+                };
+                let attempt = job.attempt + 1;
+                if attempt >= self.policy.max_attempts {
+                    let why = format!("gave up after {attempt} attempts: {error}");
+                    return self.dead_letter(d, Some(job), attempt, &code, &why).await;
+                }
+                let mut delay = backoff(self.policy.base, self.policy.max, attempt, after);
+                if let Some(left) = job.item.expires_in() {
+                    let left = Duration::from_secs(left.max(0) as u64);
+                    if left <= EXPIRY_MARGIN {
+                        let why = format!("content expires before it can be retried: {error}");
+                        return self
+                            .dead_letter(d, Some(job), attempt, "expired", &why)
+                            .await;
+                    }
+                    delay = delay.min(left - EXPIRY_MARGIN);
+                }
+                self.retry_later(d, job, attempt, delay, &code, &error)
+                    .await
+            }
+            Outcome::Dead { code, reason } => {
+                let attempt = job.map_or(0, |j| j.attempt + 1);
+                self.dead_letter(d, job, attempt, &code, &reason).await
+            }
+        }
+    }
+
+    async fn retry_later(
+        &self,
+        d: &Delivery,
+        job: &Job,
+        attempt: u32,
+        delay: Duration,
+        code: &str,
+        error: &str,
+    ) {
+        let props = forwarded_properties(
+            d,
+            Some(job),
+            attempt,
+            &[("o365-last-error", error), ("o365-error-code", code)],
+        )
+        .with_expiration(delay.as_millis().max(1).to_string().into());
+        let msg = OutMessage {
+            exchange: "",
+            routing_key: self.names.retry_queue_for(delay),
+            body: &d.data,
+            properties: props,
+        };
+        match self.broker.publish_batch(std::slice::from_ref(&msg)).await {
+            Ok(()) => {
+                self.metrics.blobs.with_label_values(&["retried"]).inc();
+                tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, code, error = %crate::broker::capped(error, REASON_CAP), "Blob failed; retrying later.");
+                ack(d).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot park the blob for retry; handing it back to RabbitMQ.");
+                requeue(d).await;
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        d: &Delivery,
+        job: Option<&Job>,
+        attempt: u32,
+        code: &str,
+        reason: &str,
+    ) {
+        let now = chrono::Utc::now().to_rfc3339();
+        let props = forwarded_properties(
+            d,
+            job,
+            attempt,
+            &[
+                ("o365-dead-reason", reason),
+                ("o365-error-code", code),
+                ("o365-dead-at", &now),
+            ],
+        );
+        let msg = OutMessage {
+            exchange: "",
+            routing_key: &self.names.dead,
+            body: &d.data,
+            properties: props,
+        };
+        match self.broker.publish_batch(std::slice::from_ref(&msg)).await {
+            Ok(()) => {
+                self.metrics.blobs.with_label_values(&["dead"]).inc();
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[code_label(code)])
+                    .inc();
+                tracing::error!(
+                    content_id = job.map(|j| j.item.content_id.as_str()).unwrap_or(""),
+                    code = %crate::broker::capped(code, 64),
+                    reason = %crate::broker::capped(reason, REASON_CAP),
+                    "Blob sent to the dead-letter queue."
+                );
+                if let Some(job) = job {
+                    let ttl = job
+                        .item
+                        .expires_in()
+                        .map_or(DEAD_MARKER_TTL, |s| {
+                            Duration::from_secs(s.max(0) as u64) + Duration::from_secs(86_400)
+                        })
+                        .min(DEAD_MARKER_TTL);
+                    let _ = self
+                        .store
+                        .mark_dead(&job.item.tenant_id, &job.item.content_id, ttl)
+                        .await;
+                }
+                ack(d).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot dead-letter the blob; handing it back to RabbitMQ.");
+                requeue(d).await;
+            }
+        }
+    }
+}
+
+/// A work item's message: its JSON, persistent, `message_id` = content id (at most 255 bytes,
+/// checked by [`crate::domain::ContentId`]), headers naming tenant, content type and source.
+pub fn encode(item: &WorkItem) -> Result<(Vec<u8>, lapin::BasicProperties), BrokerError> {
+    let body = serde_json::to_vec(item).map_err(|e| BrokerError::Amqp(e.to_string()))?;
+    let mut headers = FieldTable::default();
+    for (k, v) in item.header_pairs() {
+        header(&mut headers, k, v, REASON_CAP);
+    }
+    header(
+        &mut headers,
+        "o365-source",
+        item.source.as_str(),
+        REASON_CAP,
+    );
+    Ok((
+        body,
+        json_properties(item.content_id.as_str()).with_headers(headers),
+    ))
+}
+
+/// Properties of a retry or dead-letter copy: rebuilt from what the relay knows (never the
+/// delivery's whole headers table, which could be anything and overflow a frame), the attempt
+/// count, and `extra` headers, each capped at [`REASON_CAP`].
+fn forwarded_properties(
+    d: &Delivery,
+    job: Option<&Job>,
+    attempt: u32,
+    extra: &[(&'static str, &str)],
+) -> lapin::BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(job) = job {
+        for (k, v) in job.item.header_pairs() {
+            header(&mut headers, k, v, REASON_CAP);
+        }
+        header(
+            &mut headers,
+            "o365-source",
+            job.item.source.as_str(),
+            REASON_CAP,
+        );
+    }
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
+    for (k, v) in extra {
+        header(&mut headers, k, v, REASON_CAP);
+    }
+    let id = job
+        .map(|j| j.item.content_id.as_str().to_string())
+        .or_else(|| d.properties.message_id().as_ref().map(|s| s.to_string()))
+        .unwrap_or_default();
+    json_properties(&id).with_headers(headers)
+}
+
+async fn ack(d: &Delivery) {
+    if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "Ack failed; RabbitMQ will redeliver the blob (it is de-duplicated).");
+    }
+}
+
+/// Hands the message back to RabbitMQ for redelivery (only when it cannot be parked in the
+/// retry or dead queue).
+async fn requeue(d: &Delivery) {
+    let _ = d
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    crate::broker::capped(&text, 512).into_owned()
+}
+
+/// Bounded label values for the dead-letter metric.
+fn code_label(code: &str) -> &'static str {
+    match code {
+        "AF20050" => "AF20050",
+        "AF20051" | "expired" => "AF20051",
+        "AF20052" => "AF20052",
+        "AF10001" => "AF10001",
+        "AF20010" | "AF20011" | "AF20012" | "AF20013" => "tenant",
+        "AF429" => "AF429",
+        "tenant_not_served" => "tenant_not_served",
+        "malformed_work_item" => "malformed_work_item",
+        "truncated" | "malformed_content" | "malformed_record" => "malformed_content",
+        "token" => "token",
+        "panic" => "panic",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_go_to_the_shortest_tier_that_holds_their_delay() {
+        let names = Names::new("w");
+        assert_eq!(
+            names.retry_queue_for(Duration::from_millis(200)),
+            "w.retry.5s"
+        );
+        assert_eq!(names.retry_queue_for(Duration::from_secs(5)), "w.retry.5s");
+        assert_eq!(names.retry_queue_for(Duration::from_secs(6)), "w.retry.1m");
+        assert_eq!(
+            names.retry_queue_for(Duration::from_secs(1800)),
+            "w.retry.1h"
+        );
+        assert_eq!(
+            names.retry_queue_for(Duration::from_secs(86_400)),
+            "w.retry.6h"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after_up_to_an_hour() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(600);
+        for attempt in 1..=12 {
+            let d = backoff(base, max, attempt, None);
+            let exp = (base * 2u32.pow(attempt - 1)).min(max);
+            assert!(
+                d >= exp / 2 && d <= exp,
+                "attempt {attempt}: {d:?} not in [{:?}, {exp:?}]",
+                exp / 2
+            );
+        }
+        assert!(backoff(base, max, 1, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
+        let absurd = backoff(base, max, 1, Some(Duration::from_secs(100_000_000)));
+        assert_eq!(absurd, MAX_RETRY_AFTER);
+    }
+}

@@ -1068,3 +1068,535 @@ async fn control_api() {
     assert_eq!(subs, json!([]));
     sim.stop().await;
 }
+
+// ------------------------------------------------------------------------------------------
+// Hostile upstream
+// ------------------------------------------------------------------------------------------
+
+/// GET with bearer + PublisherIdentifier; returns (status, headers, body bytes).
+async fn mgmt_get_bytes(url: &str, token: &str) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
+    let r = http()
+        .get(url)
+        .bearer_auth(token)
+        .query(&[("PublisherIdentifier", TENANT_A)])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap())
+}
+
+/// `len` bytes of `[A-Za-z0-9$]`, with a `$` every 13 bytes like Microsoft's separators.
+fn long_content_id(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|i| {
+            if i % 13 == 12 {
+                '$'
+            } else {
+                char::from(ALPHABET[i * 7 % ALPHABET.len()])
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drip_fed_content_arrives_slowly_but_whole() {
+    let sim = sim_with(config(None)).await;
+    let token = bearer(&sim, TENANT_A).await;
+    let body =
+        o365_relay::sim::hostile::blob_body(&[o365_relay::sim::hostile::record_with_huge_field(
+            TENANT_A,
+            "Operation",
+            500,
+        )
+        .into_bytes()]);
+    let blob = sim
+        .publish_body(TENANT_A, "Audit.General", body.clone(), None)
+        .await;
+    let interval = Duration::from_millis(30);
+    let chunks_expected = body.len().div_ceil(256);
+    assert!(chunks_expected >= 4, "body of {} bytes", body.len());
+    sim.push_fault(Fault::DripFeed {
+        chunk: 256,
+        interval,
+    });
+    let t0 = std::time::Instant::now();
+    let mut r = http()
+        .get(&blob.content_uri)
+        .bearer_auth(&token)
+        .query(&[("PublisherIdentifier", TENANT_A)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.content_length(), Some(body.len() as u64));
+    let mut got = Vec::new();
+    let mut reads = 0;
+    let mut longest_gap = Duration::ZERO;
+    let mut last = std::time::Instant::now();
+    while let Some(c) = r.chunk().await.unwrap() {
+        longest_gap = longest_gap.max(last.elapsed());
+        last = std::time::Instant::now();
+        reads += 1;
+        got.extend_from_slice(&c);
+    }
+    assert_eq!(got, body, "the drip-fed body is the whole body");
+    assert!(
+        t0.elapsed() >= interval * (chunks_expected as u32 - 1),
+        "{:?} for {chunks_expected} chunks",
+        t0.elapsed()
+    );
+    assert!(reads >= 2, "arrived in pieces ({reads} reads)");
+    // Each piece comes well before any sensible per-read timeout.
+    assert!(longest_gap < Duration::from_secs(1), "{longest_gap:?}");
+    // The fault was consumed: the next GET is whole and quick.
+    let (s, _, b) = mgmt_get_bytes(&blob.content_uri, &token).await;
+    assert_eq!((s, b.as_ref()), (200, body.as_slice()));
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_fault_sends_the_absurd_header() {
+    let sim = sim_with(config(None)).await;
+    let token = bearer(&sim, TENANT_A).await;
+    let blob = sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(2))
+        .await
+        .remove(0);
+    sim.push_fault(Fault::RetryAfter {
+        status: 429,
+        secs: 100_000_000,
+    });
+    sim.push_fault(Fault::RetryAfter {
+        status: 403,
+        secs: 0,
+    });
+    let (s, h, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!((s, af_code(&b).as_str()), (429, "AF429"));
+    assert_eq!(h["retry-after"], "100000000");
+    let (s, h, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!((s, af_code(&b).as_str()), (403, "AF429"));
+    assert_eq!(h["retry-after"], "0");
+    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!(s, 200);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_error_message_is_served() {
+    let sim = sim_with(config(None)).await;
+    let token = bearer(&sim, TENANT_A).await;
+    let blob = sim
+        .publish(TENANT_A, "Audit.SharePoint", 1, Some(2))
+        .await
+        .remove(0);
+    sim.push_fault(Fault::HugeError {
+        status: 500,
+        code: "AF50000".into(),
+        message_bytes: 65_536,
+    });
+    // A code that needs escaping still yields valid JSON.
+    sim.push_fault(Fault::HugeError {
+        status: 400,
+        code: "AF\"20050\n".into(),
+        message_bytes: 0,
+    });
+    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!(s, 500);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["error"]["code"], "AF50000");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert_eq!(message.len(), 65_536);
+    assert!(message.starts_with("An internal error occurred."));
+    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!(s, 400);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["error"], json!({"code": "AF\"20050\n", "message": ""}));
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_fault_hits_only_its_content_id() {
+    let sim = sim_with(config(None)).await;
+    let token = bearer(&sim, TENANT_A).await;
+    let blobs = sim.publish(TENANT_A, "Audit.Exchange", 2, Some(2)).await;
+    let (bad, good) = (&blobs[0], &blobs[1]);
+    sim.fault_for(&bad.content_id, Fault::ServerError);
+    sim.push_fault(Fault::Throttle429);
+    // The sticky id answers its fault every time and leaves the pushed one alone...
+    for _ in 0..3 {
+        let (s, _, b) = mgmt_get(&bad.content_uri, &token).await;
+        assert_eq!((s, af_code(&b).as_str()), (500, "AF50000"));
+    }
+    // ...which the next GET of another blob takes; after it that blob is fine.
+    let (s, _, b) = mgmt_get(&good.content_uri, &token).await;
+    assert_eq!((s, af_code(&b).as_str()), (429, "AF429"));
+    let (s, _, _) = mgmt_get(&good.content_uri, &token).await;
+    assert_eq!(s, 200);
+    // Random faults do not reach a sticky id either.
+    sim.set_faults(Faults {
+        throttle_403: 1.0,
+        ..Faults::default()
+    });
+    sim.fault_for(&bad.content_id, Fault::Expired);
+    let (s, _, b) = mgmt_get(&bad.content_uri, &token).await;
+    assert_eq!((s, af_code(&b).as_str()), (400, "AF20051"));
+    sim.set_faults(Faults::default());
+    // The old variants work sticky too: a body that always breaks halfway.
+    sim.fault_for(&bad.content_id, Fault::Truncate);
+    for _ in 0..2 {
+        let r = http()
+            .get(&bad.content_uri)
+            .bearer_auth(&token)
+            .query(&[("PublisherIdentifier", TENANT_A)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.bytes().await.is_err(), "truncated body must fail");
+    }
+    // The new ones too.
+    sim.fault_for(
+        &bad.content_id,
+        Fault::RetryAfter {
+            status: 429,
+            secs: 7,
+        },
+    );
+    let (s, h, _) = mgmt_get(&bad.content_uri, &token).await;
+    assert_eq!((s, h["retry-after"].to_str().unwrap()), (429, "7"));
+    assert!(sim.clear_fault_for(&bad.content_id));
+    assert!(!sim.clear_fault_for(&bad.content_id));
+    let (s, _, b) = mgmt_get(&bad.content_uri, &token).await;
+    assert_eq!(s, 200);
+    assert!(b.contains(&bad.records[0]));
+    assert_eq!(sim.content_gets_for(&bad.content_id), 8);
+    assert!(
+        sim.rejected_requests().is_empty(),
+        "{:?}",
+        sim.rejected_requests()
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_content_id_is_listed_notified_and_served() {
+    let sim = sim_with(config(None)).await;
+    let token = bearer(&sim, TENANT_A).await;
+    let (hook, got) = webhook_receiver(200).await;
+    let (status, _) = start_sub(
+        &sim,
+        TENANT_A,
+        &token,
+        "Audit.General",
+        Some(json!({"webhook": {"address": hook, "authId": "x"}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = long_content_id(300);
+    assert_eq!(id.len(), 300);
+    let records = o365_relay::sim::hostile::duplicate_id_records(TENANT_A, 2);
+    let blob = sim
+        .publish_raw_with_id(TENANT_A, "Audit.General", id.clone(), records.clone())
+        .await;
+    assert_eq!(blob.content_id, id);
+    assert_eq!(
+        blob.content_uri,
+        feed(&sim, TENANT_A, &format!("audit/{id}"))
+    );
+    // Notified as given.
+    assert!(wait_for(|| sim.notifications_delivered() == 1).await);
+    let n: Vec<Value> = serde_json::from_str(&got.lock().unwrap()[1].body).unwrap();
+    assert_eq!(n[0]["contentId"], id.as_str());
+    assert_eq!(n[0]["contentUri"], blob.content_uri.as_str());
+    // Listed as given.
+    let (s, _, b) = mgmt_get(
+        &feed(
+            &sim,
+            TENANT_A,
+            "subscriptions/content?contentType=Audit.General",
+        ),
+        &token,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let listed: Vec<Value> = serde_json::from_str(&b).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["contentId"], id.as_str());
+    assert_eq!(listed[0]["contentUri"], blob.content_uri.as_str());
+    // Served.
+    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains(&records[0]) && b.contains(&records[1]));
+    // Beyond the simulator's own bound: listed, but its GET is refused like a bad id.
+    let too_long = long_content_id(1025);
+    let blob = sim
+        .publish_raw_with_id(TENANT_A, "Audit.General", too_long, records)
+        .await;
+    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!((s, af_code(&b).as_str()), (400, "AF20052"));
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_body_is_served_byte_exact_even_when_not_utf8() {
+    use o365_relay::sim::hostile;
+    let sim = sim_with(config(None)).await;
+    let token = bearer(&sim, TENANT_A).await;
+    let good = hostile::record_with_long_id(TENANT_A, 36);
+    let bad = hostile::record_with_invalid_utf8(TENANT_A);
+    let body = hostile::blob_body(&[good.clone().into_bytes(), bad.clone()]);
+    assert!(std::str::from_utf8(&body).is_err());
+    let blob = sim
+        .publish_body(TENANT_A, "Audit.Exchange", body.clone(), None)
+        .await;
+    let (s, h, b) = mgmt_get_bytes(&blob.content_uri, &token).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-length"], body.len().to_string().as_str());
+    assert_eq!(b.as_ref(), body.as_slice());
+    // Best-effort records: both Ids are known, the bad record only lossily.
+    assert_eq!(blob.records.len(), 2);
+    assert_eq!(blob.records[0], good);
+    let good_id = serde_json::from_str::<Value>(&good).unwrap()["Id"].clone();
+    assert_eq!(blob.record_ids[0], good_id.as_str().unwrap());
+    assert_eq!(blob.record_ids[1].len(), 36);
+    // Not an array, not JSON, empty: served as given, under the id asked for.
+    for (i, body) in [
+        b"{\"value\":[]}".to_vec(),
+        vec![0xFF, 0xFE, 0x00, b'[', 0x80],
+        Vec::new(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("{i}$hostile$body");
+        let blob = sim
+            .publish_body(TENANT_A, "Audit.Exchange", body.clone(), Some(id.clone()))
+            .await;
+        assert_eq!(blob.content_id, id);
+        assert!(blob.records.is_empty() && blob.record_ids.is_empty());
+        let (s, _, b) = mgmt_get_bytes(&blob.content_uri, &token).await;
+        assert_eq!((s, b.as_ref()), (200, body.as_slice()));
+    }
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_record_makers_build_what_they_promise() {
+    use o365_relay::sim::hostile;
+    let common = [
+        "CreationTime",
+        "Id",
+        "Operation",
+        "OrganizationId",
+        "RecordType",
+        "UserKey",
+        "UserType",
+        "Workload",
+        "UserId",
+    ];
+    let is_guid = |v: &Value| uuid::Uuid::try_parse(v.as_str().unwrap()).is_ok();
+
+    for len in [0, 36, 300, 5000] {
+        let r: Value = serde_json::from_str(&hostile::record_with_long_id(TENANT_A, len)).unwrap();
+        assert_eq!(r["Id"].as_str().unwrap().len(), len);
+        for k in common {
+            assert!(r.get(k).is_some(), "{k} missing");
+        }
+        assert_eq!(r["OrganizationId"], TENANT_A);
+    }
+
+    for field in ["Operation", "Workload", "BrandNewField"] {
+        let text = hostile::record_with_huge_field(TENANT_A, field, 100_000);
+        let r: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(r[field].as_str().unwrap().len(), 100_000, "{field}");
+        assert!(is_guid(&r["Id"]));
+        for k in common {
+            assert!(r.get(k).is_some(), "{k} missing");
+        }
+        // The field is replaced, not repeated.
+        assert_eq!(text.matches(&format!("\"{field}\":")).count(), 1);
+    }
+
+    let bad = hostile::record_with_invalid_utf8(TENANT_A);
+    assert!(std::str::from_utf8(&bad).is_err());
+    assert!(serde_json::from_slice::<Value>(&bad).is_err());
+    let lossy: Value = serde_json::from_str(&String::from_utf8_lossy(&bad)).unwrap();
+    assert!(is_guid(&lossy["Id"]));
+    assert!(lossy["UserId"].as_str().unwrap().contains('\u{FFFD}'));
+
+    let dups = hostile::duplicate_id_records(TENANT_A, 5);
+    assert_eq!(dups.len(), 5);
+    let ids: HashSet<String> = dups
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(r).unwrap()["Id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        dups.iter().collect::<HashSet<_>>().len(),
+        5,
+        "otherwise different"
+    );
+
+    let body = hostile::blob_body(&[b"{\"a\":1}".to_vec(), b"{}".to_vec()]);
+    assert_eq!(body, b"[{\"a\":1},{}]");
+    assert_eq!(hostile::blob_body(&[]), b"[]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_have_a_json_shape_and_nonsense_is_refused() {
+    let cases = [
+        (Fault::Throttle429, json!({"kind": "throttle429"})),
+        (Fault::ServerError, json!({"kind": "server_error"})),
+        (
+            Fault::Slow(Duration::from_millis(300)),
+            json!({"kind": "slow", "ms": 300}),
+        ),
+        (
+            Fault::DripFeed {
+                chunk: 64,
+                interval: Duration::from_millis(50),
+            },
+            json!({"kind": "drip_feed", "chunk": 64, "interval_ms": 50}),
+        ),
+        (
+            Fault::RetryAfter {
+                status: 429,
+                secs: 100_000_000,
+            },
+            json!({"kind": "retry_after", "status": 429, "secs": 100_000_000}),
+        ),
+        (
+            Fault::HugeError {
+                status: 500,
+                code: "AF50000".into(),
+                message_bytes: 65_536,
+            },
+            json!({"kind": "huge_error", "status": 500, "code": "AF50000", "message_bytes": 65_536}),
+        ),
+    ];
+    for (fault, wire) in cases {
+        assert_eq!(serde_json::to_value(&fault).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<Fault>(wire).unwrap(), fault);
+    }
+    for nonsense in [
+        json!({"kind": "drip_feed", "chunk": 0, "interval_ms": 50}),
+        json!({"kind": "retry_after", "status": 42, "secs": 1}),
+        json!({"kind": "retry_after", "status": 204, "secs": 1}),
+        json!({"kind": "huge_error", "status": 500, "code": "X", "message_bytes": 1u64 << 40}),
+        json!({"kind": "slow", "ms": 1, "extra": true}),
+        json!({"kind": "meteor_strike"}),
+        json!({"ms": 1}),
+    ] {
+        assert!(
+            serde_json::from_value::<Fault>(nonsense.clone()).is_err(),
+            "{nonsense}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_serves_raw_bodies_and_sets_faults() {
+    let sim = sim_with(config(None)).await;
+    let token = bearer(&sim, TENANT_A).await;
+    let control = |path: &str| format!("{}/sim/{path}", sim.url());
+    let body = vec![b'[', 0xFF, b']'];
+    let id = long_content_id(300);
+    let r = http()
+        .post(control("publish-body"))
+        .json(&json!({
+            "tenant": TENANT_A,
+            "contentType": "Audit.SharePoint",
+            "contentId": id,
+            "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&body),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let blob: o365_relay::sim::SimBlob = r.json().await.unwrap();
+    assert_eq!(blob.content_id, id);
+    let (s, _, b) = mgmt_get_bytes(&blob.content_uri, &token).await;
+    assert_eq!((s, b.as_ref()), (200, body.as_slice()));
+    // A multi-MiB body fits the route's own limit (above the control API's 1 MiB).
+    let big = vec![b' '; 3 * 1024 * 1024];
+    let r = http()
+        .post(control("publish-body"))
+        .json(&json!({
+            "contentType": "Audit.SharePoint",
+            "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&big),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Where a body goes is checked even though the body is not.
+    for bad in [
+        json!({"contentType": "Audit.Nope", "bodyBase64": ""}),
+        json!({"tenant": "00000000-0000-0000-0000-000000000000", "contentType": "Audit.SharePoint", "bodyBase64": ""}),
+        json!({"contentType": "Audit.SharePoint", "bodyBase64": "not base64!"}),
+        json!({"contentType": "Audit.SharePoint", "contentId": "", "bodyBase64": ""}),
+        json!({"contentType": "Audit.SharePoint"}),
+    ] {
+        let r = http()
+            .post(control("publish-body"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+    }
+    // Sticky over HTTP, then cleared.
+    let r = http()
+        .post(control("fault-for"))
+        .json(&json!({"contentId": id, "fault": {"kind": "huge_error", "status": 503, "code": "AF50005", "message_bytes": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!((s, af_code(&b).as_str()), (503, "AF50005"));
+    let r = http()
+        .delete(control(&format!("fault-for/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = http()
+        .delete(control(&format!("fault-for/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Pushed over HTTP.
+    let r = http()
+        .post(control("push-fault"))
+        .json(&json!({"fault": {"kind": "retry_after", "status": 403, "secs": 100000000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (s, h, b) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!((s, af_code(&b).as_str()), (403, "AF429"));
+    assert_eq!(h["retry-after"], "100000000");
+    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!(s, 200);
+    // A nonsensical fault is refused, not stored.
+    let r = http()
+        .post(control("push-fault"))
+        .json(&json!({"fault": {"kind": "drip_feed", "chunk": 0, "interval_ms": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
+    assert_eq!(s, 200);
+    sim.stop().await;
+}

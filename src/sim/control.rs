@@ -4,19 +4,41 @@
 //! - `POST /sim/expire` `{"contentId"}` → 204
 //! - `GET /sim/stats` → counters
 //! - `GET /sim/subscriptions/{tenant}` → `[SimSubscription]`
+//! - `POST /sim/publish-body` `{"tenant"?,"contentType","contentId"?,"bodyBase64"}` → `SimBlob`
+//!   (the body is served byte-exactly; see `Simulator::publish_body`)
+//! - `POST /sim/push-fault` `{"fault": Fault}` → 204 (the next content GET)
+//! - `POST /sim/fault-for` `{"contentId","fault": Fault}` → 204 (every GET of that id)
+//! - `DELETE /sim/fault-for/{contentId}` → 204, or 404 when that id had no sticky fault
+//!
+//! `Fault` JSON: see [`Fault`](super::Fault), e.g.
+//! `{"kind":"drip_feed","chunk":64,"interval_ms":50}`.
 
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Faults, Inner};
+use super::{Fault, Faults, Inner, CONTENT_TYPES};
+
+/// JSON limit of the control API.
+const JSON_LIMIT: usize = 1024 * 1024;
+/// JSON limit of `publish-body` only: its base64 body may hold a multi-MiB blob.
+const BODY_JSON_LIMIT: usize = 16 * 1024 * 1024;
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/sim")
-            .app_data(web::JsonConfig::default().limit(1024 * 1024))
+            .app_data(web::JsonConfig::default().limit(JSON_LIMIT))
+            .service(
+                web::resource("/publish-body")
+                    .app_data(web::JsonConfig::default().limit(BODY_JSON_LIMIT))
+                    .route(web::post().to(publish_body)),
+            )
+            .route("/push-fault", web::post().to(push_fault))
+            .route("/fault-for", web::post().to(fault_for))
+            .route("/fault-for/{content_id}", web::delete().to(clear_fault_for))
             .route("/publish", web::post().to(publish))
             .route("/faults", web::post().to(set_faults))
             .route("/expire", web::post().to(expire))
@@ -50,6 +72,80 @@ async fn publish(inner: web::Data<Inner>, req: web::Json<PublishReq>) -> HttpRes
     let inner = inner.into_inner();
     let out = super::records::publish(&inner, &tenant, &req.content_type, blobs, req.records);
     HttpResponse::Ok().json(out)
+}
+
+fn bad_request(message: impl Into<String>) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": message.into()}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PublishBodyReq {
+    tenant: Option<String>,
+    content_type: String,
+    content_id: Option<String>,
+    body_base64: String,
+}
+
+async fn publish_body(inner: web::Data<Inner>, req: web::Json<PublishBodyReq>) -> HttpResponse {
+    let req = req.into_inner();
+    let tenant = req
+        .tenant
+        .or_else(|| inner.config.tenants.first().cloned())
+        .unwrap_or_default();
+    // The body may be hostile; where it goes must not be, or the test proves nothing.
+    if !inner.tenant_known(&tenant) {
+        return bad_request(format!("unknown tenant '{tenant}'"));
+    }
+    if !CONTENT_TYPES.contains(&req.content_type.as_str()) {
+        return bad_request(format!("unknown content type '{}'", req.content_type));
+    }
+    if req.content_id.as_deref() == Some("") {
+        return bad_request("contentId must not be empty");
+    }
+    let body = match base64::engine::general_purpose::STANDARD.decode(req.body_base64.as_bytes()) {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("bodyBase64 is not standard base64: {e}")),
+    };
+    let inner = inner.into_inner();
+    let blob =
+        super::records::publish_body(&inner, &tenant, &req.content_type, body, req.content_id);
+    HttpResponse::Ok().json(blob)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushFaultReq {
+    fault: Fault,
+}
+
+async fn push_fault(inner: web::Data<Inner>, req: web::Json<PushFaultReq>) -> HttpResponse {
+    inner.state().pushed.push_back(req.into_inner().fault);
+    HttpResponse::NoContent().finish()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FaultForReq {
+    content_id: String,
+    fault: Fault,
+}
+
+async fn fault_for(inner: web::Data<Inner>, req: web::Json<FaultForReq>) -> HttpResponse {
+    let req = req.into_inner();
+    if req.content_id.is_empty() {
+        return bad_request("contentId must not be empty");
+    }
+    inner.state().sticky.insert(req.content_id, req.fault);
+    HttpResponse::NoContent().finish()
+}
+
+async fn clear_fault_for(inner: web::Data<Inner>, path: web::Path<String>) -> HttpResponse {
+    if inner.state().sticky.remove(path.as_str()).is_some() {
+        HttpResponse::NoContent().finish()
+    } else {
+        HttpResponse::NotFound().json(json!({"error": "no sticky fault for that contentId"}))
+    }
 }
 
 async fn set_faults(inner: web::Data<Inner>, faults: web::Json<Faults>) -> HttpResponse {

@@ -55,9 +55,14 @@ fn unauthorized() -> HttpResponse {
 }
 
 fn throttled(status: StatusCode, retry_after: bool) -> HttpResponse {
+    throttled_for(status, retry_after.then_some(1))
+}
+
+/// AF429 with `Retry-After: {secs}` verbatim when given (absurd values included).
+fn throttled_for(status: StatusCode, retry_after_secs: Option<u64>) -> HttpResponse {
     let mut b = HttpResponse::build(status);
-    if retry_after {
-        b.insert_header((header::RETRY_AFTER, "1"));
+    if let Some(secs) = retry_after_secs {
+        b.insert_header((header::RETRY_AFTER, secs.to_string()));
     }
     b.json(json!({"error": {"code": "AF429", "message": "Too many requests. Method=GetBlob, PublisherId=00000000-0000-0000-0000-000000000000"}}))
 }
@@ -633,10 +638,11 @@ async fn content_list(
 // Content retrieval
 // ------------------------------------------------------------------------------------------
 
-/// A syntactically plausible content id: Microsoft's ids are `$`-separated alphanumerics.
+/// A syntactically plausible content id: Microsoft's ids are `$`-separated alphanumerics. Real
+/// ids are ~100 bytes; the bound is generous so hostile tests can serve over-long ids.
 fn content_id_ok(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 512
+        && id.len() <= 1024
         && id.contains('$')
         && id
             .bytes()
@@ -660,22 +666,36 @@ async fn get_content(
     if let Err(r) = precheck(&inner, &req, &tenant, &what, false) {
         return r;
     }
-    // Faults: pushed (deterministic) first, then random ones.
-    let (pushed, faults) = {
+    // Faults: sticky (this id) first, then pushed (deterministic), then random ones. A sticky
+    // id must not eat pushed faults meant for the other blobs.
+    let (fault, faults) = {
         let mut st = inner.state();
-        (st.pushed.pop_front(), st.faults.clone())
+        let fault = match st.sticky.get(&content_id) {
+            Some(f) => Some(f.clone()),
+            None => st.pushed.pop_front(),
+        };
+        (fault, st.faults.clone())
     };
-    let mut truncate = false;
-    match pushed {
+    let mut delivery = Delivery::Whole;
+    match fault {
         Some(Fault::Throttle429) => {
             return throttled(StatusCode::TOO_MANY_REQUESTS, faults.retry_after)
         }
         Some(Fault::Throttle403) => return throttled(StatusCode::FORBIDDEN, false),
         Some(Fault::ServerError) => return server_error(),
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
-        Some(Fault::Truncate) => truncate = true,
+        Some(Fault::Truncate) => delivery = Delivery::Truncate,
         Some(Fault::Expired) => return expired(),
         Some(Fault::Unauthorized) => return unauthorized(),
+        Some(Fault::DripFeed { chunk, interval }) => delivery = Delivery::Drip { chunk, interval },
+        Some(Fault::RetryAfter { status, secs }) => {
+            return throttled_for(fault_status_or_500(status), Some(secs))
+        }
+        Some(Fault::HugeError {
+            status,
+            code,
+            message_bytes,
+        }) => return huge_error(status, &code, message_bytes),
         None => {
             if roll(faults.slow) {
                 tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
@@ -689,7 +709,9 @@ async fn get_content(
             if roll(faults.server_error) {
                 return server_error();
             }
-            truncate = roll(faults.truncate);
+            if roll(faults.truncate) {
+                delivery = Delivery::Truncate;
+            }
         }
     }
     if !content_id_ok(&content_id) {
@@ -722,12 +744,65 @@ async fn get_content(
         Some((true, _)) => return expired(),
         Some((false, body)) => body,
     };
-    if truncate {
-        return truncated(body);
+    match delivery {
+        Delivery::Whole => HttpResponse::Ok()
+            .content_type("application/json; charset=utf-8")
+            .body(body),
+        Delivery::Truncate => truncated(body),
+        Delivery::Drip { chunk, interval } => drip_fed(body, chunk, interval),
     }
+}
+
+/// How a content body that is served at all goes out.
+enum Delivery {
+    Whole,
+    Truncate,
+    Drip { chunk: usize, interval: Duration },
+}
+
+/// The status of an error-shaped fault; one that cannot carry the error body becomes 500 so
+/// that a careless test gets an error answer rather than a malformed response.
+fn fault_status_or_500(status: u16) -> StatusCode {
+    super::fault_status(status).unwrap_or_else(|| {
+        tracing::warn!(target: "o365_sim", "fault status {status} cannot carry a body; answering 500");
+        StatusCode::INTERNAL_SERVER_ERROR
+    })
+}
+
+/// An AF error whose message is exactly `message_bytes` bytes (ASCII, so no escaping changes
+/// the count).
+fn huge_error(status: u16, code: &str, message_bytes: usize) -> HttpResponse {
+    const TEXT: &[u8] = b"An internal error occurred. Retry the request. ";
+    let message: String = TEXT
+        .iter()
+        .cycle()
+        .take(message_bytes)
+        .map(|&b| char::from(b))
+        .collect();
+    af(fault_status_or_500(status), code, &message)
+}
+
+/// 200 with a Content-Length of the full body, sent `chunk` bytes at a time with `interval`
+/// between chunks: every read is quick, the whole is slow.
+fn drip_fed(body: bytes::Bytes, chunk: usize, interval: Duration) -> HttpResponse {
+    let total = body.len() as u64;
+    let chunk = chunk.max(1);
+    let stream = futures_util::stream::unfold((body, true), move |(rest, first)| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        if !first {
+            tokio::time::sleep(interval).await;
+        }
+        let n = chunk.min(rest.len());
+        Some((
+            Ok::<_, std::io::Error>(rest.slice(..n)),
+            (rest.slice(n..), false),
+        ))
+    });
     HttpResponse::Ok()
         .content_type("application/json; charset=utf-8")
-        .body(body)
+        .body(SizedStream::new(total, Box::pin(stream)))
 }
 
 fn expired() -> HttpResponse {

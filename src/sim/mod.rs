@@ -10,6 +10,7 @@
 //! - `entra`: `/{tenant}/oauth2/token`, `/common/oauth2/authorize`, `/common/oauth2/token`;
 //! - `management`: `/api/v1.0/{tenant}/activity/feed/...`;
 //! - `records`: realistic audit records and Microsoft-shaped content ids;
+//! - [`hostile`]: records and bodies that break Microsoft's shapes, for hostile-upstream tests;
 //! - `webhook_delivery`: validation requests and notification delivery with retries;
 //! - `control`: `/sim/...` JSON control API for a standalone simulator.
 //!
@@ -17,6 +18,7 @@
 
 mod control;
 mod entra;
+pub mod hostile;
 mod management;
 mod records;
 mod webhook_delivery;
@@ -106,8 +108,11 @@ pub struct SimBlob {
     pub content_created: String,
     /// created + 7 days
     pub content_expiration: String,
-    /// The exact bytes of each record as served in the body.
+    /// The exact bytes of each record as served in the body. For a blob made by
+    /// [`Simulator::publish_body`] this is best effort: the elements of the body when it is a
+    /// JSON array (decoded lossily when the body is not UTF-8), else empty.
     pub records: Vec<String>,
+    /// Each record's `Id` ("" when a record has no string `Id`); best effort like `records`.
     pub record_ids: Vec<String>,
 }
 
@@ -151,16 +156,166 @@ pub struct Faults {
     pub apply_to_listing: bool,
 }
 
-/// A deterministic fault for the next content GET (see [`Simulator::push_fault`]).
-#[derive(Clone, Debug)]
+/// A deterministic fault for a content GET: the next one ([`Simulator::push_fault`]) or every
+/// one of a content id ([`Simulator::fault_for`]).
+///
+/// Over the control API a fault is JSON tagged by `kind`, durations in milliseconds:
+/// `{"kind":"throttle429"}`, `{"kind":"slow","ms":300}`,
+/// `{"kind":"drip_feed","chunk":64,"interval_ms":50}`,
+/// `{"kind":"retry_after","status":429,"secs":100000000}`,
+/// `{"kind":"huge_error","status":500,"code":"AF50000","message_bytes":65536}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "FaultWire", into = "FaultWire")]
 pub enum Fault {
+    /// 429 AF429 (`Retry-After: 1` when [`Faults::retry_after`] is set).
+    Throttle429,
+    /// 403 AF429.
+    Throttle403,
+    /// 500 AF50000.
+    ServerError,
+    /// Wait, then answer normally.
+    Slow(Duration),
+    /// 200, half the body, then the connection breaks.
+    Truncate,
+    /// 400 AF20051.
+    Expired,
+    /// 401 AF401.
+    Unauthorized,
+    /// 200 and the whole body, `chunk` bytes at a time with `interval` between chunks: a
+    /// slowloris upstream whose every read is quick but whose body takes long. A `chunk` of 0
+    /// is served as 1.
+    DripFeed { chunk: usize, interval: Duration },
+    /// AF429 with HTTP `status` (Microsoft uses 429 and 403) and `Retry-After: {secs}`, however
+    /// absurd. A `status` outside 200..=599 (or one that has no body) is served as 500.
+    RetryAfter { status: u16, secs: u64 },
+    /// `{"error":{"code": code,"message": <message_bytes bytes of ASCII text>}}` with HTTP
+    /// `status` (same status rule as `RetryAfter`).
+    HugeError {
+        status: u16,
+        code: String,
+        message_bytes: usize,
+    },
+}
+
+/// Most bytes of a `HugeError` message accepted over the control API (the Rust API is
+/// trusted with any size).
+const MAX_WIRE_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// [`Fault`] as the control API spells it.
+#[derive(Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum FaultWire {
     Throttle429,
     Throttle403,
     ServerError,
-    Slow(Duration),
+    Slow {
+        ms: u64,
+    },
     Truncate,
     Expired,
     Unauthorized,
+    DripFeed {
+        chunk: usize,
+        interval_ms: u64,
+    },
+    RetryAfter {
+        status: u16,
+        secs: u64,
+    },
+    HugeError {
+        status: u16,
+        code: String,
+        message_bytes: usize,
+    },
+}
+
+/// The status an error-shaped fault answers with, when `status` can carry a body.
+pub(crate) fn fault_status(status: u16) -> Option<actix_web::http::StatusCode> {
+    if !(200..=599).contains(&status) || matches!(status, 204 | 205 | 304) {
+        return None;
+    }
+    actix_web::http::StatusCode::from_u16(status).ok()
+}
+
+impl TryFrom<FaultWire> for Fault {
+    type Error = String;
+
+    /// Refuses what the simulator would otherwise have to repair silently.
+    fn try_from(w: FaultWire) -> Result<Self, String> {
+        let status_ok = |s: u16| {
+            fault_status(s)
+                .map(|_| ())
+                .ok_or_else(|| format!("status {s} is not a 2xx-5xx status with a body"))
+        };
+        Ok(match w {
+            FaultWire::Throttle429 => Fault::Throttle429,
+            FaultWire::Throttle403 => Fault::Throttle403,
+            FaultWire::ServerError => Fault::ServerError,
+            FaultWire::Slow { ms } => Fault::Slow(Duration::from_millis(ms)),
+            FaultWire::Truncate => Fault::Truncate,
+            FaultWire::Expired => Fault::Expired,
+            FaultWire::Unauthorized => Fault::Unauthorized,
+            FaultWire::DripFeed { chunk, interval_ms } => {
+                if chunk == 0 {
+                    return Err("drip_feed chunk must be at least 1".into());
+                }
+                Fault::DripFeed {
+                    chunk,
+                    interval: Duration::from_millis(interval_ms),
+                }
+            }
+            FaultWire::RetryAfter { status, secs } => {
+                status_ok(status)?;
+                Fault::RetryAfter { status, secs }
+            }
+            FaultWire::HugeError {
+                status,
+                code,
+                message_bytes,
+            } => {
+                status_ok(status)?;
+                if message_bytes > MAX_WIRE_MESSAGE_BYTES {
+                    return Err(format!(
+                        "message_bytes above {MAX_WIRE_MESSAGE_BYTES} bytes"
+                    ));
+                }
+                Fault::HugeError {
+                    status,
+                    code,
+                    message_bytes,
+                }
+            }
+        })
+    }
+}
+
+impl From<Fault> for FaultWire {
+    fn from(f: Fault) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match f {
+            Fault::Throttle429 => FaultWire::Throttle429,
+            Fault::Throttle403 => FaultWire::Throttle403,
+            Fault::ServerError => FaultWire::ServerError,
+            Fault::Slow(d) => FaultWire::Slow { ms: ms(d) },
+            Fault::Truncate => FaultWire::Truncate,
+            Fault::Expired => FaultWire::Expired,
+            Fault::Unauthorized => FaultWire::Unauthorized,
+            Fault::DripFeed { chunk, interval } => FaultWire::DripFeed {
+                chunk,
+                interval_ms: ms(interval),
+            },
+            Fault::RetryAfter { status, secs } => FaultWire::RetryAfter { status, secs },
+            Fault::HugeError {
+                status,
+                code,
+                message_bytes,
+            } => FaultWire::HugeError {
+                status,
+                code,
+                message_bytes,
+            },
+        }
+    }
 }
 
 /// Handle on a running simulator; cheap to clone.
@@ -243,6 +398,8 @@ pub(crate) struct State {
     pub seen_jti: HashSet<String>,
     pub faults: Faults,
     pub pushed: VecDeque<Fault>,
+    /// Faults answered by every GET of a content id, ahead of `pushed` and random faults.
+    pub sticky: HashMap<String, Fault>,
     // counters
     pub token_requests: HashMap<String, u64>,
     pub content_gets: u64,
@@ -423,7 +580,36 @@ impl Simulator {
         content_type: &str,
         records: Vec<String>,
     ) -> SimBlob {
-        records::publish_raw(&self.inner, tenant, content_type, records)
+        records::publish_raw(&self.inner, tenant, content_type, None, records)
+    }
+
+    /// Like [`Simulator::publish_raw`], under a content id you choose. Any id is listed and
+    /// notified as given (its `contentUri` percent-encodes what a URL path cannot hold); its GET
+    /// is served when the id passes the simulator's own check (up to 1024 bytes of
+    /// `[A-Za-z0-9$_.-]` with a `$`), else answered AF20052. Re-using an id makes its GET serve
+    /// the newest blob.
+    pub async fn publish_raw_with_id(
+        &self,
+        tenant: &str,
+        content_type: &str,
+        content_id: String,
+        records: Vec<String>,
+    ) -> SimBlob {
+        records::publish_raw(&self.inner, tenant, content_type, Some(content_id), records)
+    }
+
+    /// Store a blob whose GET answers exactly `body` (any bytes: not UTF-8, not an array, not
+    /// JSON) and notify the webhook. `content_id` as in [`Simulator::publish_raw_with_id`]
+    /// (`None` = a Microsoft-shaped id). The returned blob's `records` / `record_ids` are best
+    /// effort (see [`SimBlob::records`]).
+    pub async fn publish_body(
+        &self,
+        tenant: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        content_id: Option<String>,
+    ) -> SimBlob {
+        records::publish_body(&self.inner, tenant, content_type, body, content_id)
     }
 
     /// Re-deliver the notification for an existing blob (Microsoft does send duplicates).
@@ -541,9 +727,23 @@ impl Simulator {
     pub fn set_faults(&self, faults: Faults) {
         self.inner.state().faults = faults;
     }
-    /// Deterministic: the next content GETs (in order, any blob) answer with these faults.
+    /// Deterministic: the next content GETs (in order, any blob without a sticky fault) answer
+    /// with these faults.
     pub fn push_fault(&self, fault: Fault) {
         self.inner.state().pushed.push_back(fault);
+    }
+    /// Every GET of `content_id` answers with `fault` until [`Simulator::clear_fault_for`]
+    /// (replacing any earlier sticky fault of that id). Such GETs neither consume pushed faults
+    /// nor roll random ones, so one blob can stay bad while the others behave.
+    pub fn fault_for(&self, content_id: &str, fault: Fault) {
+        self.inner
+            .state()
+            .sticky
+            .insert(content_id.to_string(), fault);
+    }
+    /// Remove the sticky fault of `content_id`; `true` when there was one.
+    pub fn clear_fault_for(&self, content_id: &str) -> bool {
+        self.inner.state().sticky.remove(content_id).is_some()
     }
 }
 

@@ -8,6 +8,7 @@
 //! is repeated byte-identically in the next blob of the same tenant and content type (Microsoft
 //! does this by design; de-duplication on `Id` is the collector's job).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
@@ -43,22 +44,36 @@ pub(crate) fn content_id(content_type: &str) -> String {
 }
 
 /// A JSON string literal for `s` (escaped by serde_json: raw unicode stays raw).
-fn js(s: &str) -> String {
+pub(crate) fn js(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// An ordered list of (key, raw JSON value) rendered as one object.
-struct Rec(Vec<(&'static str, String)>);
+/// An ordered list of (key, raw JSON value) rendered as one object. Values stay raw JSON text
+/// so that odd shapes (numbers as strings, escapes) survive byte for byte.
+pub(crate) struct Rec(Vec<(Cow<'static, str>, String)>);
 
 impl Rec {
     fn put(&mut self, k: &'static str, v: impl Into<String>) {
-        self.0.push((k, v.into()));
+        self.0.push((Cow::Borrowed(k), v.into()));
     }
     fn s(&mut self, k: &'static str, v: &str) {
         self.put(k, js(v));
     }
-    fn render(&self) -> String {
-        let fields: Vec<String> = self.0.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    /// Replace the raw JSON value of `k` in place (keeping the key order), or append it.
+    pub(crate) fn set(&mut self, k: &str, raw: impl Into<String>) {
+        let raw = raw.into();
+        match self.0.iter_mut().find(|(key, _)| key == k) {
+            Some((_, v)) => *v = raw,
+            None => self.0.push((Cow::Owned(k.to_string()), raw)),
+        }
+    }
+    pub(crate) fn render(&self) -> String {
+        // Keys are escaped because hostile builders may use caller-chosen field names.
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", js(k)))
+            .collect();
         format!("{{{}}}", fields.join(","))
     }
 }
@@ -70,9 +85,20 @@ const USERS: [&str; 4] = [
     "renée.dupont@contoso.onmicrosoft.com",
 ];
 
-/// Build one record. `i` is the index in the blob: it decides which odd shapes it carries, so
-/// any blob of 12+ records carries all of them.
+/// Build one record: (rendered text, Id).
 fn record(tenant: &str, content_type: &str, i: usize, created: &DateTime<Utc>) -> (String, String) {
+    let (r, id) = build_record(tenant, content_type, i, created);
+    (r.render(), id)
+}
+
+/// Build one record as editable fields, plus its Id. `i` is the index in the blob: it decides
+/// which odd shapes it carries, so any blob of 12+ records carries all of them.
+pub(crate) fn build_record(
+    tenant: &str,
+    content_type: &str,
+    i: usize,
+    created: &DateTime<Utc>,
+) -> (Rec, String) {
     let mut rng = rand::rng();
     let id = uuid::Uuid::new_v4().to_string();
     let user = USERS[i % USERS.len()];
@@ -142,7 +168,7 @@ fn record(tenant: &str, content_type: &str, i: usize, created: &DateTime<Utc>) -
     if i % 6 == 4 {
         r.s("UserAgent", "");
     }
-    (r.render(), id)
+    (r, id)
 }
 
 /// (RecordType, Operation, Workload) per content type.
@@ -388,33 +414,56 @@ fn render_body(records: &[String], pretty: bool) -> bytes::Bytes {
     bytes::Bytes::from(body)
 }
 
-/// Store one blob and update the counters; returns the public view.
-fn store(
-    inner: &Inner,
-    tenant: &str,
-    content_type: &str,
+/// What a new blob is made of. `content_id`/`body` of `None` mean "make a Microsoft-shaped id"
+/// and "render the records as the body".
+struct NewBlob {
+    content_id: Option<String>,
     records: Vec<String>,
     ids: Vec<String>,
-) -> SimBlob {
+    body: Option<bytes::Bytes>,
+}
+
+/// Bytes that may stand verbatim in a URL path segment (RFC 3986 `pchar` minus `%`).
+fn path_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+}
+
+/// `contentUri` of a content id. Caller-chosen ids may hold anything, so whatever would break
+/// the URL is percent-encoded (Microsoft-shaped ids are left as they are).
+fn content_uri(inner: &Inner, tenant: &str, content_id: &str) -> String {
+    let mut seg = String::with_capacity(content_id.len());
+    for &b in content_id.as_bytes() {
+        if path_safe(b) {
+            seg.push(char::from(b));
+        } else {
+            seg.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{}/api/v1.0/{tenant}/activity/feed/audit/{seg}", inner.url)
+}
+
+/// Store one blob and update the counters; returns the public view. Re-using a content id
+/// makes its GET serve the newest blob while the older listing entry stays: a hostile test may
+/// want exactly that, so it is allowed rather than refused.
+fn store(inner: &Inner, tenant: &str, content_type: &str, new: NewBlob) -> SimBlob {
     let created = Utc::now().trunc_subsecs(3);
-    let content_id = content_id(content_type);
+    let content_id = new.content_id.unwrap_or_else(|| content_id(content_type));
     let blob = SimBlob {
         tenant_id: tenant.to_string(),
         content_type: content_type.to_string(),
-        content_uri: format!(
-            "{}/api/v1.0/{tenant}/activity/feed/audit/{content_id}",
-            inner.url
-        ),
+        content_uri: content_uri(inner, tenant, &content_id),
         content_id: content_id.clone(),
         content_created: ms_time(&created),
         content_expiration: ms_time(&(created + chrono::Duration::days(7))),
-        records,
-        record_ids: ids,
+        records: new.records,
+        record_ids: new.ids,
     };
     let mut st = inner.state();
     let seq = st.next_seq;
     st.next_seq += 1;
-    let body = render_body(&blob.records, seq % 2 == 1);
+    let body = new
+        .body
+        .unwrap_or_else(|| render_body(&blob.records, seq % 2 == 1));
     st.records_published += blob.records.len() as u64;
     for id in blob.record_ids.iter().filter(|id| !id.is_empty()) {
         st.unique_ids.insert(id.clone());
@@ -470,31 +519,90 @@ pub(crate) fn publish(
             let pos = rng.random_range(0..=all.len());
             all.insert(pos, rec);
         }
-        let (recs, ids): (Vec<String>, Vec<String>) = all.into_iter().unzip();
-        out.push(store(inner, &tenant, content_type, recs, ids));
+        let (records, ids): (Vec<String>, Vec<String>) = all.into_iter().unzip();
+        out.push(store(
+            inner,
+            &tenant,
+            content_type,
+            NewBlob {
+                content_id: None,
+                records,
+                ids,
+                body: None,
+            },
+        ));
     }
     super::webhook_delivery::notify(inner, &tenant, content_type, out.clone(), true);
     out
 }
 
-/// [`super::Simulator::publish_raw`].
+/// The record's `Id` when it is a JSON object with a string `Id`, else "".
+fn id_of(record: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(record)
+        .ok()
+        .and_then(|v| v.get("Id").and_then(|i| i.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// [`super::Simulator::publish_raw`] and [`super::Simulator::publish_raw_with_id`].
 pub(crate) fn publish_raw(
     inner: &Arc<Inner>,
     tenant: &str,
     content_type: &str,
+    content_id: Option<String>,
     records: Vec<String>,
 ) -> SimBlob {
+    let ids = records.iter().map(|r| id_of(r)).collect();
+    publish_one(
+        inner,
+        tenant,
+        content_type,
+        NewBlob {
+            content_id,
+            records,
+            ids,
+            body: None,
+        },
+    )
+}
+
+/// [`super::Simulator::publish_body`]: the body is served as given. Records and Ids are read
+/// from it only as far as it is a JSON array (decoded lossily when it is not UTF-8), because
+/// tests use them to check what a relay should have kept; an unparsable body has none.
+pub(crate) fn publish_body(
+    inner: &Arc<Inner>,
+    tenant: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    content_id: Option<String>,
+) -> SimBlob {
+    let (records, ids) = {
+        let text = String::from_utf8_lossy(&body);
+        match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&text) {
+            Ok(items) => items
+                .iter()
+                .map(|r| (r.get().to_string(), id_of(r.get())))
+                .unzip(),
+            Err(_) => (Vec::new(), Vec::new()),
+        }
+    };
+    publish_one(
+        inner,
+        tenant,
+        content_type,
+        NewBlob {
+            content_id,
+            records,
+            ids,
+            body: Some(bytes::Bytes::from(body)),
+        },
+    )
+}
+
+/// Store one blob and notify the webhook about it.
+fn publish_one(inner: &Arc<Inner>, tenant: &str, content_type: &str, new: NewBlob) -> SimBlob {
     let tenant = tenant.to_ascii_lowercase();
-    let ids = records
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<serde_json::Value>(r)
-                .ok()
-                .and_then(|v| v.get("Id").and_then(|i| i.as_str()).map(str::to_string))
-                .unwrap_or_default()
-        })
-        .collect();
-    let blob = store(inner, &tenant, content_type, records, ids);
+    let blob = store(inner, &tenant, content_type, new);
     super::webhook_delivery::notify(inner, &tenant, content_type, vec![blob.clone()], true);
     blob
 }

@@ -97,6 +97,10 @@ const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// hundred entries of ~400 bytes.
 const MAX_LISTING_BODY: usize = 16 * 1024 * 1024;
 
+/// The most of an error body read: enough for any real one; a larger body is cut (and its
+/// code found by [`scan_error_code`]).
+const MAX_ERROR_BODY: usize = 256 * 1024;
+
 /// The longest error message kept from a Management API answer (bytes).
 const MAX_ERROR_MESSAGE: usize = 512;
 
@@ -290,11 +294,12 @@ impl ManagementClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let bytes = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_limited(resp, 64 * 1024))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let bytes =
+                tokio::time::timeout(ERROR_BODY_TIMEOUT, read_limited(resp, MAX_ERROR_BODY))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
             // Microsoft's error text is kept short: it travels into logs and dead-letter
             // headers, and a 64 KiB message must not reach either whole.
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -303,7 +308,7 @@ impl ManagementClient {
                     crate::broker::capped(&b.error.message, MAX_ERROR_MESSAGE).into_owned(),
                 ),
                 Err(_) => (
-                    String::new(),
+                    scan_error_code(&bytes),
                     crate::broker::capped(&String::from_utf8_lossy(&bytes), MAX_ERROR_MESSAGE)
                         .into_owned(),
                 ),
@@ -441,6 +446,26 @@ impl ManagementClient {
     }
 }
 
+/// Microsoft's error code from an error body that is not whole JSON (cut at
+/// [`MAX_ERROR_BODY`], or malformed): the first `"code":"…"` of letters and digits.
+fn scan_error_code(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    let Some(at) = text.find("\"code\"") else {
+        return String::new();
+    };
+    let rest = text[at + 6..].trim_start();
+    let Some(rest) = rest.strip_prefix(':') else {
+        return String::new();
+    };
+    let Some(rest) = rest.trim_start().strip_prefix('"') else {
+        return String::new();
+    };
+    rest.chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .take(16)
+        .collect()
+}
+
 /// A listing or subscription-list body, bounded in size (the client's read timeout bounds
 /// each read).
 async fn read_body(resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
@@ -481,6 +506,16 @@ mod tests {
             message: String::new(),
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn the_error_code_is_found_in_a_cut_error_body() {
+        let body = format!(
+            r#"{{"error":{{"code": "AF50000","message":"{}"#,
+            "x".repeat(100)
+        );
+        assert_eq!(scan_error_code(body.as_bytes()), "AF50000");
+        assert_eq!(scan_error_code(b"<html>"), "");
     }
 
     #[test]

@@ -278,7 +278,7 @@ impl WorkQueue {
         .await?;
         let mut consumer = ch
             .basic_consume(
-                self.names.work.as_str().into(),
+                crate::broker::short_string(&self.names.work),
                 format!("o365-relay-{}", uuid::Uuid::new_v4().simple()).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

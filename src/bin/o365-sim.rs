@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     println!("o365-sim listening on {}", sim.url());
     println!("tenants: {}", tenants.join(", "));
     println!(
-        "control API: POST {0}/sim/publish, POST {0}/sim/faults, GET {0}/sim/stats",
+        "control API: POST {0}/sim/publish, POST {0}/sim/publish-body, POST {0}/sim/faults, POST {0}/sim/push-fault, POST|DELETE {0}/sim/fault-for, POST {0}/sim/expire, GET {0}/sim/stats",
         sim.url()
     );
     tokio::signal::ctrl_c().await?;

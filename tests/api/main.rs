@@ -4,7 +4,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;
+mod hostile;
 mod observability;
 mod retrieval;
+mod returns;
 mod tokens;
 mod webhook;
+mod work_queue;

@@ -348,3 +348,88 @@ async fn rabbitmq_unreachable_answers_503_so_microsoft_retries() {
     assert!(j["reasons"].to_string().contains("rabbitmq"), "{j}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_validation_header_with_a_notification_array_is_400_and_enqueues_nothing() {
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let blobs = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(2))
+        .await;
+    let r = env
+        .http
+        .post(format!("{}/webhook", env.public_url))
+        .header("Webhook-AuthID", &env.auth_id)
+        .header("Webhook-ValidationCode", "6a1b2c")
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&env.notification(&blobs)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "neither a validation nor to be dropped");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.depth(&env.work_queue.clone()).await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_content_id_named_fifty_times_in_a_request_is_enqueued_and_fetched_once() {
+    let env = TestEnv::start(Options::default()).await;
+    let blob = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(3))
+        .await
+        .remove(0);
+    let copies = vec![blob.clone(); 50];
+    let r = env.notify(&env.notification(&copies)).await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 1);
+    let got = env.records(blob.record_ids.len()).await;
+    assert_eq!(got.len(), blob.record_ids.len());
+    assert_eq!(env.sim.content_gets_for(&blob.content_id), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_body_that_trickles_in_is_cut_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start(Options {
+        workers: false,
+        extra_env: vec![("O365_WEBHOOK_BODY_TIMEOUT".into(), "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let addr = env.public_url.trim_start_matches("http://").to_string();
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap()
+        .into_split();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: {addr}\r\nWebhook-AuthID: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[",
+        env.auth_id
+    );
+    wr.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 300 ms: each read arrives in time, the whole never does.
+    let writer = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(6), rd.read(&mut answer))
+        .await
+        .expect("the relay answered before the body was complete")
+        .unwrap();
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    env.cleanup().await;
+}

@@ -2,14 +2,27 @@
 //! topology declared again on each new connection), and publishes batches with publisher
 //! confirms and the mandatory flag, so an unroutable message is an error, never a silent drop.
 //!
-//! **Why every batch gets a channel of its own.** RabbitMQ reports an unroutable mandatory
-//! message with a `basic.return` followed by the `basic.ack` of the same message, and lapin hands
-//! a return to whichever confirm of the channel resolves next. With several tasks publishing on
-//! one channel, a record's return was reported on a webhook enqueue or a retry publish of another
-//! task (and the record counted as published: lost). So [`Broker::publish_batch`] checks out a
-//! confirm channel for the batch alone, awaits *every* confirm of the batch, and only then hands
-//! the channel back to the pool: a return can only land on a confirm of the batch that caused it.
-//! A channel whose confirms did not all resolve (timeout, channel error) is closed, not reused.
+//! **Every return fails the publish that caused it.** RabbitMQ reports an unroutable mandatory
+//! message with a `basic.return` sent before the message's ack, in publish order; lapin hands
+//! the oldest waiting return to whichever confirm of the channel it resolves next. With several
+//! tasks publishing on one channel, a record's return was reported on a webhook enqueue or a
+//! retry of another task (and the record counted as published: lost). Rather than a channel per
+//! publish (measured: RabbitMQ then cannot confirm many messages at once, and ingest fell by a
+//! third), the publishers share one confirm channel and a [`Ledger`]:
+//!
+//! - a submission's messages are published contiguously (a publish lock) and get a sequence
+//!   number in that order;
+//! - each task awaits its own confirms; a confirm that carries a return marks *every*
+//!   unanswered submission with a message of the returned routing key as unroutable;
+//! - a submission is answered only after its confirms resolved and every earlier submission was
+//!   answered.
+//!
+//! A return pops no later than the last ack of the messages published up to its own (each
+//! return precedes its own ack, and each ack pops one), so it pops while its owner is still
+//! unanswered — and fails it. A neighbour with the same routing key may fail with it and is
+//! retried: a duplicate, never a loss. A nack is paired by delivery tag and fails its own
+//! submission; a channel error or a confirm timeout fails the submissions on that channel and a
+//! new channel is opened.
 //!
 //! **Frames.** The whole content header (properties and headers table) must fit in one frame
 //! (`frame_max`, 128 KiB by default) or RabbitMQ closes the *connection*. Header values are
@@ -30,10 +43,6 @@ use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
-/// Idle confirm channels kept for reuse; more are opened on demand and closed after use.
-const POOL_IDLE: usize = 64;
-/// Batches publishing at once per process (each holds a channel; RabbitMQ allows 2,047).
-const MAX_PUBLISHING: usize = 256;
 
 /// The longest header value the relay writes, in bytes. Far below `frame_max` even with every
 /// header at its cap.
@@ -86,7 +95,8 @@ struct ConfirmChannel {
     generation: u64,
 }
 
-pub struct Broker {
+/// The connection side of the broker.
+struct Core {
     url: Secret<String>,
     topology: Topology,
     live: tokio::sync::Mutex<Option<Live>>,
@@ -97,8 +107,6 @@ pub struct Broker {
     /// immediate error instead of each waiting on a connect of their own (a webhook request
     /// must answer 503 fast during an outage, not queue behind reconnects).
     failed_at: Mutex<Option<std::time::Instant>>,
-    idle: Mutex<Vec<ConfirmChannel>>,
-    publishing: tokio::sync::Semaphore,
     connections_opened: prometheus::IntCounter,
 }
 
@@ -119,23 +127,357 @@ impl Broker {
             });
         }
         Broker {
-            url: Secret::new(url),
-            topology,
-            live: tokio::sync::Mutex::new(None),
-            generation: AtomicU64::new(0),
-            topology_declared: AtomicBool::new(false),
-            last_error: Mutex::new(None),
-            failed_at: Mutex::new(None),
-            idle: Mutex::new(Vec::new()),
-            publishing: tokio::sync::Semaphore::new(MAX_PUBLISHING),
-            connections_opened,
+            core: Arc::new(Core {
+                url: Secret::new(url),
+                topology,
+                live: tokio::sync::Mutex::new(None),
+                generation: AtomicU64::new(0),
+                topology_declared: AtomicBool::new(false),
+                last_error: Mutex::new(None),
+                failed_at: Mutex::new(None),
+                connections_opened,
+            }),
+            publisher: tokio::sync::Mutex::new(None),
         }
     }
 
     pub fn topology(&self) -> &Topology {
-        &self.topology
+        &self.core.topology
     }
 
+    /// Opens a new connection (bounded in time), not shared with anything else.
+    pub async fn connect(&self) -> Result<Connection, BrokerError> {
+        self.core.connect().await
+    }
+
+    /// The last failure, for `/readyz`.
+    pub fn last_error(&self) -> Option<String> {
+        self.core.last_error()
+    }
+
+    /// A fresh channel on the shared connection (consumers own theirs).
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        self.core.channel().await
+    }
+
+    /// Whether the topology was declared on some connection (for `/readyz`).
+    pub fn topology_declared(&self) -> bool {
+        self.core.topology_declared.load(Ordering::SeqCst)
+    }
+
+    /// Connects (declaring the topology) unless connected: `/readyz` and start-up use it.
+    pub async fn ensure_connected(&self) -> Result<(), BrokerError> {
+        self.core.connection().await.map(|_| ())
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        let ch = self.channel().await?;
+        let q = ch
+            .queue_declare(
+                short_string(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = ch.close(200, "ok".into()).await;
+        Ok(q?.message_count())
+    }
+
+    /// Publishes messages and waits until RabbitMQ confirmed every one. Any nack, unroutable
+    /// return or channel failure fails the whole submission (callers retry it whole:
+    /// at-least-once).
+    pub async fn publish_batch(&self, messages: Vec<OutMessage>) -> Result<(), BrokerError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let publisher = self.publisher().await?;
+        // Start every publish of the submission in one synchronous step under the order lock:
+        // a lapin publish takes its delivery tag and queues its frames on its first poll, so the
+        // submission's messages are contiguous on the channel and in ledger order — without
+        // holding a lock while lapin's I/O thread writes them (that serialised every publisher).
+        let mut publishing: Vec<PublishFuture<'_>> = messages
+            .iter()
+            .map(|m| Box::pin(publish_one(&publisher.channel, m)) as PublishFuture<'_>)
+            .collect();
+        let mut published: Vec<Option<Result<PublisherConfirm, BrokerError>>> =
+            publishing.iter().map(|_| None).collect();
+        let mut opened = None;
+        std::future::poll_fn(|cx| {
+            let _order = publisher.order.lock().expect("poisoned");
+            opened = Some(publisher.ledger.open(&messages));
+            for (f, out) in publishing.iter_mut().zip(published.iter_mut()) {
+                if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                    *out = Some(r);
+                }
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        let (seq, answer) = opened.expect("opened in the first poll");
+        let slot = Slot {
+            ledger: &publisher.ledger,
+            seq,
+            answer: Some(answer),
+            answered: false,
+        };
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (f, out) in publishing.iter_mut().zip(published) {
+            let r = match out {
+                Some(r) => r,
+                None => f.as_mut().await,
+            };
+            match r {
+                Ok(c) => confirms.push(c),
+                Err(e) => publisher.ledger.fail(seq, e.to_string()),
+            }
+        }
+        drop(publishing);
+        let seq = slot.seq;
+        let mut broken = false;
+        for c in confirms {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, c).await {
+                Ok(Ok(Confirmation::Ack(None))) => {}
+                Ok(Ok(Confirmation::Ack(Some(r)))) => {
+                    publisher.ledger.returned(&r.delivery.routing_key)
+                }
+                Ok(Ok(Confirmation::Nack(r))) => {
+                    if let Some(r) = r {
+                        publisher.ledger.returned(&r.delivery.routing_key);
+                    }
+                    publisher.ledger.nacked(seq);
+                }
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    broken = true;
+                    publisher
+                        .ledger
+                        .fail(seq, "channel is not in confirm mode".into());
+                }
+                Ok(Err(e)) => {
+                    broken = true;
+                    publisher.ledger.fail(seq, e.to_string());
+                }
+                Err(_) => {
+                    broken = true;
+                    publisher
+                        .ledger
+                        .fail(seq, "publisher confirm timed out".into());
+                }
+            }
+        }
+        if broken {
+            // The pairing of returns on this channel is unknowable from here on.
+            self.retire(&publisher).await;
+        }
+        slot.answer().await
+    }
+
+    /// The shared confirm channel, opened (with a fresh ledger) when there is none.
+    async fn publisher(&self) -> Result<Arc<Publisher>, BrokerError> {
+        let mut current = self.publisher.lock().await;
+        if let Some(p) = current.as_ref() {
+            if p.channel.status().connected() {
+                return Ok(p.clone());
+            }
+        }
+        let c = self.core.confirm_channel().await?;
+        let p = Arc::new(Publisher {
+            channel: c.channel,
+            generation: c.generation,
+            order: Mutex::new(()),
+            ledger: Ledger::default(),
+        });
+        *current = Some(p.clone());
+        Ok(p)
+    }
+
+    async fn retire(&self, p: &Arc<Publisher>) {
+        {
+            let mut current = self.publisher.lock().await;
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, p)) {
+                *current = None;
+            }
+        }
+        let _ = p.channel.close(200, "confirm failed".into()).await;
+        self.core.invalidate(p.generation).await;
+    }
+
+    /// Closes the connection cleanly (shutdown).
+    pub async fn close(&self) {
+        if let Some(l) = self.core.live.lock().await.take() {
+            let _ = l.connection.close(200, "shutdown".into()).await;
+        }
+    }
+}
+
+pub struct Broker {
+    core: Arc<Core>,
+    /// The one shared confirm channel: one channel lets RabbitMQ confirm many messages at once
+    /// (measured: four channels, or a channel per batch, cost a fifth to a third of ingest).
+    publisher: tokio::sync::Mutex<Option<Arc<Publisher>>>,
+}
+
+/// The shared confirm channel and its ledger.
+struct Publisher {
+    channel: Channel,
+    generation: u64,
+    /// Held while one submission's publishes are started, so they are contiguous.
+    order: Mutex<()>,
+    ledger: Ledger,
+}
+
+type PublishFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<PublisherConfirm, BrokerError>> + Send + 'a>,
+>;
+
+/// A submission's place in the ledger. A caller that goes away before the answer (a webhook
+/// client that hung up, a task aborted at shutdown) gives its place up on drop, so the
+/// submissions after it are not held for ever; it was never told "published", so nothing is
+/// lost (Microsoft retries, RabbitMQ redelivers).
+struct Slot<'a> {
+    ledger: &'a Ledger,
+    seq: u64,
+    answer: Option<tokio::sync::oneshot::Receiver<Result<(), BrokerError>>>,
+    answered: bool,
+}
+
+impl Slot<'_> {
+    async fn answer(mut self) -> Result<(), BrokerError> {
+        self.ledger.confirmed(self.seq);
+        let rx = self.answer.take().expect("answered once");
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::Unavailable("publisher closed".into())));
+        self.answered = true;
+        r
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.ledger.abandon(self.seq);
+        }
+    }
+}
+
+/// The submissions published on one channel and not yet answered, in publish order.
+#[derive(Default)]
+struct Ledger {
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    next: u64,
+    open: std::collections::BTreeMap<u64, Entry>,
+}
+
+struct Entry {
+    /// The routing keys of its messages (distinct).
+    keys: Vec<ShortString>,
+    failed: Option<BrokerError>,
+    /// Every confirm of the submission resolved.
+    confirmed: bool,
+    answer: Option<tokio::sync::oneshot::Sender<Result<(), BrokerError>>>,
+}
+
+impl Ledger {
+    /// Registers a submission about to be published: its sequence number and where its answer
+    /// will arrive.
+    fn open(
+        &self,
+        messages: &[OutMessage],
+    ) -> (u64, tokio::sync::oneshot::Receiver<Result<(), BrokerError>>) {
+        let mut keys: Vec<ShortString> = Vec::new();
+        for m in messages {
+            if !keys.contains(&m.routing_key) {
+                keys.push(m.routing_key.clone());
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut st = self.state.lock().expect("poisoned");
+        let seq = st.next;
+        st.next += 1;
+        st.open.insert(
+            seq,
+            Entry {
+                keys,
+                failed: None,
+                confirmed: false,
+                answer: Some(tx),
+            },
+        );
+        (seq, rx)
+    }
+
+    fn with_entry(&self, seq: u64, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.state.lock().expect("poisoned").open.get_mut(&seq) {
+            f(e);
+        }
+    }
+
+    fn fail(&self, seq: u64, why: String) {
+        self.with_entry(seq, |e| {
+            e.failed.get_or_insert(BrokerError::Amqp(why));
+        });
+    }
+
+    fn nacked(&self, seq: u64) {
+        self.with_entry(seq, |e| {
+            e.failed.get_or_insert(BrokerError::Nacked(
+                "RabbitMQ refused to take the message".into(),
+            ));
+        });
+    }
+
+    /// A return popped: every unanswered submission with a message of that key fails.
+    fn returned(&self, key: &ShortString) {
+        let mut st = self.state.lock().expect("poisoned");
+        for e in st.open.values_mut().filter(|e| e.keys.contains(key)) {
+            e.failed
+                .get_or_insert_with(|| BrokerError::Unroutable(key.to_string()));
+        }
+    }
+
+    /// Every confirm of `seq` resolved: answer, in order, every submission at the head whose
+    /// confirms all resolved.
+    fn confirmed(&self, seq: u64) {
+        let mut st = self.state.lock().expect("poisoned");
+        if let Some(e) = st.open.get_mut(&seq) {
+            e.confirmed = true;
+        }
+        Self::answer_head(&mut st);
+    }
+
+    /// The caller went away: forget its submission (and unblock the ones after it).
+    fn abandon(&self, seq: u64) {
+        let mut st = self.state.lock().expect("poisoned");
+        st.open.remove(&seq);
+        Self::answer_head(&mut st);
+    }
+
+    fn answer_head(st: &mut LedgerState) {
+        while let Some(mut first) = st.open.first_entry() {
+            if !first.get().confirmed {
+                break;
+            }
+            let e = first.get_mut();
+            if let Some(tx) = e.answer.take() {
+                let _ = tx.send(match e.failed.take() {
+                    Some(err) => Err(err),
+                    None => Ok(()),
+                });
+            }
+            first.remove();
+        }
+    }
+}
+
+impl Core {
     /// Opens a new connection (bounded in time), not shared with anything else.
     pub async fn connect(&self) -> Result<Connection, BrokerError> {
         match tokio::time::timeout(
@@ -223,16 +565,6 @@ impl Broker {
         }
     }
 
-    /// Whether the topology was declared on some connection (for `/readyz`).
-    pub fn topology_declared(&self) -> bool {
-        self.topology_declared.load(Ordering::SeqCst)
-    }
-
-    /// Connects (declaring the topology) unless connected: `/readyz` and start-up use it.
-    pub async fn ensure_connected(&self) -> Result<(), BrokerError> {
-        self.connection().await.map(|_| ())
-    }
-
     async fn declare_on(&self, ch: &Channel) -> Result<(), BrokerError> {
         declare_exchange(ch, &self.topology.exchange).await?;
         for q in &self.topology.queues {
@@ -250,35 +582,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Messages ready in `queue`.
-    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
-        let ch = self.channel().await?;
-        let q = ch
-            .queue_declare(
-                short_string(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let _ = ch.close(200, "ok".into()).await;
-        Ok(q?.message_count())
-    }
-
-    async fn checkout(&self) -> Result<ConfirmChannel, BrokerError> {
+    /// A new confirm-mode channel on the shared connection.
+    async fn confirm_channel(&self) -> Result<ConfirmChannel, BrokerError> {
         let (connection, generation) = self.connection().await?;
-        loop {
-            let idle = self.idle.lock().expect("poisoned").pop();
-            match idle {
-                Some(c) if c.generation == generation && c.channel.status().connected() => {
-                    return Ok(c)
-                }
-                Some(_) => continue,
-                None => break,
-            }
-        }
         let channel = connection
             .create_channel()
             .await
@@ -291,78 +597,6 @@ impl Broker {
             channel,
             generation,
         })
-    }
-
-    fn check_in(&self, c: ConfirmChannel) {
-        let mut idle = self.idle.lock().expect("poisoned");
-        if idle.len() < POOL_IDLE {
-            idle.push(c);
-        } else {
-            drop(idle);
-            tokio::spawn(async move {
-                let _ = c.channel.close(200, "surplus".into()).await;
-            });
-        }
-    }
-
-    /// Publishes a batch on a channel of its own and waits for every confirm. Any nack,
-    /// unroutable return or channel failure fails the whole batch (callers retry it whole:
-    /// at-least-once).
-    pub async fn publish_batch(&self, messages: &[OutMessage<'_>]) -> Result<(), BrokerError> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let _permit = self
-            .publishing
-            .acquire()
-            .await
-            .map_err(|_| BrokerError::Unavailable("closing".into()))?;
-        let ch = self.checkout().await?;
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            match publish_one(&ch.channel, m).await {
-                Ok(c) => pending.push(c),
-                Err(e) => {
-                    // Confirms already pending die with the channel; nothing of it is reused.
-                    let _ = ch.channel.close(200, "publish failed".into()).await;
-                    if !ch.channel.status().connected() {
-                        self.invalidate(ch.generation).await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let mut first_error = None;
-        let mut channel_ok = true;
-        for (c, m) in pending.into_iter().zip(messages) {
-            if let Err(e) = await_confirm(c, m.routing_key).await {
-                if !matches!(e, BrokerError::Unroutable(_) | BrokerError::Nacked(_)) {
-                    channel_ok = false;
-                }
-                first_error.get_or_insert(e);
-            }
-        }
-        if channel_ok {
-            self.check_in(ch);
-        } else {
-            let _ = ch.channel.close(200, "confirm failed".into()).await;
-            self.invalidate(ch.generation).await;
-        }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
-    }
-
-    /// Closes the connection cleanly (shutdown).
-    pub async fn close(&self) {
-        let idle = std::mem::take(&mut *self.idle.lock().expect("poisoned"));
-        for c in idle {
-            let _ = c.channel.close(200, "shutdown".into()).await;
-        }
-        if let Some(l) = self.live.lock().await.take() {
-            let _ = l.connection.close(200, "shutdown".into()).await;
-        }
     }
 }
 
@@ -406,43 +640,28 @@ pub async fn bind_all_records(
     Ok(())
 }
 
-/// A message to publish.
-pub struct OutMessage<'a> {
-    pub exchange: &'a str,
-    pub routing_key: &'a str,
-    pub body: &'a [u8],
+/// A message to publish. Names are short strings built with [`short_string`].
+pub struct OutMessage {
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
+    pub body: bytes::Bytes,
     pub properties: BasicProperties,
 }
 
 /// Publishes with the mandatory flag; returns the pending confirm.
-async fn publish_one(ch: &Channel, m: &OutMessage<'_>) -> Result<PublisherConfirm, BrokerError> {
+async fn publish_one(ch: &Channel, m: &OutMessage) -> Result<PublisherConfirm, BrokerError> {
     ch.basic_publish(
-        short_string(m.exchange),
-        short_string(m.routing_key),
+        m.exchange.clone(),
+        m.routing_key.clone(),
         BasicPublishOptions {
             mandatory: true,
             ..Default::default()
         },
-        m.body,
+        &m.body,
         m.properties.clone(),
     )
     .await
     .map_err(|e| BrokerError::Amqp(e.to_string()))
-}
-
-/// Awaits a confirm: `Ack(None)` is success; `Ack(Some(returned))` means the mandatory message
-/// was unroutable; a nack or a closed channel is a failure.
-async fn await_confirm(c: PublisherConfirm, routing_key: &str) -> Result<(), BrokerError> {
-    match tokio::time::timeout(CONFIRM_TIMEOUT, c).await {
-        Err(_) => Err(BrokerError::Amqp("publisher confirm timed out".into())),
-        Ok(Err(e)) => Err(BrokerError::Amqp(e.to_string())),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BrokerError::Unroutable(routing_key.to_string())),
-        Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::Nacked(routing_key.to_string())),
-        Ok(Ok(Confirmation::NotRequested)) => {
-            Err(BrokerError::Amqp("channel is not in confirm mode".into()))
-        }
-    }
 }
 
 /// An AMQP short string that cannot panic: text of more than 255 bytes becomes

@@ -55,6 +55,8 @@ fn reject(reason: &'static str, detail: impl Into<String>) -> BlobRejection {
 #[derive(Clone, Debug)]
 pub struct ContentRules {
     manage_origin: url::Origin,
+    /// The origin as text (`https://manage.office.com`), for canonical content URIs.
+    manage_base: String,
     client_id: String,
     content_types: Vec<ContentType>,
 }
@@ -67,8 +69,10 @@ impl ContentRules {
         client_id: &str,
         content_types: &[ContentType],
     ) -> Result<ContentRules, url::ParseError> {
+        let manage_origin = url::Url::parse(manage_url)?.origin();
         Ok(ContentRules {
-            manage_origin: url::Url::parse(manage_url)?.origin(),
+            manage_base: manage_origin.ascii_serialization(),
+            manage_origin,
             client_id: client_id.to_ascii_lowercase(),
             content_types: content_types.to_vec(),
         })
@@ -129,11 +133,17 @@ impl ContentRules {
         let uri = required(raw.content_uri.as_deref(), "contentUri")?;
         self.check_uri(uri, &tenant, &content_id)
             .map_err(|e| reject("content_uri", e))?;
+        // The work item carries the URI rebuilt from what was checked, never the sender's
+        // spelling of it (case, `%24`, dot segments).
+        let content_uri = format!(
+            "{}/api/v1.0/{tenant}/activity/feed/audit/{content_id}",
+            self.manage_base
+        );
         Ok(WorkItem {
             tenant_id: tenant,
             content_type,
             content_id,
-            content_uri: uri.to_string(),
+            content_uri,
             content_created: normalise_ms_time(raw.content_created.as_deref()),
             content_expiration: normalise_ms_time(raw.content_expiration.as_deref()),
             source,

@@ -22,6 +22,8 @@ pub enum RecordsError {
     Truncated,
     #[error("record {0} is larger than {MAX_RECORD_BYTES} bytes")]
     TooLarge(usize),
+    #[error("record {0} closes a bracket with {1:#04x} that does not match its opener")]
+    Mismatched(usize, u8),
     #[error("record {0} is not valid JSON: {1}")]
     Invalid(usize, String),
 }
@@ -39,7 +41,9 @@ enum State {
 /// Incremental splitter: feed chunks, collect complete records.
 pub struct ArraySplitter {
     state: State,
-    depth: u32,
+    /// The closers expected inside the current record, innermost last (`}` or `]`): a record
+    /// closes only on the bracket that matches its opener.
+    open: Vec<u8>,
     in_string: bool,
     escaped: bool,
     buf: Vec<u8>,
@@ -56,7 +60,7 @@ impl ArraySplitter {
     pub fn new() -> ArraySplitter {
         ArraySplitter {
             state: State::BeforeArray,
-            depth: 0,
+            open: Vec::new(),
             in_string: false,
             escaped: false,
             buf: Vec::new(),
@@ -80,7 +84,8 @@ impl ArraySplitter {
                 State::ExpectValueOrEnd | State::ExpectValue => {
                     if b == b'{' {
                         self.state = State::InRecord;
-                        self.depth = 1;
+                        self.open.clear();
+                        self.open.push(b'}');
                         self.buf.clear();
                         self.buf.push(b);
                     } else if b == b']' && self.state == State::ExpectValueOrEnd {
@@ -111,10 +116,13 @@ impl ArraySplitter {
                         }
                         match c {
                             b'"' => self.in_string = true,
-                            b'{' | b'[' => self.depth += 1,
+                            b'{' => self.open.push(b'}'),
+                            b'[' => self.open.push(b']'),
                             b'}' | b']' => {
-                                self.depth -= 1;
-                                if self.depth == 0 {
+                                if self.open.pop() != Some(c) {
+                                    return Err(RecordsError::Mismatched(self.index, c));
+                                }
+                                if self.open.is_empty() {
                                     end = j + 1;
                                     closed = true;
                                     break;
@@ -354,6 +362,10 @@ mod tests {
         assert!(matches!(
             split_in_chunks(br#"[{"a":1}}"#, 5).unwrap_err(),
             RecordsError::Unexpected(b'}')
+        ));
+        assert!(matches!(
+            split_in_chunks(b"[{]]", 1).unwrap_err(),
+            RecordsError::Mismatched(0, b']')
         ));
     }
 

@@ -2,19 +2,19 @@
 //! what consumers see of them — routing key `{contentType}.{tenantId}`, the record's bytes as the
 //! body, persistent JSON properties with `message_id` = the record id, and the `o365-*` headers.
 //!
-//! Confirms: a batch is published on a confirm channel of its own (see [`crate::broker`]) and
-//! [`RecordSink::publish`] returns only when RabbitMQ confirmed every record of it. Records are
-//! published mandatory: when no queue is bound for their routing key, RabbitMQ returns them and
-//! the batch fails as [`BrokerError::Unroutable`] — the blob is retried later and nothing is
-//! counted as published. All records of a batch share one routing key, so a return always fails
-//! the batch it belongs to.
+//! Confirms: [`RecordSink::publish`] returns only when RabbitMQ confirmed every record of the
+//! batch. Records are published mandatory: when no queue is bound for their routing key,
+//! RabbitMQ returns them and the batch fails as [`BrokerError::Unroutable`] — the blob is retried
+//! later and nothing is counted as published. A return is attributed by its routing key (see
+//! [`crate::broker`]), and all records of a batch share the blob's routing key, so a return
+//! always fails the batch it belongs to and never another blob's.
 //!
 //! Header caps: record fields copied into headers (`RecordType`, `Workload`, `Operation`,
 //! `CreationTime`) are cut to [`RECORD_HEADER_CAP`] bytes with a truncation marker — Microsoft's
 //! values are short, and a huge one must not make the header frame exceed `frame_max` (which
 //! closes the connection). The body is never cut.
 
-use crate::broker::{header, json_properties, Broker, BrokerError, OutMessage};
+use crate::broker::{header, json_properties, short_string, Broker, BrokerError, OutMessage};
 use crate::domain::WorkItem;
 use crate::records::AuditRecord;
 use lapin::types::FieldTable;
@@ -85,16 +85,17 @@ impl RecordSink {
         blob: &WorkItem,
         records: &[&AuditRecord],
     ) -> Result<(), BrokerError> {
-        let routing_key = Self::routing_key(blob);
-        let messages: Vec<OutMessage<'_>> = records
+        let routing_key = short_string(&Self::routing_key(blob));
+        let exchange = short_string(&self.exchange);
+        let messages = records
             .iter()
             .map(|r| OutMessage {
-                exchange: &self.exchange,
-                routing_key: &routing_key,
-                body: &r.raw,
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+                body: r.raw.clone(),
                 properties: Self::properties(blob, r),
             })
             .collect();
-        self.broker.publish_batch(&messages).await
+        self.broker.publish_batch(messages).await
     }
 }

@@ -21,7 +21,8 @@
 //! most for the longest delay of its own tier.
 
 use crate::broker::{
-    header, header_str, json_properties, Broker, BrokerError, OutMessage, QueueSpec, Topology,
+    header, header_str, json_properties, short_string, Broker, BrokerError, OutMessage, QueueSpec,
+    Topology,
 };
 use crate::config::QueueType;
 use crate::domain::WorkItem;
@@ -230,18 +231,19 @@ impl WorkQueue {
 
     /// Publishes work items to the work queue and waits for every confirm.
     pub async fn enqueue(&self, items: &[WorkItem]) -> Result<(), BrokerError> {
-        let encoded: Vec<(Vec<u8>, lapin::BasicProperties)> =
-            items.iter().map(encode).collect::<Result<_, _>>()?;
-        let out: Vec<OutMessage<'_>> = encoded
+        let work = short_string(&self.names.work);
+        let out = items
             .iter()
-            .map(|(body, props)| OutMessage {
-                exchange: "",
-                routing_key: &self.names.work,
-                body,
-                properties: props.clone(),
+            .map(|item| {
+                encode(item).map(|(body, properties)| OutMessage {
+                    exchange: "".into(),
+                    routing_key: work.clone(),
+                    body: body.into(),
+                    properties,
+                })
             })
-            .collect();
-        self.broker.publish_batch(&out).await
+            .collect::<Result<Vec<_>, _>>()?;
+        self.broker.publish_batch(out).await
     }
 
     /// Messages ready in the work queue.
@@ -278,7 +280,7 @@ impl WorkQueue {
         .await?;
         let mut consumer = ch
             .basic_consume(
-                crate::broker::short_string(&self.names.work),
+                short_string(&self.names.work),
                 format!("o365-relay-{}", uuid::Uuid::new_v4().simple()).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -402,12 +404,12 @@ impl WorkQueue {
         )
         .with_expiration(delay.as_millis().max(1).to_string().into());
         let msg = OutMessage {
-            exchange: "",
-            routing_key: self.names.retry_queue_for(delay),
-            body: &d.data,
+            exchange: "".into(),
+            routing_key: short_string(self.names.retry_queue_for(delay)),
+            body: d.data.clone().into(),
             properties: props,
         };
-        match self.broker.publish_batch(std::slice::from_ref(&msg)).await {
+        match self.broker.publish_batch(vec![msg]).await {
             Ok(()) => {
                 self.metrics.blobs.with_label_values(&["retried"]).inc();
                 tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, code, error = %crate::broker::capped(error, REASON_CAP), "Blob failed; retrying later.");
@@ -440,12 +442,12 @@ impl WorkQueue {
             ],
         );
         let msg = OutMessage {
-            exchange: "",
-            routing_key: &self.names.dead,
-            body: &d.data,
+            exchange: "".into(),
+            routing_key: short_string(&self.names.dead),
+            body: d.data.clone().into(),
             properties: props,
         };
-        match self.broker.publish_batch(std::slice::from_ref(&msg)).await {
+        match self.broker.publish_batch(vec![msg]).await {
             Ok(()) => {
                 self.metrics.blobs.with_label_values(&["dead"]).inc();
                 self.metrics

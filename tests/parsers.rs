@@ -818,16 +818,9 @@ proptest! {
         records_are_pieces_of(&input, &records)?;
     }
 
-    // BUG found by this property (not fixed here): inside a record the splitter counts `{`/`[`
-    // up and `}`/`]` down without checking that a closer matches its opener, so a record
-    // "closes" on a `]` and the split reports success. Minimal input: `[{]]` (whole or in
-    // 1-byte chunks): `feed` and `finish` are Ok and the one record yielded is `{]`. Likewise
-    // `[{"a":1]]` yields `{"a":1]`, and `[{"a":[}, {"Id":"x"}]]` yields the single record
-    // `{"a":[}, {"Id":"x"}]`. `AuditRecord::parse` refuses such a record, so the worker
-    // publishes the blob's other records and gives the blob up as `malformed_record`
-    // (GiveUp) instead of failing it as `malformed_content` (retried).
+    // Found by this property: the splitter once closed a record on any closer (`[{]]`
+    // split Ok into the record `{]`); it now tracks which closer each opener expects.
     #[test]
-    #[ignore = "bug: ArraySplitter accepts mismatched closers; `[{]]` splits Ok into the record `{]`"]
     fn a_successful_split_yields_only_balanced_objects_whatever_the_bytes(
         input in hostile_input(),
         how in chunking(),

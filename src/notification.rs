@@ -196,9 +196,12 @@ fn required<'a>(v: Option<&'a str>, name: &str) -> Result<&'a str, BlobRejection
 }
 
 /// Content ids hold `$`, which a sender may percent-encode.
-fn decode_dollar(s: &str) -> String {
-    s.replace("%24", "$")
-        .replace("%24".to_ascii_lowercase().as_str(), "$")
+fn decode_dollar(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('%') {
+        std::borrow::Cow::Owned(s.replace("%24", "$"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// Parses a notification body: a JSON array of entries. Entries are checked by

@@ -277,6 +277,11 @@ async fn bad_assertions_are_refused() {
         .unwrap()
         .contains("replay"));
     assert_eq!(sim.token_requests(TENANT_A), 1);
+    assert_eq!(
+        sim.refused_token_requests(TENANT_A),
+        7,
+        "six bad assertions and one replay, each counted as a refusal"
+    );
     assert!(sim.rejected_requests().len() >= 7);
     sim.stop().await;
 }
@@ -312,6 +317,12 @@ async fn secret_tenant_and_resource_checks() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_resource");
     assert_eq!(sim.token_requests(TENANT_A), 1);
+    assert_eq!(
+        sim.refused_token_requests(TENANT_A),
+        2,
+        "wrong secret, wrong resource"
+    );
+    assert_eq!(sim.refused_token_requests(unknown), 1, "unknown tenant");
     sim.stop().await;
 }
 

@@ -174,10 +174,12 @@ async fn expire(inner: web::Data<Inner>, req: web::Json<ExpireReq>) -> HttpRespo
 async fn stats(inner: web::Data<Inner>) -> HttpResponse {
     let st = inner.state();
     let token_requests: BTreeMap<_, _> = st.token_requests.iter().collect();
+    let refused_token_requests: BTreeMap<_, _> = st.refused_token_requests.iter().collect();
     let max_per_minute: BTreeMap<_, _> = st.calls.iter().map(|(t, w)| (t, w.max)).collect();
     let management_calls: BTreeMap<_, _> = st.calls.iter().map(|(t, w)| (t, w.total)).collect();
     HttpResponse::Ok().json(json!({
         "token_requests": token_requests,
+        "refused_token_requests": refused_token_requests,
         "content_gets": st.content_gets,
         "list_calls": st.list_calls,
         "management_calls": management_calls,

@@ -101,7 +101,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && openssl::memcmp::eq(a, b)
 }
 
-/// `POST /{tenant}/oauth2/token` and `POST /common/oauth2/token`.
+/// `POST /{tenant}/oauth2/token` and `POST /common/oauth2/token`. Every refusal at a tenant's
+/// endpoint is counted for that tenant (`refused_token_requests`), so a test can see that a
+/// request reached Entra even when no token was issued.
 async fn token(
     inner: web::Data<Inner>,
     req: HttpRequest,
@@ -109,9 +111,26 @@ async fn token(
     body: web::Bytes,
 ) -> HttpResponse {
     let tenant = path.into_inner().to_ascii_lowercase();
-    if tenant != "common" && !inner.tenant_known(&tenant) {
+    let resp = answer_token_request(&inner, &req, &tenant, &body);
+    if tenant != "common" && !resp.status().is_success() {
+        *inner
+            .state()
+            .refused_token_requests
+            .entry(tenant)
+            .or_insert(0) += 1;
+    }
+    resp
+}
+
+fn answer_token_request(
+    inner: &Inner,
+    req: &HttpRequest,
+    tenant: &str,
+    body: &[u8],
+) -> HttpResponse {
+    if tenant != "common" && !inner.tenant_known(tenant) {
         return oauth_error(
-            &inner,
+            inner,
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!(
@@ -119,33 +138,33 @@ async fn token(
             ),
         );
     }
-    if !is_form(&req) {
+    if !is_form(req) {
         return oauth_error(
-            &inner,
+            inner,
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "AADSTS900144: The request body must be application/x-www-form-urlencoded.".into(),
         );
     }
-    let form = parse_form(&body);
+    let form = parse_form(body);
     let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
-    match (tenant.as_str(), grant) {
-        ("common", "authorization_code") => code_grant(&inner, &form),
+    match (tenant, grant) {
+        ("common", "authorization_code") => code_grant(inner, &form),
         ("common", _) => oauth_error(
-            &inner,
+            inner,
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             format!("AADSTS70003: The app requested an unsupported grant type '{grant}' on /common (use /{{tenant}} for client_credentials)."),
         ),
-        (_, "client_credentials") => client_credentials(&inner, &tenant, &form),
+        (_, "client_credentials") => client_credentials(inner, tenant, &form),
         (_, "") => oauth_error(
-            &inner,
+            inner,
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "AADSTS900144: The request body must contain the following parameter: 'grant_type'.".into(),
         ),
         (_, other) => oauth_error(
-            &inner,
+            inner,
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),

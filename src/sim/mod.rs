@@ -401,7 +401,10 @@ pub(crate) struct State {
     /// Faults answered by every GET of a content id, ahead of `pushed` and random faults.
     pub sticky: HashMap<String, Fault>,
     // counters
+    /// Client-credentials tokens issued, per tenant.
     pub token_requests: HashMap<String, u64>,
+    /// Requests to a tenant's token endpoint answered with an error, per tenant.
+    pub refused_token_requests: HashMap<String, u64>,
     pub content_gets: u64,
     pub content_gets_for: HashMap<String, u64>,
     pub list_calls: u64,
@@ -654,10 +657,21 @@ impl Simulator {
 
     // --- counters ------------------------------------------------------------------------
 
-    /// Client-credentials tokens issued for the tenant.
+    /// Client-credentials tokens issued for the tenant (refused requests are not counted:
+    /// see [`Simulator::refused_token_requests`]).
     pub fn token_requests(&self, tenant: &str) -> u64 {
         let st = self.inner.state();
         st.token_requests
+            .get(&tenant.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Requests to the tenant's token endpoint (`POST /{tenant}/oauth2/token`) that were refused
+    /// with an OAuth error: a wrong client id, secret or assertion, an unknown tenant, a bad
+    /// grant type or body. Issued tokens + refused requests = every request that reached Entra.
+    pub fn refused_token_requests(&self, tenant: &str) -> u64 {
+        let st = self.inner.state();
+        st.refused_token_requests
             .get(&tenant.to_ascii_lowercase())
             .copied()
             .unwrap_or(0)

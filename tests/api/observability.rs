@@ -61,19 +61,20 @@ impl Drop for Child {
     }
 }
 
-/// Runs `o365-relay serve` as a real process with `debug` logs, relays traffic through it, and
-/// looks for every secret in everything it printed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_secret_appears_in_the_logs_of_a_full_run() {
-    let env = TestEnv::start(Options {
-        workers: false,
-        ..Default::default()
-    })
-    .await;
+/// What a relay process printed during [`full_run`], and the access token it used.
+struct FullRun {
+    logs: String,
+    access_token: String,
+}
+
+/// Runs `o365-relay serve` as a real process with `debug` logs and `credential` as its only
+/// client credential, relays traffic through it (a subscription start with its webhook
+/// validation, notifications, a wrong auth id, a wrong admin token), stops it with SIGTERM and
+/// returns everything it printed. Checks on the way that the run really used the credential (it
+/// fetched a token itself) and really relayed.
+async fn full_run(env: &TestEnv, credential: &[(&str, &str)], admin_token: &str) -> FullRun {
     let public = free_port();
     let admin = free_port();
-    let admin_token = "admin-token-that-is-secret-1234";
-    let client_secret = "test-client-secret-value";
     let mut vars = env.vars.clone();
     vars.retain(|(k, _)| {
         !matches!(
@@ -84,6 +85,7 @@ async fn no_secret_appears_in_the_logs_of_a_full_run() {
                 | "O365_ENABLE_WORKERS"
                 | "O365_CLIENT_CERT_PATH"
                 | "O365_CLIENT_KEY_PATH"
+                | "O365_CLIENT_SECRET"
         )
     });
     let public_url = format!("http://127.0.0.1:{public}");
@@ -96,9 +98,13 @@ async fn no_secret_appears_in_the_logs_of_a_full_run() {
         ("O365_PUBLIC_URL".to_string(), public_url.clone()),
         ("O365_ENABLE_WORKERS".to_string(), "true".to_string()),
         ("O365_ADMIN_TOKEN".to_string(), admin_token.to_string()),
-        ("O365_CLIENT_SECRET".to_string(), client_secret.to_string()),
     ]);
-    let log_path = env.dir.join("relay.log");
+    vars.extend(
+        credential
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let log_path = env.dir.join(format!("relay-{public}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_o365-relay"))
         .arg("serve")
@@ -158,9 +164,10 @@ async fn no_secret_appears_in_the_logs_of_a_full_run() {
         .await
         .unwrap();
 
-    let store = o365_relay::store::Store::new(REDIS, &env.prefix).unwrap();
+    let store = &env.relay.store;
+    let tid = o365_relay::domain::TenantId::parse(TENANT_A).unwrap();
     let cached = store
-        .get(&store.key(&format!("token:{TENANT_A}")))
+        .get(&store.token_cache_key(&tid))
         .await
         .unwrap()
         .expect("token cached in Redis");
@@ -176,23 +183,100 @@ async fn no_secret_appears_in_the_logs_of_a_full_run() {
         logs.contains("Blob relayed"),
         "debug logs were captured:\n{logs}"
     );
-    for (name, secret) in [
-        ("client secret", client_secret),
-        ("auth id", env.auth_id.as_str()),
-        ("admin token", admin_token),
-        ("access token", access_token.as_str()),
-        (
-            "access token signature",
-            access_token.rsplit('.').next().unwrap(),
-        ),
-    ] {
-        assert!(!logs.contains(secret), "{name} leaked into the logs");
-    }
-    let key_pem = std::fs::read_to_string(env.dir.join("client.key")).unwrap();
-    let key_line = key_pem.lines().nth(1).unwrap();
-    assert!(!logs.contains(key_line), "private key leaked");
+    assert!(
+        logs.contains("Fetched an app-only token."),
+        "the process fetched its token itself, with its credential:\n{logs}"
+    );
+    assert!(env.sim.token_requests(TENANT_A) >= 1, "Entra issued it");
     for line in logs.lines().filter(|l| l.starts_with('{')) {
         serde_json::from_str::<serde_json::Value>(line).expect("every log line is JSON");
+    }
+    FullRun { logs, access_token }
+}
+
+/// The secrets every run holds: the webhook auth id, the admin token, the access token.
+fn assert_common_secrets_absent(env: &TestEnv, run: &FullRun, admin_token: &str, what: &str) {
+    for (name, secret) in [
+        ("auth id", env.auth_id.as_str()),
+        ("admin token", admin_token),
+        ("access token", run.access_token.as_str()),
+        (
+            "access token signature",
+            run.access_token.rsplit('.').next().unwrap(),
+        ),
+    ] {
+        assert!(
+            !run.logs.contains(secret),
+            "{name} leaked into the logs of the {what} run"
+        );
+    }
+}
+
+/// Runs `o365-relay serve` twice as a real process with `debug` logs — once with a client secret,
+/// once with the certificate, so that each credential is loaded and used — relays traffic
+/// through it, and looks for every secret in everything it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_secret_appears_in_the_logs_of_a_full_run() {
+    let admin_token = "admin-token-that-is-secret-1234";
+
+    // Client secret.
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let client_secret = "test-client-secret-value";
+    let run = full_run(&env, &[("O365_CLIENT_SECRET", client_secret)], admin_token).await;
+    assert_common_secrets_absent(&env, &run, admin_token, "client-secret");
+    assert!(
+        !run.logs.contains(client_secret),
+        "client secret leaked into the logs"
+    );
+    env.cleanup().await;
+
+    // Certificate: the private key is loaded and signs every client assertion.
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let cert_path = env.dir.join("client.crt").display().to_string();
+    let key_path = env.dir.join("client.key").display().to_string();
+    let run = full_run(
+        &env,
+        &[
+            ("O365_CLIENT_CERT_PATH", cert_path.as_str()),
+            ("O365_CLIENT_KEY_PATH", key_path.as_str()),
+        ],
+        admin_token,
+    )
+    .await;
+    assert_common_secrets_absent(&env, &run, admin_token, "certificate");
+    // Every line of the key's PEM body, as written in the file and as the relay holds it in
+    // memory (re-encoded to PKCS#8). Lines shorter than 16 characters (a PEM body's last line
+    // can be a few characters) could match by chance and are left out.
+    let file_pem = std::fs::read_to_string(&key_path).unwrap();
+    let loaded = o365_relay::certs::ClientCertificate::load(&cert_path, &key_path).unwrap();
+    let memory_pem = String::from_utf8(loaded.key_pem.expose().clone()).unwrap();
+    let mut key_lines: Vec<&str> = file_pem
+        .lines()
+        .chain(memory_pem.lines())
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .collect();
+    key_lines.sort_unstable();
+    key_lines.dedup();
+    assert!(
+        key_lines.len() >= 20,
+        "a 2048-bit key spans over 20 PEM lines, got {}",
+        key_lines.len()
+    );
+    for (i, line) in key_lines.iter().enumerate() {
+        assert!(
+            !run.logs.contains(line),
+            "private key leaked into the logs (PEM body line {i} of {})",
+            key_lines.len()
+        );
     }
     env.cleanup().await;
 }

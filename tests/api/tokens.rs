@@ -5,6 +5,7 @@ use crate::helpers::*;
 use o365_relay::app::Relay;
 use o365_relay::config::Settings;
 use o365_relay::domain::TenantId;
+use o365_relay::tokens::TokenError;
 use std::time::Duration;
 
 fn relay_with(env_vars: &[(String, String)], overrides: &[(&str, &str)]) -> std::sync::Arc<Relay> {
@@ -99,16 +100,37 @@ async fn a_refused_credential_is_reported_and_never_cached() {
         &env.vars,
         &[("O365_CLIENT_ID", "00000000-1111-2222-3333-444444444444")],
     );
-    let err = bad
-        .tokens
-        .get(&TenantId::parse(TENANT_A).unwrap())
-        .await
-        .unwrap_err();
+    let tid = TenantId::parse(TENANT_A).unwrap();
+    let err = bad.tokens.get(&tid).await.unwrap_err();
     assert!(
         err.to_string().contains("invalid_client") || err.to_string().contains("AADSTS"),
         "{err}"
     );
-    assert_eq!(env.sim.token_requests(TENANT_A), 0);
+    // The refusal came from Entra: the request reached the token endpoint and was refused.
+    assert_eq!(env.sim.refused_token_requests(TENANT_A), 1);
+    assert_eq!(env.sim.token_requests(TENANT_A), 0, "no token was issued");
+    // Not cached: the next call asks Entra again (and is refused again) instead of answering
+    // from memory or Redis.
+    let again = bad.tokens.get(&tid).await.unwrap_err();
+    assert!(
+        matches!(again, TokenError::Rejected { .. }),
+        "refused again: {again}"
+    );
+    assert_eq!(
+        env.sim.refused_token_requests(TENANT_A),
+        2,
+        "the second get asked Entra again"
+    );
+    // Nothing was written to the shared token cache, where other replicas would find it.
+    let cached = bad
+        .store
+        .get(&bad.store.token_cache_key(&tid))
+        .await
+        .expect("Redis answers");
+    assert_eq!(
+        cached, None,
+        "a refusal left an entry in the Redis token cache"
+    );
     env.cleanup().await;
 }
 

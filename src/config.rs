@@ -1,6 +1,7 @@
-//! Configuration from the environment (contract.md, "Configuration"). Every variable is read as
-//! text through envy into one flat struct, then each is parsed on its own so that *every*
-//! problem is reported at start, one line per variable, instead of stopping at the first.
+//! Configuration from the environment (`.env.example` lists every variable with its default;
+//! README.md, "Running it"). Every variable is read as text through envy into one flat struct,
+//! then each is parsed on its own so that *every* problem is reported at start, one line per
+//! variable, instead of stopping at the first.
 
 use crate::certs::ClientCertificate;
 use crate::domain::{ContentType, TenantId};
@@ -10,7 +11,8 @@ use std::time::Duration;
 use url::Url;
 
 /// The raw variables, without the `O365_` prefix. Flat and all text: envy cannot flatten and
-/// would stop at the first bad number (library-notes.md).
+/// would stop at the first bad number (envy issue #26, "Serde flatten":
+/// <https://github.com/softprops/envy/issues/26>).
 #[derive(Debug, Default, Deserialize)]
 struct Raw {
     client_id: Option<String>,
@@ -38,7 +40,7 @@ struct Raw {
     reconcile_lookback: Option<String>,
     admin_token: Option<String>,
     log_format: Option<String>,
-    // Additions beyond contract.md (documented in .env.example).
+    // Additions listed in README.md, "Changelog" (documented in .env.example).
     enable_webhook: Option<String>,
     enable_workers: Option<String>,
     enable_reconciler: Option<String>,
@@ -219,7 +221,9 @@ impl Parser {
     }
 }
 
-/// The two base URLs of each Microsoft cloud (reference §1): (login, manage).
+/// The two base URLs of each Microsoft cloud: (login, manage). Manage URLs per plan: Office 365
+/// Management Activity API reference, "Activity API operations"; login URLs: Microsoft identity
+/// platform, "National clouds" ("Microsoft Entra authentication endpoints").
 fn cloud_preset(cloud: &str) -> Option<(&'static str, &'static str)> {
     Some(match cloud {
         "enterprise" => (
@@ -602,7 +606,8 @@ impl Settings {
             .map(|u| format!("{}/consent/callback", u.as_str().trim_end_matches('/')))
     }
 
-    /// The `PublisherIdentifier` for calls about `tenant` (reference §3).
+    /// The `PublisherIdentifier` for calls about `tenant` (Office 365 Management Activity API
+    /// reference: the `PublisherIdentifier` parameter of every operation).
     pub fn publisher_for<'a>(&'a self, tenant: &'a TenantId) -> &'a TenantId {
         self.publisher_id.as_ref().unwrap_or(tenant)
     }

@@ -1,8 +1,10 @@
-//! Tenant onboarding through admin consent (seed steps 1–2; reference §4). `GET /consent` shows
-//! a page with a button; `GET /consent/start` creates a single-use `state` (kept 10 minutes in
-//! Redis) and redirects to Entra's authorize URL; `GET /consent/callback` verifies and consumes
-//! the state, exchanges the code at the `common` endpoint, reads `tid` from the token (never
-//! from the query string), registers the tenant and starts its subscriptions.
+//! Tenant onboarding through admin consent (Get started with Office 365 Management APIs, "Get
+//! Office 365 tenant admin consent" and "Request an access token using the authorization code";
+//! docs/ONBOARDING.md, "3. Onboard a customer tenant"). `GET /consent` shows a page with a
+//! button; `GET /consent/start` creates a single-use `state` (kept 10 minutes in Redis) and
+//! redirects to Entra's authorize URL; `GET /consent/callback` verifies and consumes the state,
+//! exchanges the code at the `common` endpoint, reads `tid` from the token (never from the query
+//! string), registers the tenant and starts its subscriptions.
 
 use crate::app::Relay;
 use crate::domain::TenantId;
@@ -167,7 +169,8 @@ struct Callback {
 }
 
 /// Reads claims from a JWT we received directly from Entra's token endpoint over our own
-/// connection (so its origin is already established; the seed says to read `tid` from it).
+/// connection (so its origin is already established; Get started with Office 365 Management
+/// APIs, "Request an access token using the authorization code", says to extract `tid` from it).
 fn claims(jwt: &str) -> Option<serde_json::Value> {
     let payload = jwt.split('.').nth(1)?;
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?).ok()

@@ -54,7 +54,8 @@ impl FromStr for TenantId {
     }
 }
 
-/// The five content types of the Management Activity API (reference §2).
+/// The five content types of the Management Activity API (Office 365 Management Activity API
+/// reference, "Working with the Office 365 Management Activity API").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum ContentType {

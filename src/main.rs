@@ -1,4 +1,4 @@
-//! `o365-relay`: the service and its operator CLI (contract.md, "Binaries").
+//! `o365-relay`: the service and its operator CLI (README.md, "Running it").
 
 use clap::{Parser, Subcommand};
 use o365_relay::app::{Application, Relay};

@@ -2,9 +2,11 @@
 //!
 //! Every request goes through [`ManagementClient::send`], which refuses any URL whose origin is
 //! not `O365_MANAGE_URL` (a `contentUri` or `NextPageUri` pointing elsewhere never receives a
-//! token), adds `PublisherIdentifier` (reference §3), waits for the tenant's shared quota,
-//! never follows redirects, retries once with a new token after a 401, and turns Microsoft's
-//! error bodies into [`ApiError`] classified by `error.code` (reference §9).
+//! token), adds `PublisherIdentifier` (Office 365 Management Activity API reference: the
+//! `PublisherIdentifier` parameter of every operation, and "API throttling"), waits for the
+//! tenant's shared quota, never follows redirects, retries once with a new token after a 401, and
+//! turns Microsoft's error bodies into [`ApiError`] classified by `error.code` (same reference,
+//! "Errors").
 
 use crate::domain::{ContentType, TenantId};
 use crate::metrics::Metrics;
@@ -348,7 +350,8 @@ impl ManagementClient {
     }
 
     /// `subscriptions/content` for one window, following `NextPageUri` (or `NextPageUrl`) to
-    /// the end (reference §7).
+    /// the end (Office 365 Management Activity API reference, "List available content" and its
+    /// "Pagination").
     pub async fn list_content(
         &self,
         tenant: &TenantId,

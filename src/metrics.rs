@@ -1,6 +1,7 @@
-//! Prometheus series (contract.md, admin listener `/metrics`). One registry per running relay,
-//! so several relays in one test process keep separate figures. Labels are bounded: reasons and
-//! results are fixed vocabularies, content types are five, tenants are the served ones.
+//! Prometheus series, served on the admin listener's `/metrics` (docs/OPERATIONS.md, "Metrics and
+//! alerts"). One registry per running relay, so several relays in one test process keep separate
+//! figures. Labels are bounded: reasons and results are fixed vocabularies, content types are
+//! five, tenants are the served ones.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,

@@ -1,7 +1,9 @@
 //! Reconciliation: Microsoft's notifications are late (often 60–90 minutes) or missing
-//! (reference §6), so one replica at a time lists the available content of every served
-//! tenant and content type, in windows of at most 24 hours, and enqueues every blob not yet
-//! relayed into the same work queue (marked `source: reconcile`).
+//! (Office 365 Management Activity API FAQs and troubleshooting; Office 365 Management Activity
+//! API reference, "Notification failure and retry"), so one replica at a time lists the
+//! available content of every served tenant and content type, in windows of at most 24 hours,
+//! and enqueues every blob not yet relayed into the same work queue (marked
+//! `source: reconcile`).
 //!
 //! **Checkpoint.** Per tenant and content type, Redis keeps the end of the last window that was
 //! fully listed (every page, `NextPageUri` followed to the end) *and* whose missing blobs were
@@ -33,7 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Microsoft's window limits (reference §7).
+/// Microsoft's window limits (Office 365 Management Activity API reference, "List available
+/// content": `startTime` and `endTime` at most 24 hours apart, no more than 7 days back).
 const MAX_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 /// Stay clear of the 7-day edge so clock skew cannot trip AF20055.
 const SKEW: chrono::Duration = chrono::Duration::minutes(5);

@@ -1,8 +1,9 @@
 //! Subscription lifecycle: start (with our webhook), stop, list, and the keeper that keeps every
 //! served tenant's subscriptions enabled with a healthy webhook pointing at us.
 //!
-//! Microsoft asks for 15 minutes between `/start` requests (reference §5); the last attempt per
-//! tenant and content type is kept in Redis so all replicas respect it together.
+//! Microsoft asks for 15 minutes between `/start` requests (docs/ONBOARDING.md, "3. Onboard a
+//! customer tenant"); the last attempt per tenant and content type is kept in Redis so all
+//! replicas respect it together.
 
 use crate::config::Settings;
 use crate::domain::{ContentType, TenantId};

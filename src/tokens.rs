@@ -117,7 +117,8 @@ struct AssertionClaims<'a> {
     exp: i64,
 }
 
-/// Builds the RS256 client assertion Entra ID expects (reference §4): header `x5t` = base64url
+/// Builds the RS256 client assertion Entra ID expects (Get started with Office 365 Management
+/// APIs, "Request an access token by using client credentials"): header `x5t` = base64url
 /// SHA-1 of the DER certificate; `aud` = the exact token URL; `iss` = `sub` = client id;
 /// a fresh `jti`; valid for 10 minutes.
 pub fn client_assertion(

@@ -1,9 +1,11 @@
 //! Management Activity API: `/api/v1.0/{tenant}/activity/feed/...`.
 //!
-//! Every call is checked like Microsoft does (reference §1, §3, §9): a bearer token signed by the
-//! sim and unexpired (AF401 otherwise), the URL tenant exists (AF20011) and equals the token's
-//! `tid` (AF20010), `PublisherIdentifier` is a GUID (AF20012), the content type is one of the five
-//! (AF20020) and the token holds `ActivityFeed.Read` (`ActivityFeed.ReadDlp` for DLP.All; AF10001).
+//! Every call is checked like Microsoft does (Office 365 Management Activity API reference,
+//! "Activity API operations", the `PublisherIdentifier` parameter and "Errors"): a bearer token
+//! signed by the sim and unexpired (AF401 otherwise), the URL tenant exists (AF20011) and equals
+//! the token's `tid` (AF20010), `PublisherIdentifier` is a GUID (AF20012), the content type is one
+//! of the five (AF20020) and the token holds `ActivityFeed.Read` (`ActivityFeed.ReadDlp` for
+//! DLP.All; AF10001).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

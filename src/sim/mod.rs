@@ -3,8 +3,9 @@
 //!
 //! One HTTP listener serves both roles: it is the Entra ID base URL *and* the Management API
 //! base URL (so a token's `resource` is the simulator's own URL). The simulator enforces
-//! Microsoft's contract (see `management-activity-api.md`) instead of accepting anything, so a
-//! relay that passes its tests against it really does what Microsoft requires.
+//! Microsoft's contract as its public pages state it ("Office 365 Management Activity API
+//! reference", "Get started with Office 365 Management APIs") instead of accepting anything, so
+//! a relay that passes its tests against it really does what Microsoft requires.
 //!
 //! Layout:
 //! - `entra`: `/{tenant}/oauth2/token`, `/common/oauth2/authorize`, `/common/oauth2/token`;

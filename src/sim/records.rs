@@ -1,7 +1,8 @@
 //! Realistic audit records, Microsoft-shaped content ids and blob publication.
 //!
-//! Records follow the common schema (reference §8) plus workload-specific fields, and carry on
-//! purpose the odd shapes collectors trip over, spread over the records of every blob:
+//! Records follow the common schema (Office 365 Management Activity API schema, "Common
+//! schema") plus workload-specific fields, and carry on purpose the odd shapes collectors trip
+//! over, spread over the records of every blob:
 //! `ClientIP` null / with a port / bracketed IPv6 with a port, numbers as strings, nested arrays
 //! and objects, raw and `\u`-escaped unicode (including surrogate pairs), integers beyond 2^53,
 //! exponent floats, empty strings, non-alphabetical key order. Roughly 1 record in 20 of a blob

@@ -1,5 +1,6 @@
 //! Webhook traffic: the validation request sent by `subscriptions/start` and the notifications
-//! sent when content is published (reference §6).
+//! sent when content is published (Office 365 Management Activity API reference, "Webhook
+//! validation", "Receiving notifications" and "Notification failure and retry").
 //!
 //! - Validation: `Content-Type: application/json; charset=utf-8`, `Webhook-ValidationCode`,
 //!   `Webhook-AuthID` (when configured), body `{"validationCode": ...}`; only HTTP 200 passes.

@@ -1,5 +1,6 @@
-//! Workers: blobs fetched with the tenant's token, records relayed byte-exact with the contract's
-//! properties, duplicates suppressed, failures retried or dead-lettered.
+//! Workers: blobs fetched with the tenant's token, records relayed byte-exact with the properties
+//! README.md's "What consumers receive" lists, duplicates suppressed, failures retried or
+//! dead-lettered.
 
 use crate::helpers::*;
 use o365_relay::sim::Fault;

@@ -1,4 +1,5 @@
-# o365-relay container image: the service (`o365-relay`) and the simulator (`o365-sim`).
+# o365-relay container image: the service (`o365-relay`, built without the demo) and the
+# simulator (`o365-sim`, its own workspace crate).
 #
 #   docker build -t o365-relay:dev .
 #   docker run --rm o365-relay:dev check        # any o365-relay sub-command
@@ -13,31 +14,38 @@ FROM rust:1-bookworm AS builder
 WORKDIR /build
 
 # 1. Dependencies only: compile them against stub targets, so that this (slow) layer is
-#    reused as long as Cargo.toml and Cargo.lock do not change. Every `path = "....rs"` target
-#    declared in Cargo.toml gets a stub, so explicitly declared tests/benches do not break the
-#    manifest (those stubs stay: only the two binaries are built from here on).
+#    reused as long as the manifests and Cargo.lock do not change. Every `path = "....rs"`
+#    target declared in a manifest gets a stub, so the manifests load (those stubs stay: only
+#    the two binaries are built from here on). The relay is built without its `demo` feature:
+#    the production binary does not contain the simulator, which is its own binary.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/o365-sim/Cargo.toml ./crates/o365-sim/
 RUN set -eux; \
-    mkdir -p src/bin; \
+    for dir in . crates/o365-sim; do \
+        sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$dir/Cargo.toml" \
+            > /tmp/targets; \
+        while IFS= read -r p; do \
+            mkdir -p "$(dirname "$dir/$p")"; echo 'fn main() {}' > "$dir/$p"; \
+        done < /tmp/targets; \
+    done; \
     : > src/lib.rs; \
-    echo 'fn main() {}' > src/main.rs; \
-    echo 'fn main() {}' > src/bin/o365-sim.rs; \
-    sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' Cargo.toml > /tmp/targets; \
-    while IFS= read -r p; do \
-        if [ ! -e "$p" ]; then mkdir -p "$(dirname "$p")"; echo 'fn main() {}' > "$p"; fi; \
-    done < /tmp/targets; \
-    cargo build --release --locked --bin o365-relay --bin o365-sim; \
-    rm -rf src
+    : > crates/o365-sim/src/lib.rs; \
+    cargo build --release --locked -p o365-relay --no-default-features --bin o365-relay; \
+    cargo build --release --locked -p o365-sim --bin o365-sim; \
+    rm -rf src crates/o365-sim/src
 
 # 2. The real sources. Touch them so they are newer than the stub build's artefacts whatever
-#    mtimes COPY gives them, and drop the crate's own fingerprints: cargo must rebuild the
-#    crate (not the dependencies).
+#    mtimes COPY gives them, and drop the crates' own fingerprints: cargo must rebuild the
+#    crates (not the dependencies).
 COPY src ./src
+COPY crates ./crates
 RUN set -eux; \
-    find src -type f -exec touch {} +; \
-    rm -rf target/release/.fingerprint/o365-relay-* target/release/deps/o365_relay-* \
-           target/release/deps/libo365_relay-* target/release/deps/o365_sim-*; \
-    cargo build --release --locked --bin o365-relay --bin o365-sim; \
+    find src crates -type f -name '*.rs' -exec touch {} +; \
+    rm -rf target/release/.fingerprint/o365-relay-* target/release/.fingerprint/o365-sim-* \
+           target/release/deps/o365_relay-* target/release/deps/libo365_relay-* \
+           target/release/deps/o365_sim-* target/release/deps/libo365_sim-*; \
+    cargo build --release --locked -p o365-relay --no-default-features --bin o365-relay; \
+    cargo build --release --locked -p o365-sim --bin o365-sim; \
     install -D -m 0755 target/release/o365-relay /out/o365-relay; \
     install -D -m 0755 target/release/o365-sim /out/o365-sim
 

@@ -7,10 +7,10 @@
 use crate::app::Application;
 use crate::config::{redact_url, Settings};
 use crate::domain::TenantId;
-use crate::sim::{Faults, SimConfig, Simulator};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use o365_sim::{Faults, SimConfig, Simulator};
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -224,7 +224,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     });
     let mut blobs = 0;
     for t in &tenants {
-        for ct in crate::sim::CONTENT_TYPES {
+        for ct in o365_sim::CONTENT_TYPES {
             blobs += sim
                 .publish(t, ct, args.blobs, Some(args.records))
                 .await

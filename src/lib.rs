@@ -14,6 +14,7 @@ pub mod broker;
 pub mod certs;
 pub mod config;
 pub mod consent;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
 pub mod leases;
@@ -23,7 +24,6 @@ pub mod notification;
 pub mod reconciler;
 pub mod records;
 pub mod secret;
-pub mod sim;
 pub mod sink;
 pub mod store;
 pub mod subscriptions;

@@ -23,6 +23,7 @@ enum Command {
     /// Run the listeners, workers, reconciler and subscription keeper (the default).
     Serve,
     /// Run the relay against the built-in simulator and the local Redis and RabbitMQ.
+    #[cfg(feature = "demo")]
     Demo(o365_relay::demo::DemoArgs),
     /// Print the admin-consent URL for this deployment.
     ConsentUrl,
@@ -123,6 +124,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve().await,
+            #[cfg(feature = "demo")]
             Command::Demo(args) => o365_relay::demo::run(args).await,
             Command::ConsentUrl => consent_url().await,
             Command::Tenants(cmd) => tenants(cmd).await,

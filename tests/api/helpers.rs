@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use o365_relay::app::{Application, Relay};
 use o365_relay::config::Settings;
-use o365_relay::sim::{SimConfig, Simulator};
+use o365_sim::{SimConfig, Simulator};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +219,7 @@ impl TestEnv {
     }
 
     /// The notification Microsoft would send for these blobs.
-    pub fn notification(&self, blobs: &[o365_relay::sim::SimBlob]) -> serde_json::Value {
+    pub fn notification(&self, blobs: &[o365_sim::SimBlob]) -> serde_json::Value {
         serde_json::Value::Array(
             blobs
                 .iter()

@@ -4,7 +4,7 @@
 //! readiness tells the truth.
 
 use crate::helpers::*;
-use o365_relay::sim::{hostile, Fault, SimBlob};
+use o365_sim::{hostile, Fault, SimBlob};
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! dead-lettered.
 
 use crate::helpers::*;
-use o365_relay::sim::Fault;
+use o365_sim::Fault;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

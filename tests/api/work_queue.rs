@@ -142,7 +142,7 @@ async fn a_stop_keeps_to_one_shutdown_budget_and_leaves_the_blob_in_flight_queue
         .remove(0);
     env.sim.fault_for(
         &blob.content_id,
-        o365_relay::sim::Fault::DripFeed {
+        o365_sim::Fault::DripFeed {
             chunk: 8,
             interval: Duration::from_millis(200),
         },

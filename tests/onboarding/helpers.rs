@@ -9,7 +9,7 @@ pub use crate::common::*;
 
 use o365_relay::app::{Application, Relay};
 use o365_relay::config::Settings;
-use o365_relay::sim::{SimConfig, Simulator};
+use o365_sim::{SimConfig, Simulator};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub const TENANT_STATIC: &str = "0b6a3c1d-2e4f-4a5b-9c8d-7e6f5a4b3c2d";
 pub const CONSENT_UPN: &str = "admin@contoso.onmicrosoft.com";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
-pub const ALL_TYPES: [&str; 5] = o365_relay::sim::CONTENT_TYPES;
+pub const ALL_TYPES: [&str; 5] = o365_sim::CONTENT_TYPES;
 
 #[derive(Clone)]
 pub struct Options {

@@ -2,7 +2,7 @@
 //! under a low per-tenant quota: no loss, retries bounded, the quota never exceeded.
 
 use crate::harness::*;
-use o365_relay::sim::Faults;
+use o365_sim::Faults;
 use std::time::{Duration, Instant};
 
 const QUOTA: u64 = 120;

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use o365_relay::sim::{Faults, SimConfig, Simulator};
+use o365_sim::{Faults, SimConfig, Simulator};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;

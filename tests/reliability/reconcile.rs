@@ -1,7 +1,7 @@
 //! The simulator drops 30 % of the notifications: the reconciler recovers every blob.
 
 use crate::harness::*;
-use o365_relay::sim::Faults;
+use o365_sim::Faults;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use o365_relay::sim::{SimConfig, Simulator};
+use o365_sim::{SimConfig, Simulator};
 
 #[derive(Parser, Debug)]
 #[command(

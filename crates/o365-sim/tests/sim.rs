@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use o365_relay::sim::{Fault, Faults, SimConfig, Simulator};
+use o365_sim::{Fault, Faults, SimConfig, Simulator};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
 use openssl::hash::MessageDigest;
@@ -1048,7 +1048,7 @@ async fn control_api() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let blobs: Vec<o365_relay::sim::SimBlob> = r.json().await.unwrap();
+    let blobs: Vec<o365_sim::SimBlob> = r.json().await.unwrap();
     assert_eq!(blobs.len(), 2);
     let r = http()
         .post(format!("{}/sim/faults", sim.url()))
@@ -1116,13 +1116,12 @@ fn long_content_id(len: usize) -> String {
 async fn drip_fed_content_arrives_slowly_but_whole() {
     let sim = sim_with(config(None)).await;
     let token = bearer(&sim, TENANT_A).await;
-    let body =
-        o365_relay::sim::hostile::blob_body(&[o365_relay::sim::hostile::record_with_huge_field(
-            TENANT_A,
-            "Operation",
-            500,
-        )
-        .into_bytes()]);
+    let body = o365_sim::hostile::blob_body(&[o365_sim::hostile::record_with_huge_field(
+        TENANT_A,
+        "Operation",
+        500,
+    )
+    .into_bytes()]);
     let blob = sim
         .publish_body(TENANT_A, "Audit.General", body.clone(), None)
         .await;
@@ -1308,7 +1307,7 @@ async fn over_long_content_id_is_listed_notified_and_served() {
     assert_eq!(status, 200);
     let id = long_content_id(300);
     assert_eq!(id.len(), 300);
-    let records = o365_relay::sim::hostile::duplicate_id_records(TENANT_A, 2);
+    let records = o365_sim::hostile::duplicate_id_records(TENANT_A, 2);
     let blob = sim
         .publish_raw_with_id(TENANT_A, "Audit.General", id.clone(), records.clone())
         .await;
@@ -1353,7 +1352,7 @@ async fn over_long_content_id_is_listed_notified_and_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_body_is_served_byte_exact_even_when_not_utf8() {
-    use o365_relay::sim::hostile;
+    use o365_sim::hostile;
     let sim = sim_with(config(None)).await;
     let token = bearer(&sim, TENANT_A).await;
     let good = hostile::record_with_long_id(TENANT_A, 36);
@@ -1396,7 +1395,7 @@ async fn raw_body_is_served_byte_exact_even_when_not_utf8() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_record_makers_build_what_they_promise() {
-    use o365_relay::sim::hostile;
+    use o365_sim::hostile;
     let common = [
         "CreationTime",
         "Id",
@@ -1532,7 +1531,7 @@ async fn control_api_serves_raw_bodies_and_sets_faults() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let blob: o365_relay::sim::SimBlob = r.json().await.unwrap();
+    let blob: o365_sim::SimBlob = r.json().await.unwrap();
     assert_eq!(blob.content_id, id);
     let (s, _, b) = mgmt_get_bytes(&blob.content_uri, &token).await;
     assert_eq!((s, b.as_ref()), (200, body.as_slice()));

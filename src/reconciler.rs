@@ -196,9 +196,7 @@ pub async fn reconcile_one(
 }
 
 fn guard_key(relay: &Relay, tenant: &TenantId, content_id: &ContentId) -> String {
-    relay
-        .store
-        .key(&format!("reconcile-enqueued:{tenant}:{content_id}"))
+    relay.store.reconcile_guard_key(tenant, content_id)
 }
 
 /// The listed blobs that are neither relayed, dead-lettered, nor recently enqueued by

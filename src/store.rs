@@ -176,7 +176,7 @@ impl Store {
 
     // ---- keys --------------------------------------------------------------------------------
 
-    pub fn key(&self, rest: &str) -> String {
+    fn key(&self, rest: &str) -> String {
         format!("{}{}", self.prefix, rest)
     }
     fn token_key(&self, t: &TenantId) -> String {
@@ -184,6 +184,11 @@ impl Store {
     }
     pub fn relayed_key(&self, t: &TenantId, c: &ContentId) -> String {
         self.key(&format!("relayed:{t}:{c}"))
+    }
+    /// Set while a blob enqueued by reconciliation waits in the work or retry queue, so the
+    /// next passes do not enqueue it again.
+    pub fn reconcile_guard_key(&self, t: &TenantId, c: &ContentId) -> String {
+        self.key(&format!("reconcile-enqueued:{t}:{c}"))
     }
     /// Set when a blob was dead-lettered, so reconciliation does not enqueue it again and
     /// again while Microsoft still lists it (an operator requeues dead letters explicitly).

@@ -89,14 +89,7 @@ struct Live {
     connection: Arc<Connection>,
 }
 
-/// A confirm-mode channel and the connection generation it was opened on.
-struct ConfirmChannel {
-    channel: Channel,
-    generation: u64,
-}
-
-/// The connection side of the broker.
-struct Core {
+pub struct Broker {
     url: Secret<String>,
     topology: Topology,
     live: tokio::sync::Mutex<Option<Live>>,
@@ -108,6 +101,9 @@ struct Core {
     /// must answer 503 fast during an outage, not queue behind reconnects).
     failed_at: Mutex<Option<std::time::Instant>>,
     connections_opened: prometheus::IntCounter,
+    /// The one shared confirm channel: one channel lets RabbitMQ confirm many messages at once
+    /// (measured: four channels, or a channel per batch, cost a fifth to a third of ingest).
+    publisher: tokio::sync::Mutex<Option<Arc<Publisher>>>,
 }
 
 impl Broker {
@@ -127,47 +123,30 @@ impl Broker {
             });
         }
         Broker {
-            core: Arc::new(Core {
-                url: Secret::new(url),
-                topology,
-                live: tokio::sync::Mutex::new(None),
-                generation: AtomicU64::new(0),
-                topology_declared: AtomicBool::new(false),
-                last_error: Mutex::new(None),
-                failed_at: Mutex::new(None),
-                connections_opened,
-            }),
+            url: Secret::new(url),
+            topology,
+            live: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            topology_declared: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            failed_at: Mutex::new(None),
+            connections_opened,
             publisher: tokio::sync::Mutex::new(None),
         }
     }
 
     pub fn topology(&self) -> &Topology {
-        &self.core.topology
-    }
-
-    /// Opens a new connection (bounded in time), not shared with anything else.
-    pub async fn connect(&self) -> Result<Connection, BrokerError> {
-        self.core.connect().await
-    }
-
-    /// The last failure, for `/readyz`.
-    pub fn last_error(&self) -> Option<String> {
-        self.core.last_error()
-    }
-
-    /// A fresh channel on the shared connection (consumers own theirs).
-    pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        self.core.channel().await
+        &self.topology
     }
 
     /// Whether the topology was declared on some connection (for `/readyz`).
     pub fn topology_declared(&self) -> bool {
-        self.core.topology_declared.load(Ordering::SeqCst)
+        self.topology_declared.load(Ordering::SeqCst)
     }
 
     /// Connects (declaring the topology) unless connected: `/readyz` and start-up use it.
     pub async fn ensure_connected(&self) -> Result<(), BrokerError> {
-        self.core.connection().await.map(|_| ())
+        self.connection().await.map(|_| ())
     }
 
     /// Messages ready in `queue`.
@@ -236,7 +215,6 @@ impl Broker {
             }
         }
         drop(publishing);
-        let seq = slot.seq;
         let mut broken = false;
         for c in confirms {
             match tokio::time::timeout(CONFIRM_TIMEOUT, c).await {
@@ -283,10 +261,10 @@ impl Broker {
                 return Ok(p.clone());
             }
         }
-        let c = self.core.confirm_channel().await?;
+        let (channel, generation) = self.confirm_channel().await?;
         let p = Arc::new(Publisher {
-            channel: c.channel,
-            generation: c.generation,
+            channel,
+            generation,
             order: Mutex::new(()),
             ledger: Ledger::default(),
         });
@@ -302,22 +280,15 @@ impl Broker {
             }
         }
         let _ = p.channel.close(200, "confirm failed".into()).await;
-        self.core.invalidate(p.generation).await;
+        self.invalidate(p.generation).await;
     }
 
     /// Closes the connection cleanly (shutdown).
     pub async fn close(&self) {
-        if let Some(l) = self.core.live.lock().await.take() {
+        if let Some(l) = self.live.lock().await.take() {
             let _ = l.connection.close(200, "shutdown".into()).await;
         }
     }
-}
-
-pub struct Broker {
-    core: Arc<Core>,
-    /// The one shared confirm channel: one channel lets RabbitMQ confirm many messages at once
-    /// (measured: four channels, or a channel per batch, cost a fifth to a third of ingest).
-    publisher: tokio::sync::Mutex<Option<Arc<Publisher>>>,
 }
 
 /// The shared confirm channel and its ledger.
@@ -477,7 +448,7 @@ impl Ledger {
     }
 }
 
-impl Core {
+impl Broker {
     /// Opens a new connection (bounded in time), not shared with anything else.
     pub async fn connect(&self) -> Result<Connection, BrokerError> {
         match tokio::time::timeout(
@@ -548,11 +519,16 @@ impl Core {
 
     /// A fresh channel on the shared connection (consumers own theirs).
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let (connection, _) = self.connection().await?;
-        connection
+        self.channel_and_generation().await.map(|(ch, _)| ch)
+    }
+
+    async fn channel_and_generation(&self) -> Result<(Channel, u64), BrokerError> {
+        let (connection, generation) = self.connection().await?;
+        let channel = connection
             .create_channel()
             .await
-            .map_err(|e| self.failed(e.into()))
+            .map_err(|e| self.failed(e.into()))?;
+        Ok((channel, generation))
     }
 
     /// Forgets the connection of `generation` after an error, so the next call reconnects.
@@ -582,21 +558,14 @@ impl Core {
         Ok(())
     }
 
-    /// A new confirm-mode channel on the shared connection.
-    async fn confirm_channel(&self) -> Result<ConfirmChannel, BrokerError> {
-        let (connection, generation) = self.connection().await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| self.failed(e.into()))?;
+    /// A new confirm-mode channel on the shared connection, and the connection's generation.
+    async fn confirm_channel(&self) -> Result<(Channel, u64), BrokerError> {
+        let (channel, generation) = self.channel_and_generation().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| self.failed(e.into()))?;
-        Ok(ConfirmChannel {
-            channel,
-            generation,
-        })
+        Ok((channel, generation))
     }
 }
 

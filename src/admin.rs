@@ -1,12 +1,46 @@
-//! The admin listener (cluster-internal): `/healthz`, `/readyz`, `/metrics` and the admin API.
+//! The admin listener (cluster-internal): `/healthz`, `/readyz`, `/metrics` and the admin API
+//! (tenants and their subscriptions; OPERATIONS.md, "Admin API").
+//!
+//! Errors are [`AdminError`]s: each names the status a client gets and a message written for
+//! that client. What Redis, RabbitMQ or Microsoft said stays in the error's `source`, which is
+//! logged, never sent: the body names the failing dependency and, for Microsoft, its error code.
 
-use crate::app::Relay;
+use crate::broker::Broker;
+use crate::certs::ClientCertificate;
 use crate::domain::{ContentType, TenantId};
-use crate::secret::constant_time_eq;
-use crate::tenants::{AddedBy, TenantError};
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::management::{ApiError, Disposition};
+use crate::metrics::Metrics;
+use crate::onboarding::{AddRequest, Onboarding};
+use crate::secret::{constant_time_eq, Secret};
+use crate::store::{Store, StoreError};
+use crate::subscriptions::Subscriptions;
+use crate::supervise::Supervisor;
+use crate::tenants::{AddedBy, TenantError, Tenants};
+use crate::work_queue::WorkQueue;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What the admin listener needs.
+pub struct AdminApi {
+    pub onboarding: Arc<Onboarding>,
+    pub tenants: Arc<Tenants>,
+    pub subscriptions: Arc<Subscriptions>,
+    pub store: Arc<Store>,
+    pub broker: Arc<Broker>,
+    pub work_queue: Arc<WorkQueue>,
+    pub supervisor: Arc<Supervisor>,
+    pub metrics: Arc<Metrics>,
+    /// `O365_ADMIN_TOKEN`: when set, the admin API asks for it as a bearer token.
+    pub admin_token: Option<Secret<String>>,
+    /// The client certificate, for its expiry metric.
+    pub certificate: Option<ClientCertificate>,
+    /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
+    pub stopping: Arc<AtomicBool>,
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
@@ -25,14 +59,117 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn error(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": msg.into() }))
+/// Why an admin API request failed. The `Display` text is what the client reads.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("tenant {0} is not registered")]
+    NotRegistered(TenantId),
+    #[error("tenant {0} is configured in O365_TENANTS; remove it there")]
+    Static(TenantId),
+    #[error("the tenant registry (Redis) is unavailable; retry later")]
+    Store(#[source] StoreError),
+    #[error("{}", management_message(.0))]
+    Management(#[source] ApiError),
+}
+
+fn management_message(e: &ApiError) -> String {
+    match e {
+        ApiError::Api { code, .. } => format!("the Management API refused the request ({code})"),
+        ApiError::Token(_) => {
+            "no token for this tenant: check its consent and the relay's credential".into()
+        }
+        ApiError::Transport(_) | ApiError::Body(_) => {
+            "the Management API could not be reached; retry later".into()
+        }
+        ApiError::ForeignUrl(_) => "the Management API answered with a foreign address".into(),
+    }
+}
+
+impl AdminError {
+    fn code(&self) -> Option<&str> {
+        match self {
+            AdminError::Management(e) => Some(e.code()),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotRegistered(_) => StatusCode::NOT_FOUND,
+            AdminError::Static(_) => StatusCode::CONFLICT,
+            AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Management(e) => management_status(e),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = serde_json::json!({ "error": self.to_string() });
+        if let Some(code) = self.code() {
+            body["code"] = code.into();
+        }
+        HttpResponse::build(self.status_code()).json(body)
+    }
+}
+
+/// A Management API failure as the admin client should see it: a refusal that will not change
+/// by retrying is Microsoft's verdict on the request (422 for a tenant or subscription problem,
+/// 502 for anything else Microsoft did wrong); throttling and outages are 503, so a client
+/// retries; no token is 424 (the request depends on a consent or credential that failed).
+fn management_status(e: &ApiError) -> StatusCode {
+    match e {
+        ApiError::Token(_) => StatusCode::FAILED_DEPENDENCY,
+        ApiError::Transport(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Api { .. } => match e.disposition() {
+            Disposition::Retry(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Disposition::StartSubscription | Disposition::GiveUp => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+        },
+        ApiError::Body(_) | ApiError::ForeignUrl(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl From<TenantError> for AdminError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::Static(t) => AdminError::Static(t),
+            TenantError::Store(e) => AdminError::Store(e),
+        }
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        AdminError::Store(e)
+    }
+}
+
+impl From<ApiError> for AdminError {
+    fn from(e: ApiError) -> Self {
+        AdminError::Management(e)
+    }
+}
+
+/// Logs what the client is not told.
+fn logged(e: AdminError) -> AdminError {
+    if let Some(source) = std::error::Error::source(&e) {
+        tracing::warn!(error = %e, cause = %source, "Admin API request failed.");
+    }
+    e
 }
 
 /// Alive unless a background loop could not be kept alive (see [`crate::supervise`]): then
 /// Kubernetes should restart the pod.
-async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
-    let failed = relay.supervisor.failed();
+async fn healthz(api: web::Data<AdminApi>) -> HttpResponse {
+    let failed = api.supervisor.failed();
     if failed.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
     } else {
@@ -41,21 +178,26 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
     }
 }
 
-async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
+async fn readyz(api: web::Data<AdminApi>) -> HttpResponse {
     let mut problems = Vec::new();
-    if relay.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+    if api.stopping.load(Ordering::SeqCst) {
         problems.push("shutting down".to_string());
     }
-    if let Err(e) = relay.store.ping().await {
-        problems.push(format!("redis: {e}"));
+    // The reasons name the dependency; what it said goes to the log (debug: probes are frequent).
+    if let Err(e) = api.store.ping().await {
+        tracing::debug!(error = %e, "Not ready: Redis.");
+        problems.push("redis: unavailable".to_string());
     }
-    for task in relay.supervisor.failed() {
+    for task in api.supervisor.failed() {
         problems.push(format!("background task {task} is not running"));
     }
-    match tokio::time::timeout(Duration::from_secs(5), relay.broker.ensure_connected()).await {
-        Ok(Ok(())) if relay.broker.topology_declared() => {}
+    match tokio::time::timeout(Duration::from_secs(5), api.broker.ensure_connected()).await {
+        Ok(Ok(())) if api.broker.topology_declared() => {}
         Ok(Ok(_)) => problems.push("rabbitmq: work queue not declared yet".into()),
-        Ok(Err(e)) => problems.push(format!("rabbitmq: {e}")),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "Not ready: RabbitMQ.");
+            problems.push("rabbitmq: unavailable".into())
+        }
         Err(_) => problems.push("rabbitmq: connection attempt timed out".into()),
     }
     if problems.is_empty() {
@@ -66,27 +208,23 @@ async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
     }
 }
 
-async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
+async fn metrics(api: web::Data<AdminApi>) -> HttpResponse {
     if let Ok(Ok(depth)) =
-        tokio::time::timeout(Duration::from_secs(2), relay.work_queue.depth()).await
+        tokio::time::timeout(Duration::from_secs(2), api.work_queue.depth()).await
     {
-        relay.metrics.work_queue_depth.set(i64::from(depth));
+        api.metrics.work_queue_depth.set(i64::from(depth));
     }
-    if let crate::config::Credential::Certificate(c) = &relay.settings.credential {
-        relay
-            .metrics
-            .certificate_expiry
-            .set(c.seconds_left() as f64);
+    if let Some(c) = &api.certificate {
+        api.metrics.certificate_expiry.set(c.seconds_left() as f64);
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(relay.metrics.render())
+        .body(api.metrics.render())
 }
 
 /// `Authorization: Bearer {O365_ADMIN_TOKEN}` when that variable is set.
-#[allow(clippy::result_large_err)] // the error is the response itself, built once per request
-fn authorise(req: &HttpRequest, relay: &Relay) -> Result<(), HttpResponse> {
-    let Some(expected) = &relay.settings.admin_token else {
+fn authorise(req: &HttpRequest, api: &AdminApi) -> Result<(), AdminError> {
+    let Some(expected) = &api.admin_token else {
         return Ok(());
     };
     let given = req
@@ -98,29 +236,21 @@ fn authorise(req: &HttpRequest, relay: &Relay) -> Result<(), HttpResponse> {
     if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
         Ok(())
     } else {
-        Err(error(
-            actix_web::http::StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ))
+        Err(AdminError::Unauthorized)
     }
 }
 
-#[allow(clippy::result_large_err)] // as above
-fn tenant_param(tid: &str) -> Result<TenantId, HttpResponse> {
-    TenantId::parse(tid).map_err(|e| error(actix_web::http::StatusCode::BAD_REQUEST, e))
+fn tenant_param(tid: &str) -> Result<TenantId, AdminError> {
+    TenantId::parse(tid).map_err(|e| AdminError::BadRequest(e.to_string()))
 }
 
-async fn list_tenants(req: HttpRequest, relay: web::Data<Relay>) -> HttpResponse {
-    if let Err(r) = authorise(&req, &relay) {
-        return r;
-    }
-    match relay.tenants.list().await {
-        Ok(l) => HttpResponse::Ok().json(l),
-        Err(e) => error(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        ),
-    }
+async fn list_tenants(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let list = api.tenants.list().await.map_err(|e| logged(e.into()))?;
+    Ok(HttpResponse::Ok().json(list))
 }
 
 #[derive(Deserialize)]
@@ -133,31 +263,23 @@ async fn add_tenant(
     req: HttpRequest,
     path: web::Path<String>,
     q: web::Query<AddQuery>,
-    relay: web::Data<Relay>,
-) -> HttpResponse {
-    if let Err(r) = authorise(&req, &relay) {
-        return r;
-    }
-    let tid = match tenant_param(&path) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let record = match relay.tenants.add(&tid, AddedBy::Admin, None).await {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            )
-        }
-    };
-    let subscriptions = if q.start.unwrap_or(true) && relay.settings.public_url.is_some() {
-        relay.subscriptions.start_all(&tid, None, false).await
-    } else {
-        Vec::new()
-    };
-    HttpResponse::Created()
-        .json(serde_json::json!({ "tenant": record, "subscriptions": subscriptions }))
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let tid = tenant_param(&path)?;
+    let added = api
+        .onboarding
+        .add(
+            &tid,
+            AddRequest {
+                added_by: AddedBy::Admin,
+                consented_by: None,
+                start_subscriptions: q.start.unwrap_or(true),
+            },
+        )
+        .await
+        .map_err(|e| logged(e.into()))?;
+    Ok(HttpResponse::Created().json(added))
 }
 
 #[derive(Deserialize)]
@@ -169,60 +291,34 @@ async fn remove_tenant(
     req: HttpRequest,
     path: web::Path<String>,
     q: web::Query<RemoveQuery>,
-    relay: web::Data<Relay>,
-) -> HttpResponse {
-    if let Err(r) = authorise(&req, &relay) {
-        return r;
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let tid = tenant_param(&path)?;
+    let removed = api
+        .onboarding
+        .remove(&tid, q.stop_subscriptions.unwrap_or(false))
+        .await
+        .map_err(|e| logged(e.into()))?;
+    if !removed.removed {
+        return Err(AdminError::NotRegistered(tid));
     }
-    let tid = match tenant_param(&path) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let mut stopped = Vec::new();
-    if q.stop_subscriptions.unwrap_or(false) {
-        for ct in relay.settings.content_types.clone() {
-            let r = relay.subscriptions.stop(&tid, ct).await;
-            stopped.push(serde_json::json!({ "content_type": ct.as_str(), "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()) }));
-        }
-    }
-    match relay.tenants.remove(&tid).await {
-        Ok(removed) => {
-            relay.tokens.forget(&tid).await;
-            if removed {
-                HttpResponse::Ok().json(serde_json::json!({ "removed": tid, "stopped": stopped }))
-            } else {
-                error(
-                    actix_web::http::StatusCode::NOT_FOUND,
-                    format!("tenant {tid} is not registered"),
-                )
-            }
-        }
-        Err(e @ TenantError::Static(_)) => {
-            error(actix_web::http::StatusCode::CONFLICT, e.to_string())
-        }
-        Err(e) => error(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        ),
-    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": tid, "stopped": removed.stopped })))
 }
 
 async fn list_subscriptions(
     req: HttpRequest,
     path: web::Path<String>,
-    relay: web::Data<Relay>,
-) -> HttpResponse {
-    if let Err(r) = authorise(&req, &relay) {
-        return r;
-    }
-    let tid = match tenant_param(&path) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match relay.subscriptions.list(&tid).await {
-        Ok(l) => HttpResponse::Ok().json(l),
-        Err(e) => error(actix_web::http::StatusCode::BAD_GATEWAY, e.to_string()),
-    }
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let tid = tenant_param(&path)?;
+    let list = api
+        .subscriptions
+        .list(&tid)
+        .await
+        .map_err(|e| logged(e.into()))?;
+    Ok(HttpResponse::Ok().json(list))
 }
 
 #[derive(Deserialize)]
@@ -236,32 +332,74 @@ async fn start_subscriptions(
     req: HttpRequest,
     path: web::Path<String>,
     q: web::Query<StartQuery>,
-    relay: web::Data<Relay>,
-) -> HttpResponse {
-    if let Err(r) = authorise(&req, &relay) {
-        return r;
-    }
-    let tid = match tenant_param(&path) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let only = match q
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let tid = tenant_param(&path)?;
+    let only = q
         .content_type
         .as_deref()
         .map(str::parse::<ContentType>)
         .transpose()
-    {
-        Ok(c) => c,
-        Err(e) => return error(actix_web::http::StatusCode::BAD_REQUEST, e),
-    };
-    let outcomes = relay
+        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    let outcomes = api
         .subscriptions
         .start_all(&tid, only, q.force.unwrap_or(false))
         .await;
     let status = if outcomes.iter().all(|o| o.ok) {
-        actix_web::http::StatusCode::OK
+        StatusCode::OK
     } else {
-        actix_web::http::StatusCode::BAD_GATEWAY
+        StatusCode::BAD_GATEWAY
     };
-    HttpResponse::build(status).json(outcomes)
+    Ok(HttpResponse::build(status).json(outcomes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> ApiError {
+        ApiError::Api {
+            status,
+            code: code.into(),
+            message: "internal detail from Microsoft".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn management_errors_keep_their_code_and_hide_microsofts_text() {
+        for (e, status) in [
+            (api(429, "AF429"), StatusCode::SERVICE_UNAVAILABLE),
+            (api(500, "AF50000"), StatusCode::SERVICE_UNAVAILABLE),
+            (api(400, "AF20022"), StatusCode::UNPROCESSABLE_ENTITY),
+            (api(403, "AF10001"), StatusCode::UNPROCESSABLE_ENTITY),
+            (
+                ApiError::Transport("connection refused by 10.0.0.7".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                ApiError::Body("unreadable at byte 7".into()),
+                StatusCode::BAD_GATEWAY,
+            ),
+        ] {
+            let code = e.code().to_string();
+            let err = AdminError::from(e);
+            assert_eq!(err.status_code(), status, "{err:?}");
+            let text = err.to_string();
+            assert!(!text.contains("internal detail"), "{text}");
+            assert!(!text.contains("10.0.0.7"), "{text}");
+            assert_eq!(err.code(), Some(code.as_str()));
+            // The cause is kept for the log.
+            assert!(std::error::Error::source(&err).is_some());
+        }
+    }
+
+    #[test]
+    fn store_errors_name_the_dependency_not_its_message() {
+        let err = AdminError::from(StoreError::Unavailable("10.1.2.3:6379 refused".into()));
+        assert_eq!(err.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!err.to_string().contains("10.1.2.3"));
+        assert!(err.to_string().contains("Redis"));
+    }
 }

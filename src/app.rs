@@ -1,31 +1,38 @@
-//! Wiring: [`Application::build`] makes every part from [`Settings`], binds both listeners and
-//! starts the background loops; `main.rs`, `demo` and every test use it the same way.
+//! Wiring: the one place where the parts are made from [`Settings`] ([`Parts::new`]) and the
+//! components are built from them, each given just what it needs ([`Webhook`], [`Worker`],
+//! [`Reconciler`], [`Keeper`], [`AdminApi`], [`Consent`]). [`Application::build`] binds both
+//! listeners and starts the background loops; `main.rs` (through `cli/`), `demo` and every test
+//! use it the same way. No other module imports this one.
 
-use crate::admin;
+use crate::admin::{self, AdminApi};
 use crate::broker::Broker;
 use crate::config::{Credential, Settings};
+use crate::consent::{self, Consent};
 use crate::management::ManagementClient;
 use crate::metrics::Metrics;
 use crate::notification::ContentRules;
+use crate::onboarding::Onboarding;
+use crate::reconciler::Reconciler;
 use crate::sink::RecordSink;
 use crate::store::Store;
-use crate::subscriptions::Subscriptions;
+use crate::subscriptions::{Keeper, Subscriptions};
 use crate::supervise::Supervisor;
 use crate::tenants::Tenants;
 use crate::tokens::{EntraClient, TokenProvider};
-use crate::webhook::Webhook;
+use crate::webhook::{self, Webhook};
 use crate::work_queue::{Names, RetryPolicy, WorkQueue};
 use crate::worker::Worker;
-use crate::{consent, reconciler, subscriptions, webhook};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Everything a request handler or a background loop needs.
-pub struct Relay {
+/// The shared parts, made once from [`Settings`]. Only the wiring (and the CLI and tests, which
+/// drive parts directly) sees this; components receive the parts they need.
+pub struct Parts {
     pub settings: Arc<Settings>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
@@ -34,6 +41,7 @@ pub struct Relay {
     pub management: Arc<ManagementClient>,
     pub tenants: Arc<Tenants>,
     pub subscriptions: Arc<Subscriptions>,
+    pub onboarding: Arc<Onboarding>,
     /// The checks every blob announced from outside passes.
     pub rules: ContentRules,
     pub work_queue: Arc<WorkQueue>,
@@ -41,7 +49,7 @@ pub struct Relay {
     /// Runs the background loops; its failures turn `/healthz` to 503.
     pub supervisor: Arc<Supervisor>,
     /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
-    pub stopping: std::sync::atomic::AtomicBool,
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// The one HTTP client: no redirects (it carries bearer tokens), bounded connect and read times.
@@ -55,8 +63,8 @@ pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .context("Failed to build the HTTP client")
 }
 
-impl Relay {
-    pub fn new(settings: Settings) -> anyhow::Result<Arc<Relay>> {
+impl Parts {
+    pub fn new(settings: Settings) -> anyhow::Result<Arc<Parts>> {
         let settings = Arc::new(settings);
         let http = http_client(&settings)?;
         let store = Arc::new(
@@ -109,7 +117,14 @@ impl Relay {
             store.clone(),
             metrics.clone(),
         ));
-        Ok(Arc::new(Relay {
+        let onboarding = Arc::new(Onboarding::new(
+            tenants.clone(),
+            subscriptions.clone(),
+            tokens.clone(),
+            settings.content_types.clone(),
+            settings.public_url.is_some(),
+        ));
+        Ok(Arc::new(Parts {
             settings,
             store,
             metrics,
@@ -118,17 +133,102 @@ impl Relay {
             management,
             tenants,
             subscriptions,
+            onboarding,
             rules,
             work_queue,
             sink,
             supervisor,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            stopping: Arc::new(AtomicBool::new(false)),
         }))
+    }
+
+    fn certificate(&self) -> Option<crate::certs::ClientCertificate> {
+        match &self.settings.credential {
+            Credential::Certificate(c) => Some(c.clone()),
+            Credential::Secret(_) => None,
+        }
+    }
+
+    pub fn webhook(&self) -> Webhook {
+        Webhook {
+            auth_id: self.settings.webhook_auth_id.clone(),
+            rules: self.rules.clone(),
+            tenants: self.tenants.clone(),
+            queue: self.work_queue.clone(),
+            metrics: self.metrics.clone(),
+            body_timeout: self.settings.webhook_body_timeout,
+        }
+    }
+
+    pub fn worker(&self) -> Worker {
+        Worker {
+            management: self.management.clone(),
+            sink: self.sink.clone(),
+            store: self.store.clone(),
+            tenants: self.tenants.clone(),
+            subscriptions: self.subscriptions.clone(),
+            metrics: self.metrics.clone(),
+            record_dedup_ttl: self.settings.record_dedup_ttl,
+            fetch_timeout: self.settings.fetch_timeout,
+        }
+    }
+
+    pub fn reconciler(&self) -> Reconciler {
+        Reconciler {
+            store: self.store.clone(),
+            management: self.management.clone(),
+            subscriptions: self.subscriptions.clone(),
+            tenants: self.tenants.clone(),
+            work_queue: self.work_queue.clone(),
+            rules: self.rules.clone(),
+            metrics: self.metrics.clone(),
+            content_types: self.settings.content_types.clone(),
+            interval: self.settings.reconcile_interval,
+            lookback: self.settings.reconcile_lookback,
+        }
+    }
+
+    pub fn keeper(&self) -> Keeper {
+        Keeper {
+            subscriptions: self.subscriptions.clone(),
+            tenants: self.tenants.clone(),
+            store: self.store.clone(),
+            interval: self.settings.keeper_interval,
+        }
+    }
+
+    pub fn admin_api(&self) -> AdminApi {
+        AdminApi {
+            onboarding: self.onboarding.clone(),
+            tenants: self.tenants.clone(),
+            subscriptions: self.subscriptions.clone(),
+            store: self.store.clone(),
+            broker: self.broker.clone(),
+            work_queue: self.work_queue.clone(),
+            supervisor: self.supervisor.clone(),
+            metrics: self.metrics.clone(),
+            admin_token: self.settings.admin_token.clone(),
+            certificate: self.certificate(),
+            stopping: self.stopping.clone(),
+        }
+    }
+
+    pub fn consent(&self) -> Consent {
+        Consent {
+            store: self.store.clone(),
+            tokens: self.tokens.clone(),
+            onboarding: self.onboarding.clone(),
+            content_types: self.settings.content_types.clone(),
+            login_url: self.settings.login_url.to_string(),
+            manage_url: self.settings.manage_url.to_string(),
+            client_id: self.settings.client_id.clone(),
+            redirect_uri: self.settings.consent_redirect_uri(),
+        }
     }
 }
 
 pub struct Application {
-    relay: Arc<Relay>,
+    parts: Arc<Parts>,
     public: Option<actix_web::dev::Server>,
     admin: actix_web::dev::Server,
     public_port: u16,
@@ -166,25 +266,17 @@ impl Application {
         if settings.public_url_is_insecure() {
             tracing::warn!("O365_PUBLIC_URL is not https: Microsoft refuses such webhooks (AF20021). Fine for the simulator only.");
         }
-        let relay = Relay::new(settings)?;
-        let shutdown_timeout = relay.settings.shutdown_timeout.as_secs();
-        let data = web::Data::from(relay.clone());
-        let webhook_data = web::Data::new(Webhook {
-            auth_id: relay.settings.webhook_auth_id.clone(),
-            rules: relay.rules.clone(),
-            tenants: relay.tenants.clone(),
-            queue: relay.work_queue.clone(),
-            metrics: relay.metrics.clone(),
-            body_timeout: relay.settings.webhook_body_timeout,
-        });
+        let parts = Parts::new(settings)?;
+        let shutdown_timeout = parts.settings.shutdown_timeout.as_secs();
         let (public, public_port) = match public {
             Some(listener) => {
                 let port = listener.local_addr()?.port();
-                let d = data.clone();
+                let webhook = web::Data::new(parts.webhook());
+                let consent = web::Data::new(parts.consent());
                 let server = HttpServer::new(move || {
                     App::new()
-                        .app_data(d.clone())
-                        .app_data(webhook_data.clone())
+                        .app_data(webhook.clone())
+                        .app_data(consent.clone())
                         .route("/webhook", web::post().to(webhook::webhook))
                         .configure(consent::routes)
                 })
@@ -198,16 +290,19 @@ impl Application {
             None => (None, 0),
         };
         let admin_port = admin.local_addr()?.port();
-        let d = data.clone();
-        let admin =
-            HttpServer::new(move || App::new().app_data(d.clone()).configure(admin::routes))
-                .listen(admin)?
-                .workers(1)
-                .disable_signals()
-                .shutdown_timeout(5)
-                .run();
+        let admin_api = web::Data::new(parts.admin_api());
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_api.clone())
+                .configure(admin::routes)
+        })
+        .listen(admin)?
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .run();
         Ok(Application {
-            relay,
+            parts,
             public,
             admin,
             public_port,
@@ -224,8 +319,8 @@ impl Application {
         self.admin_port
     }
 
-    pub fn relay(&self) -> Arc<Relay> {
-        self.relay.clone()
+    pub fn parts(&self) -> Arc<Parts> {
+        self.parts.clone()
     }
 
     /// Cancel this to stop the application gracefully.
@@ -238,20 +333,20 @@ impl Application {
     /// finish), consumers stop taking jobs and jobs in flight finish or are left unacked for
     /// redelivery — all at once, against the same deadline — then the connection is closed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let relay = self.relay.clone();
-        let supervisor = relay.supervisor.clone();
+        let parts = self.parts.clone();
+        let supervisor = parts.supervisor.clone();
         let stop = supervisor.shutdown_token();
 
         // Declare the topology before anything else uses it; retried until RabbitMQ answers.
         let declare = {
-            let relay = relay.clone();
+            let parts = parts.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut delay = Duration::from_millis(200);
                 while !stop.is_cancelled() {
-                    match relay.broker.ensure_connected().await {
+                    match parts.broker.ensure_connected().await {
                         Ok(()) => {
-                            tracing::info!(exchange = %relay.sink.exchange(), queue = %relay.work_queue.names().work, "RabbitMQ topology declared.");
+                            tracing::info!(exchange = %parts.sink.exchange(), queue = %parts.work_queue.names().work, "RabbitMQ topology declared.");
                             return;
                         }
                         Err(e) => {
@@ -265,7 +360,7 @@ impl Application {
         };
         // Markers written while Redis was down are written once it is back.
         {
-            let store = relay.store.clone();
+            let store = parts.store.clone();
             supervisor.spawn("marker_flusher", move |stop| {
                 let store = store.clone();
                 async move {
@@ -281,43 +376,26 @@ impl Application {
                 }
             });
         }
-        if relay.settings.enable_workers {
-            let worker = Arc::new(Worker {
-                management: relay.management.clone(),
-                sink: relay.sink.clone(),
-                store: relay.store.clone(),
-                tenants: relay.tenants.clone(),
-                subscriptions: relay.subscriptions.clone(),
-                metrics: relay.metrics.clone(),
-                record_dedup_ttl: relay.settings.record_dedup_ttl,
-                fetch_timeout: relay.settings.fetch_timeout,
-            });
-            let queue = relay.work_queue.clone();
-            let concurrency = relay.settings.worker_concurrency;
-            let budget = relay.settings.shutdown_timeout;
+        let settings = &parts.settings;
+        if settings.enable_workers {
+            let worker = Arc::new(parts.worker());
+            let queue = parts.work_queue.clone();
+            let concurrency = settings.worker_concurrency;
+            let budget = settings.shutdown_timeout;
             supervisor.spawn("workers", move |stop| {
                 worker.clone().run(queue.clone(), concurrency, stop, budget)
             });
         }
-        if relay.settings.enable_reconciler {
-            let relay = relay.clone();
-            supervisor.spawn("reconciler", move |stop| {
-                reconciler::run(relay.clone(), stop)
-            });
+        if settings.enable_reconciler {
+            let reconciler = Arc::new(parts.reconciler());
+            supervisor.spawn("reconciler", move |stop| reconciler.clone().run(stop));
         }
-        if relay.settings.enable_keeper && relay.settings.public_url.is_some() {
-            let (subs, tenants, store) = (
-                relay.subscriptions.clone(),
-                relay.tenants.clone(),
-                relay.store.clone(),
-            );
-            let interval = relay.settings.keeper_interval;
-            supervisor.spawn("keeper", move |stop| {
-                subscriptions::keep(subs.clone(), tenants.clone(), store.clone(), interval, stop)
-            });
+        if settings.enable_keeper && settings.public_url.is_some() {
+            let keeper = Arc::new(parts.keeper());
+            supervisor.spawn("keeper", move |stop| keeper.clone().run(stop));
         }
-        if let Credential::Certificate(c) = &relay.settings.credential {
-            relay
+        if let Some(c) = parts.certificate() {
+            parts
                 .metrics
                 .certificate_expiry
                 .set(c.seconds_left() as f64);
@@ -332,10 +410,8 @@ impl Application {
         let admin_task = tokio::spawn(self.admin);
 
         self.shutdown.cancelled().await;
-        let deadline = tokio::time::Instant::now() + relay.settings.shutdown_timeout;
-        relay
-            .stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + parts.settings.shutdown_timeout;
+        parts.stopping.store(true, Ordering::SeqCst);
         tracing::info!("Shutting down: no new webhook requests, no new jobs.");
         stop.cancel();
         let public_stopped = async {
@@ -345,7 +421,7 @@ impl Application {
         };
         tokio::join!(public_stopped, supervisor.join(deadline));
         declare.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(2), relay.broker.close()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), parts.broker.close()).await;
         admin_handle.stop(false).await;
         if let Some(t) = public_task {
             let _ = t.await;

@@ -6,21 +6,95 @@
 //! exchanges the code at the `common` endpoint, reads `tid` from the token (never from the query
 //! string), registers the tenant and starts its subscriptions.
 
-use crate::app::Relay;
-use crate::domain::TenantId;
-use crate::tenants::AddedBy;
-use actix_web::{web, HttpResponse};
+use crate::domain::{ContentType, TenantId};
+use crate::onboarding::{AddRequest, Onboarding};
+use crate::store::{Store, StoreError};
+use crate::tenants::{AddedBy, TenantError};
+use crate::tokens::{TokenError, TokenProvider};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 const STATE_TTL: Duration = Duration::from_secs(600);
+
+/// What the consent pages need.
+pub struct Consent {
+    /// Keeps the single-use `state`s.
+    pub store: Arc<Store>,
+    /// Exchanges the authorization code at Entra ID.
+    pub tokens: Arc<TokenProvider>,
+    pub onboarding: Arc<Onboarding>,
+    /// `O365_CONTENT_TYPES`, listed on the page.
+    pub content_types: Vec<ContentType>,
+    /// `O365_LOGIN_URL` (Entra ID's authorize endpoint lives under it).
+    pub login_url: String,
+    /// `O365_MANAGE_URL`: the `resource` consented to, and the `aud` the token must carry.
+    pub manage_url: String,
+    pub client_id: String,
+    /// `{O365_PUBLIC_URL}/consent/callback`; `None` without a public URL.
+    pub redirect_uri: Option<String>,
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/consent", web::get().to(page))
         .route("/consent/start", web::get().to(start))
         .route("/consent/callback", web::get().to(callback));
+}
+
+/// Why a consent step failed. The `Display` text is what the admin reads on the error page;
+/// what Entra ID or Redis said stays in the `source`, which is logged.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("This deployment has no public URL configured (O365_PUBLIC_URL).")]
+    NoPublicUrl,
+    #[error("Temporarily unavailable. Please try again in a minute.")]
+    StateStore(#[source] StoreError),
+    #[error("This sign-in link is invalid, expired or was already used. Start again from the consent page.")]
+    InvalidState,
+    #[error("Consent was declined, so nothing was connected.")]
+    Declined,
+    #[error("Microsoft reported an error: {0}")]
+    Microsoft(String),
+    #[error("Microsoft did not return an authorization code.")]
+    NoCode,
+    #[error("Microsoft did not accept the authorization code. Start again from the consent page.")]
+    CodeRefused(#[source] TokenError),
+    #[error("Microsoft returned a token we could not read.")]
+    UnreadableToken,
+    #[error("The token from Microsoft does not name a tenant for the Management API.")]
+    NoTenant,
+    #[error("The tenant could not be registered right now. Please try again in a minute.")]
+    Register(#[source] TenantError),
+}
+
+impl ResponseError for ConsentError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ConsentError::StateStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match std::error::Error::source(self) {
+            Some(cause) => {
+                tracing::warn!(error = %self, cause = %cause, "Consent step failed.")
+            }
+            None => tracing::info!(error = %self, "Consent step refused."),
+        }
+        match self {
+            ConsentError::StateStore(_) => html(
+                self.status_code(),
+                "Try again later",
+                "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
+            ),
+            other => error_page(other.status_code(), &other.to_string()),
+        }
+    }
 }
 
 /// Escapes text for HTML.
@@ -66,9 +140,9 @@ h1{{font-size:1.4rem;margin-top:0}} ul{{padding-left:1.2rem}} code{{background:#
         .body(page)
 }
 
-fn error_page(message: &str) -> HttpResponse {
+fn error_page(status: StatusCode, message: &str) -> HttpResponse {
     html(
-        actix_web::http::StatusCode::BAD_REQUEST,
+        status,
         "Tenant not connected",
         &format!(
             r#"<h1 class="err">Your tenant was not connected</h1><p id="error">{}</p><p><a class="button" href="/consent">Start again</a></p>"#,
@@ -77,15 +151,14 @@ fn error_page(message: &str) -> HttpResponse {
     )
 }
 
-async fn page(relay: web::Data<Relay>) -> HttpResponse {
-    let types: String = relay
-        .settings
+async fn page(consent: web::Data<Consent>) -> HttpResponse {
+    let types: String = consent
         .content_types
         .iter()
         .map(|c| format!("<li><code>{}</code></li>", esc(c.as_str())))
         .collect();
     html(
-        actix_web::http::StatusCode::OK,
+        StatusCode::OK,
         "Connect your Microsoft 365 tenant",
         &format!(
             r#"<h1>Connect your Microsoft 365 tenant</h1>
@@ -101,63 +174,58 @@ your tenant. After consent we subscribe to these content types:</p><ul>{types}</
     )
 }
 
-/// Creates a random single-use `state`, kept in Redis for 10 minutes.
-pub async fn issue_state(store: &crate::store::Store) -> Result<String, crate::store::StoreError> {
-    let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    store
-        .set_px(&store.consent_state_key(&state), "1", STATE_TTL)
-        .await?;
-    Ok(state)
-}
-
-/// The authorize URL with a fresh state: what `/consent/start` redirects to and what
-/// `o365-relay consent-url` prints (single use, valid 10 minutes). `None` without a public URL.
-pub async fn consent_link(relay: &Relay) -> Option<Result<String, crate::store::StoreError>> {
-    let redirect_uri = relay.settings.consent_redirect_uri()?;
-    Some(
-        issue_state(&relay.store)
-            .await
-            .map(|state| authorize_url(&relay.settings, &redirect_uri, Some(&state))),
-    )
-}
-
-async fn start(relay: web::Data<Relay>) -> HttpResponse {
-    match consent_link(&relay).await {
-        None => error_page("This deployment has no public URL configured (O365_PUBLIC_URL)."),
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "Cannot store the consent state.");
-            html(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
-            )
-        }
-        Some(Ok(url)) => HttpResponse::Found()
-            .insert_header(("Location", url))
-            .insert_header(("Cache-Control", "no-store"))
-            .finish(),
+impl Consent {
+    /// Creates a random single-use `state`, kept in Redis for 10 minutes.
+    async fn issue_state(&self) -> Result<String, StoreError> {
+        let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        self.store
+            .set_px(&self.store.consent_state_key(&state), "1", STATE_TTL)
+            .await?;
+        Ok(state)
     }
-}
 
-/// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…[&state=…]`.
-pub fn authorize_url(
-    settings: &crate::config::Settings,
-    redirect_uri: &str,
-    state: Option<&str>,
-) -> String {
-    let mut url = url::Url::parse(&format!("{}/common/oauth2/authorize", settings.login_url))
-        .expect("valid login url");
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("response_type", "code")
-            .append_pair("resource", &settings.manage_url)
-            .append_pair("client_id", &settings.client_id)
-            .append_pair("redirect_uri", redirect_uri);
-        if let Some(s) = state {
-            q.append_pair("state", s);
+    /// The authorize URL with a fresh state: what `/consent/start` redirects to and what
+    /// `o365-relay consent-url` prints (single use, valid 10 minutes).
+    pub async fn link(&self) -> Result<String, ConsentError> {
+        let redirect_uri = self
+            .redirect_uri
+            .as_deref()
+            .ok_or(ConsentError::NoPublicUrl)?;
+        let state = self.issue_state().await.map_err(ConsentError::StateStore)?;
+        Ok(self.authorize_url(redirect_uri, &state))
+    }
+
+    /// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…&state=…`.
+    fn authorize_url(&self, redirect_uri: &str, state: &str) -> String {
+        let mut url = url::Url::parse(&format!("{}/common/oauth2/authorize", self.login_url))
+            .expect("valid login url");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("resource", &self.manage_url)
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("state", state);
+        url.to_string()
+    }
+
+    /// Verifies and consumes `state`: single use, whatever follows.
+    async fn consume_state(&self, state: Option<&str>) -> bool {
+        match state.filter(|s| !s.is_empty() && s.len() <= 128) {
+            Some(s) => matches!(
+                self.store.take(&self.store.consent_state_key(s)).await,
+                Ok(Some(_))
+            ),
+            None => false,
         }
     }
-    url.to_string()
+}
+
+async fn start(consent: web::Data<Consent>) -> Result<HttpResponse, ConsentError> {
+    let url = consent.link().await?;
+    Ok(HttpResponse::Found()
+        .insert_header(("Location", url))
+        .insert_header(("Cache-Control", "no-store"))
+        .finish())
 }
 
 #[derive(Deserialize)]
@@ -176,83 +244,67 @@ fn claims(jwt: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?).ok()
 }
 
-async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpResponse {
+async fn callback(
+    q: web::Query<Callback>,
+    consent: web::Data<Consent>,
+) -> Result<HttpResponse, ConsentError> {
     // The state is checked (and consumed) before anything else, errors included.
-    let state_ok = match q
-        .state
-        .as_deref()
-        .filter(|s| !s.is_empty() && s.len() <= 128)
-    {
-        Some(s) => matches!(
-            relay.store.take(&relay.store.consent_state_key(s)).await,
-            Ok(Some(_))
-        ),
-        None => false,
-    };
-    if !state_ok {
-        return error_page("This sign-in link is invalid, expired or was already used. Start again from the consent page.");
+    if !consent.consume_state(q.state.as_deref()).await {
+        return Err(ConsentError::InvalidState);
     }
     if let Some(err) = &q.error {
+        if err == "access_denied" {
+            return Err(ConsentError::Declined);
+        }
         let desc = q.error_description.as_deref().unwrap_or("");
-        let msg = if err == "access_denied" {
-            "Consent was declined, so nothing was connected.".to_string()
-        } else {
-            format!(
-                "Microsoft reported an error: {err}. {}",
-                desc.split(['\r', '\n']).next().unwrap_or("")
-            )
-        };
-        return error_page(&msg);
+        return Err(ConsentError::Microsoft(format!(
+            "{err}. {}",
+            desc.split(['\r', '\n']).next().unwrap_or("")
+        )));
     }
-    let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
-        return error_page("Microsoft did not return an authorization code.");
-    };
-    let redirect_uri = relay.settings.consent_redirect_uri().unwrap_or_default();
-    let token = match relay
+    let code = q
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or(ConsentError::NoCode)?;
+    let redirect_uri = consent.redirect_uri.as_deref().unwrap_or_default();
+    let token = consent
         .tokens
         .entra()
-        .exchange_code(code, &redirect_uri)
+        .exchange_code(code, redirect_uri)
         .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "Authorization code exchange failed.");
-            return error_page("Microsoft did not accept the authorization code. Start again from the consent page.");
-        }
-    };
-    let Some(c) = claims(&token) else {
-        return error_page("Microsoft returned a token we could not read.");
-    };
+        .map_err(ConsentError::CodeRefused)?;
+    let c = claims(&token).ok_or(ConsentError::UnreadableToken)?;
     let aud_ok = c
         .get("aud")
         .and_then(|a| a.as_str())
-        .is_some_and(|a| a.trim_end_matches('/') == relay.settings.manage_url);
+        .is_some_and(|a| a.trim_end_matches('/') == consent.manage_url);
     let tenant = c
         .get("tid")
         .and_then(|t| t.as_str())
         .and_then(|t| TenantId::parse(t).ok());
     let (Some(tenant), true) = (tenant, aud_ok) else {
-        return error_page(
-            "The token from Microsoft does not name a tenant for the Management API.",
-        );
+        return Err(ConsentError::NoTenant);
     };
     let upn = c
         .get("upn")
         .or_else(|| c.get("unique_name"))
         .and_then(|u| u.as_str())
         .map(str::to_string);
-    if let Err(e) = relay
-        .tenants
-        .add(&tenant, AddedBy::Consent, upn.clone())
+    let added = consent
+        .onboarding
+        .add(
+            &tenant,
+            AddRequest {
+                added_by: AddedBy::Consent,
+                consented_by: upn.clone(),
+                start_subscriptions: true,
+            },
+        )
         .await
-    {
-        tracing::error!(error = %e, "Cannot register the tenant.");
-        return error_page(
-            "The tenant could not be registered right now. Please try again in a minute.",
-        );
-    }
-    let outcomes = relay.subscriptions.start_all(&tenant, None, false).await;
-    let rows: String = outcomes
+        .map_err(ConsentError::Register)?;
+    let rows: String = added
+        .subscriptions
         .iter()
         .map(|o| {
             format!(
@@ -263,8 +315,8 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
             )
         })
         .collect();
-    html(
-        actix_web::http::StatusCode::OK,
+    Ok(html(
+        StatusCode::OK,
         "Tenant connected",
         &format!(
             r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>
@@ -273,5 +325,5 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
             upn.map(|u| format!(" (consent by {})", esc(&u)))
                 .unwrap_or_default()
         ),
-    )
+    ))
 }

@@ -196,7 +196,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         .await?;
 
     let app = Application::build_with_listeners(settings, Some(public), admin).await?;
-    let relay = app.relay();
+    let parts = app.parts();
     let stop = app.shutdown_token();
     let app_task = tokio::spawn(app.run_until_stopped());
     println!(
@@ -205,7 +205,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
 
     for t in &tenants {
         let tid = TenantId::parse(t).map_err(|e| anyhow::anyhow!(e))?;
-        let outcomes = relay.subscriptions.start_all(&tid, None, true).await;
+        let outcomes = parts.subscriptions.start_all(&tid, None, true).await;
         let ok = outcomes.iter().filter(|o| o.ok).count();
         println!(
             "tenant {t}: {ok}/{} subscriptions enabled (webhook validated by the simulator)",
@@ -271,8 +271,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     }
     let elapsed = started.elapsed();
     let complete = expected.iter().all(|id| received.contains(id));
-    let duplicates = relay.metrics.records_duplicate.get();
-    let reconciled = relay
+    let duplicates = parts.metrics.records_duplicate.get();
+    let reconciled = parts
         .metrics
         .reconcile_missing
         .with_label_values(&[tenants[0].as_str()])
@@ -281,7 +281,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             .iter()
             .skip(1)
             .map(|t| {
-                relay
+                parts
                     .metrics
                     .reconcile_missing
                     .with_label_values(&[t.as_str()])
@@ -294,7 +294,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let _ = tokio::time::timeout(Duration::from_secs(35), app_task).await;
     let _ = ch.close(200, "demo done".into()).await;
     let _ = conn.close(200, "demo done".into()).await;
-    let _ = relay.store.purge_prefix().await;
+    let _ = parts.store.purge_prefix().await;
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 

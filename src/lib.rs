@@ -4,9 +4,12 @@
 //! The data path reads top to bottom: [`webhook`] (source; blobs checked by [`notification`])
 //! → [`work_queue`] → [`worker`] (fetch through [`management`] with [`tokens`], split by
 //! [`records`]) → [`sink`] (the topic exchange). [`reconciler`] is a second source into the same
-//! queue; [`broker`] owns the RabbitMQ connection and confirms; [`tenants`], [`subscriptions`] and
-//! [`store`] are services they use; [`supervise`] keeps the background loops alive. [`app`] wires
-//! it all; `main.rs` is the CLI.
+//! queue; [`broker`] owns the RabbitMQ connection and confirms; [`tenants`], [`subscriptions`],
+//! [`onboarding`] and [`store`] are services they use; [`supervise`] keeps the background loops
+//! alive. The components — [`webhook::Webhook`], [`worker::Worker`],
+//! [`reconciler::Reconciler`], [`subscriptions::Keeper`], [`admin::AdminApi`],
+//! [`consent::Consent`] — each name what they need and are built in one place, [`app`], which
+//! no other module imports; `main.rs` and its `cli/` are the command line.
 
 pub mod admin;
 pub mod app;
@@ -21,6 +24,7 @@ pub mod leases;
 pub mod management;
 pub mod metrics;
 pub mod notification;
+pub mod onboarding;
 pub mod reconciler;
 pub mod records;
 pub mod secret;

@@ -24,11 +24,15 @@
 //! work or retry queue; when the marker lapses and the blob is still not relayed (dead-lettered,
 //! lost), it is enqueued again.
 
-use crate::app::Relay;
 use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
 use crate::leases::Lease;
-use crate::management::{ApiError, Disposition};
-use crate::notification::RawContent;
+use crate::management::{ApiError, Disposition, ManagementClient};
+use crate::metrics::Metrics;
+use crate::notification::{ContentRules, RawContent};
+use crate::store::Store;
+use crate::subscriptions::Subscriptions;
+use crate::tenants::Tenants;
+use crate::work_queue::WorkQueue;
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -77,231 +81,241 @@ pub fn pass_start(
     (anchor - lookback).max(now - RETENTION + SKEW)
 }
 
-async fn read_checkpoint(
-    relay: &Relay,
-    tenant: &TenantId,
-    ct: ContentType,
-) -> Option<DateTime<Utc>> {
-    let key = relay.store.checkpoint_key(tenant, ct);
-    let raw = relay.store.get(&key).await.ok().flatten()?;
-    DateTime::parse_from_rfc3339(&raw)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+/// What reconciliation needs.
+pub struct Reconciler {
+    pub store: Arc<Store>,
+    pub management: Arc<ManagementClient>,
+    pub subscriptions: Arc<Subscriptions>,
+    pub tenants: Arc<Tenants>,
+    pub work_queue: Arc<WorkQueue>,
+    /// The checks every listed blob passes, as a notified one does.
+    pub rules: ContentRules,
+    pub metrics: Arc<Metrics>,
+    /// `O365_CONTENT_TYPES`.
+    pub content_types: Vec<ContentType>,
+    /// `O365_RECONCILE_INTERVAL`.
+    pub interval: Duration,
+    /// `O365_RECONCILE_LOOKBACK`.
+    pub lookback: Duration,
 }
 
-async fn write_checkpoint(relay: &Relay, tenant: &TenantId, ct: ContentType, end: DateTime<Utc>) {
-    let key = relay.store.checkpoint_key(tenant, ct);
-    // Older than Microsoft's retention it is useless: let it expire.
-    let ttl = (RETENTION + chrono::Duration::days(1))
-        .to_std()
-        .unwrap_or(Duration::from_secs(8 * 86_400));
-    if let Err(e) = relay.store.set_px(&key, &end.to_rfc3339(), ttl).await {
-        tracing::debug!(tenant_id = %tenant, content_type = %ct, error = %e, "Cannot save the reconciliation checkpoint; the next pass re-lists from the previous one.");
+impl Reconciler {
+    async fn read_checkpoint(&self, tenant: &TenantId, ct: ContentType) -> Option<DateTime<Utc>> {
+        let key = self.store.checkpoint_key(tenant, ct);
+        let raw = self.store.get(&key).await.ok().flatten()?;
+        DateTime::parse_from_rfc3339(&raw)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
-}
 
-/// How long a blob enqueued by reconciliation is not enqueued again while it waits.
-fn enqueue_guard_ttl(relay: &Relay) -> Duration {
-    (relay.settings.reconcile_interval * 5)
-        .clamp(Duration::from_secs(30), Duration::from_secs(1800))
+    async fn write_checkpoint(&self, tenant: &TenantId, ct: ContentType, end: DateTime<Utc>) {
+        let key = self.store.checkpoint_key(tenant, ct);
+        // Older than Microsoft's retention it is useless: let it expire.
+        let ttl = (RETENTION + chrono::Duration::days(1))
+            .to_std()
+            .unwrap_or(Duration::from_secs(8 * 86_400));
+        if let Err(e) = self.store.set_px(&key, &end.to_rfc3339(), ttl).await {
+            tracing::debug!(tenant_id = %tenant, content_type = %ct, error = %e, "Cannot save the reconciliation checkpoint; the next pass re-lists from the previous one.");
+        }
+    }
+
+    /// How long a blob enqueued by reconciliation is not enqueued again while it waits.
+    fn enqueue_guard_ttl(&self) -> Duration {
+        (self.interval * 5).clamp(Duration::from_secs(30), Duration::from_secs(1800))
+    }
+
+    /// Reconciles one tenant and content type from its checkpoint (minus the look-back) to now.
+    pub async fn reconcile_one(
+        &self,
+        tenant: &TenantId,
+        ct: ContentType,
+    ) -> Result<PassStats, ApiError> {
+        let now = Utc::now();
+        let lookback = chrono::Duration::from_std(self.lookback).unwrap_or(MAX_WINDOW);
+        let checkpoint = self.read_checkpoint(tenant, ct).await;
+        let start = pass_start(now, lookback, checkpoint);
+        if let Some(cp) = checkpoint {
+            if cp < start {
+                tracing::warn!(tenant_id = %tenant, content_type = %ct, checkpoint = %cp, "The last reconciliation is older than Microsoft's 7-day retention: content created before {start} can no longer be listed.");
+            }
+        }
+        let mut stats = PassStats::default();
+        let mut oldest_missing: Option<DateTime<Utc>> = None;
+        let mut queue: VecDeque<_> = windows(start, now).into();
+        let mut window_retries = 0;
+        while let Some((ws, we)) = queue.pop_front() {
+            let entries = match self.management.list_content(tenant, ct, ws, we).await {
+                Ok(e) => e,
+                Err(e) if is_window_error(&e) && window_retries < MAX_WINDOW_RETRIES => {
+                    window_retries += 1;
+                    // Microsoft's clock disagrees with ours (or the window is off): recompute with
+                    // a fresh now and a growing margin from the 7-day edge; split long windows.
+                    let margin = SKEW * 2i32.pow(window_retries);
+                    let floor = Utc::now() - RETENTION + margin;
+                    let ws = ws.max(floor);
+                    tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Listing window refused; recomputing it (clock skew?).");
+                    if ws < we {
+                        if we - ws > chrono::Duration::hours(1) {
+                            let mid = ws + (we - ws) / 2;
+                            queue.push_front((mid, we));
+                            queue.push_front((ws, mid));
+                        } else {
+                            queue.push_front((ws, we));
+                        }
+                    }
+                    continue;
+                }
+                Err(e) if e.disposition() == Disposition::StartSubscription => {
+                    self.subscriptions.ensure_started(tenant, ct).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            stats.listed += entries.len() as u64;
+            let items = self
+                .missing_items(tenant, ct, entries, &mut stats, &mut oldest_missing)
+                .await;
+            for chunk in items.chunks(500) {
+                self.work_queue
+                    .enqueue(chunk)
+                    .await
+                    .map_err(|e| ApiError::Transport(format!("work queue: {e}")))?;
+                stats.enqueued += chunk.len() as u64;
+                let ttl = self.enqueue_guard_ttl();
+                for item in chunk {
+                    let _ = self
+                        .store
+                        .set_px(&self.guard_key(tenant, &item.content_id), "1", ttl)
+                        .await;
+                }
+            }
+            // Listed to the last page and every missing blob durably enqueued: the window is done.
+            self.write_checkpoint(tenant, ct, we).await;
+        }
+        let lag = oldest_missing
+            .map(|o| (now - o).num_seconds().max(0) as f64)
+            .unwrap_or(0.0);
+        self.metrics
+            .reconcile_lag
+            .with_label_values(&[tenant.as_str()])
+            .set(lag);
+        self.metrics
+            .reconcile_missing
+            .with_label_values(&[tenant.as_str()])
+            .inc_by(stats.missing);
+        Ok(stats)
+    }
+
+    fn guard_key(&self, tenant: &TenantId, content_id: &ContentId) -> String {
+        self.store.reconcile_guard_key(tenant, content_id)
+    }
+
+    /// The listed blobs that are neither relayed, dead-lettered, nor recently enqueued by
+    /// reconciliation. Every entry passes the same checks as a webhook notification
+    /// ([`crate::notification`]); one that fails is skipped with a log line and a metric (it can
+    /// never be fetched safely). The markers of a whole page are read in one Redis round trip.
+    async fn missing_items(
+        &self,
+        tenant: &TenantId,
+        ct: ContentType,
+        entries: Vec<RawContent>,
+        stats: &mut PassStats,
+        oldest_missing: &mut Option<DateTime<Utc>>,
+    ) -> Vec<WorkItem> {
+        let mut listed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match self.rules.listing_entry(tenant, ct, entry) {
+                Ok(item) => listed.push(item),
+                Err(rejection) => {
+                    stats.errors += 1;
+                    self.metrics
+                        .listing_rejected
+                        .with_label_values(&[rejection.reason])
+                        .inc();
+                    tracing::warn!(tenant_id = %tenant, content_type = %ct, reason = %rejection.detail, "Listed content refused; skipped.");
+                }
+            }
+        }
+        let mut keys = Vec::with_capacity(listed.len() * 3);
+        for item in &listed {
+            keys.push(self.store.relayed_key(tenant, &item.content_id));
+            keys.push(self.guard_key(tenant, &item.content_id));
+            keys.push(self.store.dead_key(tenant, &item.content_id));
+        }
+        // Without Redis every listed blob counts as missing (workers still skip relayed ones).
+        let known = self
+            .store
+            .exists_many(&keys)
+            .await
+            .unwrap_or_else(|_| vec![false; keys.len()]);
+        let mut items = Vec::new();
+        for (item, marks) in listed.into_iter().zip(known.chunks(3)) {
+            let (relayed, enqueued, dead) = (marks[0], marks[1], marks[2]);
+            if relayed || dead {
+                continue;
+            }
+            if let Some(created) = item
+                .content_created
+                .as_deref()
+                .and_then(crate::domain::parse_ms_time)
+            {
+                *oldest_missing =
+                    Some(oldest_missing.map_or(created, |o: DateTime<Utc>| o.min(created)));
+            }
+            if enqueued {
+                // Enqueued by an earlier pass and still waiting in the work or retry queue.
+                continue;
+            }
+            stats.missing += 1;
+            items.push(item);
+        }
+        items
+    }
+
+    /// One pass over every served tenant and configured content type.
+    pub async fn pass(&self) -> PassStats {
+        // Markers deferred during a Redis outage first, or their blobs would look unrelayed.
+        if self.store.deferred_len() > 0 {
+            let _ = self.store.flush_deferred().await;
+        }
+        let mut total = PassStats::default();
+        for tenant in self.tenants.served_ids().await {
+            let mut ok = true;
+            for &ct in &self.content_types {
+                match self.reconcile_one(&tenant, ct).await {
+                    Ok(s) => {
+                        total.listed += s.listed;
+                        total.missing += s.missing;
+                        total.enqueued += s.enqueued;
+                        total.errors += s.errors;
+                    }
+                    Err(e) => {
+                        ok = false;
+                        total.errors += 1;
+                        tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciliation failed; the next pass retries.");
+                    }
+                }
+            }
+            if ok {
+                self.metrics
+                    .reconcile_last_success
+                    .with_label_values(&[tenant.as_str()])
+                    .set(Utc::now().timestamp() as f64);
+            }
+        }
+        if total.missing > 0 {
+            tracing::info!(
+                listed = total.listed,
+                missing = total.missing,
+                "Reconciliation enqueued blobs the webhook had missed."
+            );
+        }
+        total
+    }
 }
 
 fn is_window_error(e: &ApiError) -> bool {
     matches!(e, ApiError::Api { code, .. } if code == "AF20030" || code == "AF20055")
-}
-
-/// Reconciles one tenant and content type from its checkpoint (minus the look-back) to now.
-pub async fn reconcile_one(
-    relay: &Relay,
-    tenant: &TenantId,
-    ct: ContentType,
-) -> Result<PassStats, ApiError> {
-    let now = Utc::now();
-    let lookback =
-        chrono::Duration::from_std(relay.settings.reconcile_lookback).unwrap_or(MAX_WINDOW);
-    let checkpoint = read_checkpoint(relay, tenant, ct).await;
-    let start = pass_start(now, lookback, checkpoint);
-    if let Some(cp) = checkpoint {
-        if cp < start {
-            tracing::warn!(tenant_id = %tenant, content_type = %ct, checkpoint = %cp, "The last reconciliation is older than Microsoft's 7-day retention: content created before {start} can no longer be listed.");
-        }
-    }
-    let mut stats = PassStats::default();
-    let mut oldest_missing: Option<DateTime<Utc>> = None;
-    let mut queue: VecDeque<_> = windows(start, now).into();
-    let mut window_retries = 0;
-    while let Some((ws, we)) = queue.pop_front() {
-        let entries = match relay.management.list_content(tenant, ct, ws, we).await {
-            Ok(e) => e,
-            Err(e) if is_window_error(&e) && window_retries < MAX_WINDOW_RETRIES => {
-                window_retries += 1;
-                // Microsoft's clock disagrees with ours (or the window is off): recompute with
-                // a fresh now and a growing margin from the 7-day edge; split long windows.
-                let margin = SKEW * 2i32.pow(window_retries);
-                let floor = Utc::now() - RETENTION + margin;
-                let ws = ws.max(floor);
-                tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Listing window refused; recomputing it (clock skew?).");
-                if ws < we {
-                    if we - ws > chrono::Duration::hours(1) {
-                        let mid = ws + (we - ws) / 2;
-                        queue.push_front((mid, we));
-                        queue.push_front((ws, mid));
-                    } else {
-                        queue.push_front((ws, we));
-                    }
-                }
-                continue;
-            }
-            Err(e) if e.disposition() == Disposition::StartSubscription => {
-                relay.subscriptions.ensure_started(tenant, ct).await;
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        stats.listed += entries.len() as u64;
-        let items =
-            missing_items(relay, tenant, ct, entries, &mut stats, &mut oldest_missing).await;
-        for chunk in items.chunks(500) {
-            relay
-                .work_queue
-                .enqueue(chunk)
-                .await
-                .map_err(|e| ApiError::Transport(format!("work queue: {e}")))?;
-            stats.enqueued += chunk.len() as u64;
-            let ttl = enqueue_guard_ttl(relay);
-            for item in chunk {
-                let _ = relay
-                    .store
-                    .set_px(&guard_key(relay, tenant, &item.content_id), "1", ttl)
-                    .await;
-            }
-        }
-        // Listed to the last page and every missing blob durably enqueued: the window is done.
-        write_checkpoint(relay, tenant, ct, we).await;
-    }
-    let lag = oldest_missing
-        .map(|o| (now - o).num_seconds().max(0) as f64)
-        .unwrap_or(0.0);
-    relay
-        .metrics
-        .reconcile_lag
-        .with_label_values(&[tenant.as_str()])
-        .set(lag);
-    relay
-        .metrics
-        .reconcile_missing
-        .with_label_values(&[tenant.as_str()])
-        .inc_by(stats.missing);
-    Ok(stats)
-}
-
-fn guard_key(relay: &Relay, tenant: &TenantId, content_id: &ContentId) -> String {
-    relay.store.reconcile_guard_key(tenant, content_id)
-}
-
-/// The listed blobs that are neither relayed, dead-lettered, nor recently enqueued by
-/// reconciliation. Every entry passes the same checks as a webhook notification
-/// ([`crate::notification`]); one that fails is skipped with a log line and a metric (it can
-/// never be fetched safely). The markers of a whole page are read in one Redis round trip.
-async fn missing_items(
-    relay: &Relay,
-    tenant: &TenantId,
-    ct: ContentType,
-    entries: Vec<RawContent>,
-    stats: &mut PassStats,
-    oldest_missing: &mut Option<DateTime<Utc>>,
-) -> Vec<WorkItem> {
-    let mut listed = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match relay.rules.listing_entry(tenant, ct, entry) {
-            Ok(item) => listed.push(item),
-            Err(rejection) => {
-                stats.errors += 1;
-                relay
-                    .metrics
-                    .listing_rejected
-                    .with_label_values(&[rejection.reason])
-                    .inc();
-                tracing::warn!(tenant_id = %tenant, content_type = %ct, reason = %rejection.detail, "Listed content refused; skipped.");
-            }
-        }
-    }
-    let mut keys = Vec::with_capacity(listed.len() * 3);
-    for item in &listed {
-        keys.push(relay.store.relayed_key(tenant, &item.content_id));
-        keys.push(guard_key(relay, tenant, &item.content_id));
-        keys.push(relay.store.dead_key(tenant, &item.content_id));
-    }
-    // Without Redis every listed blob counts as missing (workers still skip relayed ones).
-    let known = relay
-        .store
-        .exists_many(&keys)
-        .await
-        .unwrap_or_else(|_| vec![false; keys.len()]);
-    let mut items = Vec::new();
-    for (item, marks) in listed.into_iter().zip(known.chunks(3)) {
-        let (relayed, enqueued, dead) = (marks[0], marks[1], marks[2]);
-        if relayed || dead {
-            continue;
-        }
-        if let Some(created) = item
-            .content_created
-            .as_deref()
-            .and_then(crate::domain::parse_ms_time)
-        {
-            *oldest_missing =
-                Some(oldest_missing.map_or(created, |o: DateTime<Utc>| o.min(created)));
-        }
-        if enqueued {
-            // Enqueued by an earlier pass and still waiting in the work or retry queue.
-            continue;
-        }
-        stats.missing += 1;
-        items.push(item);
-    }
-    items
-}
-
-/// One pass over every served tenant and configured content type.
-pub async fn pass(relay: &Relay) -> PassStats {
-    // Markers deferred during a Redis outage first, or their blobs would look unrelayed.
-    if relay.store.deferred_len() > 0 {
-        let _ = relay.store.flush_deferred().await;
-    }
-    let mut total = PassStats::default();
-    for tenant in relay.tenants.served_ids().await {
-        let mut ok = true;
-        for ct in relay.settings.content_types.clone() {
-            match reconcile_one(relay, &tenant, ct).await {
-                Ok(s) => {
-                    total.listed += s.listed;
-                    total.missing += s.missing;
-                    total.enqueued += s.enqueued;
-                    total.errors += s.errors;
-                }
-                Err(e) => {
-                    ok = false;
-                    total.errors += 1;
-                    tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciliation failed; the next pass retries.");
-                }
-            }
-        }
-        if ok {
-            relay
-                .metrics
-                .reconcile_last_success
-                .with_label_values(&[tenant.as_str()])
-                .set(Utc::now().timestamp() as f64);
-        }
-    }
-    if total.missing > 0 {
-        tracing::info!(
-            listed = total.listed,
-            missing = total.missing,
-            "Reconciliation enqueued blobs the webhook had missed."
-        );
-    }
-    total
 }
 
 /// The lease's time to live: short enough that a replica that died (SIGKILL, OOM) is taken
@@ -310,41 +324,43 @@ pub fn lease_ttl(interval: Duration) -> Duration {
     (interval * 3).clamp(Duration::from_secs(15), Duration::from_secs(60))
 }
 
-/// The reconciler loop: one replica at a time (a Redis lease, renewed by its holder every
-/// third of its TTL and taken over when it lapses), a pass every `O365_RECONCILE_INTERVAL`.
-pub async fn run(relay: Arc<Relay>, shutdown: CancellationToken) {
-    let interval = relay.settings.reconcile_interval;
-    let ttl = lease_ttl(interval);
-    let beat = ttl / 3;
-    let lease = Lease::new(relay.store.clone(), "reconciler", ttl);
-    let mut next_pass = tokio::time::Instant::now();
-    loop {
-        let held = lease.try_hold().await;
-        if held && tokio::time::Instant::now() >= next_pass {
-            let pass = pass(&relay);
-            tokio::pin!(pass);
-            let mut heartbeat = tokio::time::interval(beat);
-            heartbeat.tick().await;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => { lease.release().await; return; }
-                    _ = &mut pass => break,
-                    _ = heartbeat.tick() => { lease.try_hold().await; }
+impl Reconciler {
+    /// The reconciler loop: one replica at a time (a Redis lease, renewed by its holder every
+    /// third of its TTL and taken over when it lapses), a pass every `O365_RECONCILE_INTERVAL`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let interval = self.interval;
+        let ttl = lease_ttl(interval);
+        let beat = ttl / 3;
+        let lease = Lease::new(self.store.clone(), "reconciler", ttl);
+        let mut next_pass = tokio::time::Instant::now();
+        loop {
+            let held = lease.try_hold().await;
+            if held && tokio::time::Instant::now() >= next_pass {
+                let pass = self.pass();
+                tokio::pin!(pass);
+                let mut heartbeat = tokio::time::interval(beat);
+                heartbeat.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => { lease.release().await; return; }
+                        _ = &mut pass => break,
+                        _ = heartbeat.tick() => { lease.try_hold().await; }
+                    }
                 }
+                next_pass = tokio::time::Instant::now() + interval;
             }
-            next_pass = tokio::time::Instant::now() + interval;
-        }
-        // Holder: wake for the next pass or heartbeat; others: poll to take over a lapsed lease.
-        let now = tokio::time::Instant::now();
-        let wait = if held {
-            beat.min(next_pass.saturating_duration_since(now))
-        } else {
-            beat.min(interval)
-        }
-        .max(Duration::from_millis(100));
-        tokio::select! {
-            _ = shutdown.cancelled() => { lease.release().await; return; }
-            _ = tokio::time::sleep(wait) => {}
+            // Holder: wake for the next pass or heartbeat; others: poll to take over a lapsed lease.
+            let now = tokio::time::Instant::now();
+            let wait = if held {
+                beat.min(next_pass.saturating_duration_since(now))
+            } else {
+                beat.min(interval)
+            }
+            .max(Duration::from_millis(100));
+            tokio::select! {
+                _ = shutdown.cancelled() => { lease.release().await; return; }
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
 }

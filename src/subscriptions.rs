@@ -38,7 +38,22 @@ pub enum StartError {
 pub struct StartOutcome {
     pub content_type: String,
     pub ok: bool,
+    /// For a client (consent page, admin API): ours, with Microsoft's error code but never its
+    /// text.
     pub message: String,
+    /// The whole error, for the operator's terminal; never serialised.
+    #[serde(skip)]
+    pub detail: String,
+}
+
+impl StartError {
+    /// What a client may read: Microsoft's own text stays in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            StartError::Api(e) => format!("Microsoft refused the start ({})", e.code()),
+            other => other.to_string(),
+        }
+    }
 }
 
 pub struct Subscriptions {
@@ -132,13 +147,15 @@ impl Subscriptions {
             if let Err(e) = &r {
                 tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Subscription start failed.");
             }
+            let (message, detail) = match &r {
+                Ok(()) => ("enabled".to_string(), "enabled".to_string()),
+                Err(e) => (e.public_message(), e.to_string()),
+            };
             out.push(StartOutcome {
                 content_type: ct.to_string(),
                 ok: r.is_ok(),
-                message: r
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "enabled".into()),
+                message,
+                detail,
             });
         }
         out
@@ -245,22 +262,30 @@ pub fn keeper_lease_ttl(interval: Duration) -> Duration {
     (interval * 3).max(Duration::from_secs(3))
 }
 
-/// The keeper loop: one replica at a time (lease), every `O365_KEEPER_INTERVAL`.
-pub async fn keep(
-    subs: Arc<Subscriptions>,
-    tenants: Arc<Tenants>,
-    store: Arc<Store>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let lease = Lease::new(store, "keeper", keeper_lease_ttl(interval));
-    loop {
-        if lease.try_hold().await {
-            subs.keep_once(&tenants).await;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => { lease.release().await; return; }
-            _ = tokio::time::sleep(interval) => {}
+/// The subscription keeper: one replica at a time (a lease), every `O365_KEEPER_INTERVAL`,
+/// starts whatever a served tenant's subscriptions lack ([`Subscriptions::keep_once`]).
+pub struct Keeper {
+    pub subscriptions: Arc<Subscriptions>,
+    pub tenants: Arc<Tenants>,
+    pub store: Arc<Store>,
+    pub interval: Duration,
+}
+
+impl Keeper {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let lease = Lease::new(
+            self.store.clone(),
+            "keeper",
+            keeper_lease_ttl(self.interval),
+        );
+        loop {
+            if lease.try_hold().await {
+                self.subscriptions.keep_once(&self.tenants).await;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => { lease.release().await; return; }
+                _ = tokio::time::sleep(self.interval) => {}
+            }
         }
     }
 }

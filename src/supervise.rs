@@ -168,7 +168,8 @@ mod tests {
             r.fetch_add(1, Ordering::SeqCst);
             async { panic!("injected fault") }
         });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // Generous: join returns as soon as the task is given up on (a loaded machine is slow).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         sup.join(deadline).await;
         assert_eq!(
             runs.load(Ordering::SeqCst),

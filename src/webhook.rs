@@ -8,13 +8,15 @@
 //! after RabbitMQ confirmed every one. One bad blob rejects the whole request and enqueues
 //! nothing. The same blob named twice in one request is enqueued once.
 
+use crate::broker::BrokerError;
 use crate::domain::TenantId;
 use crate::metrics::Metrics;
 use crate::notification::{parse_notification_body, BlobRejection, ContentRules};
 use crate::secret::{constant_time_eq, Secret};
 use crate::tenants::Tenants;
 use crate::work_queue::WorkQueue;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,19 +37,27 @@ pub struct Webhook {
     pub body_timeout: Duration,
 }
 
-/// Why a request was refused; also the metric's `reason` label.
-#[derive(Debug)]
+/// Why a request was refused; also the metric's `reason` label. The `Display` text is what
+/// Microsoft (or whoever sent the request) reads; a broker failure stays in the `source`.
+#[derive(Debug, thiserror::Error)]
 pub enum Rejection {
+    #[error("missing or wrong Webhook-AuthID")]
     Auth,
+    #[error("expected Content-Type application/json")]
     MediaType,
+    #[error("body larger than {MAX_BODY} bytes")]
     TooLarge,
+    #[error("request body did not arrive in time")]
     SlowBody,
+    #[error("malformed body: {}", crate::broker::capped(.0, 300))]
     Malformed(String),
+    #[error("blob {index}: {}", .rejection.detail)]
     Blob {
         index: usize,
         rejection: BlobRejection,
     },
-    Unavailable(String),
+    #[error("work queue unavailable; retry later")]
+    Unavailable(#[source] BrokerError),
 }
 
 impl Rejection {
@@ -62,39 +72,24 @@ impl Rejection {
             Rejection::Unavailable(_) => "unavailable",
         }
     }
+}
 
-    fn response(&self) -> HttpResponse {
-        let (mut builder, msg) = match self {
-            Rejection::Auth => (
-                HttpResponse::Unauthorized(),
-                "missing or wrong Webhook-AuthID".to_string(),
-            ),
-            Rejection::MediaType => (
-                HttpResponse::UnsupportedMediaType(),
-                "expected Content-Type application/json".into(),
-            ),
-            Rejection::TooLarge => (
-                HttpResponse::PayloadTooLarge(),
-                format!("body larger than {MAX_BODY} bytes"),
-            ),
-            Rejection::SlowBody => (
-                HttpResponse::RequestTimeout(),
-                "request body did not arrive in time".into(),
-            ),
-            Rejection::Malformed(m) => (
-                HttpResponse::BadRequest(),
-                format!("malformed body: {}", crate::broker::capped(m, 300)),
-            ),
-            Rejection::Blob { index, rejection } => (
-                HttpResponse::BadRequest(),
-                format!("blob {index}: {}", rejection.detail),
-            ),
-            Rejection::Unavailable(_) => (
-                HttpResponse::ServiceUnavailable(),
-                "work queue unavailable; retry later".into(),
-            ),
-        };
-        builder.json(serde_json::json!({ "error": msg }))
+impl ResponseError for Rejection {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Rejection::Auth => StatusCode::UNAUTHORIZED,
+            Rejection::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::SlowBody => StatusCode::REQUEST_TIMEOUT,
+            Rejection::Malformed(_) | Rejection::Blob { .. } => StatusCode::BAD_REQUEST,
+            // Microsoft retries a notification that was not answered 200.
+            Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
@@ -224,7 +219,7 @@ async fn handle(
             .queue
             .enqueue(&items)
             .await
-            .map_err(|e| Rejection::Unavailable(e.to_string()))?;
+            .map_err(Rejection::Unavailable)?;
     }
     for item in &items {
         tracing::debug!(tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id, "Blob enqueued.");
@@ -270,7 +265,7 @@ async fn respond(
                 }
                 other => tracing::warn!(reason = other.label(), "Webhook request rejected."),
             }
-            rejection.response()
+            rejection.error_response()
         }
     }
 }

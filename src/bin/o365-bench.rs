@@ -1539,7 +1539,7 @@ async fn section_reconcile(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>
         .collect();
         let settings = o365_relay::config::Settings::from_vars(vars)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let relay = o365_relay::app::Relay::new(settings)?;
+        let relay = o365_relay::app::Parts::new(settings)?;
         relay.broker.ensure_connected().await?;
         let tenant = TenantId::parse(TENANT_A).map_err(|e| anyhow::anyhow!(e))?;
         // Listing needs enabled subscriptions; started without a webhook, so publishing
@@ -1598,7 +1598,7 @@ async fn section_reconcile(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>
             let calls0 = sim.management_calls(TENANT_A);
             let lists0 = sim.list_calls();
             let t0 = Instant::now();
-            let stats = o365_relay::reconciler::pass(&relay).await;
+            let stats = relay.reconciler().pass().await;
             let wall = t0.elapsed();
             let calls = sim.management_calls(TENANT_A) - calls0;
             let lists = sim.list_calls() - lists0;

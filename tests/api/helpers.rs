@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
-use o365_relay::app::{Application, Relay};
+use o365_relay::app::{Application, Parts};
 use o365_relay::config::Settings;
 use o365_sim::{SimConfig, Simulator};
 use std::sync::Arc;
@@ -48,7 +48,7 @@ impl Default for Options {
 
 pub struct TestEnv {
     pub sim: Simulator,
-    pub relay: Arc<Relay>,
+    pub relay: Arc<Parts>,
     pub stop: CancellationToken,
     pub app_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub public_url: String,
@@ -158,7 +158,7 @@ impl TestEnv {
         let app = Application::build_with_listeners(settings, Some(public), admin)
             .await
             .expect("relay builds");
-        let relay = app.relay();
+        let relay = app.parts();
         let stop = app.shutdown_token();
         let app_task = Some(tokio::spawn(app.run_until_stopped()));
         let guard =

@@ -403,7 +403,7 @@ async fn an_over_long_content_id_is_refused_at_the_webhook_and_skipped_by_reconc
 
     // Listing windows end on a whole second: let the blobs' second pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let stats = o365_relay::reconciler::pass(&env.relay).await;
+    let stats = env.relay.reconciler().pass().await;
     assert_eq!(stats.errors, 1, "{stats:?}");
     assert_eq!(stats.enqueued, 1, "the good blob of the same listing");
     let m = env.metrics().await;

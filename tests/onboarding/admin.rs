@@ -241,3 +241,31 @@ async fn admin_lists_and_starts_subscriptions_respecting_the_fifteen_minute_rule
     assert_eq!(status, 400);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_api_errors_name_the_failure_without_echoing_what_microsoft_said() {
+    let env = TestEnv::start(with_admin_token()).await;
+    // A tenant Microsoft does not know: Entra ID refuses the token with its own text
+    // (AADSTS90002 "Tenant … not found"). The client learns there is no token, not Entra's words.
+    let unknown = "9f1e2d3c-4b5a-4c6d-8e7f-0a1b2c3d4e5f";
+    let (status, body) = admin(
+        &env,
+        reqwest::Method::GET,
+        &format!("/admin/tenants/{unknown}/subscriptions"),
+    )
+    .await;
+    assert_eq!(status, 424, "{body}");
+    assert_eq!(body["code"], "token", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+    assert!(!body.to_string().contains("AADSTS"), "{body}");
+    // Bad input stays 400 with our own words.
+    let (status, body) = admin(
+        &env,
+        reqwest::Method::POST,
+        &format!("/admin/tenants/{TENANT_B}/subscriptions/start?contentType=Audit.Nope"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    env.cleanup().await;
+}

@@ -415,3 +415,27 @@ async fn invalid_configuration_exits_2_with_one_line_per_variable() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_bad_input_exits_2_from_every_command_and_a_failed_operation_exits_1() {
+    let env = TestEnv::start(Options::default()).await;
+    for args in [
+        &["tenants", "add", "not-a-tenant"][..],
+        &["tenants", "remove", "not-a-tenant"][..],
+        &["subscriptions", "list", "--tenant", "not-a-tenant"][..],
+        &["subscriptions", "start", "--tenant", "not-a-tenant"][..],
+        &["subscriptions", "stop", "--tenant", "not-a-tenant"][..],
+        &["subscriptions", "list", "--content-type", "Audit.Nope"][..],
+        &["cert", "new", "--bits", "1024", "--out", "/nonexistent"][..],
+    ] {
+        let o = run(args, &env.vars);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+    // Good input, but the operation is refused: 1.
+    let o = run(&["tenants", "remove", TENANT_STATIC], &env.vars);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = run(&["cert", "show", "/nonexistent/o365-relay.crt"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    env.cleanup().await;
+}

@@ -7,7 +7,7 @@
 
 pub use crate::common::*;
 
-use o365_relay::app::{Application, Relay};
+use o365_relay::app::{Application, Parts};
 use o365_relay::config::Settings;
 use o365_sim::{SimConfig, Simulator};
 use std::net::TcpListener;
@@ -44,7 +44,7 @@ impl Default for Options {
 
 /// One running relay process (an `Application`).
 pub struct Instance {
-    pub relay: Arc<Relay>,
+    pub relay: Arc<Parts>,
     pub stop: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub public_url: String,
@@ -66,7 +66,7 @@ pub struct TestEnv {
     /// The first relay; `others` are extra replicas sharing the Redis prefix.
     pub main: Instance,
     pub others: Vec<Instance>,
-    pub relay: Arc<Relay>,
+    pub relay: Arc<Parts>,
     pub public_url: String,
     pub admin_url: String,
     pub auth_id: String,
@@ -185,10 +185,10 @@ impl TestEnv {
         self.others.len() - 1
     }
 
-    /// A `Relay` (no listeners, no loops) sharing this environment's settings: a second
+    /// The `Parts` (no listeners, no loops) sharing this environment's settings: a second
     /// replica for store-level checks, or what the CLI builds.
-    pub fn second_relay(&self) -> Arc<Relay> {
-        Relay::new(Settings::from_vars(self.vars.clone()).unwrap()).unwrap()
+    pub fn second_relay(&self) -> Arc<Parts> {
+        Parts::new(Settings::from_vars(self.vars.clone()).unwrap()).unwrap()
     }
 
     pub fn redis_key(&self, rest: &str) -> String {
@@ -254,7 +254,7 @@ async fn launch(vars: &[(String, String)], public: TcpListener, admin: TcpListen
     let app = Application::build_with_listeners(settings, Some(public), admin)
         .await
         .expect("relay builds");
-    let relay = app.relay();
+    let relay = app.parts();
     let stop = app.shutdown_token();
     let task = Some(tokio::spawn(app.run_until_stopped()));
     Instance {
@@ -267,7 +267,7 @@ async fn launch(vars: &[(String, String)], public: TcpListener, admin: TcpListen
 }
 
 /// Waits until the relay declared its RabbitMQ topology (it then accepts notifications).
-async fn wait_ready(relay: &Arc<Relay>) {
+async fn wait_ready(relay: &Arc<Parts>) {
     let r = relay.clone();
     let ok = eventually(Duration::from_secs(15), || {
         let r = r.clone();

@@ -1,0 +1,82 @@
+//! `o365-relay check`: configuration, Redis, RabbitMQ and the token endpoint, one `ok` / `failed`
+//! line each (the table is the output, so this command prints its own failures).
+
+use super::{Failure, Outcome};
+use o365_relay::app::Parts;
+use o365_relay::config::{redact_url, Credential, Settings};
+
+pub async fn run() -> Outcome {
+    let settings = match Settings::from_env() {
+        Ok(s) => {
+            println!("ok      configuration");
+            s
+        }
+        Err(errors) => {
+            println!("failed  configuration");
+            for line in &errors.0 {
+                println!("          {line}");
+            }
+            return Err(Failure::Usage(Vec::new()));
+        }
+    };
+    let redis = redact_url(settings.redis_url.expose());
+    let amqp = redact_url(settings.amqp_url.expose());
+    let parts = match Parts::new(settings) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("failed  setup: {e:#}");
+            return Err(Failure::Reported);
+        }
+    };
+    let mut ok = true;
+    match parts.store.ping().await {
+        Ok(()) => println!("ok      redis ({redis})"),
+        Err(e) => {
+            ok = false;
+            println!("failed  redis ({redis}): {e}");
+        }
+    }
+    match parts.broker.connect().await {
+        Ok(c) => {
+            let _ = c.close(200, "check".into()).await;
+            println!("ok      rabbitmq ({amqp})");
+        }
+        Err(e) => {
+            ok = false;
+            println!("failed  rabbitmq ({amqp}): {e}");
+        }
+    }
+    // A token for a served tenant proves the credential; without one, reaching the endpoint
+    // and having it judge our credential is the best check available.
+    let tenant = parts.tenants.served_ids().await.into_iter().next();
+    let login = &parts.settings.login_url;
+    match tenant {
+        Some(t) => match parts.tokens.entra().app_token(&t).await {
+            Ok(_) => println!("ok      token endpoint ({login}, tenant {t})"),
+            Err(e) => {
+                ok = false;
+                println!("failed  token endpoint ({login}, tenant {t}): {e}");
+            }
+        },
+        None => println!("skipped token endpoint ({login}): no tenant is served yet"),
+    }
+    if let Credential::Certificate(c) = &parts.settings.credential {
+        let days = c.seconds_left() / 86_400;
+        if days < 30 {
+            println!(
+                "warning certificate expires in {days} days ({})",
+                c.not_after
+            );
+        } else {
+            println!(
+                "ok      certificate (x5t {}, expires {})",
+                c.x5t, c.not_after
+            );
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Reported)
+    }
+}

@@ -1,0 +1,89 @@
+//! `o365-relay tenants list | add | remove`, through the same onboarding service as the consent
+//! callback and the admin API.
+
+use super::{parts, tenant_arg, Failure, Outcome};
+use o365_relay::onboarding::AddRequest;
+use o365_relay::tenants::AddedBy;
+
+#[derive(clap::Subcommand)]
+pub enum TenantsCmd {
+    List,
+    Add {
+        tenant: String,
+    },
+    Remove {
+        tenant: String,
+        /// Also stop the tenant's subscriptions at Microsoft.
+        #[arg(long)]
+        stop_subscriptions: bool,
+    },
+}
+
+pub async fn run(cmd: TenantsCmd) -> Outcome {
+    // Arguments first: a wrong tenant id is a usage error whatever the configuration.
+    let tenant = match &cmd {
+        TenantsCmd::List => None,
+        TenantsCmd::Add { tenant } | TenantsCmd::Remove { tenant, .. } => Some(tenant_arg(tenant)?),
+    };
+    let parts = parts()?;
+    match (cmd, tenant) {
+        (TenantsCmd::List, _) => {
+            for t in parts.tenants.list().await.map_err(anyhow::Error::new)? {
+                println!(
+                    "{}  {:<8} {}  {}",
+                    t.tenant_id,
+                    format!("{:?}", t.added_by).to_lowercase(),
+                    if t.added_at.is_empty() {
+                        "-"
+                    } else {
+                        &t.added_at
+                    },
+                    t.consented_by.unwrap_or_default()
+                );
+            }
+        }
+        (TenantsCmd::Add { .. }, Some(tid)) => {
+            parts
+                .onboarding
+                .add(
+                    &tid,
+                    AddRequest {
+                        added_by: AddedBy::Admin,
+                        consented_by: None,
+                        start_subscriptions: false,
+                    },
+                )
+                .await
+                .map_err(anyhow::Error::new)?;
+            println!("added {tid}");
+        }
+        (
+            TenantsCmd::Remove {
+                stop_subscriptions, ..
+            },
+            Some(tid),
+        ) => {
+            let removed = parts
+                .onboarding
+                .remove(&tid, stop_subscriptions)
+                .await
+                .map_err(anyhow::Error::new)?;
+            for s in &removed.stopped {
+                match &s.detail {
+                    None => println!("stopped {}", s.content_type),
+                    Some(e) => println!("could not stop {}: {e}", s.content_type),
+                }
+            }
+            println!(
+                "{} {tid}",
+                if removed.removed {
+                    "removed"
+                } else {
+                    "was not registered:"
+                }
+            );
+        }
+        (_, None) => return Err(Failure::usage("a tenant id is required")),
+    }
+    Ok(())
+}

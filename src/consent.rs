@@ -111,7 +111,7 @@ pub fn esc(s: &str) -> String {
         .collect()
 }
 
-fn html(status: actix_web::http::StatusCode, title: &str, body: &str) -> HttpResponse {
+fn html(status: StatusCode, title: &str, body: &str) -> HttpResponse {
     let page = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">

@@ -195,7 +195,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = Lenient<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
             fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {

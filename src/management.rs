@@ -183,7 +183,7 @@ impl ManagementClient {
             .origin();
         ManagementClient {
             http,
-            base: settings.manage_url.clone(),
+            base: settings.manage_url.to_string(),
             origin,
             tokens,
             store,

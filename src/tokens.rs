@@ -158,8 +158,8 @@ impl EntraClient {
     pub fn new(settings: &Settings, http: reqwest::Client) -> EntraClient {
         EntraClient {
             http,
-            login_url: settings.login_url.clone(),
-            resource: settings.manage_url.clone(),
+            login_url: settings.login_url.to_string(),
+            resource: settings.manage_url.to_string(),
             client_id: settings.client_id.clone(),
             credential: settings.credential.clone(),
         }

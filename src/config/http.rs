@@ -1,0 +1,86 @@
+//! HTTP on both sides: the two listeners, the public URL Microsoft calls back on, the admin
+//! token, and the time limits on requests in and out.
+
+use super::parse::{Bounds, Parser, SECOND};
+use super::BaseUrl;
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    public_url: Option<String>,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+    http_timeout: Option<String>,
+    fetch_timeout: Option<String>,
+    webhook_body_timeout: Option<String>,
+}
+
+/// `O365_HTTP_TIMEOUT`, connecting to and each read from Microsoft: 1s to 10m.
+const HTTP_TIMEOUT: Bounds<Duration> = Bounds::new(SECOND, Duration::from_secs(600));
+/// `O365_FETCH_TIMEOUT`, a blob's whole fetch: 1s to 6h.
+const FETCH_TIMEOUT: Bounds<Duration> = Bounds::new(SECOND, Duration::from_secs(6 * 3600));
+/// `O365_WEBHOOK_BODY_TIMEOUT`: 100ms to 2m.
+const WEBHOOK_BODY_TIMEOUT: Bounds<Duration> =
+    Bounds::new(Duration::from_millis(100), Duration::from_secs(120));
+
+pub(super) struct Http {
+    pub public_url: Option<BaseUrl>,
+    pub listen: String,
+    pub admin_listen: String,
+    pub admin_token: Option<Secret<String>>,
+    pub http_timeout: Duration,
+    pub fetch_timeout: Duration,
+    pub webhook_body_timeout: Duration,
+}
+
+pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
+    let raw: Raw = p.raw(vars);
+    let public_url = raw
+        .public_url
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| {
+            p.base_url(
+                "PUBLIC_URL",
+                s.trim(),
+                " (expected e.g. https://relay.example.com)",
+            )
+        });
+    let listen = address(p, "LISTEN", raw.listen, "0.0.0.0:8080");
+    let admin_listen = address(p, "ADMIN_LISTEN", raw.admin_listen, "0.0.0.0:9090");
+    let admin_token = raw.admin_token.filter(|s| !s.is_empty()).map(Secret::new);
+    if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        p.fail(
+            "ADMIN_TOKEN",
+            "is shorter than 16 characters; use a long random value",
+        );
+    }
+    Http {
+        public_url,
+        listen,
+        admin_listen,
+        admin_token,
+        http_timeout: p.duration("HTTP_TIMEOUT", raw.http_timeout, "60s", HTTP_TIMEOUT),
+        fetch_timeout: p.duration("FETCH_TIMEOUT", raw.fetch_timeout, "5m", FETCH_TIMEOUT),
+        webhook_body_timeout: p.duration(
+            "WEBHOOK_BODY_TIMEOUT",
+            raw.webhook_body_timeout,
+            "10s",
+            WEBHOOK_BODY_TIMEOUT,
+        ),
+    }
+}
+
+/// A listener's `address:port`, kept as text for actix's `bind`.
+fn address(p: &mut Parser, var: &str, v: Option<String>, default: &str) -> String {
+    let addr = p.text(var, v, default);
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        p.fail(
+            var,
+            format!("'{addr}' is not an address:port (expected e.g. 0.0.0.0:8080)"),
+        );
+    }
+    addr
+}

@@ -1,0 +1,196 @@
+//! Configuration from the environment (`.env.example` lists every variable with its default and
+//! its range; README.md, "Running it"). Each concern reads its own variables ([`microsoft`],
+//! [`http`], [`redis`], [`amqp`], [`pipeline`], [`process`]) through the readers in [`parse`],
+//! which record a problem and carry on, so that *every* problem is reported at start, one line
+//! per variable, instead of stopping at the first.
+
+mod amqp;
+mod base_url;
+mod http;
+mod microsoft;
+mod parse;
+mod pipeline;
+mod process;
+mod redis;
+#[cfg(test)]
+mod tests;
+
+pub use amqp::QueueType;
+pub use base_url::BaseUrl;
+pub use microsoft::Credential;
+pub use process::LogFormat;
+
+use crate::domain::{ContentType, TenantId};
+use crate::secret::Secret;
+use std::time::Duration;
+use url::Url;
+
+/// Everything the relay needs, parsed and checked. Every duration and number lies within the
+/// range documented in `.env.example`, so arithmetic on it cannot overflow.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub client_id: String,
+    /// The certificate when `O365_CLIENT_CERT_PATH` and `O365_CLIENT_KEY_PATH` are set (then
+    /// `O365_CLIENT_SECRET` is ignored), else the client secret.
+    pub credential: Credential,
+    pub webhook_auth_id: Secret<String>,
+    /// The external base URL, no trailing slash.
+    pub public_url: Option<BaseUrl>,
+    pub tenants: Vec<TenantId>,
+    pub publisher_id: Option<TenantId>,
+    pub content_types: Vec<ContentType>,
+    /// Entra ID base URL (`O365_LOGIN_URL`, or the `O365_CLOUD` preset), no trailing slash.
+    pub login_url: BaseUrl,
+    /// Management API origin (`O365_MANAGE_URL`, or the `O365_CLOUD` preset), no trailing
+    /// slash; also the token `resource` and the only origin a `contentUri` may have.
+    pub manage_url: BaseUrl,
+    pub listen: String,
+    pub admin_listen: String,
+    pub redis_url: Secret<String>,
+    pub redis_prefix: String,
+    pub amqp_url: Secret<String>,
+    pub amqp_exchange: String,
+    pub amqp_work_queue: String,
+    pub amqp_queue_type: QueueType,
+    pub worker_concurrency: usize,
+    pub reconcile_interval: Duration,
+    pub reconcile_lookback: Duration,
+    pub admin_token: Option<Secret<String>>,
+    pub log_format: LogFormat,
+    pub enable_webhook: bool,
+    pub enable_workers: bool,
+    pub enable_reconciler: bool,
+    pub enable_keeper: bool,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub quota_per_minute: u32,
+    pub http_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub record_dedup_ttl: Duration,
+    pub keeper_interval: Duration,
+    /// A blob's whole fetch, from request to last byte (`O365_FETCH_TIMEOUT`).
+    pub fetch_timeout: Duration,
+    /// How long a webhook request body may take to arrive (`O365_WEBHOOK_BODY_TIMEOUT`).
+    pub webhook_body_timeout: Duration,
+}
+
+/// Every configuration problem found, one line each (`O365_X: what is wrong; what is expected`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Settings, ConfigErrors> {
+        Settings::from_vars(std::env::vars())
+    }
+
+    /// Parses `O365_*` variables from any source (tests pass a list of pairs).
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Settings, ConfigErrors>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _)| k.starts_with("O365_"))
+            .collect();
+        let mut p = parse::Parser::default();
+        let ms = microsoft::read(&vars, &mut p);
+        let http = http::read(&vars, &mut p);
+        let redis = redis::read(&vars, &mut p);
+        let amqp = amqp::read(&vars, &mut p);
+        let pipeline = pipeline::read(&vars, &mut p);
+        let process = process::read(&vars, &mut p);
+        let credential = match ms.credential {
+            Some(c) if p.is_ok() => c,
+            _ => return Err(ConfigErrors(p.into_errors())),
+        };
+        Ok(Settings {
+            client_id: ms.client_id,
+            credential,
+            webhook_auth_id: ms.webhook_auth_id,
+            public_url: http.public_url,
+            tenants: ms.tenants,
+            publisher_id: ms.publisher_id,
+            content_types: ms.content_types,
+            login_url: ms.login_url,
+            manage_url: ms.manage_url,
+            listen: http.listen,
+            admin_listen: http.admin_listen,
+            redis_url: redis.url,
+            redis_prefix: redis.prefix,
+            amqp_url: amqp.url,
+            amqp_exchange: amqp.exchange,
+            amqp_work_queue: amqp.work_queue,
+            amqp_queue_type: amqp.queue_type,
+            worker_concurrency: pipeline.worker_concurrency,
+            reconcile_interval: pipeline.reconcile_interval,
+            reconcile_lookback: pipeline.reconcile_lookback,
+            admin_token: http.admin_token,
+            log_format: process.log_format,
+            enable_webhook: process.enable_webhook,
+            enable_workers: process.enable_workers,
+            enable_reconciler: process.enable_reconciler,
+            enable_keeper: process.enable_keeper,
+            max_attempts: pipeline.max_attempts,
+            retry_base: pipeline.retry_base,
+            retry_max: pipeline.retry_max,
+            quota_per_minute: pipeline.quota_per_minute,
+            http_timeout: http.http_timeout,
+            shutdown_timeout: process.shutdown_timeout,
+            record_dedup_ttl: pipeline.record_dedup_ttl,
+            keeper_interval: pipeline.keeper_interval,
+            fetch_timeout: http.fetch_timeout,
+            webhook_body_timeout: http.webhook_body_timeout,
+        })
+    }
+
+    /// `serve` needs the public URL: it is the webhook address given to Microsoft.
+    pub fn require_public_url(&self) -> Result<&BaseUrl, ConfigErrors> {
+        self.public_url.as_ref().ok_or_else(|| {
+            ConfigErrors(vec![
+                "O365_PUBLIC_URL: is required for serve (the external https base URL behind the ingress, e.g. https://relay.example.com)".into(),
+            ])
+        })
+    }
+
+    /// `{O365_PUBLIC_URL}/webhook`.
+    pub fn webhook_address(&self) -> Option<String> {
+        self.public_url.as_ref().map(|u| format!("{u}/webhook"))
+    }
+
+    /// `{O365_PUBLIC_URL}/consent/callback`.
+    pub fn consent_redirect_uri(&self) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|u| format!("{u}/consent/callback"))
+    }
+
+    /// The `PublisherIdentifier` for calls about `tenant` (Office 365 Management Activity API
+    /// reference: the `PublisherIdentifier` parameter of every operation).
+    pub fn publisher_for<'a>(&'a self, tenant: &'a TenantId) -> &'a TenantId {
+        self.publisher_id.as_ref().unwrap_or(tenant)
+    }
+
+    /// Whether `O365_PUBLIC_URL` is plain http, which Microsoft refuses for webhooks (AF20021).
+    pub fn public_url_is_insecure(&self) -> bool {
+        self.public_url.as_ref().is_some_and(|u| !u.is_https())
+    }
+}
+
+/// `scheme://user:***@host…`: a URL with its password hidden, for messages.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "[unparseable url]".into(),
+    }
+}

@@ -1,0 +1,112 @@
+//! The data path's pace: how many blobs are fetched at once, how failures are retried, the
+//! per-tenant request budget, record de-duplication, and how often the reconciler and the
+//! subscription keeper run.
+
+use super::parse::{Bounds, Parser, DAY, HOUR, MINUTE, SECOND};
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    worker_concurrency: Option<String>,
+    max_attempts: Option<String>,
+    retry_base: Option<String>,
+    retry_max: Option<String>,
+    quota_per_minute: Option<String>,
+    record_dedup_ttl: Option<String>,
+    reconcile_interval: Option<String>,
+    reconcile_lookback: Option<String>,
+    keeper_interval: Option<String>,
+}
+
+/// Microsoft serves content for 7 days and lists no more than 7 days back (Office 365 Management
+/// Activity API reference, "List available content" and "Retrieving content").
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `O365_WORKER_CONCURRENCY`: 1 to 1024.
+const WORKER_CONCURRENCY: Bounds<usize> = Bounds::new(1, 1024);
+/// `O365_MAX_ATTEMPTS`: 1 to 100.
+const MAX_ATTEMPTS: Bounds<u32> = Bounds::new(1, 100);
+/// `O365_RETRY_BASE`: 1ms (the AMQP expiration's unit) to 1h; also at most `O365_RETRY_MAX`.
+const RETRY_BASE: Bounds<Duration> = Bounds::new(Duration::from_millis(1), HOUR);
+/// `O365_RETRY_MAX`: 1ms to 1d.
+const RETRY_MAX: Bounds<Duration> = Bounds::new(Duration::from_millis(1), DAY);
+/// `O365_QUOTA_PER_MINUTE`: 1 to 100000 (Microsoft's own limit is 2,000 requests a minute per
+/// tenant: Office 365 Management Activity API reference, "API throttling").
+const QUOTA_PER_MINUTE: Bounds<u32> = Bounds::new(1, 100_000);
+/// `O365_RECORD_DEDUP_TTL`: 0s (off) to 30d.
+const RECORD_DEDUP_TTL: Bounds<Duration> =
+    Bounds::new(Duration::ZERO, Duration::from_secs(30 * 24 * 3600));
+/// `O365_RECONCILE_INTERVAL`: 1s to 7d (beyond that, content expires between two passes).
+const RECONCILE_INTERVAL: Bounds<Duration> =
+    Bounds::new(SECOND, RETENTION).because("Microsoft keeps content for 7 days");
+/// `O365_RECONCILE_LOOKBACK`: 1m to 7d.
+const RECONCILE_LOOKBACK: Bounds<Duration> =
+    Bounds::new(MINUTE, RETENTION).because("Microsoft keeps content for 7 days");
+/// `O365_KEEPER_INTERVAL`: 1s to 1d.
+const KEEPER_INTERVAL: Bounds<Duration> = Bounds::new(SECOND, DAY);
+
+pub(super) struct Pipeline {
+    pub worker_concurrency: usize,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub quota_per_minute: u32,
+    pub record_dedup_ttl: Duration,
+    pub reconcile_interval: Duration,
+    pub reconcile_lookback: Duration,
+    pub keeper_interval: Duration,
+}
+
+pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Pipeline {
+    let raw: Raw = p.raw(vars);
+    let retry_base = p.duration("RETRY_BASE", raw.retry_base, "10s", RETRY_BASE);
+    let retry_max = p.duration("RETRY_MAX", raw.retry_max, "30m", RETRY_MAX);
+    if retry_max < retry_base {
+        p.fail(
+            "RETRY_BASE",
+            "must be above zero and not above O365_RETRY_MAX",
+        );
+    }
+    Pipeline {
+        worker_concurrency: p.number(
+            "WORKER_CONCURRENCY",
+            raw.worker_concurrency,
+            16,
+            WORKER_CONCURRENCY,
+        ),
+        max_attempts: p.number("MAX_ATTEMPTS", raw.max_attempts, 10, MAX_ATTEMPTS),
+        retry_base,
+        retry_max,
+        quota_per_minute: p.number(
+            "QUOTA_PER_MINUTE",
+            raw.quota_per_minute,
+            2000,
+            QUOTA_PER_MINUTE,
+        ),
+        record_dedup_ttl: p.duration(
+            "RECORD_DEDUP_TTL",
+            raw.record_dedup_ttl,
+            "24h",
+            RECORD_DEDUP_TTL,
+        ),
+        reconcile_interval: p.duration(
+            "RECONCILE_INTERVAL",
+            raw.reconcile_interval,
+            "15m",
+            RECONCILE_INTERVAL,
+        ),
+        reconcile_lookback: p.duration(
+            "RECONCILE_LOOKBACK",
+            raw.reconcile_lookback,
+            "24h",
+            RECONCILE_LOOKBACK,
+        ),
+        keeper_interval: p.duration(
+            "KEEPER_INTERVAL",
+            raw.keeper_interval,
+            "5m",
+            KEEPER_INTERVAL,
+        ),
+    }
+}

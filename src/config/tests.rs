@@ -1,0 +1,284 @@
+//! Loading the configuration: defaults, every problem reported with its variable, bounds.
+
+use super::*;
+
+fn base() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "O365_CLIENT_ID",
+            "a6099727-6b7b-482c-b509-1df309acc563".into(),
+        ),
+        ("O365_CLIENT_SECRET", "s3cret-value-for-tests".into()),
+        ("O365_WEBHOOK_AUTH_ID", "0123456789abcdef0123".into()),
+    ]
+}
+
+#[test]
+fn defaults_follow_the_contract() {
+    let s = Settings::from_vars(base()).unwrap();
+    assert_eq!(s.manage_url, "https://manage.office.com");
+    assert_eq!(s.login_url, "https://login.microsoftonline.com");
+    assert_eq!(s.listen, "0.0.0.0:8080");
+    assert_eq!(s.admin_listen, "0.0.0.0:9090");
+    assert_eq!(s.redis_prefix, "o365relay:");
+    assert_eq!(s.amqp_exchange, "o365.audit");
+    assert_eq!(s.amqp_work_queue, "o365.content");
+    assert_eq!(s.amqp_queue_type, QueueType::Quorum);
+    assert_eq!(s.worker_concurrency, 16);
+    assert_eq!(s.reconcile_interval, Duration::from_secs(900));
+    assert_eq!(s.reconcile_lookback, Duration::from_secs(86400));
+    assert_eq!(s.content_types.len(), 5);
+    assert_eq!(s.log_format, LogFormat::Json);
+}
+
+#[test]
+fn defaults_of_the_additions_match_env_example() {
+    let s = Settings::from_vars(base()).unwrap();
+    assert_eq!(s.redis_url.expose(), "redis://127.0.0.1:6379");
+    assert_eq!(s.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert!(s.public_url.is_none() && s.admin_token.is_none() && s.publisher_id.is_none());
+    assert!(s.tenants.is_empty());
+    assert!(s.enable_webhook && s.enable_workers && s.enable_reconciler && s.enable_keeper);
+    assert_eq!(s.max_attempts, 10);
+    assert_eq!(s.retry_base, Duration::from_secs(10));
+    assert_eq!(s.retry_max, Duration::from_secs(30 * 60));
+    assert_eq!(s.quota_per_minute, 2000);
+    assert_eq!(s.http_timeout, Duration::from_secs(60));
+    assert_eq!(s.fetch_timeout, Duration::from_secs(5 * 60));
+    assert_eq!(s.webhook_body_timeout, Duration::from_secs(10));
+    assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(s.record_dedup_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(s.keeper_interval, Duration::from_secs(5 * 60));
+}
+
+/// Every bounded variable, a value just below and just above its range (`None` when the bound
+/// is zero), and the range as `.env.example` documents it.
+const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 14] = [
+    ("WORKER_CONCURRENCY", Some("0"), "1025", "1", "1024"),
+    ("MAX_ATTEMPTS", Some("0"), "101", "1", "100"),
+    ("QUOTA_PER_MINUTE", Some("0"), "100001", "1", "100000"),
+    ("RETRY_BASE", Some("0s"), "61m", "1ms", "1h"),
+    ("RETRY_MAX", Some("0s"), "25h", "1ms", "1d"),
+    ("RECORD_DEDUP_TTL", None, "31d", "0s", "30d"),
+    ("RECONCILE_INTERVAL", Some("999ms"), "8d", "1s", "7d"),
+    ("RECONCILE_LOOKBACK", Some("59s"), "8d", "1m", "7d"),
+    ("KEEPER_INTERVAL", Some("999ms"), "25h", "1s", "1d"),
+    ("HTTP_TIMEOUT", Some("999ms"), "11m", "1s", "10m"),
+    ("FETCH_TIMEOUT", Some("999ms"), "7h", "1s", "6h"),
+    ("WEBHOOK_BODY_TIMEOUT", Some("99ms"), "121s", "100ms", "2m"),
+    ("SHUTDOWN_TIMEOUT", None, "3601s", "0s", "1h"),
+    (
+        "WORKER_CONCURRENCY",
+        None,
+        "18446744073709551615",
+        "1",
+        "1024",
+    ),
+];
+
+fn with(var: &str, value: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = base()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    v.push((format!("O365_{var}"), value.to_string()));
+    v
+}
+
+#[test]
+fn every_bound_is_enforced_and_named_with_its_range() {
+    for (var, below, above, min, max) in BOUNDED {
+        for value in below.into_iter().chain([above]) {
+            let err = Settings::from_vars(with(var, value)).unwrap_err();
+            let lines: Vec<&str> = err.0.iter().map(String::as_str).collect();
+            assert_eq!(lines.len(), 1, "{var}={value}: {lines:?}");
+            assert!(
+                lines[0].starts_with(&format!(
+                    "O365_{var}: '{value}' is out of range; must be between {min} and {max}"
+                )),
+                "{var}={value}: {}",
+                lines[0]
+            );
+        }
+        for value in [min, max] {
+            let mut v = with(var, value);
+            // The other end of the retry range must leave room (RETRY_BASE <= RETRY_MAX).
+            match var {
+                "RETRY_BASE" => v.push(("O365_RETRY_MAX".into(), max.into())),
+                "RETRY_MAX" => v.push(("O365_RETRY_BASE".into(), min.into())),
+                _ => {}
+            }
+            let s = Settings::from_vars(v);
+            assert!(s.is_ok(), "{var}={value}: {:?}", s.err());
+        }
+    }
+}
+
+#[test]
+fn absurd_durations_and_numbers_are_refused_not_overflowed() {
+    for (var, value) in [
+        ("RECONCILE_INTERVAL", "100000000000d"),
+        ("SHUTDOWN_TIMEOUT", "584942417356y"),
+        ("RETRY_MAX", "18446744073709551615s"),
+        ("QUOTA_PER_MINUTE", "4294967296"),
+        ("MAX_ATTEMPTS", "-1"),
+    ] {
+        let err = Settings::from_vars(with(var, value)).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{var}={value}: {err}");
+        assert!(err.0[0].starts_with(&format!("O365_{var}: ")), "{err}");
+    }
+}
+
+#[test]
+fn retry_base_above_retry_max_is_refused() {
+    let mut v = with("RETRY_BASE", "1m");
+    v.push(("O365_RETRY_MAX".into(), "30s".into()));
+    let err = Settings::from_vars(v).unwrap_err();
+    assert_eq!(
+        err.0,
+        ["O365_RETRY_BASE: must be above zero and not above O365_RETRY_MAX"]
+    );
+}
+
+#[test]
+fn a_client_secret_alone_is_the_credential() {
+    let s = Settings::from_vars(base()).unwrap();
+    assert!(
+        matches!(&s.credential, Credential::Secret(x) if x.expose() == "s3cret-value-for-tests")
+    );
+}
+
+#[test]
+fn a_client_secret_beside_a_certificate_is_accepted_and_the_certificate_used() {
+    let dir = std::env::temp_dir().join(format!("o365-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = crate::certs::generate("config test", 1, 2048).unwrap();
+    let (crt_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&crt_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let mut v = with("CLIENT_CERT_PATH", &crt_path.display().to_string());
+    v.push((
+        "O365_CLIENT_KEY_PATH".into(),
+        key_path.display().to_string(),
+    ));
+    let s = Settings::from_vars(v);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let s = s.unwrap();
+    assert!(matches!(s.credential, Credential::Certificate(_)));
+}
+
+#[test]
+fn urls_with_a_query_a_fragment_or_another_scheme_are_refused() {
+    for var in ["LOGIN_URL", "MANAGE_URL", "PUBLIC_URL"] {
+        for value in [
+            "https://host.example.com/?x=1",
+            "https://host.example.com/#top",
+            "ftp://host.example.com",
+            "javascript:alert(1)",
+            "host.example.com",
+        ] {
+            let err = Settings::from_vars(with(var, value)).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{var}={value}: {err}");
+            assert!(
+                err.0[0].starts_with(&format!("O365_{var}: '{value}' ")),
+                "{var}={value}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_manage_url_is_an_origin_while_login_and_public_urls_may_have_a_path() {
+    let err = Settings::from_vars(with("MANAGE_URL", "https://manage.office.com/api")).unwrap_err();
+    assert_eq!(
+        err.0,
+        ["O365_MANAGE_URL: must be an origin without a path (e.g. https://manage.office.com)"]
+    );
+    let mut v = with("LOGIN_URL", "http://127.0.0.1:8090/entra/");
+    v.push((
+        "O365_PUBLIC_URL".into(),
+        "https://Relay.Example.com/o365/".into(),
+    ));
+    let s = Settings::from_vars(v).unwrap();
+    assert_eq!(s.login_url, "http://127.0.0.1:8090/entra");
+    assert_eq!(
+        s.webhook_address().as_deref(),
+        Some("https://relay.example.com/o365/webhook")
+    );
+    assert_eq!(
+        s.consent_redirect_uri().as_deref(),
+        Some("https://relay.example.com/o365/consent/callback")
+    );
+    assert!(!s.public_url_is_insecure());
+    let s = Settings::from_vars(with("PUBLIC_URL", "http://127.0.0.1:8080")).unwrap();
+    assert!(s.public_url_is_insecure());
+}
+
+#[test]
+fn clouds_preset_both_urls_and_overrides_win() {
+    let mut v = base();
+    v.push(("O365_CLOUD", "gcc-high".into()));
+    let s = Settings::from_vars(v.clone()).unwrap();
+    assert_eq!(s.manage_url, "https://manage.office365.us");
+    assert_eq!(s.login_url, "https://login.microsoftonline.us");
+    v.push(("O365_MANAGE_URL", "http://127.0.0.1:9999/".into()));
+    let s = Settings::from_vars(v).unwrap();
+    assert_eq!(s.manage_url, "http://127.0.0.1:9999");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_variable() {
+    let err = Settings::from_vars(vec![
+        ("O365_WEBHOOK_AUTH_ID", "short"),
+        ("O365_TENANTS", "not-a-guid"),
+        ("O365_WORKER_CONCURRENCY", "lots"),
+        ("O365_RECONCILE_LOOKBACK", "30d"),
+        ("O365_CONTENT_TYPES", "Audit.Nope"),
+        ("O365_CLOUD", "mars"),
+    ])
+    .unwrap_err();
+    let text = err.to_string();
+    for var in [
+        "O365_CLIENT_ID",
+        "O365_CLIENT_CERT_PATH",
+        "O365_WEBHOOK_AUTH_ID",
+        "O365_TENANTS",
+        "O365_WORKER_CONCURRENCY",
+        "O365_RECONCILE_LOOKBACK",
+        "O365_CONTENT_TYPES",
+        "O365_CLOUD",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(var)),
+            "{var} missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn secrets_do_not_show_in_debug_output() {
+    let mut v = base();
+    v.push(("O365_ADMIN_TOKEN", "admin-token-0123456789".into()));
+    v.push((
+        "O365_AMQP_URL",
+        "amqp://user:amqp-password@rabbit:5672/%2f".into(),
+    ));
+    let s = Settings::from_vars(v).unwrap();
+    let dbg = format!("{s:?}");
+    for secret in [
+        "s3cret-value-for-tests",
+        "0123456789abcdef0123",
+        "admin-token-0123456789",
+        "amqp-password",
+    ] {
+        assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
+    }
+}
+
+#[test]
+fn urls_are_redacted_for_messages() {
+    assert_eq!(
+        redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        "amqp://guest:***@127.0.0.1:5672/%2f"
+    );
+}

@@ -219,8 +219,8 @@ impl Parts {
             tokens: self.tokens.clone(),
             onboarding: self.onboarding.clone(),
             content_types: self.settings.content_types.clone(),
-            login_url: self.settings.login_url.to_string(),
-            manage_url: self.settings.manage_url.to_string(),
+            login_url: self.settings.login_url.clone(),
+            manage_url: self.settings.manage_url.clone(),
             client_id: self.settings.client_id.clone(),
             redirect_uri: self.settings.consent_redirect_uri(),
         }

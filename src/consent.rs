@@ -6,6 +6,7 @@
 //! exchanges the code at the `common` endpoint, reads `tid` from the token (never from the query
 //! string), registers the tenant and starts its subscriptions.
 
+use crate::config::BaseUrl;
 use crate::domain::{ContentType, TenantId};
 use crate::onboarding::{AddRequest, Onboarding};
 use crate::store::{Store, StoreError};
@@ -31,9 +32,9 @@ pub struct Consent {
     /// `O365_CONTENT_TYPES`, listed on the page.
     pub content_types: Vec<ContentType>,
     /// `O365_LOGIN_URL` (Entra ID's authorize endpoint lives under it).
-    pub login_url: String,
+    pub login_url: BaseUrl,
     /// `O365_MANAGE_URL`: the `resource` consented to, and the `aud` the token must carry.
-    pub manage_url: String,
+    pub manage_url: BaseUrl,
     pub client_id: String,
     /// `{O365_PUBLIC_URL}/consent/callback`; `None` without a public URL.
     pub redirect_uri: Option<String>,
@@ -278,7 +279,7 @@ async fn callback(
     let aud_ok = c
         .get("aud")
         .and_then(|a| a.as_str())
-        .is_some_and(|a| a.trim_end_matches('/') == consent.manage_url);
+        .is_some_and(|a| a.trim_end_matches('/') == consent.manage_url.as_str());
     let tenant = c
         .get("tid")
         .and_then(|t| t.as_str())

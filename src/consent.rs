@@ -104,9 +104,7 @@ your tenant. After consent we subscribe to these content types:</p><ul>{types}</
 /// Creates a random single-use `state`, kept in Redis for 10 minutes.
 pub async fn issue_state(store: &crate::store::Store) -> Result<String, crate::store::StoreError> {
     let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    store
-        .set_px(&store.consent_state_key(&state), "1", STATE_TTL)
-        .await?;
+    store.consent().issue(&state, STATE_TTL).await?;
     Ok(state)
 }
 
@@ -183,10 +181,7 @@ async fn callback(q: web::Query<Callback>, relay: web::Data<Relay>) -> HttpRespo
         .as_deref()
         .filter(|s| !s.is_empty() && s.len() <= 128)
     {
-        Some(s) => matches!(
-            relay.store.take(&relay.store.consent_state_key(s)).await,
-            Ok(Some(_))
-        ),
+        Some(s) => matches!(relay.store.consent().take(s).await, Ok(true)),
         None => false,
     };
     if !state_ok {

@@ -26,9 +26,10 @@
 
 use crate::app::Relay;
 use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
-use crate::leases::Lease;
 use crate::management::{ApiError, Disposition};
 use crate::notification::RawContent;
+use crate::store::dedup::BlobMarkers;
+use crate::store::Lease;
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -82,20 +83,21 @@ async fn read_checkpoint(
     tenant: &TenantId,
     ct: ContentType,
 ) -> Option<DateTime<Utc>> {
-    let key = relay.store.checkpoint_key(tenant, ct);
-    let raw = relay.store.get(&key).await.ok().flatten()?;
-    DateTime::parse_from_rfc3339(&raw)
+    relay
+        .store
+        .checkpoints()
+        .get(tenant, ct)
+        .await
         .ok()
-        .map(|t| t.with_timezone(&Utc))
+        .flatten()
 }
 
 async fn write_checkpoint(relay: &Relay, tenant: &TenantId, ct: ContentType, end: DateTime<Utc>) {
-    let key = relay.store.checkpoint_key(tenant, ct);
     // Older than Microsoft's retention it is useless: let it expire.
     let ttl = (RETENTION + chrono::Duration::days(1))
         .to_std()
         .unwrap_or(Duration::from_secs(8 * 86_400));
-    if let Err(e) = relay.store.set_px(&key, &end.to_rfc3339(), ttl).await {
+    if let Err(e) = relay.store.checkpoints().set(tenant, ct, end, ttl).await {
         tracing::debug!(tenant_id = %tenant, content_type = %ct, error = %e, "Cannot save the reconciliation checkpoint; the next pass re-lists from the previous one.");
     }
 }
@@ -172,7 +174,8 @@ pub async fn reconcile_one(
             for item in chunk {
                 let _ = relay
                     .store
-                    .set_px(&guard_key(relay, tenant, &item.content_id), "1", ttl)
+                    .dedup()
+                    .mark_enqueued(tenant, &item.content_id, ttl)
                     .await;
             }
         }
@@ -193,10 +196,6 @@ pub async fn reconcile_one(
         .with_label_values(&[tenant.as_str()])
         .inc_by(stats.missing);
     Ok(stats)
-}
-
-fn guard_key(relay: &Relay, tenant: &TenantId, content_id: &ContentId) -> String {
-    relay.store.reconcile_guard_key(tenant, content_id)
 }
 
 /// The listed blobs that are neither relayed, dead-lettered, nor recently enqueued by
@@ -226,21 +225,21 @@ async fn missing_items(
             }
         }
     }
-    let mut keys = Vec::with_capacity(listed.len() * 3);
-    for item in &listed {
-        keys.push(relay.store.relayed_key(tenant, &item.content_id));
-        keys.push(guard_key(relay, tenant, &item.content_id));
-        keys.push(relay.store.dead_key(tenant, &item.content_id));
-    }
+    let ids: Vec<&ContentId> = listed.iter().map(|item| &item.content_id).collect();
     // Without Redis every listed blob counts as missing (workers still skip relayed ones).
     let known = relay
         .store
-        .exists_many(&keys)
+        .dedup()
+        .markers(tenant, &ids)
         .await
-        .unwrap_or_else(|_| vec![false; keys.len()]);
+        .unwrap_or_else(|_| vec![BlobMarkers::default(); ids.len()]);
     let mut items = Vec::new();
-    for (item, marks) in listed.into_iter().zip(known.chunks(3)) {
-        let (relayed, enqueued, dead) = (marks[0], marks[1], marks[2]);
+    for (item, marks) in listed.into_iter().zip(known) {
+        let BlobMarkers {
+            relayed,
+            enqueued,
+            dead,
+        } = marks;
         if relayed || dead {
             continue;
         }

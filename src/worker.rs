@@ -32,6 +32,11 @@ use tracing::Instrument;
 const BATCH: usize = 500;
 /// A relayed blob's marker outlives the blob by a day (Microsoft serves content for 7 days).
 const MARKER_GRACE: Duration = Duration::from_secs(86_400);
+/// A relayed blob's marker lives at most this long, whatever `contentExpiration` says (as the
+/// dead-letter marker): content can be retrieved for 7 days after it became available (Office
+/// 365 Management Activity API FAQs and troubleshooting), so a marker need not outlive that by
+/// more than the grace.
+const RELAYED_MARKER_MAX: Duration = Duration::from_secs(8 * 86_400);
 /// How long a record claim survives an owner that died mid-publish: the redelivered blob waits
 /// this long for the dead owner's claims. A live owner finishes a batch well within it (its
 /// confirms time out sooner); were it slower, the claim would lapse and the record could be
@@ -323,11 +328,46 @@ impl Worker {
 }
 
 /// How long a relayed blob's marker lives: until the blob's `contentExpiration` (7 days when
-/// unknown or past) plus a day.
+/// unknown or past) plus a day, at most [`RELAYED_MARKER_MAX`].
 fn relayed_marker_ttl(expires_in: Option<i64>) -> Duration {
     let until_expiry = expires_in
         .filter(|s| *s > 0)
         .map(|s| Duration::from_secs(s as u64))
         .unwrap_or(Duration::from_secs(7 * 86_400));
-    until_expiry + MARKER_GRACE
+    (until_expiry + MARKER_GRACE).min(RELAYED_MARKER_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn a_relayed_marker_outlives_its_blob_by_a_day() {
+        assert_eq!(
+            relayed_marker_ttl(Some(3_600)),
+            Duration::from_secs(3_600 + DAY)
+        );
+        assert_eq!(
+            relayed_marker_ttl(Some(6 * DAY as i64)),
+            Duration::from_secs(7 * DAY)
+        );
+    }
+
+    #[test]
+    fn a_relayed_marker_of_unknown_or_past_expiry_lives_eight_days() {
+        assert_eq!(relayed_marker_ttl(None), Duration::from_secs(8 * DAY));
+        assert_eq!(relayed_marker_ttl(Some(0)), Duration::from_secs(8 * DAY));
+        assert_eq!(relayed_marker_ttl(Some(-60)), Duration::from_secs(8 * DAY));
+    }
+
+    #[test]
+    fn a_far_content_expiration_is_capped_at_eight_days() {
+        assert_eq!(
+            relayed_marker_ttl(Some(30 * DAY as i64)),
+            Duration::from_secs(8 * DAY)
+        );
+        assert_eq!(relayed_marker_ttl(Some(i64::MAX)), RELAYED_MARKER_MAX);
+    }
 }

@@ -179,9 +179,7 @@ impl Consent {
     /// Creates a random single-use `state`, kept in Redis for 10 minutes.
     async fn issue_state(&self) -> Result<String, StoreError> {
         let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        self.store
-            .set_px(&self.store.consent_state_key(&state), "1", STATE_TTL)
-            .await?;
+        self.store.consent().issue(&state, STATE_TTL).await?;
         Ok(state)
     }
 
@@ -212,10 +210,7 @@ impl Consent {
     /// Verifies and consumes `state`: single use, whatever follows.
     async fn consume_state(&self, state: Option<&str>) -> bool {
         match state.filter(|s| !s.is_empty() && s.len() <= 128) {
-            Some(s) => matches!(
-                self.store.take(&self.store.consent_state_key(s)).await,
-                Ok(Some(_))
-            ),
+            Some(s) => matches!(self.store.consent().take(s).await, Ok(true)),
             None => false,
         }
     }

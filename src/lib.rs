@@ -20,7 +20,6 @@ pub mod consent;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
-pub mod leases;
 pub mod management;
 pub mod metrics;
 pub mod notification;

@@ -11,6 +11,7 @@
 use crate::domain::{ContentType, TenantId};
 use crate::metrics::Metrics;
 use crate::notification::RawContent;
+use crate::store::quota::Admission;
 use crate::store::Store;
 use crate::tokens::{TokenError, TokenProvider};
 use serde::Deserialize;
@@ -140,25 +141,6 @@ pub struct WebhookInfo {
     // authId is deliberately not kept: it is a secret and we know ours.
 }
 
-/// Sliding-window limiter shared by every replica through Redis: a sorted set of request
-/// times per tenant; a request waits until fewer than `limit` were sent in the last minute.
-/// The window is 61 s, not 60: a request is stamped when it is admitted, not when Microsoft
-/// receives it, and the extra second absorbs that latency (and small clock differences
-/// between replicas) so no 60-second window *as Microsoft counts it* ever sees more.
-const QUOTA_SCRIPT: &str = r#"
-local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 61000)
-local n = redis.call('ZCARD', KEYS[1])
-if n < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], 62000)
-  return 0
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tonumber(oldest[2]) + 61000 - now + 1
-"#;
-
 pub struct ManagementClient {
     http: reqwest::Client,
     base: String,
@@ -208,23 +190,15 @@ impl ManagementClient {
 
     /// Waits until the tenant's shared budget allows one more request.
     async fn acquire_quota(&self, tenant: &TenantId) {
-        let key = self.store.quota_key(tenant, 0);
         loop {
-            let now = chrono::Utc::now().timestamp_millis();
-            let member = format!("{now}-{}", uuid::Uuid::new_v4().simple());
-            let wait = self
-                .store
-                .eval_i64(
-                    QUOTA_SCRIPT,
-                    &key,
-                    &[now.to_string(), self.quota_per_minute.to_string(), member],
-                )
-                .await;
-            match wait {
-                Ok(0) => return,
-                Ok(ms) => {
-                    tracing::debug!(tenant_id = %tenant, wait_ms = ms, "Tenant quota reached; waiting.");
-                    tokio::time::sleep(Duration::from_millis(ms.clamp(10, 60_000) as u64)).await;
+            match self.store.quota().hit(tenant, self.quota_per_minute).await {
+                Ok(Admission::Admitted) => return,
+                Ok(Admission::Wait(wait)) => {
+                    tracing::debug!(tenant_id = %tenant, wait_ms = wait.as_millis() as u64, "Tenant quota reached; waiting.");
+                    tokio::time::sleep(
+                        wait.clamp(Duration::from_millis(10), Duration::from_secs(60)),
+                    )
+                    .await;
                 }
                 // Without Redis the quota cannot be shared; Microsoft's AF429 still backs us off.
                 Err(_) => return,

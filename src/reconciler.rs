@@ -25,11 +25,11 @@
 //! lost), it is enqueued again.
 
 use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
-use crate::leases::Lease;
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::notification::{ContentRules, RawContent};
-use crate::store::Store;
+use crate::store::dedup::BlobMarkers;
+use crate::store::{Lease, Store};
 use crate::subscriptions::Subscriptions;
 use crate::tenants::Tenants;
 use crate::work_queue::WorkQueue;
@@ -101,20 +101,20 @@ pub struct Reconciler {
 
 impl Reconciler {
     async fn read_checkpoint(&self, tenant: &TenantId, ct: ContentType) -> Option<DateTime<Utc>> {
-        let key = self.store.checkpoint_key(tenant, ct);
-        let raw = self.store.get(&key).await.ok().flatten()?;
-        DateTime::parse_from_rfc3339(&raw)
+        self.store
+            .checkpoints()
+            .get(tenant, ct)
+            .await
             .ok()
-            .map(|t| t.with_timezone(&Utc))
+            .flatten()
     }
 
     async fn write_checkpoint(&self, tenant: &TenantId, ct: ContentType, end: DateTime<Utc>) {
-        let key = self.store.checkpoint_key(tenant, ct);
         // Older than Microsoft's retention it is useless: let it expire.
         let ttl = (RETENTION + chrono::Duration::days(1))
             .to_std()
             .unwrap_or(Duration::from_secs(8 * 86_400));
-        if let Err(e) = self.store.set_px(&key, &end.to_rfc3339(), ttl).await {
+        if let Err(e) = self.store.checkpoints().set(tenant, ct, end, ttl).await {
             tracing::debug!(tenant_id = %tenant, content_type = %ct, error = %e, "Cannot save the reconciliation checkpoint; the next pass re-lists from the previous one.");
         }
     }
@@ -185,7 +185,8 @@ impl Reconciler {
                 for item in chunk {
                     let _ = self
                         .store
-                        .set_px(&self.guard_key(tenant, &item.content_id), "1", ttl)
+                        .dedup()
+                        .mark_enqueued(tenant, &item.content_id, ttl)
                         .await;
                 }
             }
@@ -204,10 +205,6 @@ impl Reconciler {
             .with_label_values(&[tenant.as_str()])
             .inc_by(stats.missing);
         Ok(stats)
-    }
-
-    fn guard_key(&self, tenant: &TenantId, content_id: &ContentId) -> String {
-        self.store.reconcile_guard_key(tenant, content_id)
     }
 
     /// The listed blobs that are neither relayed, dead-lettered, nor recently enqueued by
@@ -236,21 +233,21 @@ impl Reconciler {
                 }
             }
         }
-        let mut keys = Vec::with_capacity(listed.len() * 3);
-        for item in &listed {
-            keys.push(self.store.relayed_key(tenant, &item.content_id));
-            keys.push(self.guard_key(tenant, &item.content_id));
-            keys.push(self.store.dead_key(tenant, &item.content_id));
-        }
+        let ids: Vec<&ContentId> = listed.iter().map(|item| &item.content_id).collect();
         // Without Redis every listed blob counts as missing (workers still skip relayed ones).
         let known = self
             .store
-            .exists_many(&keys)
+            .dedup()
+            .markers(tenant, &ids)
             .await
-            .unwrap_or_else(|_| vec![false; keys.len()]);
+            .unwrap_or_else(|_| vec![BlobMarkers::default(); ids.len()]);
         let mut items = Vec::new();
-        for (item, marks) in listed.into_iter().zip(known.chunks(3)) {
-            let (relayed, enqueued, dead) = (marks[0], marks[1], marks[2]);
+        for (item, marks) in listed.into_iter().zip(known) {
+            let BlobMarkers {
+                relayed,
+                enqueued,
+                dead,
+            } = marks;
             if relayed || dead {
                 continue;
             }

@@ -7,10 +7,9 @@
 
 use crate::config::Settings;
 use crate::domain::{ContentType, TenantId};
-use crate::leases::Lease;
 use crate::management::{ApiError, ManagementClient, Subscription};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Lease, Store};
 use crate::tenants::Tenants;
 use serde::Serialize;
 use std::sync::Arc;
@@ -90,11 +89,10 @@ impl Subscriptions {
             .settings
             .webhook_address()
             .ok_or(StartError::NoPublicUrl)?;
-        let key = self.store.start_guard_key(tenant, ct);
-        let stamp = chrono::Utc::now().to_rfc3339();
+        let guards = self.store.start_guards();
         if force {
-            let _ = self.store.set_px(&key, &stamp, START_SPACING).await;
-        } else if let Ok(false) = self.store.set_nx_px(&key, &stamp, START_SPACING).await {
+            let _ = guards.take(tenant, ct, START_SPACING).await;
+        } else if let Ok(false) = guards.try_take(tenant, ct, START_SPACING).await {
             return Err(StartError::TooSoon(tenant.clone(), ct));
         }
         let auth_id = self.settings.webhook_auth_id.expose();

@@ -72,7 +72,7 @@ impl Tenants {
         {
             return true;
         }
-        match self.store.tenant_get(t).await {
+        match self.store.tenants().get(t).await {
             Ok(Some(_)) => {
                 self.cache
                     .lock()
@@ -95,7 +95,8 @@ impl Tenants {
         }
         Ok(self
             .store
-            .tenant_get(t)
+            .tenants()
+            .get(t)
             .await?
             .and_then(|j| serde_json::from_str(&j).ok()))
     }
@@ -115,10 +116,11 @@ impl Tenants {
         let mut out: Vec<TenantRecord> = self.fixed.iter().map(|t| self.static_record(t)).collect();
         let mut stored: Vec<TenantRecord> = self
             .store
-            .tenant_all()
+            .tenants()
+            .all()
             .await?
             .into_iter()
-            .filter_map(|(_, j)| serde_json::from_str::<TenantRecord>(&j).ok())
+            .filter_map(|j| serde_json::from_str::<TenantRecord>(&j).ok())
             .filter(|r| !self.is_static(&r.tenant_id))
             .collect();
         stored.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
@@ -163,7 +165,7 @@ impl Tenants {
             status: "active".into(),
         };
         let json = serde_json::to_string(&record).expect("serialisable");
-        self.store.tenant_put(t, &json).await?;
+        self.store.tenants().put(t, &json).await?;
         self.cache
             .lock()
             .expect("poisoned")
@@ -178,7 +180,7 @@ impl Tenants {
             return Err(TenantError::Static(t.clone()));
         }
         self.cache.lock().expect("poisoned").remove(t);
-        let removed = self.store.tenant_remove(t).await?;
+        let removed = self.store.tenants().remove(t).await?;
         if removed {
             tracing::info!(tenant_id = %t, "Tenant removed.");
         }

@@ -315,12 +315,7 @@ impl TokenProvider {
     }
 
     async fn cached_in_redis(&self, t: &TenantId) -> Option<AccessToken> {
-        let raw = self
-            .store
-            .get(&self.store.token_cache_key(t))
-            .await
-            .ok()
-            .flatten()?;
+        let raw = self.store.tokens().get(t).await.ok().flatten()?;
         serde_json::from_str::<AccessToken>(&raw).ok()
     }
 
@@ -365,11 +360,10 @@ impl TokenProvider {
         {
             return Ok(t);
         }
-        let lock_key = self.store.token_lock_key(tenant);
         let me = uuid::Uuid::new_v4().to_string();
         let deadline = tokio::time::Instant::now() + WAIT_FOR_PEER;
         loop {
-            match self.store.set_nx_px(&lock_key, &me, LOCK_TTL).await {
+            match self.store.tokens().try_lock(tenant, &me, LOCK_TTL).await {
                 Ok(true) => {
                     // Another replica may have finished between our read and our lock.
                     if let Some(t) = self
@@ -377,20 +371,17 @@ impl TokenProvider {
                         .await
                         .filter(AccessToken::is_fresh)
                     {
-                        let _ = self.store.release(&lock_key, &me).await;
+                        let _ = self.store.tokens().unlock(tenant, &me).await;
                         return Ok(t);
                     }
                     let result = self.fetch(tenant).await;
                     if let Ok(t) = &result {
                         let ttl = Duration::from_secs(t.seconds_left().max(1) as u64);
                         if let Ok(json) = serde_json::to_string(t) {
-                            let _ = self
-                                .store
-                                .set_px(&self.store.token_cache_key(tenant), &json, ttl)
-                                .await;
+                            let _ = self.store.tokens().put(tenant, &json, ttl).await;
                         }
                     }
-                    let _ = self.store.release(&lock_key, &me).await;
+                    let _ = self.store.tokens().unlock(tenant, &me).await;
                     return result;
                 }
                 Ok(false) => {
@@ -439,7 +430,7 @@ impl TokenProvider {
         }
         if let Some(t) = self.cached_in_redis(tenant).await {
             if t.token == token {
-                let _ = self.store.del(&self.store.token_cache_key(tenant)).await;
+                let _ = self.store.tokens().remove(tenant).await;
             }
         }
     }
@@ -447,7 +438,7 @@ impl TokenProvider {
     /// Forgets the tenant's token (tenant removed).
     pub async fn forget(&self, tenant: &TenantId) {
         self.memory.lock().expect("poisoned").remove(tenant);
-        let _ = self.store.del(&self.store.token_cache_key(tenant)).await;
+        let _ = self.store.tokens().remove(tenant).await;
     }
 }
 

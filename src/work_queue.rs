@@ -470,6 +470,7 @@ impl WorkQueue {
                         .min(DEAD_MARKER_TTL);
                     let _ = self
                         .store
+                        .dedup()
                         .mark_dead(&job.item.tenant_id, &job.item.content_id, ttl)
                         .await;
                 }

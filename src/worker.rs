@@ -16,7 +16,8 @@ use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
 use crate::sink::RecordSink;
-use crate::store::{Claim, Store};
+use crate::store::dedup::{ClaimPolicy, PublishOnceError};
+use crate::store::Store;
 use crate::subscriptions::Subscriptions;
 use crate::tenants::Tenants;
 use crate::work_queue::{Job, Outcome, WorkQueue};
@@ -31,6 +32,11 @@ use tracing::Instrument;
 const BATCH: usize = 500;
 /// A relayed blob's marker outlives the blob by a day (Microsoft serves content for 7 days).
 const MARKER_GRACE: Duration = Duration::from_secs(86_400);
+/// A relayed blob's marker lives at most this long, whatever `contentExpiration` says (as the
+/// dead-letter marker): content can be retrieved for 7 days after it became available (Office
+/// 365 Management Activity API FAQs and troubleshooting), so a marker need not outlive that by
+/// more than the grace.
+const RELAYED_MARKER_MAX: Duration = Duration::from_secs(8 * 86_400);
 /// How long a record claim survives an owner that died mid-publish: the redelivered blob waits
 /// this long for the dead owner's claims. A live owner finishes a batch well within it (its
 /// confirms time out sooner); were it slower, the claim would lapse and the record could be
@@ -151,6 +157,7 @@ impl Worker {
         }
         if let Ok(true) = self
             .store
+            .dedup()
             .is_relayed(&item.tenant_id, &item.content_id)
             .await
         {
@@ -161,14 +168,10 @@ impl Worker {
         let started = Instant::now();
         match self.relay_blob(&item).await {
             Ok(stats) => {
-                let ttl = item
-                    .expires_in()
-                    .filter(|s| *s > 0)
-                    .map(|s| Duration::from_secs(s as u64))
-                    .unwrap_or(Duration::from_secs(7 * 86_400))
-                    + MARKER_GRACE;
+                let ttl = relayed_marker_ttl(item.expires_in());
                 let _ = self
                     .store
+                    .dedup()
                     .mark_relayed(&item.tenant_id, &item.content_id, ttl)
                     .await;
                 self.metrics.blobs.with_label_values(&["relayed"]).inc();
@@ -262,10 +265,10 @@ impl Worker {
     }
 
     /// Publishes a batch, each record once: duplicates within the blob are skipped here; across
-    /// blobs and workers a record is claimed in Redis before it is published and marked done
-    /// after its confirm, so two workers never both publish it. A record another worker is
-    /// publishing right now is waited for. Without Redis everything is published (consumers
-    /// de-duplicate on `message_id`).
+    /// blobs and workers [`crate::store::dedup::Dedup::publish_once`] claims each record in
+    /// Redis before it is published and marks it done after its confirm, so two workers never
+    /// both publish it. A record another worker is publishing right now is waited for. Without
+    /// Redis everything is published (consumers de-duplicate on `message_id`).
     async fn publish_records(
         &self,
         item: &WorkItem,
@@ -287,65 +290,84 @@ impl Worker {
                 duplicates += 1;
             }
         }
-        let ttl = self.record_dedup_ttl;
-        let dedup = !ttl.is_zero();
-        let give_up_at = Instant::now() + CLAIM_TTL + Duration::from_secs(10);
-        while !todo.is_empty() {
-            let (mine, pending): (Vec<&AuditRecord>, Vec<&AuditRecord>) = if dedup {
-                let ids: Vec<&str> = todo.iter().map(|r| r.id.as_str()).collect();
-                match self
-                    .store
-                    .claim_records(&item.tenant_id, &ids, owner, CLAIM_TTL)
-                    .await
-                {
-                    Ok(claims) => {
-                        let (mut mine, mut pending) = (Vec::new(), Vec::new());
-                        for (r, c) in todo.iter().zip(claims) {
-                            match c {
-                                Claim::Mine => mine.push(*r),
-                                Claim::Done => duplicates += 1,
-                                Claim::Pending => pending.push(*r),
-                            }
-                        }
-                        (mine, pending)
-                    }
-                    Err(_) => (std::mem::take(&mut todo), Vec::new()),
-                }
-            } else {
-                (std::mem::take(&mut todo), Vec::new())
-            };
-            let ids: Vec<&str> = mine.iter().map(|r| r.id.as_str()).collect();
-            if let Err(e) = self.sink.publish(item, &mine).await {
-                if dedup {
-                    let _ = self
-                        .store
-                        .release_claims(&item.tenant_id, &ids, owner)
-                        .await;
-                }
-                return Err(e.into());
-            }
-            stats.published += mine.len() as u64;
-            self.metrics
-                .records_published
-                .with_label_values(&[item.content_type.as_str()])
-                .inc_by(mine.len() as u64);
-            if dedup {
-                let _ = self.store.finish_records(&item.tenant_id, &ids, ttl).await;
-            }
-            todo = pending;
-            if !todo.is_empty() {
-                if Instant::now() > give_up_at {
-                    return Err(RelayError::Busy(format!(
-                        "{} records stayed claimed by another worker",
-                        todo.len()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let policy = ClaimPolicy {
+            owner,
+            claim_ttl: CLAIM_TTL,
+            done_ttl: self.record_dedup_ttl,
+            give_up_after: CLAIM_TTL + Duration::from_secs(10),
+        };
+        let done = self
+            .store
+            .dedup()
+            .publish_once(
+                &item.tenant_id,
+                todo,
+                |r| r.id.as_str(),
+                policy,
+                |records| async move {
+                    self.sink.publish(item, &records).await?;
+                    self.metrics
+                        .records_published
+                        .with_label_values(&[item.content_type.as_str()])
+                        .inc_by(records.len() as u64);
+                    Ok::<(), BrokerError>(())
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                PublishOnceError::Publish(e) => RelayError::Broker(e),
+                busy @ PublishOnceError::Busy(_) => RelayError::Busy(busy.to_string()),
+            })?;
+        stats.published += done.published;
+        duplicates += done.duplicates;
         stats.duplicates += duplicates;
         self.metrics.records_duplicate.inc_by(duplicates);
         batch.clear();
         Ok(())
+    }
+}
+
+/// How long a relayed blob's marker lives: until the blob's `contentExpiration` (7 days when
+/// unknown or past) plus a day, at most [`RELAYED_MARKER_MAX`].
+fn relayed_marker_ttl(expires_in: Option<i64>) -> Duration {
+    let until_expiry = expires_in
+        .filter(|s| *s > 0)
+        .map(|s| Duration::from_secs(s as u64))
+        .unwrap_or(Duration::from_secs(7 * 86_400));
+    (until_expiry + MARKER_GRACE).min(RELAYED_MARKER_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn a_relayed_marker_outlives_its_blob_by_a_day() {
+        assert_eq!(
+            relayed_marker_ttl(Some(3_600)),
+            Duration::from_secs(3_600 + DAY)
+        );
+        assert_eq!(
+            relayed_marker_ttl(Some(6 * DAY as i64)),
+            Duration::from_secs(7 * DAY)
+        );
+    }
+
+    #[test]
+    fn a_relayed_marker_of_unknown_or_past_expiry_lives_eight_days() {
+        assert_eq!(relayed_marker_ttl(None), Duration::from_secs(8 * DAY));
+        assert_eq!(relayed_marker_ttl(Some(0)), Duration::from_secs(8 * DAY));
+        assert_eq!(relayed_marker_ttl(Some(-60)), Duration::from_secs(8 * DAY));
+    }
+
+    #[test]
+    fn a_far_content_expiration_is_capped_at_eight_days() {
+        assert_eq!(
+            relayed_marker_ttl(Some(30 * DAY as i64)),
+            Duration::from_secs(8 * DAY)
+        );
+        assert_eq!(relayed_marker_ttl(Some(i64::MAX)), RELAYED_MARKER_MAX);
     }
 }

@@ -1564,6 +1564,7 @@ async fn section_reconcile(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>
             async move {
                 relay
                     .store
+                    .dedup()
                     .mark_relayed(&tenant, &id, Duration::from_secs(3600))
                     .await
             }

@@ -167,7 +167,8 @@ async fn full_run(env: &TestEnv, credential: &[(&str, &str)], admin_token: &str)
     let store = &env.relay.store;
     let tid = o365_relay::domain::TenantId::parse(TENANT_A).unwrap();
     let cached = store
-        .get(&store.token_cache_key(&tid))
+        .tokens()
+        .get(&tid)
         .await
         .unwrap()
         .expect("token cached in Redis");

@@ -122,11 +122,7 @@ async fn a_refused_credential_is_reported_and_never_cached() {
         "the second get asked Entra again"
     );
     // Nothing was written to the shared token cache, where other replicas would find it.
-    let cached = bad
-        .store
-        .get(&bad.store.token_cache_key(&tid))
-        .await
-        .expect("Redis answers");
+    let cached = bad.store.tokens().get(&tid).await.expect("Redis answers");
     assert_eq!(
         cached, None,
         "a refusal left an entry in the Redis token cache"

@@ -37,11 +37,14 @@ async fn dropped_notifications_are_recovered_by_the_reconciler() {
     // The checkpoint is kept per tenant and content type.
     let store = o365_relay::store::Store::new(&format!("redis://{REDIS_ADDR}"), &h.prefix).unwrap();
     for ct in CONTENT_TYPES {
-        let key = store.checkpoint_key(
-            &o365_relay::domain::TenantId::parse(TENANT).unwrap(),
-            ct.parse().unwrap(),
-        );
-        let cp = store.get(&key).await.unwrap();
+        let cp = store
+            .checkpoints()
+            .get(
+                &o365_relay::domain::TenantId::parse(TENANT).unwrap(),
+                ct.parse().unwrap(),
+            )
+            .await
+            .unwrap();
         assert!(cp.is_some(), "no reconciliation checkpoint for {ct}");
     }
 }

@@ -1,10 +1,13 @@
-//! Redis leases: "one replica at a time" for the reconciler and the subscription keeper. The
-//! holder renews well before expiry; when it dies, the lease lapses and another replica takes
-//! over on its next try.
+//! Redis leases (`lease:{name}`): "one replica at a time" for the reconciler and the
+//! subscription keeper. The holder renews well before expiry; when it dies, the lease lapses
+//! and another replica takes over on its next try.
 
-use crate::store::Store;
+use super::{Store, StoreResult};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Check-and-extend: renews the lease only while we still hold it.
+const RENEW: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"#;
 
 pub struct Lease {
     store: Arc<Store>,
@@ -15,7 +18,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn new(store: Arc<Store>, name: &str, ttl: Duration) -> Lease {
-        let key = store.lease_key(name);
+        let key = store.key(&format!("lease:{name}"));
         Lease {
             store,
             key,
@@ -27,7 +30,7 @@ impl Lease {
     /// Takes the lease if free, or renews it if ours. Without Redis nobody holds it: the work
     /// it guards is skipped until Redis returns (it is periodic and catches up).
     pub async fn try_hold(&self) -> bool {
-        match self.store.renew(&self.key, &self.holder, self.ttl).await {
+        match self.renew().await {
             Ok(true) => true,
             Ok(false) => self
                 .store
@@ -44,6 +47,18 @@ impl Lease {
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Extends the lease by its TTL only if we still hold it.
+    async fn renew(&self) -> StoreResult<bool> {
+        let mut c = self.store.conn().await?;
+        let r: Result<i64, _> = redis::Script::new(RENEW)
+            .key(&self.key)
+            .arg(&self.holder)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await;
+        self.store.observe(r).map(|n| n == 1)
     }
 }
 

@@ -1,0 +1,561 @@
+//! Redis: the one owner of every key the relay keeps. Each concern has a typed view that
+//! builds its own keys under `O365_REDIS_PREFIX` and takes domain types, never raw keys:
+//!
+//! - [`Store::tokens`] — the shared token cache and its refresh lock ([`tokens`]);
+//! - [`Store::dedup`] — blob markers (relayed, dead-lettered, enqueued by reconciliation) and
+//!   the record claims behind [`dedup::Dedup::publish_once`] ([`dedup`]);
+//! - [`Store::tenants`] — the tenant registry ([`tenants`]);
+//! - [`Lease`] — "one replica at a time" ([`leases`]);
+//! - [`Store::quota`] — the per-tenant request budget shared by replicas ([`quota`]);
+//! - [`Store::checkpoints`] — reconciliation checkpoints ([`checkpoints`]);
+//! - [`Store::consent`] — single-use consent states ([`consent`]);
+//! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]).
+//!
+//! This module keeps the connection, the outage bookkeeping and the generic commands; they are
+//! private to the store.
+//!
+//! Redis is an accelerator, never a single point of failure for relaying: callers get a
+//! [`StoreError`] and degrade (fetch tokens directly, relay without de-duplication). The outage
+//! is logged once when it starts and once when it ends.
+
+pub mod checkpoints;
+pub mod consent;
+pub mod dedup;
+pub mod leases;
+pub mod quota;
+pub mod subscriptions;
+pub mod tenants;
+pub mod tokens;
+
+pub use leases::Lease;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis is unavailable: {0}")]
+    Unavailable(String),
+    #[error("redis command failed: {0}")]
+    Command(#[from] redis::RedisError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Bound on marker writes kept in memory during a Redis outage (about 100 bytes each).
+const MAX_DEFERRED: usize = 500_000;
+
+/// Check-and-delete: releases a lock or lease only when we still hold it.
+const RELEASE: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#;
+
+pub struct Store {
+    prefix: String,
+    client: redis::Client,
+    conn: Mutex<Option<ConnectionManager>>,
+    connecting: tokio::sync::Mutex<()>,
+    down: AtomicBool,
+    /// Marker writes that failed while Redis was down: (key, value, expiry).
+    deferred: Mutex<Vec<(String, String, Instant)>>,
+    /// While Redis is down, one call a second is let through to probe it; the others fail
+    /// at once instead of each waiting on the connection manager's reconnect.
+    last_probe: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Store {
+    pub fn new(url: &str, prefix: &str) -> StoreResult<Store> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad URL: {e}")))?;
+        Ok(Store {
+            prefix: prefix.to_string(),
+            client,
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            down: AtomicBool::new(false),
+            last_probe: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A multiplexed connection; (re)connects lazily, at most once a second while Redis is down,
+    /// so a dead Redis costs callers a fast error instead of a hang.
+    async fn conn(&self) -> StoreResult<ConnectionManager> {
+        if self.down.load(Ordering::SeqCst) {
+            let mut last = self.last_probe.lock().expect("poisoned");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(StoreError::Unavailable(
+                    "down (probed once a second)".into(),
+                ));
+            }
+            *last = Some(Instant::now());
+        }
+        if let Some(c) = self.conn.lock().expect("poisoned").clone() {
+            return Ok(c);
+        }
+        // One task connects and the others wait for it (while Redis is down only the one
+        // probe a second gets this far).
+        let _guard = self.connecting.lock().await;
+        if let Some(c) = self.conn.lock().expect("poisoned").clone() {
+            return Ok(c);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(1)
+            .set_max_delay(500);
+        match tokio::time::timeout(
+            Duration::from_millis(1500),
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                *self.conn.lock().expect("poisoned") = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(e)) => Err(self.observe_err(StoreError::Unavailable(e.to_string()))),
+            Err(_) => Err(self.observe_err(StoreError::Unavailable("connect timed out".into()))),
+        }
+    }
+
+    fn observe_err(&self, e: StoreError) -> StoreError {
+        let is_outage = match &e {
+            StoreError::Unavailable(_) => true,
+            StoreError::Command(r) => {
+                r.is_io_error()
+                    || r.is_timeout()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+            }
+        };
+        if is_outage && !self.down.swap(true, Ordering::SeqCst) {
+            tracing::warn!(error = %e, "Redis is unreachable; relaying continues without the shared cache and de-duplication.");
+        }
+        e
+    }
+
+    fn observe<T>(&self, r: Result<T, redis::RedisError>) -> StoreResult<T> {
+        match r {
+            Ok(v) => {
+                if self.down.swap(false, Ordering::SeqCst) {
+                    tracing::info!("Redis is reachable again.");
+                }
+                Ok(v)
+            }
+            Err(e) => Err(self.observe_err(StoreError::Command(e))),
+        }
+    }
+
+    /// Whether the last Redis call failed for want of a connection.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        let r: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+        self.observe(r).map(|_| ())
+    }
+
+    // ---- typed views ----------------------------------------------------------------------
+
+    /// The shared token cache and refresh lock.
+    pub fn tokens(&self) -> tokens::TokenCache<'_> {
+        tokens::TokenCache::new(self)
+    }
+
+    /// Blob markers and record claims.
+    pub fn dedup(&self) -> dedup::Dedup<'_> {
+        dedup::Dedup::new(self)
+    }
+
+    /// The tenant registry.
+    pub fn tenants(&self) -> tenants::TenantRegistry<'_> {
+        tenants::TenantRegistry::new(self)
+    }
+
+    /// The per-tenant Management API budget.
+    pub fn quota(&self) -> quota::Quota<'_> {
+        quota::Quota::new(self)
+    }
+
+    /// Reconciliation checkpoints.
+    pub fn checkpoints(&self) -> checkpoints::Checkpoints<'_> {
+        checkpoints::Checkpoints::new(self)
+    }
+
+    /// Single-use consent states.
+    pub fn consent(&self) -> consent::ConsentStates<'_> {
+        consent::ConsentStates::new(self)
+    }
+
+    /// Guards that space out subscription starts.
+    pub fn start_guards(&self) -> subscriptions::StartGuards<'_> {
+        subscriptions::StartGuards::new(self)
+    }
+
+    // ---- deferred markers --------------------------------------------------------------------
+
+    /// Writes `key = value PX ttl` for each pair; what cannot be written now (Redis down) is
+    /// kept in memory and written by [`Store::flush_deferred`] once Redis is back, so markers
+    /// of work done during an outage still suppress duplicates afterwards.
+    async fn set_many_or_defer(
+        &self,
+        writes: Vec<(String, &str)>,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let result = async {
+            let mut c = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for (k, v) in &writes {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(*v)
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .ignore();
+            }
+            let r: Result<(), _> = pipe.query_async(&mut c).await;
+            self.observe(r)
+        }
+        .await;
+        if result.is_err() {
+            let expires = Instant::now() + ttl;
+            let mut d = self.deferred.lock().expect("poisoned");
+            for (k, v) in writes {
+                if d.len() >= MAX_DEFERRED {
+                    break;
+                }
+                d.push((k, v.to_string(), expires));
+            }
+        }
+        result
+    }
+
+    /// Writes the markers deferred during an outage. Returns how many were written.
+    pub async fn flush_deferred(&self) -> StoreResult<usize> {
+        let pending: Vec<(String, String, Instant)> =
+            std::mem::take(&mut *self.deferred.lock().expect("poisoned"));
+        let now = Instant::now();
+        let live: Vec<&(String, String, Instant)> =
+            pending.iter().filter(|(_, _, e)| *e > now).collect();
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let result = async {
+            let mut c = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for (k, v, e) in &live {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(v)
+                    .arg("PX")
+                    .arg(e.duration_since(now).as_millis().max(1) as u64)
+                    .ignore();
+            }
+            let r: Result<(), _> = pipe.query_async(&mut c).await;
+            self.observe(r)
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(live.len()),
+            Err(e) => {
+                let mut d = self.deferred.lock().expect("poisoned");
+                d.extend(live.into_iter().cloned());
+                Err(e)
+            }
+        }
+    }
+
+    /// How many marker writes wait for Redis.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred.lock().expect("poisoned").len()
+    }
+
+    /// Deletes every key under this store's prefix (tests and `demo` clean up with it).
+    pub async fn purge_prefix(&self) -> StoreResult<u64> {
+        let mut c = self.conn().await?;
+        let pattern = format!("{}*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut n = 0;
+        loop {
+            let r: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await;
+            let (next, keys) = self.observe(r)?;
+            if !keys.is_empty() {
+                let r: Result<u64, _> = c.del(&keys).await;
+                n += self.observe(r)?;
+            }
+            if next == 0 {
+                return Ok(n);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Keys and generic commands, for the typed views only.
+impl Store {
+    /// `{prefix}{rest}`: every key of the relay.
+    fn key(&self, rest: &str) -> String {
+        format!("{}{}", self.prefix, rest)
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<String>> {
+        let mut c = self.conn().await?;
+        let r = c.get(key).await;
+        self.observe(r)
+    }
+
+    async fn set_px(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        let r: Result<(), _> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await;
+        self.observe(r)
+    }
+
+    async fn del(&self, key: &str) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        let r: Result<(), _> = c.del(key).await;
+        self.observe(r)
+    }
+
+    /// `SET key value NX PX ttl`: true when the key was created.
+    async fn set_nx_px(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut c = self.conn().await?;
+        let r: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await;
+        self.observe(r).map(|v| v.is_some())
+    }
+
+    /// Deletes `key` only if it still holds `value` (our lock or lease).
+    async fn release(&self, key: &str, value: &str) -> StoreResult<bool> {
+        let mut c = self.conn().await?;
+        let r: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(key)
+            .arg(value)
+            .invoke_async(&mut c)
+            .await;
+        self.observe(r).map(|n| n == 1)
+    }
+
+    /// `GETDEL`: reads and consumes a single-use value.
+    async fn take(&self, key: &str) -> StoreResult<Option<String>> {
+        let mut c = self.conn().await?;
+        let r = redis::cmd("GETDEL").arg(key).query_async(&mut c).await;
+        self.observe(r)
+    }
+
+    /// `EXISTS` for each key, in one round trip.
+    async fn exists_many(&self, keys: &[String]) -> StoreResult<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.exists(k);
+        }
+        let r: Result<Vec<bool>, _> = pipe.query_async(&mut c).await;
+        self.observe(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real Redis (127.0.0.1:6379), under a prefix of the test's own that it purges
+    //! at the end (every key it writes also expires within minutes).
+    use super::*;
+    use crate::domain::{ContentType, TenantId};
+    use std::sync::Arc;
+
+    const TENANT: &str = "0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11";
+
+    fn store() -> Store {
+        let prefix = format!("o365relay:test:store:{}:", uuid::Uuid::new_v4().simple());
+        Store::new("redis://127.0.0.1:6379", &prefix).expect("valid URL")
+    }
+
+    async fn keys(store: &Store) -> Vec<String> {
+        let mut c = store.conn().await.expect("Redis answers");
+        let mut keys: Vec<String> = c
+            .keys(format!("{}*", store.prefix()))
+            .await
+            .expect("Redis answers");
+        for k in keys.iter_mut() {
+            *k = k[store.prefix().len()..].to_string();
+        }
+        keys.sort();
+        keys
+    }
+
+    /// Replicas of the previous version share these keys: their names and values must not
+    /// change.
+    #[tokio::test]
+    async fn every_view_writes_the_keys_replicas_share() {
+        let store = store();
+        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let ct: ContentType = "Audit.Exchange".parse().expect("valid content type");
+        let min = Duration::from_secs(60);
+        let end = chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00+00:00")
+            .expect("valid time")
+            .with_timezone(&chrono::Utc);
+
+        store
+            .tokens()
+            .put(&t, "{\"token\":1}", min)
+            .await
+            .expect("put");
+        assert!(store.tokens().try_lock(&t, "me", min).await.expect("lock"));
+        store.tenants().put(&t, "{}").await.expect("put");
+        store
+            .checkpoints()
+            .set(&t, ct, end, min)
+            .await
+            .expect("set");
+        store.consent().issue("s1", min).await.expect("issue");
+        assert!(store
+            .start_guards()
+            .try_take(&t, ct, min)
+            .await
+            .expect("taken"));
+        let lease = Lease::new(
+            Arc::new(Store::new("redis://127.0.0.1:6379", store.prefix()).expect("valid URL")),
+            "keeper",
+            min,
+        );
+        assert!(lease.try_hold().await);
+        assert_eq!(
+            store.quota().hit(&t, 5).await.expect("answered"),
+            quota::Admission::Admitted
+        );
+        assert_eq!(
+            keys(&store).await,
+            vec![
+                format!("checkpoint:{t}:Audit.Exchange"),
+                "consent-state:s1".to_string(),
+                "lease:keeper".to_string(),
+                format!("quota:{t}:0"),
+                format!("sub-start:{t}:Audit.Exchange"),
+                "tenants".to_string(),
+                format!("token-lock:{t}"),
+                format!("token:{t}"),
+            ]
+        );
+        for (key, value) in [
+            (format!("token:{t}"), "{\"token\":1}"),
+            (format!("token-lock:{t}"), "me"),
+            (
+                format!("checkpoint:{t}:Audit.Exchange"),
+                "2024-05-01T10:00:00+00:00",
+            ),
+            ("consent-state:s1".to_string(), "1"),
+        ] {
+            let got = store.get(&format!("{}{key}", store.prefix())).await;
+            assert_eq!(got.expect("read").as_deref(), Some(value), "{key}");
+        }
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn a_consent_state_is_taken_once() {
+        let store = store();
+        store
+            .consent()
+            .issue("s1", Duration::from_secs(60))
+            .await
+            .expect("issued");
+        assert!(store.consent().take("s1").await.expect("answered"));
+        assert!(!store.consent().take("s1").await.expect("answered"));
+        assert!(!store
+            .consent()
+            .take("never-issued")
+            .await
+            .expect("answered"));
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_token_lock_is_held_by_one_holder_and_released_only_by_it() {
+        let store = store();
+        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let tokens = store.tokens();
+        let ttl = Duration::from_secs(60);
+        assert!(tokens.try_lock(&t, "a", ttl).await.expect("answered"));
+        assert!(!tokens.try_lock(&t, "b", ttl).await.expect("answered"));
+        assert!(!tokens.unlock(&t, "b").await.expect("answered"));
+        assert!(tokens.unlock(&t, "a").await.expect("answered"));
+        assert!(tokens.try_lock(&t, "b", ttl).await.expect("answered"));
+        tokens.put(&t, "{}", ttl).await.expect("put");
+        tokens.remove(&t).await.expect("removed");
+        assert_eq!(tokens.get(&t).await.expect("answered"), None);
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_quota_admits_its_budget_then_says_how_long_to_wait() {
+        let store = store();
+        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        for _ in 0..3 {
+            let admitted = store.quota().hit(&t, 3).await.expect("answered");
+            assert_eq!(admitted, quota::Admission::Admitted);
+        }
+        match store.quota().hit(&t, 3).await.expect("answered") {
+            quota::Admission::Wait(w) => {
+                assert!(
+                    w > Duration::from_secs(59) && w <= Duration::from_secs(62),
+                    "{w:?}"
+                )
+            }
+            other => panic!("the fourth request was {other:?}"),
+        }
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_held_by_one_replica_until_released() {
+        let store = Arc::new(store());
+        let ttl = Duration::from_secs(60);
+        let (a, b) = (
+            Lease::new(store.clone(), "keeper", ttl),
+            Lease::new(store.clone(), "keeper", ttl),
+        );
+        assert!(a.try_hold().await);
+        assert!(a.try_hold().await, "renewed by its holder");
+        assert!(!b.try_hold().await);
+        a.release().await;
+        assert!(b.try_hold().await);
+        store.purge_prefix().await.expect("purged");
+    }
+}

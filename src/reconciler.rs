@@ -49,6 +49,16 @@ const RETENTION: chrono::Duration = chrono::Duration::days(7);
 /// Window recomputations (AF20030/AF20055) allowed per tenant and content type in one pass.
 const MAX_WINDOW_RETRIES: u32 = 4;
 
+/// Why reconciling a tenant and content type stopped (the next pass starts again from the
+/// last checkpoint).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Listing(#[from] ApiError),
+    #[error("cannot enqueue the missing blobs: {0}")]
+    Enqueue(#[source] crate::broker::BrokerError),
+}
+
 /// What one pass found.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PassStats {
@@ -129,7 +139,7 @@ impl Reconciler {
         &self,
         tenant: &TenantId,
         ct: ContentType,
-    ) -> Result<PassStats, ApiError> {
+    ) -> Result<PassStats, ReconcileError> {
         let now = Utc::now();
         let lookback = chrono::Duration::from_std(self.lookback).unwrap_or(MAX_WINDOW);
         let checkpoint = self.read_checkpoint(tenant, ct).await;
@@ -167,9 +177,9 @@ impl Reconciler {
                 }
                 Err(e) if e.disposition() == Disposition::StartSubscription => {
                     self.subscriptions.ensure_started(tenant, ct).await;
-                    return Err(e);
+                    return Err(e.into());
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             stats.listed += entries.len() as u64;
             let items = self
@@ -179,7 +189,7 @@ impl Reconciler {
                 self.work_queue
                     .enqueue(chunk)
                     .await
-                    .map_err(|e| ApiError::Transport(format!("work queue: {e}")))?;
+                    .map_err(ReconcileError::Enqueue)?;
                 stats.enqueued += chunk.len() as u64;
                 let ttl = self.enqueue_guard_ttl();
                 for item in chunk {

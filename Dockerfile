@@ -20,8 +20,9 @@ WORKDIR /build
 #    the production binary does not contain the simulator, which is its own binary.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/o365-sim/Cargo.toml ./crates/o365-sim/
+COPY crates/test-support/Cargo.toml ./crates/test-support/
 RUN set -eux; \
-    for dir in . crates/o365-sim; do \
+    for dir in . crates/o365-sim crates/test-support; do \
         sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$dir/Cargo.toml" \
             > /tmp/targets; \
         while IFS= read -r p; do \
@@ -30,9 +31,10 @@ RUN set -eux; \
     done; \
     : > src/lib.rs; \
     : > crates/o365-sim/src/lib.rs; \
+    : > crates/test-support/src/lib.rs; \
     cargo build --release --locked -p o365-relay --no-default-features --bin o365-relay; \
     cargo build --release --locked -p o365-sim --bin o365-sim; \
-    rm -rf src crates/o365-sim/src
+    rm -rf src crates/o365-sim/src crates/test-support/src
 
 # 2. The real sources. Touch them so they are newer than the stub build's artefacts whatever
 #    mtimes COPY gives them, and drop the crates' own fingerprints: cargo must rebuild the

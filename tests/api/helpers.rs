@@ -1,20 +1,44 @@
-//! `TestEnv`: a simulator, a relay built with `Application::build_with_listeners`, and a sink
-//! queue bound to the relay's exchange — all with names unique to the test, cleaned up after.
+//! `TestEnv`: a simulator, a relay built in process with `Application::build_with_listeners`,
+//! and a sink queue bound to the relay's exchange — all with names unique to the test, cleaned
+//! up after. The harness itself is `crates/test-support`; what is here is specific to these
+//! tests: the relay's `Settings` and in-process `Application`.
 
 #![allow(dead_code)]
 
-pub use crate::common::*;
+pub use test_support::*;
 
-use futures_util::StreamExt;
-use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
-use o365_relay::app::{Application, Parts};
+use lapin::Channel;
+use o365_relay::app::Application;
 use o365_relay::config::Settings;
-use o365_sim::{SimConfig, Simulator};
+use o365_sim::Simulator;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The relay's components as the tests reach them (the only place this binary names the type).
+pub type RelayParts = o365_relay::app::Parts;
+
+/// The components of a running `Application` (the only place this binary asks for them).
+fn parts_of(app: &Application) -> Arc<RelayParts> {
+    app.parts()
+}
+
+/// Components (no listeners, no loops) built from `vars` with `overrides`: a second replica,
+/// or what the CLI builds.
+pub fn relay_with(vars: &[(String, String)], overrides: &[(&str, &str)]) -> Arc<RelayParts> {
+    let vars = RelayEnv::default()
+        .overrides(vars.iter().cloned())
+        .overrides(overrides.iter().copied());
+    RelayParts::new(Settings::from_vars(vars.into_vars()).unwrap()).unwrap()
+}
+
+/// The relay binary with a clean environment (`crates/test-support` cannot know its path).
+pub fn relay_command(args: &[&str]) -> RelayCommand {
+    RelayCommand::new(env!("CARGO_BIN_EXE_o365-relay"), args)
+}
+
+/// The client secret the simulator accepts.
+pub const CLIENT_SECRET: &str = "test-client-secret-value";
 
 /// How a test wants its environment.
 #[derive(Clone)]
@@ -48,7 +72,7 @@ impl Default for Options {
 
 pub struct TestEnv {
     pub sim: Simulator,
-    pub relay: Arc<Parts>,
+    pub relay: Arc<RelayParts>,
     pub stop: CancellationToken,
     pub app_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub public_url: String,
@@ -62,107 +86,61 @@ pub struct TestEnv {
     pub http: reqwest::Client,
     pub vars: Vec<(String, String)>,
     pub dir: std::path::PathBuf,
-    amqp: Option<(Connection, Channel)>,
+    sink_queue: Option<Sink>,
     guard: ResourceGuard,
-}
-
-/// A simulator that trusts a freshly generated certificate (written to `dir`) and a secret.
-pub async fn start_sim(opts: &Options, dir: &std::path::Path) -> (Simulator, String, String) {
-    let (cert, cert_path, key_path) = write_cert(dir);
-    let config = SimConfig {
-        client_id: CLIENT_ID.into(),
-        client_secret: Some("test-client-secret-value".into()),
-        client_certs_pem: vec![cert],
-        tenants: opts.sim_tenants.clone(),
-        token_lifetime: opts.token_lifetime,
-        notification_retry_delays: vec![Duration::from_millis(200), Duration::from_millis(400)],
-        ..SimConfig::default()
-    };
-    let sim = Simulator::start(config, "127.0.0.1:0")
-        .await
-        .expect("simulator starts");
-    (sim, cert_path, key_path)
 }
 
 impl TestEnv {
     pub async fn start(opts: Options) -> TestEnv {
         init_tracing();
-        let id = unique();
-        let dir = std::env::temp_dir().join(format!("o365-relay-test-{id}"));
-        let (sim, cert_path, key_path) = start_sim(&opts, &dir).await;
+        let names = Names::new("test");
+        let dir = std::env::temp_dir().join(format!("o365-relay-test-{}", names.id));
+        let (cert, cert_path, key_path) = write_cert(&dir);
+        let sim = SimBuilder::new()
+            .client_secret(CLIENT_SECRET)
+            .client_certs(vec![cert])
+            .tenants(&opts.sim_tenants)
+            .token_lifetime(opts.token_lifetime)
+            .notification_retry_delays(vec![Duration::from_millis(200), Duration::from_millis(400)])
+            .start()
+            .await;
         let public = bind();
         let admin = bind();
         let public_url = url_of(&public);
         let admin_url = url_of(&admin);
-        let auth_id = format!("auth-{}", uuid::Uuid::new_v4().simple());
-        let exchange = format!("test.{id}.audit");
-        let work_queue = format!("test.{id}.content");
-        let prefix = format!("test:{id}:");
-        let mut vars: Vec<(String, String)> = vec![
-            ("O365_CLIENT_ID".into(), CLIENT_ID.into()),
-            ("O365_WEBHOOK_AUTH_ID".into(), auth_id.clone()),
-            ("O365_PUBLIC_URL".into(), public_url.clone()),
-            ("O365_TENANTS".into(), opts.static_tenants.join(",")),
-            ("O365_LOGIN_URL".into(), sim.url()),
-            ("O365_MANAGE_URL".into(), sim.url()),
-            ("O365_LISTEN".into(), "127.0.0.1:0".into()),
-            ("O365_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-            ("O365_REDIS_URL".into(), opts.redis_url.clone()),
-            ("O365_REDIS_PREFIX".into(), prefix.clone()),
-            ("O365_AMQP_URL".into(), opts.amqp_url.clone()),
-            ("O365_AMQP_EXCHANGE".into(), exchange.clone()),
-            ("O365_AMQP_WORK_QUEUE".into(), work_queue.clone()),
-            ("O365_RETRY_BASE".into(), "100ms".into()),
-            ("O365_RETRY_MAX".into(), "500ms".into()),
-            ("O365_MAX_ATTEMPTS".into(), "4".into()),
-            ("O365_ENABLE_RECONCILER".into(), "false".into()),
-            ("O365_ENABLE_KEEPER".into(), "false".into()),
-            ("O365_ENABLE_WORKERS".into(), opts.workers.to_string()),
-            ("O365_SHUTDOWN_TIMEOUT".into(), "5s".into()),
-            ("O365_HTTP_TIMEOUT".into(), "5s".into()),
-        ];
-        if opts.use_secret {
-            vars.push((
-                "O365_CLIENT_SECRET".into(),
-                "test-client-secret-value".into(),
-            ));
+        let env = RelayEnv::new(&names, &sim.url())
+            .public_url(&public_url)
+            .tenants(&opts.static_tenants)
+            .redis_url(&opts.redis_url)
+            .amqp_url(&opts.amqp_url)
+            .retries("100ms", "500ms")
+            .set("O365_MAX_ATTEMPTS", "4")
+            .without_background_loops()
+            .workers(opts.workers);
+        let env = if opts.use_secret {
+            env.client_secret(CLIENT_SECRET)
         } else {
-            vars.push(("O365_CLIENT_CERT_PATH".into(), cert_path));
-            vars.push(("O365_CLIENT_KEY_PATH".into(), key_path));
-        }
-        for (k, v) in &opts.extra_env {
-            vars.retain(|(vk, _)| vk != k);
-            vars.push((k.clone(), v.clone()));
-        }
+            env.client_certificate(cert_path, key_path)
+        };
+        let vars = env.overrides(opts.extra_env.iter().cloned()).into_vars();
         // The sink exists before the relay publishes (records are published as mandatory).
-        let sink = format!("test.{id}.sink");
-        let amqp = if opts.amqp_url == AMQP {
-            let conn = Connection::connect(AMQP, ConnectionProperties::default())
-                .await
-                .expect("RabbitMQ is running");
-            let ch = conn.create_channel().await.unwrap();
-            o365_relay::broker::bind_all_records(
-                &ch,
-                &exchange,
-                &sink,
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
+        let sink_queue = if opts.amqp_url == AMQP {
+            Some(
+                Sink::bind(AMQP, &names.exchange, &names.sink, SinkQueue::Plain)
+                    .await
+                    .expect("RabbitMQ is running"),
             )
-            .await
-            .unwrap();
-            Some((conn, ch))
         } else {
             None
         };
+        let guard = relay_resources(&names);
         let settings = Settings::from_vars(vars.clone()).expect("test settings are valid");
         let app = Application::build_with_listeners(settings, Some(public), admin)
             .await
             .expect("relay builds");
-        let relay = app.parts();
+        let relay = parts_of(&app);
         let stop = app.shutdown_token();
         let app_task = Some(tokio::spawn(app.run_until_stopped()));
-        let guard =
-            ResourceGuard::new(&exchange, &work_queue, std::slice::from_ref(&sink), &prefix);
         let env = TestEnv {
             sim,
             relay,
@@ -170,19 +148,19 @@ impl TestEnv {
             app_task,
             public_url,
             admin_url,
-            auth_id,
-            id,
-            exchange,
-            work_queue,
-            sink,
-            prefix,
+            auth_id: names.auth_id,
+            id: names.id,
+            exchange: names.exchange,
+            work_queue: names.work_queue,
+            sink: names.sink,
+            prefix: names.prefix,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
             vars,
             dir,
-            amqp,
+            sink_queue,
             guard,
         };
         if opts.amqp_url == AMQP {
@@ -202,8 +180,12 @@ impl TestEnv {
         assert!(ok, "relay never declared its topology");
     }
 
+    fn sink_queue(&self) -> &Sink {
+        self.sink_queue.as_ref().expect("test has RabbitMQ")
+    }
+
     pub fn channel(&self) -> &Channel {
-        &self.amqp.as_ref().expect("test has RabbitMQ").1
+        self.sink_queue().channel()
     }
 
     /// POSTs a body to `/webhook` with the right auth id and JSON media type.
@@ -236,27 +218,9 @@ impl TestEnv {
 
     /// Messages in a queue right now (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
-        let ch = self
-            .amqp
-            .as_ref()
-            .unwrap()
-            .0
-            .create_channel()
+        sink::depth(self.sink_queue().connection(), queue)
             .await
-            .unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = ch.close(200, "ok".into()).await;
-        q.message_count()
+            .unwrap_or_else(|| panic!("queue {queue} exists"))
     }
 
     /// Takes every message from `queue` until `want` arrived (or `wait` passed), then keeps
@@ -268,51 +232,14 @@ impl TestEnv {
         wait: Duration,
         linger: Duration,
     ) -> Vec<lapin::message::Delivery> {
-        let ch = self
-            .amqp
-            .as_ref()
-            .unwrap()
-            .0
-            .create_channel()
-            .await
-            .unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                format!("t-{}", unique()).into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        while got.len() < want {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(Ok(d))) => got.push(d),
-                _ => break,
-            }
-        }
-        let until = tokio::time::Instant::now() + linger;
-        while let Ok(Some(Ok(d))) = tokio::time::timeout_at(until, consumer.next()).await {
-            got.push(d);
-        }
-        let _ = ch.close(200, "ok".into()).await;
-        got
+        sink::drain(self.sink_queue().connection(), queue, want, wait, linger).await
     }
 
     /// Records on the exchange.
     pub async fn records(&self, want: usize) -> Vec<lapin::message::Delivery> {
-        self.drain(
-            &self.sink.clone(),
-            want,
-            Duration::from_secs(20),
-            Duration::from_millis(500),
-        )
-        .await
+        self.sink_queue()
+            .drain(want, Duration::from_secs(20), Duration::from_millis(500))
+            .await
     }
 
     pub async fn metrics(&self) -> String {
@@ -333,21 +260,22 @@ impl TestEnv {
             let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
         }
         self.sim.stop().await;
-        if let Some((conn, _)) = self.amqp.take() {
-            let _ = conn.close(200, "bye".into()).await;
+        if let Some(sink) = self.sink_queue.take() {
+            sink.close().await;
         }
-        remove_relay_resources(
-            &self.exchange,
-            &self.work_queue,
-            &[self.sink.clone()],
-            &self.prefix,
-        )
-        .await;
+        self.guard.release().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// Removes the relay's exchange, its work, retry and dead queues, the sink and every Redis
+/// key under the prefix.
+pub fn relay_resources(names: &Names) -> ResourceGuard {
+    let q = o365_relay::work_queue::Names::new(&names.work_queue);
+    ResourceGuard::for_relay(names, [q.dead].into_iter().chain(q.retry))
+}
+
 /// A header of a delivery as text.
 pub fn header(d: &lapin::message::Delivery, key: &str) -> Option<String> {
-    o365_relay::broker::header_str(&d.properties, key)
+    test_support::header(&d.properties, key)
 }

@@ -1,8 +1,6 @@
 //! Integration tests: the relay against the real Redis, the real RabbitMQ and the in-process
 //! simulator. One binary, one module per area.
 
-#[path = "../common/mod.rs"]
-mod common;
 mod helpers;
 mod hostile;
 mod observability;

@@ -1,7 +1,6 @@
 //! Metrics, logs, `check` and configuration errors, as an operator sees them.
 
 use crate::helpers::*;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -45,22 +44,6 @@ async fn metrics_count_what_happened() {
     env.cleanup().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// What a relay process printed during [`full_run`], and the access token it used.
 struct FullRun {
     logs: String,
@@ -75,60 +58,30 @@ struct FullRun {
 async fn full_run(env: &TestEnv, credential: &[(&str, &str)], admin_token: &str) -> FullRun {
     let public = free_port();
     let admin = free_port();
-    let mut vars = env.vars.clone();
-    vars.retain(|(k, _)| {
-        !matches!(
-            k.as_str(),
-            "O365_LISTEN"
-                | "O365_ADMIN_LISTEN"
-                | "O365_PUBLIC_URL"
-                | "O365_ENABLE_WORKERS"
-                | "O365_CLIENT_CERT_PATH"
-                | "O365_CLIENT_KEY_PATH"
-                | "O365_CLIENT_SECRET"
-        )
-    });
     let public_url = format!("http://127.0.0.1:{public}");
-    vars.extend([
-        ("O365_LISTEN".to_string(), format!("127.0.0.1:{public}")),
-        (
-            "O365_ADMIN_LISTEN".to_string(),
-            format!("127.0.0.1:{admin}"),
-        ),
-        ("O365_PUBLIC_URL".to_string(), public_url.clone()),
-        ("O365_ENABLE_WORKERS".to_string(), "true".to_string()),
-        ("O365_ADMIN_TOKEN".to_string(), admin_token.to_string()),
-    ]);
-    vars.extend(
-        credential
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+    let vars = RelayEnv::default()
+        .overrides(env.vars.iter().cloned())
+        .remove("O365_CLIENT_CERT_PATH")
+        .remove("O365_CLIENT_KEY_PATH")
+        .remove("O365_CLIENT_SECRET")
+        .listen_on(public, admin)
+        .public_url(&public_url)
+        .workers(true)
+        .set("O365_ADMIN_TOKEN", admin_token)
+        .overrides(credential.iter().copied());
     let log_path = env.dir.join(format!("relay-{public}.log"));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_o365-relay"))
-        .arg("serve")
-        .env_clear()
-        .envs(vars.iter().cloned())
+    let mut child = relay_command(&["serve"])
+        .envs(vars.into_vars())
         .env("RUST_LOG", "debug")
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut child = Child(child);
+        .inherit("PATH")
+        .spawn(&log_path);
+    child
+        .wait_ready(
+            &format!("http://127.0.0.1:{admin}"),
+            Duration::from_secs(20),
+        )
+        .await;
     let http = reqwest::Client::new();
-    let ready = eventually(Duration::from_secs(20), || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://127.0.0.1:{admin}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
-    assert!(ready, "relay process became ready");
     // Subscriptions (the validation handshake carries the auth id), notifications, admin calls.
     let r = http
         .post(format!(
@@ -177,9 +130,9 @@ async fn full_run(env: &TestEnv, credential: &[(&str, &str)], admin_token: &str)
         .unwrap()
         .to_string();
 
-    sigterm(child.0.id());
-    let _ = child.0.wait();
-    let logs = std::fs::read_to_string(&log_path).unwrap();
+    child.sigterm();
+    child.wait();
+    let logs = child.logs();
     assert!(
         logs.contains("Blob relayed"),
         "debug logs were captured:\n{logs}"
@@ -282,23 +235,8 @@ async fn no_secret_appears_in_the_logs_of_a_full_run() {
     env.cleanup().await;
 }
 
-/// SIGTERM, the signal Kubernetes sends (through `kill`: no unsafe code, no extra crate).
-fn sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -TERM {pid} failed");
-}
-
 fn relay_cmd(vars: &[(String, String)], args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_o365-relay"))
-        .args(args)
-        .env_clear()
-        .envs(vars.iter().cloned())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    relay_command(args).envs(vars.iter().cloned()).output()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

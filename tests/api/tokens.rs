@@ -2,20 +2,9 @@
 //! degraded operation without Redis.
 
 use crate::helpers::*;
-use o365_relay::app::Parts;
-use o365_relay::config::Settings;
 use o365_relay::domain::TenantId;
 use o365_relay::tokens::TokenError;
 use std::time::Duration;
-
-fn relay_with(env_vars: &[(String, String)], overrides: &[(&str, &str)]) -> std::sync::Arc<Parts> {
-    let mut vars = env_vars.to_vec();
-    for (k, v) in overrides {
-        vars.retain(|(vk, _)| vk != k);
-        vars.push((k.to_string(), v.to_string()));
-    }
-    Parts::new(Settings::from_vars(vars).unwrap()).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_and_many_tasks_share_one_token_request_per_tenant() {

@@ -11,17 +11,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_o365-relay");
-
 /// Runs `o365-relay args…` with exactly `vars` as its environment.
 fn run(args: &[&str], vars: &[(String, String)]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_clear()
+    relay_command(args)
         .envs(vars.iter().cloned())
         .env("RUST_LOG", "warn")
         .output()
-        .expect("the o365-relay binary runs")
 }
 
 fn stdout(o: &Output) -> String {

@@ -1,19 +1,32 @@
-//! `TestEnv` for onboarding: a simulator, one or more relays built with
-//! `Application::build_with_listeners` against the real Redis and RabbitMQ, all with names unique
-//! to the test (Redis prefix, exchange, work queue) and cleaned up after. Adapted from
-//! `tests/api/helpers.rs`.
+//! `TestEnv` for onboarding: a simulator, one or more relays built in process with
+//! `Application::build_with_listeners` against the real Redis and RabbitMQ, all with names
+//! unique to the test (Redis prefix, exchange, work queue) and cleaned up after. The harness
+//! itself is `crates/test-support`; what is here is specific to these tests.
 
 #![allow(dead_code)]
 
-pub use crate::common::*;
+pub use test_support::*;
 
-use o365_relay::app::{Application, Parts};
+use o365_relay::app::Application;
 use o365_relay::config::Settings;
-use o365_sim::{SimConfig, Simulator};
+use o365_sim::Simulator;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The relay's components as the tests reach them (the only place this binary names the type).
+pub type RelayParts = o365_relay::app::Parts;
+
+/// The components of a running `Application` (the only place this binary asks for them).
+fn parts_of(app: &Application) -> Arc<RelayParts> {
+    app.parts()
+}
+
+/// The relay binary with a clean environment (`crates/test-support` cannot know its path).
+pub fn relay_command(args: &[&str]) -> RelayCommand {
+    RelayCommand::new(env!("CARGO_BIN_EXE_o365-relay"), args)
+}
 
 /// A tenant configured in `O365_TENANTS` (served without consent).
 pub const TENANT_STATIC: &str = "0b6a3c1d-2e4f-4a5b-9c8d-7e6f5a4b3c2d";
@@ -44,7 +57,7 @@ impl Default for Options {
 
 /// One running relay process (an `Application`).
 pub struct Instance {
-    pub relay: Arc<Parts>,
+    pub relay: Arc<RelayParts>,
     pub stop: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub public_url: String,
@@ -66,7 +79,7 @@ pub struct TestEnv {
     /// The first relay; `others` are extra replicas sharing the Redis prefix.
     pub main: Instance,
     pub others: Vec<Instance>,
-    pub relay: Arc<Parts>,
+    pub relay: Arc<RelayParts>,
     pub public_url: String,
     pub admin_url: String,
     pub auth_id: String,
@@ -92,64 +105,51 @@ pub fn client() -> reqwest::Client {
 }
 
 pub async fn start_sim(tenants: &[String], certs: Vec<Vec<u8>>) -> Simulator {
-    let config = SimConfig {
-        client_id: CLIENT_ID.into(),
-        client_secret: Some("test-client-secret-value".into()),
-        client_certs_pem: certs,
-        tenants: tenants.to_vec(),
-        consent_upn: CONSENT_UPN.into(),
-        notification_retry_delays: vec![Duration::from_millis(200)],
-        ..SimConfig::default()
-    };
-    Simulator::start(config, "127.0.0.1:0")
+    SimBuilder::new()
+        .client_secret("test-client-secret-value")
+        .client_certs(certs)
+        .tenants(tenants)
+        .consent_upn(CONSENT_UPN)
+        .notification_retry_delays(vec![Duration::from_millis(200)])
+        .start()
         .await
-        .expect("simulator starts")
 }
 
 impl TestEnv {
     pub async fn start(opts: Options) -> TestEnv {
         init_tracing();
-        let id = unique();
-        let dir = std::env::temp_dir().join(format!("o365-onboarding-{id}"));
+        let mut names = Names::new("test");
+        if let Some(prefix) = &opts.prefix {
+            names = names.with_prefix(prefix);
+        }
+        let dir = std::env::temp_dir().join(format!("o365-onboarding-{}", names.id));
         let (cert, cert_path, key_path) = write_cert(&dir);
         let sim = start_sim(&opts.sim_tenants, vec![cert]).await;
         let public = bind();
         let admin = bind();
         let public_url = url_of(&public);
         let admin_url = url_of(&admin);
-        let auth_id = format!("auth-{}", uuid::Uuid::new_v4().simple());
-        let exchange = format!("test.{id}.audit");
-        let work_queue = format!("test.{id}.content");
-        let prefix = opts.prefix.clone().unwrap_or_else(|| format!("test:{id}:"));
-        let mut vars: Vec<(String, String)> = vec![
-            ("O365_CLIENT_ID".into(), CLIENT_ID.into()),
-            ("O365_CLIENT_CERT_PATH".into(), cert_path.clone()),
-            ("O365_CLIENT_KEY_PATH".into(), key_path.clone()),
-            ("O365_WEBHOOK_AUTH_ID".into(), auth_id.clone()),
-            ("O365_PUBLIC_URL".into(), public_url.clone()),
-            ("O365_TENANTS".into(), opts.static_tenants.join(",")),
-            ("O365_LOGIN_URL".into(), sim.url()),
-            ("O365_MANAGE_URL".into(), sim.url()),
-            ("O365_LISTEN".into(), "127.0.0.1:0".into()),
-            ("O365_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-            ("O365_REDIS_URL".into(), REDIS.into()),
-            ("O365_REDIS_PREFIX".into(), prefix.clone()),
-            ("O365_AMQP_URL".into(), AMQP.into()),
-            ("O365_AMQP_EXCHANGE".into(), exchange.clone()),
-            ("O365_AMQP_WORK_QUEUE".into(), work_queue.clone()),
-            ("O365_ENABLE_RECONCILER".into(), "false".into()),
-            ("O365_ENABLE_KEEPER".into(), "false".into()),
-            ("O365_ENABLE_WORKERS".into(), "false".into()),
-            ("O365_SHUTDOWN_TIMEOUT".into(), "3s".into()),
-            ("O365_HTTP_TIMEOUT".into(), "10s".into()),
-        ];
-        for (k, v) in &opts.extra_env {
-            vars.retain(|(vk, _)| vk != k);
-            vars.push((k.clone(), v.clone()));
-        }
+        let vars = RelayEnv::new(&names, &sim.url())
+            .client_certificate(&cert_path, &key_path)
+            .public_url(&public_url)
+            .tenants(&opts.static_tenants)
+            .without_background_loops()
+            .workers(false)
+            .set("O365_SHUTDOWN_TIMEOUT", "3s")
+            .set("O365_HTTP_TIMEOUT", "10s")
+            .overrides(opts.extra_env.iter().cloned())
+            .into_vars();
+        let guard = relay_resources(&names);
         let main = launch(&vars, public, admin).await;
         wait_ready(&main.relay).await;
-        let guard = ResourceGuard::new(&exchange, &work_queue, &[], &prefix);
+        let Names {
+            id,
+            exchange,
+            work_queue,
+            prefix,
+            auth_id,
+            ..
+        } = names;
         TestEnv {
             sim,
             relay: main.relay.clone(),
@@ -174,21 +174,20 @@ impl TestEnv {
     /// Starts another replica with the same settings (same Redis prefix, same public URL
     /// unless overridden), on its own listeners. Returns its index in `others`.
     pub async fn add_replica(&mut self, extra: &[(&str, &str)], public: TcpListener) -> usize {
-        let mut vars = self.vars.clone();
-        for (k, v) in extra {
-            vars.retain(|(vk, _)| vk != k);
-            vars.push((k.to_string(), v.to_string()));
-        }
+        let vars = RelayEnv::default()
+            .overrides(self.vars.iter().cloned())
+            .overrides(extra.iter().copied())
+            .into_vars();
         let inst = launch(&vars, public, bind()).await;
         wait_ready(&inst.relay).await;
         self.others.push(inst);
         self.others.len() - 1
     }
 
-    /// The `Parts` (no listeners, no loops) sharing this environment's settings: a second
+    /// A `Relay` (no listeners, no loops) sharing this environment's settings: a second
     /// replica for store-level checks, or what the CLI builds.
-    pub fn second_relay(&self) -> Arc<Parts> {
-        Parts::new(Settings::from_vars(self.vars.clone()).unwrap()).unwrap()
+    pub fn second_relay(&self) -> Arc<RelayParts> {
+        RelayParts::new(Settings::from_vars(self.vars.clone()).unwrap()).unwrap()
     }
 
     pub fn redis_key(&self, rest: &str) -> String {
@@ -254,7 +253,7 @@ async fn launch(vars: &[(String, String)], public: TcpListener, admin: TcpListen
     let app = Application::build_with_listeners(settings, Some(public), admin)
         .await
         .expect("relay builds");
-    let relay = app.parts();
+    let relay = parts_of(&app);
     let stop = app.shutdown_token();
     let task = Some(tokio::spawn(app.run_until_stopped()));
     Instance {
@@ -267,7 +266,7 @@ async fn launch(vars: &[(String, String)], public: TcpListener, admin: TcpListen
 }
 
 /// Waits until the relay declared its RabbitMQ topology (it then accepts notifications).
-async fn wait_ready(relay: &Arc<Parts>) {
+async fn wait_ready(relay: &Arc<RelayParts>) {
     let r = relay.clone();
     let ok = eventually(Duration::from_secs(15), || {
         let r = r.clone();
@@ -279,11 +278,14 @@ async fn wait_ready(relay: &Arc<Parts>) {
 
 /// A raw Redis connection for checks the relay's API does not expose (TTLs, deletions).
 pub async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(REDIS)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis is running")
+    redis_connection().await
+}
+
+/// Removes the relay's exchange, its work, retry and dead queues and every Redis key under
+/// the prefix.
+fn relay_resources(names: &Names) -> ResourceGuard {
+    let q = o365_relay::work_queue::Names::new(&names.work_queue);
+    ResourceGuard::for_relay(names, [q.dead].into_iter().chain(q.retry))
 }
 
 /// Asserts the sim shows all five subscriptions of `tenant` enabled with our webhook.

@@ -5,8 +5,6 @@
 mod admin;
 mod browser;
 mod cli;
-#[path = "../common/mod.rs"]
-mod common;
 mod consent;
 mod helpers;
 mod subscriptions;

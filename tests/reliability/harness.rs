@@ -1,181 +1,32 @@
 //! The fault-test harness: an in-process simulator, real `o365-relay serve` child processes,
-//! the real RabbitMQ and Redis (optionally behind a TCP proxy the test can cut), and a sink
-//! queue bound `#` to the relay's exchange that counts what downstream consumers receive.
+//! the real RabbitMQ and Redis (optionally behind a [`Proxy`] the test can cut), and a sink
+//! queue bound `#` to the relay's exchange that counts what downstream consumers receive. The
+//! pieces are `crates/test-support`'s; what is here is the reliability tests' own set-up and
+//! their figures.
 //!
 //! Everything is named uniquely per test and removed on drop (children killed, queues and the
 //! exchange deleted, Redis keys under the test's prefix purged), also when the test panics.
 
 #![allow(dead_code)]
 
-use futures_util::StreamExt;
-use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
-use o365_sim::{Faults, SimConfig, Simulator};
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+pub use test_support::*;
+
+use o365_sim::{Faults, Simulator};
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-pub const AMQP_ADDR: &str = "127.0.0.1:5672";
-pub const REDIS_ADDR: &str = "127.0.0.1:6379";
-pub const TENANT: &str = "41463f53-8812-40f4-890f-865bf6e35190";
-pub const CLIENT_ID: &str = "a6099727-6b7b-482c-b509-1df309acc563";
+pub const TENANT: &str = TENANT_A;
 pub const SECRET: &str = "reliability-client-secret";
 pub const CONTENT_TYPES: [&str; 2] = ["Audit.Exchange", "Audit.SharePoint"];
 
-pub fn amqp_url(addr: &str) -> String {
-    format!("amqp://guest:guest@{addr}/%2f")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-// ---------------------------------------------------------------------------------------------
-// TCP proxy
-// ---------------------------------------------------------------------------------------------
-
-/// A TCP proxy in front of RabbitMQ or Redis. `cut` closes every open connection and refuses
-/// new ones (accepted and closed at once) until `restore`.
-pub struct Proxy {
-    pub port: u16,
-    up: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: &str) -> Proxy {
-        let upstream: SocketAddr = upstream.parse().expect("upstream address");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0u64);
-        let gen_tx = generation.clone();
-        let up2 = up.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let mut cut = gen_tx.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let mut client = client;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            port,
-            up,
-            generation,
-            task,
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Kills every proxied connection and refuses new ones.
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.task.abort();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Relay child process
-// ---------------------------------------------------------------------------------------------
-
 /// A running `o365-relay serve`; SIGKILLed on drop unless it already exited.
-pub struct RelayProc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl RelayProc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM (through `kill`, to need no extra crate).
-    pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits up to `wait` for the process to exit; its exit code when it did.
-    pub async fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for RelayProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+pub type RelayProc = RelayProcess;
 
 // ---------------------------------------------------------------------------------------------
 // What the sink received
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-pub struct Received {
-    pub per_id: HashMap<String, u32>,
-    pub total: u64,
-}
 
 /// One line of the RELIABILITY.md table.
 #[derive(Debug)]
@@ -223,8 +74,9 @@ pub struct Harness {
     pub env: Vec<(String, String)>,
     pub http: reqwest::Client,
     pub received: Arc<Mutex<Received>>,
-    amqp: Option<Connection>,
-    collector: Option<tokio::task::JoinHandle<()>>,
+    tally: Option<sink::Tally>,
+    sink_queue: Option<Sink>,
+    guard: Option<ResourceGuard>,
     starts: u32,
 }
 
@@ -250,127 +102,60 @@ impl Setup {
 
 impl Harness {
     pub async fn start(setup: Setup) -> Harness {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let dir = std::env::temp_dir().join(format!("o365-reliability-{}-{id}", setup.name));
+        let names = Names::new("rel");
+        let dir =
+            std::env::temp_dir().join(format!("o365-reliability-{}-{}", setup.name, names.id));
         std::fs::create_dir_all(&dir).unwrap();
-        let sim = Simulator::start(
-            SimConfig {
-                client_id: CLIENT_ID.into(),
-                client_secret: Some(SECRET.into()),
-                tenants: vec![TENANT.into()],
-                // Microsoft retries a failed notification for a while, then disables the
-                // webhook; the reconciler must cover what is lost after that.
-                notification_retry_delays: vec![
-                    Duration::from_millis(500),
-                    Duration::from_secs(1),
-                    Duration::from_secs(2),
-                ],
-                ..SimConfig::default()
-            },
-            "127.0.0.1:0",
-        )
-        .await
-        .expect("simulator starts");
+        let sim = SimBuilder::new()
+            .client_secret(SECRET)
+            .tenants(&[TENANT])
+            // Microsoft retries a failed notification for a while, then disables the
+            // webhook; the reconciler must cover what is lost after that.
+            .notification_retry_delays(vec![
+                Duration::from_millis(500),
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+            ])
+            .start()
+            .await;
         let public_port = free_port();
         let admin_port = free_port();
-        let exchange = format!("rel.{id}.audit");
-        let work_queue = format!("rel.{id}.content");
-        let sink = format!("rel.{id}.sink");
-        let prefix = format!("rel:{id}:");
-        let mut env: Vec<(String, String)> = [
-            ("O365_CLIENT_ID", CLIENT_ID.to_string()),
-            ("O365_CLIENT_SECRET", SECRET.to_string()),
-            ("O365_WEBHOOK_AUTH_ID", format!("auth-{id}-reliability")),
-            ("O365_PUBLIC_URL", format!("http://127.0.0.1:{public_port}")),
-            ("O365_TENANTS", TENANT.to_string()),
-            ("O365_CONTENT_TYPES", CONTENT_TYPES.join(",")),
-            ("O365_LOGIN_URL", sim.url()),
-            ("O365_MANAGE_URL", sim.url()),
-            ("O365_LISTEN", format!("127.0.0.1:{public_port}")),
-            ("O365_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
-            ("O365_REDIS_URL", format!("redis://{}", setup.redis_addr)),
-            ("O365_REDIS_PREFIX", prefix.clone()),
-            ("O365_AMQP_URL", amqp_url(&setup.amqp_addr)),
-            ("O365_AMQP_EXCHANGE", exchange.clone()),
-            ("O365_AMQP_WORK_QUEUE", work_queue.clone()),
-            ("O365_WORKER_CONCURRENCY", "8".into()),
-            ("O365_RETRY_BASE", "200ms".into()),
-            ("O365_RETRY_MAX", "2s".into()),
-            ("O365_RECONCILE_INTERVAL", "2s".into()),
-            ("O365_RECONCILE_LOOKBACK", "1h".into()),
-            ("O365_SHUTDOWN_TIMEOUT", "10s".into()),
-            ("O365_HTTP_TIMEOUT", "5s".into()),
-            ("O365_LOG_FORMAT", "pretty".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        for (k, v) in setup.extra_env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.to_string(), v));
-        }
-        // `RELIABILITY_EXTRA_ENV="O365_ENABLE_RECONCILER=false;..."` overrides the relay's
-        // environment: the way to check that a test fails when a mechanism is switched off.
-        if let Ok(extra) = std::env::var("RELIABILITY_EXTRA_ENV") {
-            for pair in extra.split(';').filter(|p| !p.trim().is_empty()) {
-                if let Some((k, v)) = pair.split_once('=') {
-                    env.retain(|(ek, _)| ek != k.trim());
-                    env.push((k.trim().to_string(), v.to_string()));
-                }
-            }
-        }
-        // The sink exists before the relay publishes (records are published as mandatory).
-        let conn = Connection::connect(&amqp_url(AMQP_ADDR), ConnectionProperties::default())
+        let env = RelayEnv::new(&names, &sim.url())
+            .client_secret(SECRET)
+            .public_url(format!("http://127.0.0.1:{public_port}"))
+            .tenants(&[TENANT])
+            .set("O365_CONTENT_TYPES", CONTENT_TYPES.join(","))
+            .listen_on(public_port, admin_port)
+            .redis_url(redis_url(&setup.redis_addr))
+            .amqp_url(amqp_url(&setup.amqp_addr))
+            .set("O365_WORKER_CONCURRENCY", "8")
+            .retries("200ms", "2s")
+            .set("O365_RECONCILE_INTERVAL", "2s")
+            .set("O365_RECONCILE_LOOKBACK", "1h")
+            .set("O365_SHUTDOWN_TIMEOUT", "10s")
+            .set("O365_HTTP_TIMEOUT", "5s")
+            .set("O365_LOG_FORMAT", "pretty")
+            .overrides(setup.extra_env)
+            // `RELIABILITY_EXTRA_ENV="O365_ENABLE_RECONCILER=false;..."` overrides the relay's
+            // environment: the way to check that a test fails when a mechanism is switched off.
+            .overrides_from_host("RELIABILITY_EXTRA_ENV")
+            .into_vars();
+        let q = o365_relay::work_queue::Names::new(&names.work_queue);
+        let guard = ResourceGuard::for_relay(&names, [q.dead].into_iter().chain(q.retry));
+        // The sink exists before the relay publishes (records are published as mandatory); it
+        // is durable, on the real broker, so a cut proxy does not touch it.
+        let sink_queue = Sink::bind(AMQP, &names.exchange, &names.sink, SinkQueue::Durable)
             .await
             .expect("RabbitMQ is running on 127.0.0.1:5672");
-        let ch = conn.create_channel().await.unwrap();
-        o365_relay::broker::bind_all_records(
-            &ch,
-            &exchange,
-            &sink,
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let received = Arc::new(Mutex::new(Received::default()));
-        let mut consumer = ch
-            .basic_consume(
-                sink.as_str().into(),
-                format!("sink-{id}").into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let r = received.clone();
-        let collector = tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                let id = d
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default();
-                let mut r = r.lock().unwrap();
-                r.total += 1;
-                *r.per_id.entry(id).or_insert(0) += 1;
-            }
-        });
+        let tally = sink_queue.tally().await.expect("consume the sink");
         Harness {
             name: setup.name.to_string(),
             sim,
-            id,
-            exchange,
-            work_queue,
-            sink,
-            prefix,
+            id: names.id,
+            exchange: names.exchange,
+            work_queue: names.work_queue,
+            sink: names.sink,
+            prefix: names.prefix,
             public_port,
             admin_port,
             dir,
@@ -379,9 +164,10 @@ impl Harness {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-            received,
-            amqp: Some(conn),
-            collector: Some(collector),
+            received: tally.received.clone(),
+            tally: Some(tally),
+            sink_queue: Some(sink_queue),
+            guard: Some(guard),
             starts: 0,
         }
     }
@@ -394,12 +180,8 @@ impl Harness {
     pub fn spawn_relay(&mut self) -> RelayProc {
         self.starts += 1;
         let log = self.dir.join(format!("relay-{}.log", self.starts));
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_o365-relay"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+        RelayCommand::new(env!("CARGO_BIN_EXE_o365-relay"), &["serve"])
+            .inherit("PATH")
             .env(
                 "RUST_LOG",
                 std::env::var("RELAY_LOG").unwrap_or_else(|_| "info".into()),
@@ -408,37 +190,17 @@ impl Harness {
                 "HOSTNAME",
                 format!("reliability-{}-{}", self.id, self.starts),
             )
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("o365-relay starts");
-        RelayProc { child, log }
+            .envs(self.env.iter().cloned())
+            .spawn(log)
     }
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/readyz", self.admin_url()))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay not ready within {wait:?}; log in {}",
-                self.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert!(
+            process::wait_ready(&self.admin_url(), wait).await,
+            "relay not ready within {wait:?}; log in {}",
+            self.dir.display()
+        );
     }
 
     /// Starts the tenant's subscriptions with the relay's webhook (the sim validates it).
@@ -602,72 +364,17 @@ impl Harness {
 
     /// Messages waiting in one of the relay's queues (passive declare on the real broker).
     pub async fn depth(&self, queue: &str) -> Option<u32> {
-        let ch = self.amqp.as_ref()?.create_channel().await.ok()?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
-        let _ = ch.close(200, "ok".into()).await;
-        Some(q.message_count())
+        sink::depth(self.sink_queue.as_ref()?.connection(), queue).await
     }
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(c) = self.collector.take() {
-            c.abort();
-        }
-        let conn = self.amqp.take();
-        let mut queues = vec![
-            self.sink.clone(),
-            self.work_queue.clone(),
-            format!("{}.dead", self.work_queue),
-        ];
-        queues.extend(o365_relay::work_queue::retry_queue_names(&self.work_queue));
-        let exchange = self.exchange.clone();
-        let prefix = self.prefix.clone();
-        // Async clean-up from a synchronous drop (also while unwinding): its own runtime on
-        // its own thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                drop(conn);
-                if let Ok(conn) =
-                    Connection::connect(&amqp_url(AMQP_ADDR), ConnectionProperties::default()).await
-                {
-                    if let Ok(ch) = conn.create_channel().await {
-                        for q in queues {
-                            let _ = ch
-                                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                        let _ = ch
-                            .exchange_delete(
-                                exchange.as_str().into(),
-                                ExchangeDeleteOptions::default(),
-                            )
-                            .await;
-                    }
-                    let _ = conn.close(200, "bye".into()).await;
-                }
-                if let Ok(store) =
-                    o365_relay::store::Store::new(&format!("redis://{REDIS_ADDR}"), &prefix)
-                {
-                    let _ = store.purge_prefix().await;
-                }
-            });
-        })
-        .join();
+        // Stop counting, close the sink's connection, then delete the queues, the exchange
+        // and the Redis keys (the guard does it on a thread of its own, also while unwinding).
+        drop(self.tally.take());
+        drop(self.sink_queue.take());
+        drop(self.guard.take());
         if std::thread::panicking() || std::env::var_os("RELIABILITY_KEEP_LOGS").is_some() {
             eprintln!("{}: relay logs kept in {}", self.name, self.dir.display());
         } else {

@@ -1,0 +1,108 @@
+//! Admin consent: the authorize page, the decision redirect and the code exchange.
+
+use crate::support::*;
+use base64::Engine as _;
+use serde_json::Value;
+use std::collections::HashMap;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_consent_redirects_with_access_denied_or_a_code_that_works_once() {
+    let sim = sim_with(config(None)).await;
+    let redirect = "https://relay.example.com/consent/callback";
+    let authorize = format!(
+        "{}/common/oauth2/authorize?response_type=code&resource={}&client_id={CLIENT_ID}&redirect_uri={}&state=xyz",
+        sim.url(),
+        urlencode(&sim.url()),
+        urlencode(redirect)
+    );
+    let page = http().get(&authorize).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Permissions requested"));
+    assert!(html.contains(r#"<button id="accept" name="decision" value="accept">Accept</button>"#));
+    assert!(html.contains(r#"<button id="cancel" name="decision" value="cancel">Cancel</button>"#));
+    // Bad client id -> 400 error page.
+    let bad = authorize.replace(CLIENT_ID, "11111111-1111-1111-1111-111111111111");
+    assert_eq!(
+        http().get(&bad).send().await.unwrap().status().as_u16(),
+        400
+    );
+
+    let decide = |decision: &'static str| {
+        let sim_url = sim.url();
+        async move {
+            http()
+                .post(format!("{sim_url}/common/oauth2/authorize/decision"))
+                .form(&[
+                    ("response_type", "code"),
+                    ("client_id", CLIENT_ID),
+                    ("resource", &sim_url),
+                    ("redirect_uri", redirect),
+                    ("state", "xyz"),
+                    ("decision", decision),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = decide("cancel").await;
+    assert_eq!(r.status().as_u16(), 302);
+    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let q: HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    assert_eq!(q["error"], "access_denied");
+    assert!(q["error_description"].starts_with("AADSTS65004"));
+    assert_eq!(q["state"], "xyz");
+
+    let r = decide("accept").await;
+    assert_eq!(r.status().as_u16(), 302);
+    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(loc.as_str().starts_with(redirect));
+    let q: HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    assert_eq!(q["state"], "xyz");
+    let code = q["code"].clone();
+
+    let exchange = || {
+        let sim_url = sim.url();
+        let code = code.clone();
+        async move {
+            let r = http()
+                .post(format!("{sim_url}/common/oauth2/token"))
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("client_id", CLIENT_ID),
+                    ("redirect_uri", redirect),
+                    ("resource", &sim_url),
+                    ("client_secret", SECRET),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = exchange().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["refresh_token"].is_string() && body["id_token"].is_string());
+    let payload = body["access_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["tid"], TENANT_A);
+    assert_eq!(claims["upn"], "admin@contoso.onmicrosoft.com");
+    // Single use.
+    let (status, body) = exchange().await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_grant");
+    sim.stop().await;
+}

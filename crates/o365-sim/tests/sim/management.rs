@@ -1,0 +1,171 @@
+//! The Management Activity API: authentication, subscriptions, content listing and paging.
+
+use crate::support::*;
+use o365_sim::SimConfig;
+use serde_json::Value;
+use std::collections::HashSet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_request_that_is_wrong_in_any_way_gets_microsofts_error_code() {
+    let sim = sim_with(config(None)).await;
+    let token_a = bearer(&sim, TENANT_A).await;
+    let blob = sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(3))
+        .await
+        .remove(0);
+    // Without PublisherIdentifier -> AF20012 and logged.
+    let r = http()
+        .get(&blob.content_uri)
+        .bearer_auth(&token_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(af_code(&r.text().await.unwrap()), "AF20012");
+    assert!(sim
+        .rejected_requests()
+        .iter()
+        .any(|l| l.contains("AF20012")));
+    // With it -> 200, the exact body.
+    let (status, _, body) = mgmt_get(&blob.content_uri, &token_a).await;
+    assert_eq!(status, 200);
+    let arr: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(arr.len(), 3);
+    // Token of tenant A used on tenant B -> AF20010.
+    let (status, _, body) = mgmt_get(&feed(&sim, TENANT_B, "subscriptions/list"), &token_a).await;
+    assert_eq!((status, af_code(&body).as_str()), (401, "AF20010"));
+    // Garbage token -> 401 AF401.
+    let (status, _, body) = mgmt_get(&feed(&sim, TENANT_A, "subscriptions/list"), "x.y.z").await;
+    assert_eq!((status, af_code(&body).as_str()), (401, "AF401"));
+    // Bad content type -> AF20020.
+    let (status, _, body) = mgmt_get(
+        &format!(
+            "{}?contentType=Audit.Nope",
+            feed(&sim, TENANT_A, "subscriptions/content")
+        ),
+        &token_a,
+    )
+    .await;
+    assert_eq!((status, af_code(&body).as_str()), (400, "AF20020"));
+    // Unknown / bad content id, blob of another tenant.
+    let unknown = feed(&sim, TENANT_A, "audit/123456789012$123456789012$abc$def$04");
+    let (status, _, body) = mgmt_get(&unknown, &token_a).await;
+    assert_eq!((status, af_code(&body).as_str()), (400, "AF20050"));
+    let (status, _, body) = mgmt_get(&feed(&sim, TENANT_A, "audit/not-an-id"), &token_a).await;
+    assert_eq!((status, af_code(&body).as_str()), (400, "AF20052"));
+    let token_b = bearer(&sim, TENANT_B).await;
+    let foreign = blob.content_uri.replace(TENANT_A, TENANT_B);
+    let (status, _, _) = mgmt_get(&foreign, &token_b).await;
+    assert_eq!(status, 400);
+    // Expired content.
+    sim.expire(&blob.content_id);
+    let (status, _, body) = mgmt_get(&blob.content_uri, &token_a).await;
+    assert_eq!((status, af_code(&body).as_str()), (400, "AF20051"));
+    assert_eq!(sim.content_gets_for(&blob.content_id), 4);
+    assert!(sim.management_calls(TENANT_A) >= 7);
+    assert!(sim.max_calls_per_minute(TENANT_A) >= 7);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_listing_checks_its_time_window_and_pages_through_every_blob_once() {
+    let sim = sim_with(SimConfig {
+        page_size: 3,
+        ..config(None)
+    })
+    .await;
+    let token = bearer(&sim, TENANT_A).await;
+    let list = |q: String| {
+        feed(
+            &sim,
+            TENANT_A,
+            &format!("subscriptions/content?contentType=Audit.SharePoint{q}"),
+        )
+    };
+    // No subscription yet -> AF20022.
+    let (status, _, body) = mgmt_get(&list(String::new()), &token).await;
+    assert_eq!((status, af_code(&body).as_str()), (400, "AF20022"));
+    assert_eq!(
+        start_sub(&sim, TENANT_A, &token, "Audit.SharePoint", None)
+            .await
+            .0,
+        200
+    );
+    // Repeat -> AF20024.
+    let (status, body) = start_sub(&sim, TENANT_A, &token, "Audit.SharePoint", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (400, "AF20024")
+    );
+    assert_eq!(sim.start_calls(TENANT_A, "Audit.SharePoint"), 2);
+
+    let fmt = |d: chrono::Duration| {
+        (chrono::Utc::now() + d)
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    };
+    let h = chrono::Duration::hours;
+    // More than 24 h apart, end <= start, only one bound -> AF20030; start > 7 days ago -> AF20055.
+    for (q, code) in [
+        (
+            format!("&startTime={}&endTime={}", fmt(h(-25)), fmt(h(1))),
+            "AF20030",
+        ),
+        (
+            format!("&startTime={}&endTime={}", fmt(h(0)), fmt(h(-1))),
+            "AF20030",
+        ),
+        (format!("&startTime={}", fmt(h(-1))), "AF20030"),
+        (
+            format!(
+                "&startTime={}&endTime={}",
+                fmt(h(-24 * 8)),
+                fmt(h(-24 * 8 + 1))
+            ),
+            "AF20055",
+        ),
+    ] {
+        let (status, _, body) = mgmt_get(&list(q.clone()), &token).await;
+        assert_eq!((status, af_code(&body).as_str()), (400, code), "{q}");
+    }
+    let blobs = sim.publish(TENANT_A, "Audit.SharePoint", 10, Some(2)).await;
+    sim.publish(TENANT_A, "Audit.Exchange", 2, Some(2)).await;
+    let want: HashSet<String> = blobs.iter().map(|b| b.content_id.clone()).collect();
+    // Date-only and minute formats are accepted.
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let tomorrow = (chrono::Utc::now() + h(24)).format("%Y-%m-%d").to_string();
+    let (status, _, _) = mgmt_get(
+        &list(format!("&startTime={day}&endTime={tomorrow}")),
+        &token,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Page through the window: every blob exactly once.
+    let mut url = list(format!("&startTime={}&endTime={}", fmt(h(-1)), fmt(h(1))));
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, headers, body) = mgmt_get(&url, &token).await;
+        assert_eq!(status, 200, "{body}");
+        let items: Vec<Value> = serde_json::from_str(&body).unwrap();
+        assert!(items.len() <= 3);
+        for it in &items {
+            assert_eq!(it["contentType"], "Audit.SharePoint");
+            seen.push(it["contentId"].as_str().unwrap().to_string());
+        }
+        pages += 1;
+        match headers.get("NextPageUri") {
+            Some(next) => url = next.to_str().unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen.len(), 10);
+    assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), want);
+    // Bad nextPage -> AF20031.
+    let (status, _, body) =
+        mgmt_get(&format!("{}&nextPage=garbage", list(String::new())), &token).await;
+    assert_eq!((status, af_code(&body).as_str()), (400, "AF20031"));
+    assert!(sim.list_calls() >= 9);
+    sim.stop().await;
+}

@@ -1,0 +1,187 @@
+//! Entra ID's token endpoint: client credentials with a signed assertion or a secret.
+
+use crate::support::*;
+use base64::Engine as _;
+use o365_sim::Simulator;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correctly_signed_assertion_gets_a_v1_token_for_its_tenant() {
+    let cert = make_cert();
+    let sim = sim_with(config(Some(&cert))).await;
+    let a = assertion(&cert.key_pem, &cert.x5t, &good_claims(&sim, TENANT_A));
+    let (status, body) = token_with_assertion(&sim, TENANT_A, &a).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], "3600");
+    assert!(body["expires_on"].is_string());
+    assert!(body["not_before"].is_string());
+    assert_eq!(body["resource"], sim.url());
+    // The access token carries tid/roles/appid.
+    let token = body["access_token"].as_str().unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["tid"], TENANT_A);
+    assert_eq!(claims["appid"], CLIENT_ID);
+    assert_eq!(claims["aud"], sim.url());
+    assert!(claims["roles"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ActivityFeed.Read")));
+    assert_eq!(sim.token_requests(TENANT_A), 1);
+    assert_eq!(sim.token_requests(TENANT_B), 0);
+    sim.stop().await;
+}
+
+/// Asks for a token with the assertion `make` builds (from the registered certificate, another
+/// one, and the simulator) and checks that Entra refuses it as a bad client assertion, counts
+/// it as a refusal and issues nothing.
+async fn assert_assertion_refused(
+    what: &str,
+    make: impl FnOnce(&TestCert, &TestCert, &Simulator) -> String,
+) {
+    let cert = make_cert();
+    let other = make_cert();
+    let sim = sim_with(config(Some(&cert))).await;
+    let a = make(&cert, &other, &sim);
+    let (status, body) = token_with_assertion(&sim, TENANT_A, &a).await;
+    assert_eq!(status, 401, "{what}: {body}");
+    assert_eq!(body["error"], "invalid_client", "{what}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("AADSTS700027"),
+        "{what}: {body}"
+    );
+    assert_eq!(sim.token_requests(TENANT_A), 0, "{what}: no token issued");
+    assert_eq!(
+        sim.refused_token_requests(TENANT_A),
+        1,
+        "{what}: counted as a refusal"
+    );
+    assert!(!sim.rejected_requests().is_empty(), "{what}: logged");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_request_signed_with_an_unknown_certificate_is_refused() {
+    assert_assertion_refused("wrong x5t", |cert, other, sim| {
+        assertion(&cert.key_pem, &other.x5t, &good_claims(sim, TENANT_A))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_signed_by_a_foreign_key_that_names_the_registered_certificate_is_refused() {
+    assert_assertion_refused("foreign key", |cert, other, sim| {
+        assertion(&other.key_pem, &cert.x5t, &good_claims(sim, TENANT_A))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_addressed_to_another_tenants_endpoint_is_refused() {
+    assert_assertion_refused("wrong aud", |cert, _, sim| {
+        assertion(&cert.key_pem, &cert.x5t, &good_claims(sim, TENANT_B))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_assertion_is_refused() {
+    assert_assertion_refused("expired", |cert, _, sim| {
+        let mut c = good_claims(sim, TENANT_A);
+        c["nbf"] = json!(now() - 1200);
+        c["exp"] = json!(now() - 600);
+        assertion(&cert.key_pem, &cert.x5t, &c)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_valid_for_more_than_an_hour_is_refused() {
+    assert_assertion_refused("too long", |cert, _, sim| {
+        let mut c = good_claims(sim, TENANT_A);
+        c["exp"] = json!(now() + 7200);
+        assertion(&cert.key_pem, &cert.x5t, &c)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_issued_by_another_client_is_refused() {
+    assert_assertion_refused("bad iss", |cert, _, sim| {
+        let mut c = good_claims(sim, TENANT_A);
+        c["iss"] = json!("someone-else");
+        assertion(&cert.key_pem, &cert.x5t, &c)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_used_twice_is_refused_the_second_time() {
+    let cert = make_cert();
+    let sim = sim_with(config(Some(&cert))).await;
+    let a = assertion(&cert.key_pem, &cert.x5t, &good_claims(&sim, TENANT_A));
+    assert_eq!(token_with_assertion(&sim, TENANT_A, &a).await.0, 200);
+    let (status, body) = token_with_assertion(&sim, TENANT_A, &a).await;
+    assert_eq!(status, 401, "replay: {body}");
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("replay"));
+    assert_eq!(sim.token_requests(TENANT_A), 1);
+    assert_eq!(
+        sim.refused_token_requests(TENANT_A),
+        1,
+        "the replay is counted as a refusal"
+    );
+    assert!(!sim.rejected_requests().is_empty());
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_an_unknown_tenant_and_a_foreign_resource_are_refused_and_counted() {
+    let sim = sim_with(config(None)).await;
+    assert_eq!(token_with_secret(&sim, TENANT_A, SECRET).await.0, 200);
+    let (status, body) = token_with_secret(&sim, TENANT_A, "wrong").await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (401, "invalid_client")
+    );
+    let unknown = "00000000-1111-2222-3333-444444444444";
+    let (status, body) = token_with_secret(&sim, unknown, SECRET).await;
+    assert_eq!(status, 400);
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .starts_with("AADSTS90002"));
+    let r = http()
+        .post(format!("{}/{TENANT_A}/oauth2/token", sim.url()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("resource", "https://manage.office.com"),
+            ("client_secret", SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_resource");
+    assert_eq!(sim.token_requests(TENANT_A), 1);
+    assert_eq!(
+        sim.refused_token_requests(TENANT_A),
+        2,
+        "wrong secret, wrong resource"
+    );
+    assert_eq!(sim.refused_token_requests(unknown), 1, "unknown tenant");
+    sim.stop().await;
+}

@@ -1,0 +1,35 @@
+//! The one harness of o365-relay's integration tests, benchmark and demo.
+//!
+//! - [`services`]: the local RabbitMQ and Redis, the simulator's app registration, free ports,
+//!   polling;
+//! - [`names`]: a Redis prefix, exchange, work queue and sink queue unique to one test;
+//! - [`env`]: the relay's environment (`O365_*`) for a test relay, the one place that knows it;
+//! - [`sim`]: a simulator with the test app registration;
+//! - [`cert`]: a fresh client certificate written to disk;
+//! - [`sink`]: a queue bound `#` to the relay's exchange, read back as deliveries or messages;
+//! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
+//! - [`process`]: the `o365-relay` binary as a child process (readiness, SIGTERM, SIGKILL, logs);
+//! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis.
+//!
+//! It does not depend on `o365-relay` (the relay's `demo` feature may depend on it): what only
+//! the relay knows, such as the queues derived from its work queue, the tests pass in.
+
+pub mod cert;
+pub mod env;
+pub mod guard;
+pub mod names;
+pub mod process;
+pub mod proxy;
+pub mod services;
+pub mod sim;
+pub mod sink;
+
+pub use cert::write_cert;
+pub use env::RelayEnv;
+pub use guard::ResourceGuard;
+pub use names::{unique, Names};
+pub use process::{RelayCommand, RelayProcess};
+pub use proxy::Proxy;
+pub use services::*;
+pub use sim::SimBuilder;
+pub use sink::{header, Received, Sink, SinkMessage, SinkQueue};

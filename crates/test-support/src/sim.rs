@@ -1,0 +1,84 @@
+//! A simulator of Entra ID and the Management Activity API for one test, with the test app
+//! registration ([`crate::CLIENT_ID`]).
+
+use crate::services::CLIENT_ID;
+use o365_sim::{SimConfig, Simulator};
+use std::time::Duration;
+
+/// Builds a [`SimConfig`] and starts the simulator on a free loopback port.
+#[derive(Clone, Debug)]
+pub struct SimBuilder {
+    config: SimConfig,
+}
+
+impl Default for SimBuilder {
+    fn default() -> Self {
+        SimBuilder::new()
+    }
+}
+
+impl SimBuilder {
+    /// The simulator's defaults with the test client id.
+    pub fn new() -> SimBuilder {
+        SimBuilder {
+            config: SimConfig {
+                client_id: CLIENT_ID.into(),
+                ..SimConfig::default()
+            },
+        }
+    }
+
+    /// The tenants that exist.
+    pub fn tenants<S: AsRef<str>>(mut self, tenants: &[S]) -> SimBuilder {
+        self.config.tenants = tenants.iter().map(|t| t.as_ref().to_string()).collect();
+        self
+    }
+
+    /// The accepted client secret.
+    pub fn client_secret(mut self, secret: impl Into<String>) -> SimBuilder {
+        self.config.client_secret = Some(secret.into());
+        self
+    }
+
+    /// The registered client certificates (PEM).
+    pub fn client_certs(mut self, certs: Vec<Vec<u8>>) -> SimBuilder {
+        self.config.client_certs_pem = certs;
+        self
+    }
+
+    /// Lifetime of the access tokens it issues.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> SimBuilder {
+        self.config.token_lifetime = lifetime;
+        self
+    }
+
+    /// Delays between re-deliveries of a failed notification (then the webhook is disabled).
+    pub fn notification_retry_delays(mut self, delays: Vec<Duration>) -> SimBuilder {
+        self.config.notification_retry_delays = delays;
+        self
+    }
+
+    /// The admin who "signs in" on the consent page.
+    pub fn consent_upn(mut self, upn: impl Into<String>) -> SimBuilder {
+        self.config.consent_upn = upn.into();
+        self
+    }
+
+    /// Anything else of the configuration.
+    pub fn configure(mut self, f: impl FnOnce(&mut SimConfig)) -> SimBuilder {
+        f(&mut self.config);
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Starts the simulator on a free loopback port.
+    pub async fn start(self) -> Simulator {
+        Simulator::start(self.config, "127.0.0.1:0")
+            .await
+            .expect("simulator starts")
+    }
+}

@@ -8,13 +8,13 @@ use crate::app::Application;
 use crate::config::{redact_url, Settings};
 use crate::domain::TenantId;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use o365_sim::{Faults, SimConfig, Simulator};
+use o365_sim::Faults;
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use test_support::sink::{Sink, SinkQueue};
+use test_support::SimBuilder;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -117,17 +117,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     std::fs::write(dir.join("demo.crt"), &cert)?;
     std::fs::write(dir.join("demo.key"), &key)?;
 
-    let sim = Simulator::start(
-        SimConfig {
-            client_certs_pem: vec![cert],
-            tenants: tenants.clone(),
-            records_per_blob: args.records,
-            notification_retry_delays: vec![Duration::from_millis(500), Duration::from_secs(1)],
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0",
-    )
-    .await?;
+    let sim_builder = SimBuilder::new()
+        .client_certs(vec![cert])
+        .tenants(&tenants)
+        .notification_retry_delays(vec![Duration::from_millis(500), Duration::from_secs(1)])
+        .configure(|c| c.records_per_blob = args.records);
+    let client_id = sim_builder.config().client_id.clone();
+    let sim = sim_builder.try_start().await?;
     println!("simulator (Entra ID + Management API) on {}", sim.url());
 
     let public = TcpListener::bind("127.0.0.1:0")?;
@@ -136,7 +132,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let auth_id = format!("demo-{}", uuid::Uuid::new_v4().simple());
     let prefix = format!("o365relay:demo:{run_id}:");
     let vars = vec![
-        ("O365_CLIENT_ID", SimConfig::default().client_id),
+        ("O365_CLIENT_ID", client_id),
         (
             "O365_CLIENT_CERT_PATH",
             dir.join("demo.crt").display().to_string(),
@@ -168,32 +164,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let settings = Settings::from_vars(vars).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The demo queue exists before anything is published (records are published mandatory).
-    let conn = lapin::Connection::connect(&amqp_url, Default::default()).await?;
-    let ch = conn.create_channel().await?;
     let demo_queue = format!("o365.demo.{run_id}");
-    crate::broker::bind_all_records(
-        &ch,
-        &exchange,
-        &demo_queue,
-        QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    let mut consumer = ch
-        .basic_consume(
-            demo_queue.as_str().into(),
-            "demo".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let sink = Sink::bind(&amqp_url, &exchange, &demo_queue, SinkQueue::Temporary).await?;
+    let mut consumer = sink.consume().await?;
 
     let app = Application::build_with_listeners(settings, Some(public), admin).await?;
     let parts = app.parts();
@@ -213,7 +186,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         );
         if ok != outcomes.len() {
             for o in outcomes.iter().filter(|o| !o.ok) {
-                println!("  {}: {}", o.content_type, o.message);
+                println!("  {}: {}", o.content_type, o.detail);
             }
         }
     }
@@ -292,8 +265,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
 
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(35), app_task).await;
-    let _ = ch.close(200, "demo done".into()).await;
-    let _ = conn.close(200, "demo done".into()).await;
+    sink.close().await;
     let _ = parts.store.purge_prefix().await;
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

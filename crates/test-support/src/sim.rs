@@ -75,10 +75,13 @@ impl SimBuilder {
         &self.config
     }
 
-    /// Starts the simulator on a free loopback port.
+    /// Starts the simulator on a free loopback port (a test's way: it cannot fail there).
     pub async fn start(self) -> Simulator {
-        Simulator::start(self.config, "127.0.0.1:0")
-            .await
-            .expect("simulator starts")
+        self.try_start().await.expect("simulator starts")
+    }
+
+    /// Starts the simulator on a free loopback port, or says why it could not.
+    pub async fn try_start(self) -> anyhow::Result<Simulator> {
+        Simulator::start(self.config, "127.0.0.1:0").await
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Records published per confirm round (and per Redis de-duplication round trip).
-const BATCH: usize = 500;
+pub const BATCH: usize = 500;
 /// A relayed blob's marker outlives the blob by a day (Microsoft serves content for 7 days).
 const MARKER_GRACE: Duration = Duration::from_secs(86_400);
 /// A relayed blob's marker lives at most this long, whatever `contentExpiration` says (as the

@@ -24,6 +24,8 @@ mod management;
 mod records;
 mod webhook_delivery;
 
+pub use webhook_delivery::{notification_body, MAX_BLOBS_PER_POST};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -614,6 +616,24 @@ impl Simulator {
         content_id: Option<String>,
     ) -> SimBlob {
         records::publish_body(&self.inner, tenant, content_type, body, content_id)
+    }
+
+    /// A blob as a notification would announce it (Microsoft-shaped id, `contentUri` on this
+    /// simulator, created now, expiring in 7 days) that is neither stored nor listed: its GET
+    /// answers AF20050. For load that only exercises the webhook (the benchmark's ingest).
+    pub fn announced_blob(&self, tenant: &str, content_type: &str) -> SimBlob {
+        let created = Utc::now();
+        let content_id = records::content_id(content_type);
+        SimBlob {
+            tenant_id: tenant.to_string(),
+            content_type: content_type.to_string(),
+            content_uri: records::content_uri(&self.inner, tenant, &content_id),
+            content_id,
+            content_created: ms_time(&created),
+            content_expiration: ms_time(&(created + chrono::Duration::days(7))),
+            records: Vec::new(),
+            record_ids: Vec::new(),
+        }
     }
 
     /// Re-deliver the notification for an existing blob (Microsoft does send duplicates).

@@ -431,7 +431,7 @@ fn path_safe(b: u8) -> bool {
 
 /// `contentUri` of a content id. Caller-chosen ids may hold anything, so whatever would break
 /// the URL is percent-encoded (Microsoft-shaped ids are left as they are).
-fn content_uri(inner: &Inner, tenant: &str, content_id: &str) -> String {
+pub(crate) fn content_uri(inner: &Inner, tenant: &str, content_id: &str) -> String {
     let mut seg = String::with_capacity(content_id.len());
     for &b in content_id.as_bytes() {
         if path_safe(b) {

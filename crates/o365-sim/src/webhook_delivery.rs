@@ -17,7 +17,7 @@ use serde_json::json;
 use super::{Inner, SimBlob, WebhookState};
 
 /// Most blobs per notification POST (keeps each POST well under 1 MiB).
-const MAX_BLOBS_PER_POST: usize = 100;
+pub const MAX_BLOBS_PER_POST: usize = 100;
 /// Validation request timeout.
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,25 +90,31 @@ pub(crate) fn notify(
             tokio::time::sleep(delay).await;
         }
         for chunk in kept.chunks(MAX_BLOBS_PER_POST) {
-            let body = json!(chunk
-                .iter()
-                .map(|b| json!({
-                    "tenantId": b.tenant_id,
-                    "clientId": inner.config.client_id,
-                    "contentType": b.content_type,
-                    "contentId": b.content_id,
-                    "contentUri": b.content_uri,
-                    "contentCreated": b.content_created,
-                    "contentExpiration": b.content_expiration,
-                }))
-                .collect::<Vec<_>>())
-            .to_string();
+            let body = notification_body(&inner.config.client_id, chunk);
             if !deliver(&inner, &webhook, body).await {
                 disable(&inner, &tenant, &content_type, &webhook);
                 return;
             }
         }
     });
+}
+
+/// The body of one notification POST announcing `blobs` ("Receiving notifications": a JSON
+/// array of content blobs); at most [`MAX_BLOBS_PER_POST`] of them per POST.
+pub fn notification_body(client_id: &str, blobs: &[SimBlob]) -> String {
+    json!(blobs
+        .iter()
+        .map(|b| json!({
+            "tenantId": b.tenant_id,
+            "clientId": client_id,
+            "contentType": b.content_type,
+            "contentId": b.content_id,
+            "contentUri": b.content_uri,
+            "contentCreated": b.content_created,
+            "contentExpiration": b.content_expiration,
+        }))
+        .collect::<Vec<_>>())
+    .to_string()
 }
 
 /// POST one notification with retries; `true` when answered 200.

@@ -215,7 +215,7 @@ async fn metrics(api: web::Data<AdminApi>) -> HttpResponse {
         api.metrics.work_queue_depth.set(i64::from(depth));
     }
     if let Some(c) = &api.certificate {
-        api.metrics.certificate_expiry.set(c.seconds_left() as f64);
+        api.metrics.certificate_expires_in(c.seconds_left());
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

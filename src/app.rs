@@ -395,10 +395,7 @@ impl Application {
             supervisor.spawn("keeper", move |stop| keeper.clone().run(stop));
         }
         if let Some(c) = parts.certificate() {
-            parts
-                .metrics
-                .certificate_expiry
-                .set(c.seconds_left() as f64);
+            parts.metrics.certificate_expires_in(c.seconds_left());
             if c.seconds_left() < 30 * 86_400 {
                 tracing::warn!(not_after = %c.not_after, "The client certificate expires within 30 days: register a new one (o365-relay cert new) and rotate.");
             }

@@ -36,7 +36,10 @@ pub struct Metrics {
     pub reconcile_missing: IntCounterVec,
     pub reconcile_last_success: GaugeVec,
     pub subscription_changes: IntCounterVec,
-    pub certificate_expiry: Gauge,
+    /// Registered on the first [`Metrics::certificate_expires_in`]: absent with a client
+    /// secret, so the "expires soon" alert cannot fire on a default 0.
+    certificate_expiry: Gauge,
+    certificate_registered: std::sync::Once,
     /// Jobs whose handler panicked (each dead-lettered with code `panic`).
     pub job_panics: IntCounter,
     /// Listed content refused by the edge checks, by reason.
@@ -176,11 +179,12 @@ impl Metrics {
                 &["event"]
             )
             .unwrap()),
-            certificate_expiry: reg!(Gauge::new(
+            certificate_expiry: Gauge::new(
                 "o365_certificate_expiry_seconds",
-                "Seconds until the client certificate expires (absent with a client secret)"
+                "Seconds until the client certificate expires (absent with a client secret)",
             )
-            .unwrap()),
+            .unwrap(),
+            certificate_registered: std::sync::Once::new(),
             job_panics: reg!(IntCounter::new(
                 "o365_job_panics_total",
                 "Work-queue jobs whose handler panicked (dead-lettered with code panic)"
@@ -216,11 +220,35 @@ impl Metrics {
         }
     }
 
+    /// Sets `o365_certificate_expiry_seconds`, which exists from then on.
+    pub fn certificate_expires_in(&self, seconds: i64) {
+        self.certificate_registered.call_once(|| {
+            let _ = self
+                .registry
+                .register(Box::new(self.certificate_expiry.clone()));
+        });
+        self.certificate_expiry.set(seconds as f64);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_expiry_exists_only_once_a_certificate_is_tracked() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("o365_certificate_expiry_seconds"));
+        m.certificate_expires_in(86_400);
+        m.certificate_expires_in(3_600);
+        assert!(m.render().contains("o365_certificate_expiry_seconds 3600"));
     }
 }
 

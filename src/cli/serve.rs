@@ -5,9 +5,7 @@ use o365_relay::app::Application;
 
 pub async fn run() -> Outcome {
     let settings = settings()?;
-    settings
-        .require_public_url()
-        .map_err(invalid_configuration)?;
+    settings.check_serve().map_err(invalid_configuration)?;
     o365_relay::telemetry::init(settings.log_format);
     let app = Application::build(settings).await?;
     tracing::info!(

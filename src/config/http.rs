@@ -13,6 +13,7 @@ struct Raw {
     listen: Option<String>,
     admin_listen: Option<String>,
     admin_token: Option<String>,
+    admin_allow_unauthenticated: Option<String>,
     http_timeout: Option<String>,
     fetch_timeout: Option<String>,
     webhook_body_timeout: Option<String>,
@@ -31,6 +32,7 @@ pub(super) struct Http {
     pub listen: String,
     pub admin_listen: String,
     pub admin_token: Option<Secret<String>>,
+    pub admin_allow_unauthenticated: bool,
     pub http_timeout: Duration,
     pub fetch_timeout: Duration,
     pub webhook_body_timeout: Duration,
@@ -57,11 +59,17 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
             "is shorter than 16 characters; use a long random value",
         );
     }
+    let admin_allow_unauthenticated = p.boolean(
+        "ADMIN_ALLOW_UNAUTHENTICATED",
+        raw.admin_allow_unauthenticated,
+        false,
+    );
     Http {
         public_url,
         listen,
         admin_listen,
         admin_token,
+        admin_allow_unauthenticated,
         http_timeout: p.duration("HTTP_TIMEOUT", raw.http_timeout, "60s", HTTP_TIMEOUT),
         fetch_timeout: p.duration("FETCH_TIMEOUT", raw.fetch_timeout, "5m", FETCH_TIMEOUT),
         webhook_body_timeout: p.duration(

@@ -56,6 +56,9 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     pub reconcile_lookback: Duration,
     pub admin_token: Option<Secret<String>>,
+    /// `O365_ADMIN_ALLOW_UNAUTHENTICATED`: serve the admin API without a token on a
+    /// non-loopback address (see [`Settings::check_serve`]).
+    pub admin_allow_unauthenticated: bool,
     pub log_format: LogFormat,
     pub enable_webhook: bool,
     pub enable_workers: bool,
@@ -83,7 +86,35 @@ pub struct ConfigErrors(pub Vec<String>);
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Settings, ConfigErrors> {
-        Settings::from_vars(std::env::vars())
+        // `std::env::vars` panics on a value that is not UTF-8 (and the panic prints it): read
+        // the raw values, refuse such an `O365_*` variable by name only, ignore everyone else's.
+        let mut vars = Vec::new();
+        let mut not_utf8 = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().filter(|n| n.starts_with("O365_")) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((name.to_string(), value)),
+                Err(_) => not_utf8.push(name.to_string()),
+            }
+        }
+        if not_utf8.is_empty() {
+            return Settings::from_vars(vars);
+        }
+        let mut errors: Vec<String> = not_utf8
+            .iter()
+            .map(|name| format!("{name}: is not valid UTF-8 (the value is not shown)"))
+            .collect();
+        // The other variables' problems too, but not a second line for the same variable.
+        if let Err(rest) = Settings::from_vars(vars) {
+            errors.extend(
+                rest.0
+                    .into_iter()
+                    .filter(|line| !not_utf8.iter().any(|n| line.starts_with(&format!("{n}:")))),
+            );
+        }
+        Err(ConfigErrors(errors))
     }
 
     /// Parses `O365_*` variables from any source (tests pass a list of pairs).
@@ -131,6 +162,7 @@ impl Settings {
             reconcile_interval: pipeline.reconcile_interval,
             reconcile_lookback: pipeline.reconcile_lookback,
             admin_token: http.admin_token,
+            admin_allow_unauthenticated: http.admin_allow_unauthenticated,
             log_format: process.log_format,
             enable_webhook: process.enable_webhook,
             enable_workers: process.enable_workers,
@@ -150,6 +182,31 @@ impl Settings {
     }
 
     /// `serve` needs the public URL: it is the webhook address given to Microsoft.
+    /// What `serve` needs beyond a valid configuration: a public URL, and an admin listener
+    /// that is protected — on a loopback address, or with `O365_ADMIN_TOKEN`, or explicitly
+    /// opened with `O365_ADMIN_ALLOW_UNAUTHENTICATED=true` (e.g. behind a NetworkPolicy).
+    pub fn check_serve(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.require_public_url() {
+            errors.extend(e.0);
+        }
+        let loopback = self
+            .admin_listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if !loopback && self.admin_token.is_none() && !self.admin_allow_unauthenticated {
+            errors.push(format!(
+                "O365_ADMIN_TOKEN: is required when O365_ADMIN_LISTEN ({}) is not a loopback address (the admin API can add and remove tenants); set a token, listen on 127.0.0.1, or set O365_ADMIN_ALLOW_UNAUTHENTICATED=true if a network policy already keeps the port private",
+                self.admin_listen
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
     pub fn require_public_url(&self) -> Result<&BaseUrl, ConfigErrors> {
         self.public_url.as_ref().ok_or_else(|| {
             ConfigErrors(vec![

@@ -44,6 +44,19 @@ async fn metrics_count_what_happened() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_client_secret_there_is_no_certificate_expiry_series_for_the_alert_to_fire_on() {
+    let env = TestEnv::start(Options {
+        use_secret: true,
+        ..Options::default()
+    })
+    .await;
+    let m = env.metrics().await;
+    assert!(m.contains("o365_records_duplicate_total 0"), "{m}");
+    assert!(!m.contains("o365_certificate_expiry_seconds"), "{m}");
+    env.cleanup().await;
+}
+
 /// What a relay process printed during [`full_run`], and the access token it used.
 struct FullRun {
     logs: String,

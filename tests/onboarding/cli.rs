@@ -434,3 +434,74 @@ async fn the_same_bad_input_exits_2_from_every_command_and_a_failed_operation_ex
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_refuses_an_open_admin_listener_without_a_token_unless_told_it_is_private() {
+    let env = TestEnv::start(Options::default()).await;
+    let (public, admin) = (free_port(), free_port());
+    let vars: Vec<(String, String)> = env
+        .vars
+        .iter()
+        .filter(|(k, _)| k != "O365_ADMIN_TOKEN")
+        .cloned()
+        .chain([
+            ("O365_LISTEN".to_string(), format!("127.0.0.1:{public}")),
+            ("O365_ADMIN_LISTEN".to_string(), format!("0.0.0.0:{admin}")),
+        ])
+        .collect();
+    let o = run(&["serve"], &vars);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("O365_ADMIN_TOKEN: is required"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("O365_ADMIN_ALLOW_UNAUTHENTICATED"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Told explicitly, it serves (and still stops cleanly on SIGTERM).
+    let log = std::env::temp_dir().join(format!("o365-relay-open-admin-{}.log", unique()));
+    let mut relay = relay_command(&["serve"])
+        .envs(vars.iter().cloned())
+        .env("O365_ADMIN_ALLOW_UNAUTHENTICATED", "true")
+        .env("RUST_LOG", "warn")
+        .spawn(&log);
+    relay
+        .wait_ready(
+            &format!("http://127.0.0.1:{admin}"),
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    relay.sigterm();
+    let status = relay.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let _ = std::fs::remove_file(&log);
+    env.cleanup().await;
+}
+
+#[test]
+fn a_configuration_value_that_is_not_utf8_exits_2_naming_the_variable_not_the_value() {
+    use std::os::unix::ffi::OsStrExt;
+    let value = std::ffi::OsStr::from_bytes(b"zq7-auth\xff\xfezq8-id");
+    let o = Command::new(env!("CARGO_BIN_EXE_o365-relay"))
+        .args(["tenants", "list"])
+        .env_clear()
+        .env("O365_WEBHOOK_AUTH_ID", value)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the o365-relay binary runs");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("O365_WEBHOOK_AUTH_ID: is not valid UTF-8"),
+        "{err}"
+    );
+    assert!(!err.contains("zq7") && !err.contains("zq8"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // One line for that variable; the others' problems are still all reported.
+    assert_eq!(err.matches("O365_WEBHOOK_AUTH_ID").count(), 1, "{err}");
+    assert!(err.contains("O365_CLIENT_ID"), "{err}");
+}

@@ -238,6 +238,12 @@ impl Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,11 +255,5 @@ mod tests {
         m.certificate_expires_in(86_400);
         m.certificate_expires_in(3_600);
         assert!(m.render().contains("o365_certificate_expiry_seconds 3600"));
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
     }
 }

@@ -1,9 +1,16 @@
 //! Admin consent: the authorize page, the decision redirect and the code exchange.
 
 use crate::support::*;
-use base64::Engine as _;
 use serde_json::Value;
 use std::collections::HashMap;
+
+/// Checks that `r` is a redirect (302) and returns where to, with its query parameters.
+fn redirected(r: reqwest::Response) -> (url::Url, HashMap<String, String>) {
+    assert_eq!(r.status().as_u16(), 302);
+    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let q = loc.query_pairs().into_owned().collect();
+    (loc, q)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_consent_redirects_with_access_denied_or_a_code_that_works_once() {
@@ -46,19 +53,13 @@ async fn admin_consent_redirects_with_access_denied_or_a_code_that_works_once() 
                 .unwrap()
         }
     };
-    let r = decide("cancel").await;
-    assert_eq!(r.status().as_u16(), 302);
-    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
-    let q: HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    let (_, q) = redirected(decide("cancel").await);
     assert_eq!(q["error"], "access_denied");
     assert!(q["error_description"].starts_with("AADSTS65004"));
     assert_eq!(q["state"], "xyz");
 
-    let r = decide("accept").await;
-    assert_eq!(r.status().as_u16(), 302);
-    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let (loc, q) = redirected(decide("accept").await);
     assert!(loc.as_str().starts_with(redirect));
-    let q: HashMap<_, _> = loc.query_pairs().into_owned().collect();
     assert_eq!(q["state"], "xyz");
     let code = q["code"].clone();
 
@@ -85,19 +86,7 @@ async fn admin_consent_redirects_with_access_denied_or_a_code_that_works_once() 
     let (status, body) = exchange().await;
     assert_eq!(status, 200, "{body}");
     assert!(body["refresh_token"].is_string() && body["id_token"].is_string());
-    let payload = body["access_token"]
-        .as_str()
-        .unwrap()
-        .split('.')
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = jwt_claims(body["access_token"].as_str().unwrap());
     assert_eq!(claims["tid"], TENANT_A);
     assert_eq!(claims["upn"], "admin@contoso.onmicrosoft.com");
     // Single use.

@@ -7,65 +7,47 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_api_publishes_sets_faults_and_reports_what_happened() {
     let sim = sim_with(config(None)).await;
-    let r = http()
-        .post(format!("{}/sim/publish", sim.url()))
-        .json(
-            &json!({"tenant": TENANT_A, "contentType": "Audit.Exchange", "blobs": 2, "records": 5}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = control_post(
+        &sim,
+        "publish",
+        &json!({"tenant": TENANT_A, "contentType": "Audit.Exchange", "blobs": 2, "records": 5}),
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 200);
     let blobs: Vec<o365_sim::SimBlob> = r.json().await.unwrap();
     assert_eq!(blobs.len(), 2);
-    let r = http()
-        .post(format!("{}/sim/faults", sim.url()))
-        .json(&json!({"throttle_429": 0.5}))
-        .send()
-        .await
-        .unwrap();
+    let r = control_post(&sim, "faults", &json!({"throttle_429": 0.5})).await;
     assert_eq!(r.status().as_u16(), 200);
     bearer(&sim, TENANT_A).await;
-    let stats: Value = http()
-        .get(format!("{}/sim/stats", sim.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = control_get(&sim, "stats").await;
     assert_eq!(stats["records_published"], 10);
     assert_eq!(stats["token_requests"][TENANT_A], 1);
-    let subs: Value = http()
-        .get(format!("{}/sim/subscriptions/{TENANT_A}", sim.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let subs = control_get(&sim, &format!("subscriptions/{TENANT_A}")).await;
     assert_eq!(subs, json!([]));
     sim.stop().await;
 }
 
+/// POSTs `body` to the control endpoint `/sim/{path}`; returns the status.
+async fn control_post_status(sim: &o365_sim::Simulator, path: &str, body: &Value) -> u16 {
+    control_post(sim, path, body).await.status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_api_publishes_raw_bodies_and_sets_sticky_and_pushed_faults() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
-    let control = |path: &str| format!("{}/sim/{path}", sim.url());
+    let (sim, token) = sim_with_token().await;
     let body = vec![b'[', 0xFF, b']'];
     let id = long_content_id(300);
-    let r = http()
-        .post(control("publish-body"))
-        .json(&json!({
+    let r = control_post(
+        &sim,
+        "publish-body",
+        &json!({
             "tenant": TENANT_A,
             "contentType": "Audit.SharePoint",
             "contentId": id,
             "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&body),
-        }))
-        .send()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 200);
     let blob: o365_sim::SimBlob = r.json().await.unwrap();
     assert_eq!(blob.content_id, id);
@@ -73,16 +55,16 @@ async fn the_control_api_publishes_raw_bodies_and_sets_sticky_and_pushed_faults(
     assert_eq!((s, b.as_ref()), (200, body.as_slice()));
     // A multi-MiB body fits the route's own limit (above the control API's 1 MiB).
     let big = vec![b' '; 3 * 1024 * 1024];
-    let r = http()
-        .post(control("publish-body"))
-        .json(&json!({
+    let status = control_post_status(
+        &sim,
+        "publish-body",
+        &json!({
             "contentType": "Audit.SharePoint",
             "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&big),
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+        }),
+    )
+    .await;
+    assert_eq!(status, 200);
     // Where a body goes is checked even though the body is not.
     for bad in [
         json!({"contentType": "Audit.Nope", "bodyBase64": ""}),
@@ -91,58 +73,39 @@ async fn the_control_api_publishes_raw_bodies_and_sets_sticky_and_pushed_faults(
         json!({"contentType": "Audit.SharePoint", "contentId": "", "bodyBase64": ""}),
         json!({"contentType": "Audit.SharePoint"}),
     ] {
-        let r = http()
-            .post(control("publish-body"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 400, "{bad}");
+        let status = control_post_status(&sim, "publish-body", &bad).await;
+        assert_eq!(status, 400, "{bad}");
     }
     // Sticky over HTTP, then cleared.
-    let r = http()
-        .post(control("fault-for"))
-        .json(&json!({"contentId": id, "fault": {"kind": "huge_error", "status": 503, "code": "AF50005", "message_bytes": 10}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
-    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (503, "AF50005"));
-    let r = http()
-        .delete(control(&format!("fault-for/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
-    let r = http()
-        .delete(control(&format!("fault-for/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
+    let status = control_post_status(
+        &sim,
+        "fault-for",
+        &json!({"contentId": id, "fault": {"kind": "huge_error", "status": 503, "code": "AF50005", "message_bytes": 10}}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_af(&blob.content_uri, &token, 503, "AF50005").await;
+    assert_eq!(control_delete(&sim, &format!("fault-for/{id}")).await, 204);
+    assert_eq!(control_delete(&sim, &format!("fault-for/{id}")).await, 404);
     // Pushed over HTTP.
-    let r = http()
-        .post(control("push-fault"))
-        .json(&json!({"fault": {"kind": "retry_after", "status": 403, "secs": 100000000}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
-    let (s, h, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (403, "AF429"));
+    let status = control_post_status(
+        &sim,
+        "push-fault",
+        &json!({"fault": {"kind": "retry_after", "status": 403, "secs": 100000000}}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let h = assert_af(&blob.content_uri, &token, 403, "AF429").await;
     assert_eq!(h["retry-after"], "100000000");
-    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(s, 200);
+    mgmt_ok(&blob.content_uri, &token).await;
     // A nonsensical fault is refused, not stored.
-    let r = http()
-        .post(control("push-fault"))
-        .json(&json!({"fault": {"kind": "drip_feed", "chunk": 0, "interval_ms": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(s, 200);
+    let status = control_post_status(
+        &sim,
+        "push-fault",
+        &json!({"fault": {"kind": "drip_feed", "chunk": 0, "interval_ms": 1}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    mgmt_ok(&blob.content_uri, &token).await;
     sim.stop().await;
 }

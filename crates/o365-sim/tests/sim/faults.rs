@@ -7,12 +7,8 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_faults_answer_content_requests_in_order_and_are_not_refusals() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
-    let blob = sim
-        .publish(TENANT_A, "Audit.SharePoint", 1, None)
-        .await
-        .remove(0);
+    let (sim, token) = sim_with_token().await;
+    let blob = publish_one(&sim, "Audit.SharePoint", None).await;
     sim.set_faults(Faults {
         retry_after: true,
         ..Faults::default()
@@ -23,32 +19,18 @@ async fn queued_faults_answer_content_requests_in_order_and_are_not_refusals() {
     sim.push_fault(Fault::Unauthorized);
     sim.push_fault(Fault::Expired);
     sim.push_fault(Fault::Slow(Duration::from_millis(300)));
-    let (s, h, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (429, "AF429"));
+    let h = assert_af(&blob.content_uri, &token, 429, "AF429").await;
     assert_eq!(h["retry-after"], "1");
-    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (403, "AF429"));
-    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (500, "AF50000"));
-    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(s, 401);
-    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (400, "AF20051"));
+    assert_af(&blob.content_uri, &token, 403, "AF429").await;
+    assert_af(&blob.content_uri, &token, 500, "AF50000").await;
+    assert_eq!(mgmt_get(&blob.content_uri, &token).await.0, 401);
+    assert_af(&blob.content_uri, &token, 400, "AF20051").await;
     let t0 = std::time::Instant::now();
-    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(s, 200);
+    mgmt_ok(&blob.content_uri, &token).await;
     assert!(t0.elapsed() >= Duration::from_millis(300));
     // Truncated: 200, then the body breaks.
     sim.push_fault(Fault::Truncate);
-    let r = http()
-        .get(&blob.content_uri)
-        .bearer_auth(&token)
-        .query(&[("PublisherIdentifier", TENANT_A)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert!(r.bytes().await.is_err(), "truncated body must fail");
+    assert_truncated(&blob.content_uri, &token).await;
     // Random faults (probability 1).
     sim.set_faults(Faults {
         throttle_429: 1.0,
@@ -58,26 +40,17 @@ async fn queued_faults_answer_content_requests_in_order_and_are_not_refusals() {
     assert_eq!(s, 429);
     assert!(h.get("retry-after").is_none());
     sim.set_faults(Faults::default());
-    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(s, 200);
+    mgmt_ok(&blob.content_uri, &token).await;
     assert_eq!(sim.content_gets(), 9);
     // Faults did not count as refusals.
-    assert!(
-        sim.rejected_requests().is_empty(),
-        "{:?}",
-        sim.rejected_requests()
-    );
+    assert_nothing_refused(&sim);
     sim.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_fault_sends_the_absurd_header_it_was_given() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
-    let blob = sim
-        .publish(TENANT_A, "Audit.Exchange", 1, Some(2))
-        .await
-        .remove(0);
+    let (sim, token) = sim_with_token().await;
+    let blob = publish_one(&sim, "Audit.Exchange", Some(2)).await;
     sim.push_fault(Fault::RetryAfter {
         status: 429,
         secs: 100_000_000,
@@ -86,25 +59,18 @@ async fn a_retry_after_fault_sends_the_absurd_header_it_was_given() {
         status: 403,
         secs: 0,
     });
-    let (s, h, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (429, "AF429"));
+    let h = assert_af(&blob.content_uri, &token, 429, "AF429").await;
     assert_eq!(h["retry-after"], "100000000");
-    let (s, h, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (403, "AF429"));
+    let h = assert_af(&blob.content_uri, &token, 403, "AF429").await;
     assert_eq!(h["retry-after"], "0");
-    let (s, _, _) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(s, 200);
+    mgmt_ok(&blob.content_uri, &token).await;
     sim.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_error_message_is_served_as_valid_json() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
-    let blob = sim
-        .publish(TENANT_A, "Audit.SharePoint", 1, Some(2))
-        .await
-        .remove(0);
+    let (sim, token) = sim_with_token().await;
+    let blob = publish_one(&sim, "Audit.SharePoint", Some(2)).await;
     sim.push_fault(Fault::HugeError {
         status: 500,
         code: "AF50000".into(),
@@ -132,43 +98,30 @@ async fn a_huge_error_message_is_served_as_valid_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_fault_hits_only_its_content_id_until_it_is_cleared() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
+    let (sim, token) = sim_with_token().await;
     let blobs = sim.publish(TENANT_A, "Audit.Exchange", 2, Some(2)).await;
     let (bad, good) = (&blobs[0], &blobs[1]);
     sim.fault_for(&bad.content_id, Fault::ServerError);
     sim.push_fault(Fault::Throttle429);
     // The sticky id answers its fault every time and leaves the pushed one alone...
     for _ in 0..3 {
-        let (s, _, b) = mgmt_get(&bad.content_uri, &token).await;
-        assert_eq!((s, af_code(&b).as_str()), (500, "AF50000"));
+        assert_af(&bad.content_uri, &token, 500, "AF50000").await;
     }
     // ...which the next GET of another blob takes; after it that blob is fine.
-    let (s, _, b) = mgmt_get(&good.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (429, "AF429"));
-    let (s, _, _) = mgmt_get(&good.content_uri, &token).await;
-    assert_eq!(s, 200);
+    assert_af(&good.content_uri, &token, 429, "AF429").await;
+    mgmt_ok(&good.content_uri, &token).await;
     // Random faults do not reach a sticky id either.
     sim.set_faults(Faults {
         throttle_403: 1.0,
         ..Faults::default()
     });
     sim.fault_for(&bad.content_id, Fault::Expired);
-    let (s, _, b) = mgmt_get(&bad.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (400, "AF20051"));
+    assert_af(&bad.content_uri, &token, 400, "AF20051").await;
     sim.set_faults(Faults::default());
     // The old variants work sticky too: a body that always breaks halfway.
     sim.fault_for(&bad.content_id, Fault::Truncate);
     for _ in 0..2 {
-        let r = http()
-            .get(&bad.content_uri)
-            .bearer_auth(&token)
-            .query(&[("PublisherIdentifier", TENANT_A)])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        assert!(r.bytes().await.is_err(), "truncated body must fail");
+        assert_truncated(&bad.content_uri, &token).await;
     }
     // The new ones too.
     sim.fault_for(
@@ -182,15 +135,10 @@ async fn a_sticky_fault_hits_only_its_content_id_until_it_is_cleared() {
     assert_eq!((s, h["retry-after"].to_str().unwrap()), (429, "7"));
     assert!(sim.clear_fault_for(&bad.content_id));
     assert!(!sim.clear_fault_for(&bad.content_id));
-    let (s, _, b) = mgmt_get(&bad.content_uri, &token).await;
-    assert_eq!(s, 200);
+    let b = mgmt_ok(&bad.content_uri, &token).await;
     assert!(b.contains(&bad.records[0]));
     assert_eq!(sim.content_gets_for(&bad.content_id), 8);
-    assert!(
-        sim.rejected_requests().is_empty(),
-        "{:?}",
-        sim.rejected_requests()
-    );
+    assert_nothing_refused(&sim);
     sim.stop().await;
 }
 

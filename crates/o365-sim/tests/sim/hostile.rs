@@ -2,14 +2,13 @@
 
 use crate::support::*;
 use o365_sim::Fault;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drip_fed_content_arrives_slowly_but_whole() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
+    let (sim, token) = sim_with_token().await;
     let body = o365_sim::hostile::blob_body(&[o365_sim::hostile::record_with_huge_field(
         TENANT_A,
         "Operation",
@@ -27,13 +26,7 @@ async fn drip_fed_content_arrives_slowly_but_whole() {
         interval,
     });
     let t0 = std::time::Instant::now();
-    let mut r = http()
-        .get(&blob.content_uri)
-        .bearer_auth(&token)
-        .query(&[("PublisherIdentifier", TENANT_A)])
-        .send()
-        .await
-        .unwrap();
+    let mut r = mgmt_send(&blob.content_uri, &token).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.content_length(), Some(body.len() as u64));
     let mut got = Vec::new();
@@ -63,18 +56,8 @@ async fn drip_fed_content_arrives_slowly_but_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_over_long_content_id_is_listed_notified_and_served_as_given() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
-    let (hook, got) = webhook_receiver(200).await;
-    let (status, _) = start_sub(
-        &sim,
-        TENANT_A,
-        &token,
-        "Audit.General",
-        Some(json!({"webhook": {"address": hook, "authId": "x"}})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (sim, token) = sim_with_token().await;
+    let (_, got) = subscribed_receiver(&sim, &token, "Audit.General").await;
     let id = long_content_id(300);
     assert_eq!(id.len(), 300);
     let records = o365_sim::hostile::duplicate_id_records(TENANT_A, 2);
@@ -92,7 +75,7 @@ async fn an_over_long_content_id_is_listed_notified_and_served_as_given() {
     assert_eq!(n[0]["contentId"], id.as_str());
     assert_eq!(n[0]["contentUri"], blob.content_uri.as_str());
     // Listed as given.
-    let (s, _, b) = mgmt_get(
+    let b = mgmt_ok(
         &feed(
             &sim,
             TENANT_A,
@@ -101,30 +84,26 @@ async fn an_over_long_content_id_is_listed_notified_and_served_as_given() {
         &token,
     )
     .await;
-    assert_eq!(s, 200, "{b}");
     let listed: Vec<Value> = serde_json::from_str(&b).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["contentId"], id.as_str());
     assert_eq!(listed[0]["contentUri"], blob.content_uri.as_str());
     // Served.
-    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(s, 200, "{b}");
+    let b = mgmt_ok(&blob.content_uri, &token).await;
     assert!(b.contains(&records[0]) && b.contains(&records[1]));
     // Beyond the simulator's own bound: listed, but its GET is refused like a bad id.
     let too_long = long_content_id(1025);
     let blob = sim
         .publish_raw_with_id(TENANT_A, "Audit.General", too_long, records)
         .await;
-    let (s, _, b) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!((s, af_code(&b).as_str()), (400, "AF20052"));
+    assert_af(&blob.content_uri, &token, 400, "AF20052").await;
     sim.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_body_is_served_byte_exact_even_when_it_is_not_utf8() {
     use o365_sim::hostile;
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
+    let (sim, token) = sim_with_token().await;
     let good = hostile::record_with_long_id(TENANT_A, 36);
     let bad = hostile::record_with_invalid_utf8(TENANT_A);
     let body = hostile::blob_body(&[good.clone().into_bytes(), bad.clone()]);

@@ -7,12 +7,8 @@ use std::collections::HashSet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_management_request_that_is_wrong_in_any_way_gets_microsofts_error_code() {
-    let sim = sim_with(config(None)).await;
-    let token_a = bearer(&sim, TENANT_A).await;
-    let blob = sim
-        .publish(TENANT_A, "Audit.Exchange", 1, Some(3))
-        .await
-        .remove(0);
+    let (sim, token_a) = sim_with_token().await;
+    let blob = publish_one(&sim, "Audit.Exchange", Some(3)).await;
     // Without PublisherIdentifier -> AF20012 and logged.
     let r = http()
         .get(&blob.content_uri)
@@ -27,40 +23,43 @@ async fn a_management_request_that_is_wrong_in_any_way_gets_microsofts_error_cod
         .iter()
         .any(|l| l.contains("AF20012")));
     // With it -> 200, the exact body.
-    let (status, _, body) = mgmt_get(&blob.content_uri, &token_a).await;
-    assert_eq!(status, 200);
+    let body = mgmt_ok(&blob.content_uri, &token_a).await;
     let arr: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(arr.len(), 3);
     // Token of tenant A used on tenant B -> AF20010.
-    let (status, _, body) = mgmt_get(&feed(&sim, TENANT_B, "subscriptions/list"), &token_a).await;
-    assert_eq!((status, af_code(&body).as_str()), (401, "AF20010"));
-    // Garbage token -> 401 AF401.
-    let (status, _, body) = mgmt_get(&feed(&sim, TENANT_A, "subscriptions/list"), "x.y.z").await;
-    assert_eq!((status, af_code(&body).as_str()), (401, "AF401"));
-    // Bad content type -> AF20020.
-    let (status, _, body) = mgmt_get(
-        &format!(
-            "{}?contentType=Audit.Nope",
-            feed(&sim, TENANT_A, "subscriptions/content")
-        ),
+    assert_af(
+        &feed(&sim, TENANT_B, "subscriptions/list"),
         &token_a,
+        401,
+        "AF20010",
     )
     .await;
-    assert_eq!((status, af_code(&body).as_str()), (400, "AF20020"));
+    // Garbage token -> 401 AF401.
+    assert_af(
+        &feed(&sim, TENANT_A, "subscriptions/list"),
+        "x.y.z",
+        401,
+        "AF401",
+    )
+    .await;
+    // Bad content type -> AF20020.
+    let bad_type = feed(
+        &sim,
+        TENANT_A,
+        "subscriptions/content?contentType=Audit.Nope",
+    );
+    assert_af(&bad_type, &token_a, 400, "AF20020").await;
     // Unknown / bad content id, blob of another tenant.
     let unknown = feed(&sim, TENANT_A, "audit/123456789012$123456789012$abc$def$04");
-    let (status, _, body) = mgmt_get(&unknown, &token_a).await;
-    assert_eq!((status, af_code(&body).as_str()), (400, "AF20050"));
-    let (status, _, body) = mgmt_get(&feed(&sim, TENANT_A, "audit/not-an-id"), &token_a).await;
-    assert_eq!((status, af_code(&body).as_str()), (400, "AF20052"));
+    assert_af(&unknown, &token_a, 400, "AF20050").await;
+    let bad_id = feed(&sim, TENANT_A, "audit/not-an-id");
+    assert_af(&bad_id, &token_a, 400, "AF20052").await;
     let token_b = bearer(&sim, TENANT_B).await;
     let foreign = blob.content_uri.replace(TENANT_A, TENANT_B);
-    let (status, _, _) = mgmt_get(&foreign, &token_b).await;
-    assert_eq!(status, 400);
+    assert_eq!(mgmt_get(&foreign, &token_b).await.0, 400);
     // Expired content.
     sim.expire(&blob.content_id);
-    let (status, _, body) = mgmt_get(&blob.content_uri, &token_a).await;
-    assert_eq!((status, af_code(&body).as_str()), (400, "AF20051"));
+    assert_af(&blob.content_uri, &token_a, 400, "AF20051").await;
     assert_eq!(sim.content_gets_for(&blob.content_id), 4);
     assert!(sim.management_calls(TENANT_A) >= 7);
     assert!(sim.max_calls_per_minute(TENANT_A) >= 7);
@@ -83,8 +82,7 @@ async fn content_listing_checks_its_time_window_and_pages_through_every_blob_onc
         )
     };
     // No subscription yet -> AF20022.
-    let (status, _, body) = mgmt_get(&list(String::new()), &token).await;
-    assert_eq!((status, af_code(&body).as_str()), (400, "AF20022"));
+    assert_af(&list(String::new()), &token, 400, "AF20022").await;
     assert_eq!(
         start_sub(&sim, TENANT_A, &token, "Audit.SharePoint", None)
             .await
@@ -92,11 +90,8 @@ async fn content_listing_checks_its_time_window_and_pages_through_every_blob_onc
         200
     );
     // Repeat -> AF20024.
-    let (status, body) = start_sub(&sim, TENANT_A, &token, "Audit.SharePoint", None).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str().unwrap()),
-        (400, "AF20024")
-    );
+    let again = start_sub(&sim, TENANT_A, &token, "Audit.SharePoint", None).await;
+    assert_start_refused(&again, 400, "AF20024");
     assert_eq!(sim.start_calls(TENANT_A, "Audit.SharePoint"), 2);
 
     let fmt = |d: chrono::Duration| {
@@ -125,8 +120,7 @@ async fn content_listing_checks_its_time_window_and_pages_through_every_blob_onc
             "AF20055",
         ),
     ] {
-        let (status, _, body) = mgmt_get(&list(q.clone()), &token).await;
-        assert_eq!((status, af_code(&body).as_str()), (400, code), "{q}");
+        assert_af(&list(q), &token, 400, code).await;
     }
     let blobs = sim.publish(TENANT_A, "Audit.SharePoint", 10, Some(2)).await;
     sim.publish(TENANT_A, "Audit.Exchange", 2, Some(2)).await;
@@ -134,12 +128,11 @@ async fn content_listing_checks_its_time_window_and_pages_through_every_blob_onc
     // Date-only and minute formats are accepted.
     let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let tomorrow = (chrono::Utc::now() + h(24)).format("%Y-%m-%d").to_string();
-    let (status, _, _) = mgmt_get(
+    mgmt_ok(
         &list(format!("&startTime={day}&endTime={tomorrow}")),
         &token,
     )
     .await;
-    assert_eq!(status, 200);
     // Page through the window: every blob exactly once.
     let mut url = list(format!("&startTime={}&endTime={}", fmt(h(-1)), fmt(h(1))));
     let mut seen = Vec::new();
@@ -163,9 +156,8 @@ async fn content_listing_checks_its_time_window_and_pages_through_every_blob_onc
     assert_eq!(seen.len(), 10);
     assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), want);
     // Bad nextPage -> AF20031.
-    let (status, _, body) =
-        mgmt_get(&format!("{}&nextPage=garbage", list(String::new())), &token).await;
-    assert_eq!((status, af_code(&body).as_str()), (400, "AF20031"));
+    let bad_page = format!("{}&nextPage=garbage", list(String::new()));
+    assert_af(&bad_page, &token, 400, "AF20031").await;
     assert!(sim.list_calls() >= 9);
     sim.stop().await;
 }

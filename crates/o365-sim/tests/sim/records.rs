@@ -5,8 +5,7 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_blobs_hold_realistic_records_with_microsofts_oddities() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
+    let (sim, token) = sim_with_token().await;
     for ct in [
         "Audit.AzureActiveDirectory",
         "Audit.Exchange",
@@ -19,8 +18,7 @@ async fn published_blobs_hold_realistic_records_with_microsofts_oddities() {
             assert_eq!(blob.records.len(), 20);
             assert!(blob.content_id.ends_with("$04") && blob.content_id.matches('$').count() == 4);
             assert!(blob.content_uri.ends_with(&blob.content_id));
-            let (status, _, body) = mgmt_get(&blob.content_uri, &token).await;
-            assert_eq!(status, 200);
+            let body = mgmt_ok(&blob.content_uri, &token).await;
             // The body is the records verbatim.
             for r in &blob.records {
                 assert!(body.contains(r.as_str()));
@@ -80,8 +78,7 @@ async fn published_blobs_hold_realistic_records_with_microsofts_oddities() {
     let blob = sim
         .publish_raw(TENANT_A, "Audit.Exchange", raw.clone())
         .await;
-    let (status, _, body) = mgmt_get(&blob.content_uri, &token).await;
-    assert_eq!(status, 200);
+    let body = mgmt_ok(&blob.content_uri, &token).await;
     assert!(body.contains(&raw[0]) && body.contains(&raw[1]));
     assert_eq!(blob.record_ids[1], "0b7e3d0a-0000-4000-8000-000000000002");
     sim.stop().await;

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_start_validates_the_webhook_and_then_notifies_it() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
+    let (sim, token) = sim_with_token().await;
     let (hook, got) = webhook_receiver(200).await;
     let body =
         json!({"webhook": {"address": hook, "authId": "auth-id-0123456789", "expiration": ""}});
@@ -29,11 +28,8 @@ async fn a_subscription_start_validates_the_webhook_and_then_notifies_it() {
         assert_eq!(&b["validationCode"], code.as_str());
     }
     // Same webhook again -> AF20024, no new validation.
-    let (status, resp) = start_sub(&sim, TENANT_A, &token, "Audit.General", Some(body)).await;
-    assert_eq!(
-        (status, resp["error"]["code"].as_str().unwrap()),
-        (400, "AF20024")
-    );
+    let again = start_sub(&sim, TENANT_A, &token, "Audit.General", Some(body)).await;
+    assert_start_refused(&again, 400, "AF20024");
     assert_eq!(got.lock().unwrap().len(), 1);
     // Publish -> one notification POST with both blobs.
     let blobs = sim.publish(TENANT_A, "Audit.General", 2, Some(1)).await;
@@ -75,8 +71,7 @@ async fn a_subscription_start_validates_the_webhook_and_then_notifies_it() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sim.notifications_delivered(), 2);
     // The list endpoint.
-    let (status, _, body) = mgmt_get(&feed(&sim, TENANT_A, "subscriptions/list"), &token).await;
-    assert_eq!(status, 200);
+    let body = mgmt_ok(&feed(&sim, TENANT_A, "subscriptions/list"), &token).await;
     let list: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(list[0]["contentType"], "Audit.General");
     assert_eq!(list[0]["status"], "disabled");
@@ -86,58 +81,22 @@ async fn a_subscription_start_validates_the_webhook_and_then_notifies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_fails_validation_is_refused_and_a_restart_validates_again() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
+    let (sim, token) = sim_with_token().await;
     // Validation answered 500 -> AF20021, subscription unchanged.
     let (bad, _) = webhook_receiver(500).await;
-    let (status, resp) = start_sub(
-        &sim,
-        TENANT_A,
-        &token,
-        "DLP.All",
-        Some(json!({"webhook": {"address": bad, "authId": "x"}})),
-    )
-    .await;
-    assert_eq!(
-        (status, resp["error"]["code"].as_str().unwrap()),
-        (400, "AF20021")
-    );
+    let refused = start_webhook_sub(&sim, &token, "DLP.All", &bad).await;
+    assert_start_refused(&refused, 400, "AF20021");
     assert!(sim.subscriptions(TENANT_A).is_empty());
     // A webhook that validates, then fails notifications: disabled after the retries.
-    let (hook, got) = webhook_receiver(200).await;
-    let (status, _) = start_sub(
-        &sim,
-        TENANT_A,
-        &token,
-        "Audit.Exchange",
-        Some(json!({"webhook": {"address": hook, "authId": "x"}})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (_, got) = subscribed_receiver(&sim, &token, "Audit.Exchange").await;
     assert_eq!(got.lock().unwrap().len(), 1);
     sim.disable_webhook(TENANT_A, "Audit.Exchange");
     let w = sim.subscriptions(TENANT_A)[0].webhook.clone().unwrap();
     assert_eq!(w.status, "disabled");
     // Re-start re-enables (validation again).
-    let (status, _) = start_sub(
-        &sim,
-        TENANT_A,
-        &token,
-        "Audit.Exchange",
-        Some(json!({"webhook": {"address": bad, "authId": "x"}})),
-    )
-    .await;
+    let (status, _) = start_webhook_sub(&sim, &token, "Audit.Exchange", &bad).await;
     assert_eq!(status, 400);
-    let (dead, _) = webhook_receiver(200).await;
-    let (status, _) = start_sub(
-        &sim,
-        TENANT_A,
-        &token,
-        "Audit.Exchange",
-        Some(json!({"webhook": {"address": dead, "authId": "x"}})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (dead, _) = subscribed_receiver(&sim, &token, "Audit.Exchange").await;
     let w = sim.subscriptions(TENANT_A)[0].webhook.clone().unwrap();
     assert_eq!(
         (w.status.as_str(), w.address.as_str()),
@@ -148,18 +107,10 @@ async fn a_webhook_that_fails_validation_is_refused_and_a_restart_validates_agai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_keeps_failing_deliveries_is_disabled_after_the_retries() {
-    let sim = sim_with(config(None)).await;
-    let token = bearer(&sim, TENANT_A).await;
+    let (sim, token) = sim_with_token().await;
     // A receiver that accepts the validation (first request) and fails everything after.
     let (hook, got) = switching_receiver().await;
-    let (status, _) = start_sub(
-        &sim,
-        TENANT_A,
-        &token,
-        "Audit.SharePoint",
-        Some(json!({"webhook": {"address": hook, "authId": "x"}})),
-    )
-    .await;
+    let (status, _) = start_webhook_sub(&sim, &token, "Audit.SharePoint", &hook).await;
     assert_eq!(status, 200);
     sim.publish(TENANT_A, "Audit.SharePoint", 1, Some(1)).await;
     assert!(

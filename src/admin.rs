@@ -82,7 +82,7 @@ fn management_message(e: &ApiError) -> String {
         ApiError::Token(_) => {
             "no token for this tenant: check its consent and the relay's credential".into()
         }
-        ApiError::Transport(_) | ApiError::Body(_) => {
+        ApiError::Transport { .. } | ApiError::Body(_) => {
             "the Management API could not be reached; retry later".into()
         }
         ApiError::ForeignUrl(_) => "the Management API answered with a foreign address".into(),
@@ -126,7 +126,7 @@ impl ResponseError for AdminError {
 fn management_status(e: &ApiError) -> StatusCode {
     match e {
         ApiError::Token(_) => StatusCode::FAILED_DEPENDENCY,
-        ApiError::Transport(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Transport { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Api { .. } => match e.disposition() {
             Disposition::Retry(_) => StatusCode::SERVICE_UNAVAILABLE,
             Disposition::StartSubscription | Disposition::GiveUp => {
@@ -375,7 +375,10 @@ mod tests {
             (api(400, "AF20022"), StatusCode::UNPROCESSABLE_ENTITY),
             (api(403, "AF10001"), StatusCode::UNPROCESSABLE_ENTITY),
             (
-                ApiError::Transport("connection refused by 10.0.0.7".into()),
+                ApiError::Transport {
+                    during: "sending the request",
+                    source: "connection refused by 10.0.0.7".into(),
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (

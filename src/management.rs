@@ -28,8 +28,14 @@ pub enum ApiError {
         message: String,
         retry_after: Option<Duration>,
     },
-    #[error("Management API could not be reached: {0}")]
-    Transport(String),
+    /// The request or its body did not make it; the cause (with any URL removed: it names the
+    /// tenant and content) is the source.
+    #[error("Management API could not be reached ({during}): {source}")]
+    Transport {
+        during: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("no token: {0}")]
     Token(#[from] TokenError),
     #[error("refused to send a token to {0}: not the Management API origin")]
@@ -50,11 +56,19 @@ pub enum Disposition {
 }
 
 impl ApiError {
+    /// A transport failure from reqwest, without the URL.
+    pub fn transport(during: &'static str, e: reqwest::Error) -> ApiError {
+        ApiError::Transport {
+            during,
+            source: Box::new(e.without_url()),
+        }
+    }
+
     /// Microsoft's error code, or a short stand-in for non-API failures.
     pub fn code(&self) -> &str {
         match self {
             ApiError::Api { code, .. } => code,
-            ApiError::Transport(_) => "transport",
+            ApiError::Transport { .. } => "transport",
             ApiError::Token(_) => "token",
             ApiError::ForeignUrl(_) => "foreign_url",
             ApiError::Body(_) => "body",
@@ -84,7 +98,7 @@ impl ApiError {
                 }
                 _ => Disposition::GiveUp,
             },
-            ApiError::Transport(_) | ApiError::Body(_) => Disposition::Retry(None),
+            ApiError::Transport { .. } | ApiError::Body(_) => Disposition::Retry(None),
             ApiError::Token(e) if e.is_transient() => Disposition::Retry(None),
             // A refused credential may be fixed by an operator (consent, certificate): retry
             // with backoff; the attempt limit sends it to the dead-letter queue if not.
@@ -247,7 +261,7 @@ impl ManagementClient {
                         .management_requests
                         .with_label_values(&[call, "error"])
                         .inc();
-                    return Err(ApiError::Transport(e.without_url().to_string()));
+                    return Err(ApiError::transport("sending the request", e));
                 }
             };
             let status = resp.status();
@@ -448,7 +462,7 @@ fn scan_error_code(bytes: &[u8]) -> String {
 async fn read_body(resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
     let bytes = read_limited(resp, MAX_LISTING_BODY + 1)
         .await
-        .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+        .map_err(|e| ApiError::transport("reading the response", e))?;
     if bytes.len() > MAX_LISTING_BODY {
         return Err(ApiError::Body(format!(
             "response larger than {MAX_LISTING_BODY} bytes"
@@ -515,7 +529,11 @@ mod tests {
         );
         assert_eq!(api(401, "AF20010").disposition(), Disposition::GiveUp);
         assert_eq!(
-            ApiError::Transport("reset".into()).disposition(),
+            ApiError::Transport {
+                during: "reading the response",
+                source: "reset".into()
+            }
+            .disposition(),
             Disposition::Retry(None)
         );
     }

@@ -32,8 +32,9 @@ pub enum TokenError {
         error: String,
         description: String,
     },
+    /// The cause (with the URL removed) is the source.
     #[error("Entra ID could not be reached: {0}")]
-    Transport(String),
+    Transport(#[source] reqwest::Error),
     #[error("Entra ID answered with an unreadable token response: {0}")]
     Malformed(String),
     #[error("cannot build the client assertion: {0}")]
@@ -203,12 +204,12 @@ impl EntraClient {
             .form(&form)
             .send()
             .await
-            .map_err(|e| TokenError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| TokenError::Transport(e.without_url()))?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| TokenError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| TokenError::Transport(e.without_url()))?;
         let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|_| TokenError::Malformed(format!("HTTP {status}, body is not JSON")))?;
         if status != 200 {

@@ -231,9 +231,7 @@ impl Worker {
             .await
             .map_err(|_| late())?
         {
-            let chunk = chunk.map_err(|e| {
-                ApiError::Transport(format!("reading content: {}", e.without_url()))
-            })?;
+            let chunk = chunk.map_err(|e| ApiError::transport("reading content", e))?;
             splitter.feed(&chunk, &mut raw)?;
             for r in raw.drain(..) {
                 match AuditRecord::parse(r, index) {

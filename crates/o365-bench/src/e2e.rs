@@ -3,7 +3,7 @@
 //! a bare confirmed publish of the same record bytes, with the properties and headers the
 //! relay's own [`RecordSink`] gives them, in the relay's batches and worker concurrency.
 
-use crate::harness::{start_sim, Ctx, RelayProc, SinkCounter, TENANT_A};
+use crate::harness::{start_sim, Ctx, RelayProc, TENANT_A};
 use crate::procfs::{rabbit_pid, CpuSnap};
 use crate::report::Row;
 use anyhow::bail;
@@ -136,14 +136,14 @@ fn avg_record_bytes(blobs: &[SimBlob]) -> f64 {
 
 pub async fn run(ctx: &Ctx, n_blobs: usize, rounds: usize) -> anyhow::Result<Vec<Row>> {
     let sim = start_sim(&[TENANT_A], PER_BLOB).await?;
-    let names = ctx.names("e2e", &sim);
+    let section = ctx.section("e2e", &sim);
     let result = async {
         // The relay runs with its default worker concurrency; the ceiling uses the same.
-        let concurrency = ctx.relay_settings(&names, &[])?.worker_concurrency;
+        let concurrency = ctx.relay_settings(&section, &[])?.worker_concurrency;
         println!("2. end to end: {n_blobs} blobs × {PER_BLOB} records, worker concurrency {concurrency}, {rounds} round(s)");
-        ctx.declare_sink(&names).await?;
-        let relay = RelayProc::spawn(ctx, &names, &[]).await?;
-        let sink = SinkCounter::start(ctx, &names.sink).await?;
+        let sink = ctx.sink(&section).await?;
+        let relay = RelayProc::spawn(ctx, &section, &[]).await?;
+        let counter = sink.counter().await?;
         let mut best: Option<(f64, f64, u64)> = None; // (relay rec/s, cpu s per 100k, records)
         let mut best_ceiling: Option<f64> = None;
         let mut avg = 0.0;
@@ -161,23 +161,23 @@ pub async fn run(ctx: &Ctx, n_blobs: usize, rounds: usize) -> anyhow::Result<Vec
             let want: u64 = prepared.iter().map(|b| b.len() as u64).sum();
 
             // Ceiling first.
-            sink.reset();
+            counter.reset();
             let prepared = Arc::new(prepared);
             let s0 = CpuSnap::take(None, rabbit);
             let t0 = Instant::now();
-            bare_record_publish(ctx, &names.exchange, prepared.clone(), concurrency).await?;
-            let t1 = sink.wait_for(want, Duration::from_secs(300)).await?;
+            bare_record_publish(ctx, &section.names.exchange, prepared.clone(), concurrency).await?;
+            let t1 = counter.wait_for(want, Duration::from_secs(300)).await?;
             let s1 = CpuSnap::take(None, rabbit);
             let ceiling = want as f64 / (t1 - t0).as_secs_f64();
             tokio::time::sleep(Duration::from_millis(200)).await;
 
             // The relay: notify, then wait for every distinct record on the sink.
-            sink.reset();
+            counter.reset();
             let cpu0 = relay.cpu_secs();
             let s2 = CpuSnap::take(Some(relay.pid), rabbit);
             let t0 = Instant::now();
             ctx.notify(&[&relay], &blobs).await?;
-            let t1 = sink.wait_for(want, Duration::from_secs(600)).await?;
+            let t1 = counter.wait_for(want, Duration::from_secs(600)).await?;
             let s3 = CpuSnap::take(Some(relay.pid), rabbit);
             let cpu = relay.cpu_secs() - cpu0;
             let rate = want as f64 / (t1 - t0).as_secs_f64();
@@ -201,7 +201,8 @@ pub async fn run(ctx: &Ctx, n_blobs: usize, rounds: usize) -> anyhow::Result<Vec
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        sink.stop().await;
+        drop(counter);
+        sink.close().await;
         relay.stop().await;
         let (rate, cpu100k, _) = best.expect("rounds");
         let ceiling = best_ceiling.expect("rounds");
@@ -217,7 +218,7 @@ pub async fn run(ctx: &Ctx, n_blobs: usize, rounds: usize) -> anyhow::Result<Vec
         ])
     }
     .await;
-    ctx.cleanup(&names).await;
+    section.cleanup().await;
     sim.stop().await;
     result
 }

@@ -126,7 +126,7 @@ async fn post_loop(
 }
 
 /// 64 connections posting single-blob notifications for `dur`.
-async fn webhook_load(ctx: &Ctx, relay: &RelayProc, sim: &Simulator, dur: Duration) -> Load {
+async fn webhook_load(relay: &RelayProc, sim: &Simulator, dur: Duration) -> Load {
     let addr: std::net::SocketAddr = relay
         .public_url
         .trim_start_matches("http://")
@@ -136,7 +136,7 @@ async fn webhook_load(ctx: &Ctx, relay: &RelayProc, sim: &Simulator, dur: Durati
     let end = started + dur;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {
-        tasks.spawn(post_loop(addr, ctx.auth_id.clone(), sim.clone(), end));
+        tasks.spawn(post_loop(addr, relay.auth_id.clone(), sim.clone(), end));
     }
     let (mut lat, mut errors) = (Vec::new(), 0);
     while let Some(Ok((mut l, e))) = tasks.join_next().await {
@@ -232,17 +232,17 @@ pub async fn run(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Result<Vec<
         dur.as_secs_f64()
     );
     let sim = start_sim(&[TENANT_A], 1).await?;
-    let mut names = ctx.names("ingest", &sim);
-    let ceiling_queue = format!("bench.{}.ingest.ceiling", ctx.run_id);
-    names.extra_queues.push(ceiling_queue.clone());
+    let mut section = ctx.section("ingest", &sim);
+    let ceiling_queue = section.extra_queue("ceiling");
     let result = async {
-        ctx.declare_sink(&names).await?;
+        // The exchange and its sink queue, as in the other sections (the workers are off).
+        ctx.sink(&section).await?.close().await;
         ctx.declare_queue(&ceiling_queue, "quorum").await?;
         let relay =
-            RelayProc::spawn(ctx, &names, &[("O365_ENABLE_WORKERS", "false".into())]).await?;
+            RelayProc::spawn(ctx, &section, &[("O365_ENABLE_WORKERS", "false".into())]).await?;
         // Warm up both paths (connections, JIT-free but lazy allocations, queue leaders).
         let warm = Duration::from_millis(if ctx.quick { 200 } else { 1000 });
-        webhook_load(ctx, &relay, &sim, warm).await;
+        webhook_load(&relay, &sim, warm).await;
         bare_work_publish(ctx, &ceiling_queue, &sim, warm).await?;
         let (mut best_relay, mut best_ceiling): (Option<Load>, Option<Load>) = (None, None);
         let mut cpu = 0.0;
@@ -254,7 +254,7 @@ pub async fn run(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Result<Vec<
             let s1 = CpuSnap::take(None, rabbit);
             let cpu0 = relay.cpu_secs();
             let s2 = CpuSnap::take(Some(relay.pid), rabbit);
-            let r = webhook_load(ctx, &relay, &sim, dur).await;
+            let r = webhook_load(&relay, &sim, dur).await;
             let s3 = CpuSnap::take(Some(relay.pid), rabbit);
             cpu += relay.cpu_secs() - cpu0;
             accepted += r.n;
@@ -295,7 +295,7 @@ pub async fn run(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Result<Vec<
         ])
     }
     .await;
-    ctx.cleanup(&names).await;
+    section.cleanup().await;
     sim.stop().await;
     result
 }

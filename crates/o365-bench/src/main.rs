@@ -15,8 +15,9 @@
 //! `cargo run -p o365-bench` never measures a stale `o365-relay`; `--relay-bin PATH` uses a
 //! real `o365-relay` binary instead). Its CPU and memory come from `/proc/<pid>` ([`procfs`]).
 //! The simulator, the load generators, the ceilings and the sink consumer run in this process
-//! ([`harness`]). Everything it creates (queues, exchanges, Redis keys, processes) is removed at
-//! the end; [`report`] prints the table.
+//! ([`harness`], on the workspace's test harness `crates/test-support`). Everything it creates
+//! (queues, exchanges, Redis keys, processes) is removed at the end; [`report`] prints the
+//! table.
 //!
 //! `--quick` runs every section at tiny sizes in seconds (CI); there is no pass/fail on speed.
 

@@ -1,7 +1,7 @@
 //! Section 4, memory: one relay process; its RSS at idle, then its peak (VmHWM) while it relays
 //! one big blob of ~1 KB records to the sink.
 
-use crate::harness::{start_sim, Ctx, RelayProc, SinkCounter, TENANT_A};
+use crate::harness::{start_sim, Ctx, RelayProc, TENANT_A};
 use crate::procfs;
 use crate::report::{mb, Row};
 use std::sync::{Arc, Mutex};
@@ -30,11 +30,11 @@ fn big_records(total_bytes: usize) -> Vec<String> {
 pub async fn run(ctx: &Ctx, blob_mb: usize) -> anyhow::Result<Vec<Row>> {
     println!("4. memory: one {blob_mb} MB blob of ~1 KB records, relay as a child process");
     let sim = start_sim(&[TENANT_A], 1).await?;
-    let names = ctx.names("memory", &sim);
+    let section = ctx.section("memory", &sim);
     let result = async {
-        ctx.declare_sink(&names).await?;
-        let relay = RelayProc::spawn(ctx, &names, &[]).await?;
-        let sink = SinkCounter::start(ctx, &names.sink).await?;
+        let sink = ctx.sink(&section).await?;
+        let relay = RelayProc::spawn(ctx, &section, &[]).await?;
+        let counter = sink.counter().await?;
         tokio::time::sleep(Duration::from_millis(if ctx.quick { 500 } else { 2000 })).await;
         let (idle_hwm, idle_rss) = relay.memory_kb();
         let records = big_records(blob_mb * 1024 * 1024);
@@ -56,7 +56,7 @@ pub async fn run(ctx: &Ctx, blob_mb: usize) -> anyhow::Result<Vec<Row>> {
         let t0 = Instant::now();
         ctx.notify(&[&relay], std::slice::from_ref(&blob)).await?;
         drop(blob);
-        let t1 = sink.wait_for(want, Duration::from_secs(900)).await?;
+        let t1 = counter.wait_for(want, Duration::from_secs(900)).await?;
         sampling.abort();
         let (hwm, rss_after) = relay.memory_kb();
         println!(
@@ -68,7 +68,8 @@ pub async fn run(ctx: &Ctx, blob_mb: usize) -> anyhow::Result<Vec<Row>> {
             mb(*peak.lock().expect("peak")),
             mb(rss_after),
         );
-        sink.stop().await;
+        drop(counter);
+        sink.close().await;
         relay.stop().await;
         let above = hwm.saturating_sub(idle_rss);
         Ok::<_, anyhow::Error>(vec![
@@ -85,7 +86,7 @@ pub async fn run(ctx: &Ctx, blob_mb: usize) -> anyhow::Result<Vec<Row>> {
         ])
     }
     .await;
-    ctx.cleanup(&names).await;
+    section.cleanup().await;
     sim.stop().await;
     result
 }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 pub async fn run(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>> {
     println!("5. reconciliation: 7 days × 5 content types, one tenant, {n_blobs} blobs available");
     let sim = start_sim(&[TENANT_A], 1).await?;
-    let names = ctx.names("reconcile", &sim);
+    let section = ctx.section("reconcile", &sim);
     let result = async {
         // In-process relay (no listeners, no loops): the reconciler is called directly.
         let relay = ctx.relay_parts(
-            &names,
+            &section,
             &[
                 ("O365_TENANTS", TENANT_A.into()),
                 ("O365_RECONCILE_LOOKBACK", "7d".into()),
@@ -109,7 +109,7 @@ pub async fn run(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>> {
         Ok::<_, anyhow::Error>(rows)
     }
     .await;
-    ctx.cleanup(&names).await;
+    section.cleanup().await;
     sim.stop().await;
     result
 }

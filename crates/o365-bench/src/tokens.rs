@@ -2,7 +2,7 @@
 //! tenants, notifications round-robin over the three webhooks; the simulator counts the token
 //! requests per tenant.
 
-use crate::harness::{start_sim, Ctx, RelayProc, SinkCounter, TENANT_A, TENANT_B};
+use crate::harness::{start_sim, Ctx, RelayProc, TENANT_A, TENANT_B};
 use crate::report::Row;
 use o365_sim::CONTENT_TYPES;
 use std::time::{Duration, Instant};
@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 pub async fn run(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>> {
     println!("3. token efficiency: 3 relay processes sharing Redis, 2 tenants, {n_blobs} blobs");
     let sim = start_sim(&[TENANT_A, TENANT_B], 5).await?;
-    let names = ctx.names("tokens", &sim);
+    let section = ctx.section("tokens", &sim);
     let result = async {
-        ctx.declare_sink(&names).await?;
+        let sink = ctx.sink(&section).await?;
         let mut relays = Vec::new();
         for _ in 0..3 {
-            relays.push(RelayProc::spawn(ctx, &names, &[]).await?);
+            relays.push(RelayProc::spawn(ctx, &section, &[]).await?);
         }
-        let sink = SinkCounter::start(ctx, &names.sink).await?;
+        let counter = sink.counter().await?;
         let mut blobs = Vec::new();
         for (i, t) in [TENANT_A, TENANT_B].iter().enumerate() {
             let mine = n_blobs / 2 + if i == 0 { n_blobs % 2 } else { 0 };
@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>> {
         let t0 = Instant::now();
         let refs: Vec<&RelayProc> = relays.iter().collect();
         ctx.notify(&refs, &blobs).await?;
-        let t1 = sink.wait_for(want, Duration::from_secs(600)).await?;
+        let t1 = counter.wait_for(want, Duration::from_secs(600)).await?;
         let (a, b) = (sim.token_requests(TENANT_A), sim.token_requests(TENANT_B));
         println!(
             "   {} blobs, {want} records relayed in {:.1} s by 3 processes; content GETs {}; token requests: tenant A {a}, tenant B {b} (token lifetime 1 h)",
@@ -38,7 +38,8 @@ pub async fn run(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>> {
             (t1 - t0).as_secs_f64(),
             sim.content_gets()
         );
-        sink.stop().await;
+        drop(counter);
+        sink.close().await;
         for r in relays {
             r.stop().await;
         }
@@ -54,7 +55,7 @@ pub async fn run(ctx: &Ctx, n_blobs: usize) -> anyhow::Result<Vec<Row>> {
         ))])
     }
     .await;
-    ctx.cleanup(&names).await;
+    section.cleanup().await;
     sim.stop().await;
     result
 }

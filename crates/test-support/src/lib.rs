@@ -6,9 +6,10 @@
 //! - [`env`]: the relay's environment (`O365_*`) for a test relay, the one place that knows it;
 //! - [`sim`]: a simulator with the test app registration;
 //! - [`cert`]: a fresh client certificate written to disk;
-//! - [`sink`]: a queue bound `#` to the relay's exchange, read back as deliveries or messages;
+//! - [`sink`]: a queue bound `#` to the relay's exchange, read back as deliveries or messages,
+//!   or counted;
 //! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
-//! - [`process`]: the `o365-relay` binary as a child process (readiness, SIGTERM, SIGKILL, logs);
+//! - [`process`]: the relay as a child process (readiness, SIGTERM, SIGKILL, logs);
 //! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis.
 //!
 //! It does not depend on `o365-relay` (the relay's `demo` feature may depend on it): what only
@@ -32,4 +33,4 @@ pub use process::{RelayCommand, RelayProcess};
 pub use proxy::Proxy;
 pub use services::*;
 pub use sim::SimBuilder;
-pub use sink::{header, Received, Sink, SinkMessage, SinkQueue};
+pub use sink::{header, Counter, Received, Sink, SinkMessage, SinkQueue};

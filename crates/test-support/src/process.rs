@@ -1,6 +1,7 @@
-//! The `o365-relay` binary as a child process, with exactly the environment a test gives it.
-//! The binary's path comes from the test (`env!("CARGO_BIN_EXE_o365-relay")`), which only the
-//! relay's own test targets know.
+//! The relay as a child process, with exactly the environment a test gives it. The binary's
+//! path comes from the caller: `env!("CARGO_BIN_EXE_o365-relay")`, which only the relay's own
+//! test targets know, or another binary that runs the relay (the benchmark re-executes itself
+//! as `o365-bench serve-relay`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ pub struct RelayCommand {
     bin: PathBuf,
     args: Vec<String>,
     vars: Vec<(String, String)>,
+    stdin_pipe: bool,
 }
 
 impl RelayCommand {
@@ -22,7 +24,16 @@ impl RelayCommand {
             bin: bin.as_ref().to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
             vars: Vec::new(),
+            stdin_pipe: false,
         }
+    }
+
+    /// Gives the child a pipe as its standard input, held open by the [`RelayProcess`]
+    /// (instead of `/dev/null`). A child that stops when its input closes, as `o365-bench
+    /// serve-relay` does, then never outlives the process that started it, however that ends.
+    pub fn stdin_pipe(mut self) -> RelayCommand {
+        self.stdin_pipe = true;
+        self
     }
 
     /// Adds these variables (a [`crate::RelayEnv`]'s, or any pairs).
@@ -56,7 +67,11 @@ impl RelayCommand {
         cmd.args(&self.args)
             .env_clear()
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null());
+            .stdin(if self.stdin_pipe {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
         cmd
     }
 
@@ -67,16 +82,16 @@ impl RelayCommand {
 
     /// Starts it, its standard output and error both written to `log`.
     pub fn spawn(&self, log: impl AsRef<Path>) -> RelayProcess {
+        self.try_spawn(log).expect("the relay process starts")
+    }
+
+    /// [`RelayCommand::spawn`], or why the log could not be created or the binary not run.
+    pub fn try_spawn(&self, log: impl AsRef<Path>) -> std::io::Result<RelayProcess> {
         let log = log.as_ref().to_path_buf();
-        let out = File::create(&log).expect("create the relay's log file");
-        let err = out.try_clone().expect("share the relay's log file");
-        let child = self
-            .command()
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("o365-relay starts");
-        RelayProcess { child, log }
+        let out = File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = self.command().stdout(out).stderr(err).spawn()?;
+        Ok(RelayProcess { child, log })
     }
 }
 
@@ -130,24 +145,43 @@ impl RelayProcess {
     /// Waits until `{admin_url}/readyz` answers 200; panics, naming the log, when it does not
     /// within `wait` or the process exits first.
     pub async fn wait_ready(&mut self, admin_url: &str, wait: Duration) {
+        if let Err(e) = self.try_wait_ready(admin_url, wait).await {
+            panic!("{e}; log {}", self.log.display());
+        }
+    }
+
+    /// Waits until `{admin_url}/readyz` answers 200; `Err` saying why when the process exits
+    /// first or `wait` passes (it is left running then).
+    pub async fn try_wait_ready(&mut self, admin_url: &str, wait: Duration) -> Result<(), String> {
         let deadline = Instant::now() + wait;
         loop {
             if readyz(admin_url).await {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the relay exited ({status}) before it was ready; log {}",
-                    self.log.display()
-                );
+                return Err(format!("the relay exited ({status}) before it was ready"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "relay not ready within {wait:?}; log {}",
-                self.log.display()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("relay not ready within {wait:?}"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops it as Kubernetes stops a pod: SIGTERM, then SIGKILL when it has not exited within
+    /// `grace`. Its exit status when it exited by itself; `None` when it was killed.
+    pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return Some(s);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.wait_exit(grace).await;
+        if status.is_none() {
+            self.sigkill();
+        }
+        status
     }
 
     /// Everything it printed so far.
@@ -191,5 +225,69 @@ pub async fn wait_ready(admin_url: &str, wait: Duration) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shell that waits for a line on its standard input, then exits 0.
+    fn reader() -> RelayCommand {
+        RelayCommand::new("/bin/sh", &["-c", "read line; exit 0"]).inherit("PATH")
+    }
+
+    fn log(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("test-support-{name}-{}.log", crate::unique()))
+    }
+
+    #[tokio::test]
+    async fn a_piped_stdin_keeps_another_binary_running_until_it_is_closed() {
+        let path = log("stdin");
+        let mut p = reader()
+            .stdin_pipe()
+            .try_spawn(&path)
+            .expect("/bin/sh runs");
+        assert_eq!(p.wait_exit(Duration::from_millis(300)).await, None);
+        drop(p.child.stdin.take());
+        let status = p.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn without_a_pipe_stdin_is_closed_from_the_start() {
+        let path = log("null");
+        let mut p = reader().try_spawn(&path).expect("/bin/sh runs");
+        let status = p.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_missing_binary_is_an_error_not_a_panic() {
+        let path = log("missing");
+        let r = RelayCommand::new("/nonexistent/o365-relay", &["serve"]).try_spawn(&path);
+        assert!(r.is_err());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn stop_kills_what_ignores_sigterm() {
+        let path = log("stop");
+        let cmd = |script: &str| RelayCommand::new("/bin/sh", &["-c", script]).inherit("PATH");
+        let mut polite = cmd("trap 'exit 3' TERM; while :; do sleep 0.05; done")
+            .try_spawn(&path)
+            .expect("/bin/sh runs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = polite.stop(Duration::from_secs(10)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+        let mut stubborn = cmd("trap '' TERM; while :; do sleep 0.05; done")
+            .try_spawn(&path)
+            .expect("/bin/sh runs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stubborn.stop(Duration::from_millis(300)).await, None);
+        assert!(stubborn.child.try_wait().is_ok_and(|s| s.is_some()));
+        let _ = std::fs::remove_file(path);
     }
 }

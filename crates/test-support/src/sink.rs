@@ -1,6 +1,7 @@
 //! What downstream consumers see: a queue bound `#` to the relay's topic exchange (every
-//! record), read back as raw deliveries, as decoded [`SinkMessage`]s, or counted in the
-//! background by message id.
+//! record), read back as raw deliveries, as decoded [`SinkMessage`]s, counted in the
+//! background by message id ([`Tally`]) or only counted ([`Counter`], cheap enough for a
+//! benchmark's measurements).
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -10,8 +11,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How the sink's queue is declared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +158,20 @@ impl Sink {
         Ok(Tally { received, task })
     }
 
+    /// Counts every record in the background, from now until the returned handle is dropped:
+    /// one atomic add per delivery, no decoding.
+    pub async fn counter(&self) -> Result<Counter, lapin::Error> {
+        let mut consumer = self.consume().await?;
+        let count = Arc::new(AtomicU64::new(0));
+        let c = count.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(_)) = consumer.next().await {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Counter { count, task })
+    }
+
     /// Closes the channel and the connection (a temporary queue goes with them).
     pub async fn close(self) {
         let _ = self.channel.close(200, "bye".into()).await;
@@ -179,6 +195,48 @@ pub struct Tally {
 }
 
 impl Drop for Tally {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The background count of a [`Sink`] ([`Sink::counter`]); stops counting when dropped.
+pub struct Counter {
+    count: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Counter {
+    /// Deliveries counted since the start or the last [`Counter::reset`].
+    pub fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Counts from zero again.
+    pub fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// Waits until `want` deliveries were counted, looking every 2 ms (a benchmark times it);
+    /// when they were, or `Err` saying how many arrived when `timeout` passed first.
+    pub async fn wait_for(&self, want: u64, timeout: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.get() >= want {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "only {} of {want} messages arrived within {timeout:?}",
+                    self.get()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Drop for Counter {
     fn drop(&mut self) {
         self.task.abort();
     }

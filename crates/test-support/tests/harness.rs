@@ -114,6 +114,53 @@ async fn a_sink_reads_back_what_is_published_to_its_exchange() {
 }
 
 #[tokio::test]
+async fn a_counter_counts_what_reaches_the_sink_and_starts_again_on_reset() {
+    let names = Names::new("ts");
+    let mut guard = ResourceGuard::for_relay(&names, Vec::<String>::new());
+    let sink = Sink::bind(AMQP, &names.exchange, &names.sink, SinkQueue::Durable)
+        .await
+        .expect("RabbitMQ is running");
+    let counter = sink.counter().await.expect("consume the sink");
+    let publish = |n: usize| {
+        let ch = sink.channel().clone();
+        let exchange = names.exchange.clone();
+        async move {
+            for i in 0..n {
+                ch.basic_publish(
+                    exchange.as_str().into(),
+                    "Audit.General.x".into(),
+                    BasicPublishOptions::default(),
+                    format!(r#"{{"Id":"{i}"}}"#).as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+            }
+        }
+    };
+    publish(3).await;
+    counter
+        .wait_for(3, Duration::from_secs(10))
+        .await
+        .expect("three arrive");
+    assert!(counter
+        .wait_for(4, Duration::from_millis(300))
+        .await
+        .is_err());
+    counter.reset();
+    assert_eq!(counter.get(), 0);
+    publish(2).await;
+    counter
+        .wait_for(2, Duration::from_secs(10))
+        .await
+        .expect("two more arrive");
+    assert_eq!(counter.get(), 2);
+    drop(counter);
+    sink.close().await;
+    guard.release().await;
+}
+
+#[tokio::test]
 async fn a_cut_proxy_drops_its_connections_until_restored() {
     let proxy = Proxy::start(REDIS_ADDR).await;
     let url = redis_url(&proxy.addr());

@@ -68,16 +68,23 @@ impl Parts {
         let settings = Arc::new(settings);
         let http = http_client(&settings)?;
         let store = Arc::new(
-            Store::new(settings.redis_url.expose(), &settings.redis_prefix)
-                .context("O365_REDIS_URL")?,
+            Store::with_ca(
+                settings.redis_url.expose(),
+                &settings.redis_prefix,
+                settings.redis_ca.as_ref(),
+            )
+            .context("O365_REDIS_URL")?,
         );
         let metrics = Arc::new(Metrics::new());
         let names = Names::new(&settings.amqp_work_queue);
-        let broker = Arc::new(Broker::new(
-            &settings.amqp_url,
-            names.topology(&settings.amqp_exchange, settings.amqp_queue_type),
-            metrics.amqp_connections.clone(),
-        ));
+        let broker = Arc::new(
+            Broker::new(
+                &settings.amqp_url,
+                names.topology(&settings.amqp_exchange, settings.amqp_queue_type),
+                metrics.amqp_connections.clone(),
+            )
+            .with_tls(settings.amqp_ca.as_ref(), settings.amqp_client.as_ref()),
+        );
         let rules = ContentRules::new(
             &settings.manage_url,
             &settings.client_id,

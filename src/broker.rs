@@ -29,10 +29,12 @@
 //! therefore capped ([`MAX_HEADER_VALUE`], with [`TRUNCATION_MARKER`]), and AMQP short strings
 //! (message ids, names) are never built from unchecked data ([`short_string`]).
 
+use crate::config::{ClientIdentity, PemFile};
 use crate::secret::Secret;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
@@ -84,6 +86,29 @@ pub struct Topology {
     pub queues: Vec<QueueSpec>,
 }
 
+/// The files of an amqps:// connection, read at start by the configuration.
+#[derive(Clone, Debug)]
+struct TlsFiles {
+    ca: Option<PemFile>,
+    client: Option<ClientIdentity>,
+}
+
+impl TlsFiles {
+    /// lapin's (rustls) configuration: extra trusted roots and a PEM identity.
+    fn lapin_config(&self) -> OwnedTLSConfig {
+        OwnedTLSConfig {
+            identity: self.client.as_ref().map(|c| OwnedIdentity::PKCS8 {
+                pem: c.cert.pem.clone(),
+                key: c.key_pem.expose().clone(),
+            }),
+            cert_chain: self
+                .ca
+                .as_ref()
+                .map(|ca| String::from_utf8_lossy(&ca.pem).into_owned()),
+        }
+    }
+}
+
 struct Live {
     generation: u64,
     connection: Arc<Connection>,
@@ -91,6 +116,8 @@ struct Live {
 
 pub struct Broker {
     url: Secret<String>,
+    /// With amqps://: the private CA and client certificate, if any ([`Broker::with_tls`]).
+    tls: Option<TlsFiles>,
     topology: Topology,
     live: tokio::sync::Mutex<Option<Live>>,
     generation: AtomicU64,
@@ -124,6 +151,7 @@ impl Broker {
         }
         Broker {
             url: Secret::new(url),
+            tls: None,
             topology,
             live: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -133,6 +161,35 @@ impl Broker {
             connections_opened,
             publisher: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// With amqps://, trusts `ca` (`O365_AMQP_CA_PATH`) in addition to the system's CA store
+    /// and presents `client` (`O365_AMQP_CLIENT_CERT_PATH` / `O365_AMQP_CLIENT_KEY_PATH`) when
+    /// the broker asks for a certificate. The broker's certificate is always verified.
+    /// docs/OPERATIONS.md, "Managed Redis and RabbitMQ (TLS)".
+    pub fn with_tls(mut self, ca: Option<&PemFile>, client: Option<&ClientIdentity>) -> Broker {
+        if self.url.expose().starts_with("amqps://") {
+            self.tls = Some(TlsFiles {
+                ca: ca.cloned(),
+                client: client.cloned(),
+            });
+        }
+        self
+    }
+
+    /// `None` for plain AMQP; with amqps://, what the broker's certificate is checked against
+    /// and the client certificate presented (`CA /path`, `system CA store`, `client certificate
+    /// /path`), for `o365-relay check`.
+    pub fn tls(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        let mut parts = vec![match &tls.ca {
+            Some(ca) => format!("CA {} and the system CA store", ca.path.display()),
+            None => "system CA store".to_string(),
+        }];
+        if let Some(c) = &tls.client {
+            parts.push(format!("client certificate {}", c.cert.path.display()));
+        }
+        Some(parts.join(", "))
     }
 
     pub fn topology(&self) -> &Topology {
@@ -451,17 +508,40 @@ impl Ledger {
 impl Broker {
     /// Opens a new connection (bounded in time), not shared with anything else.
     pub async fn connect(&self) -> Result<Connection, BrokerError> {
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| self.failed(BrokerError::Unavailable(e.to_string())))?;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(TlsFiles::lapin_config)
+            .unwrap_or_default();
         match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect(self.url.expose(), ConnectionProperties::default()),
+            Connection::connect_with_config(
+                self.url.expose(),
+                ConnectionProperties::default(),
+                tls,
+                runtime,
+            ),
         )
         .await
         {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(self.failed(BrokerError::Unavailable(e.to_string()))),
+            Ok(Err(e)) => Err(self.failed(self.connect_error(e.to_string()))),
             Err(_) => Err(self.failed(BrokerError::Unavailable(
                 "connection attempt timed out".into(),
             ))),
+        }
+    }
+
+    /// A connection failure as an operator reads it: a failed TLS handshake names the variables
+    /// to look at.
+    fn connect_error(&self, e: String) -> BrokerError {
+        match self.tls() {
+            Some(trust) if crate::store::is_tls_failure(&e) => BrokerError::Unavailable(format!(
+                "TLS handshake with RabbitMQ failed: {e} (verified against: {trust}; check O365_AMQP_CA_PATH, O365_AMQP_CLIENT_CERT_PATH / O365_AMQP_CLIENT_KEY_PATH, and that the host name in O365_AMQP_URL is one the certificate names)"
+            )),
+            _ => BrokerError::Unavailable(e),
         }
     }
 

@@ -28,6 +28,15 @@ pub async fn run() -> Outcome {
             return Err(Failure::Reported);
         }
     };
+    // With TLS, what the certificate is checked against (never a password or a key).
+    let redis = match parts.store.tls() {
+        Some(trust) => format!("{redis}, TLS, {trust}"),
+        None => redis,
+    };
+    let amqp = match parts.broker.tls() {
+        Some(trust) => format!("{amqp}, TLS, {trust}"),
+        None => amqp,
+    };
     let mut ok = true;
     match parts.store.ping().await {
         Ok(()) => println!("ok      redis ({redis})"),

@@ -1,6 +1,7 @@
 //! RabbitMQ: the connection, the topic exchange records go to, and the work queue.
 
 use super::parse::Parser;
+use super::tls::{self, ClientIdentity, PemFile};
 use crate::secret::Secret;
 use serde::Deserialize;
 
@@ -10,6 +11,9 @@ struct Raw {
     amqp_exchange: Option<String>,
     amqp_work_queue: Option<String>,
     amqp_queue_type: Option<String>,
+    amqp_ca_path: Option<String>,
+    amqp_client_cert_path: Option<String>,
+    amqp_client_key_path: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +36,12 @@ pub(super) struct Amqp {
     pub exchange: String,
     pub work_queue: String,
     pub queue_type: QueueType,
+    /// The private CA that signs the broker's certificate (`O365_AMQP_CA_PATH`, amqps://
+    /// only), trusted in addition to the system's CA store.
+    pub ca: Option<PemFile>,
+    /// The client certificate presented to the broker (`O365_AMQP_CLIENT_CERT_PATH` and
+    /// `O365_AMQP_CLIENT_KEY_PATH`, amqps:// only).
+    pub client: Option<ClientIdentity>,
 }
 
 pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Amqp {
@@ -43,6 +53,25 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Amqp {
     );
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         p.fail("AMQP_URL", "must start with amqp:// or amqps://");
+    }
+    let is_tls = url.starts_with("amqps://");
+    let ca = tls::ca_file(p, "AMQP_CA_PATH", raw.amqp_ca_path);
+    if ca.is_some() && !is_tls {
+        p.fail(
+            "AMQP_CA_PATH",
+            "is set but O365_AMQP_URL is not amqps:// (the CA is only used with TLS)",
+        );
+    }
+    let client = tls::client_identity(
+        p,
+        ("AMQP_CLIENT_CERT_PATH", raw.amqp_client_cert_path),
+        ("AMQP_CLIENT_KEY_PATH", raw.amqp_client_key_path),
+    );
+    if client.is_some() && !is_tls {
+        p.fail(
+            "AMQP_CLIENT_CERT_PATH",
+            "is set but O365_AMQP_URL is not amqps:// (a client certificate needs TLS)",
+        );
     }
     let exchange = name(p, "AMQP_EXCHANGE", raw.amqp_exchange, "o365.audit");
     let work_queue = name(p, "AMQP_WORK_QUEUE", raw.amqp_work_queue, "o365.content");
@@ -60,6 +89,8 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Amqp {
         exchange,
         work_queue,
         queue_type,
+        ca,
+        client,
     }
 }
 

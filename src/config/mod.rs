@@ -14,11 +14,13 @@ mod process;
 mod redis;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use amqp::QueueType;
 pub use base_url::BaseUrl;
 pub use microsoft::Credential;
 pub use process::LogFormat;
+pub use tls::{ClientIdentity, PemFile};
 
 use crate::domain::{ContentType, TenantId};
 use crate::secret::Secret;
@@ -48,7 +50,14 @@ pub struct Settings {
     pub admin_listen: String,
     pub redis_url: Secret<String>,
     pub redis_prefix: String,
+    /// `O365_REDIS_CA_PATH`: the private CA for rediss:// (else the system's CA store).
+    pub redis_ca: Option<PemFile>,
     pub amqp_url: Secret<String>,
+    /// `O365_AMQP_CA_PATH`: a private CA for amqps://, trusted with the system's CA store.
+    pub amqp_ca: Option<PemFile>,
+    /// `O365_AMQP_CLIENT_CERT_PATH` and `O365_AMQP_CLIENT_KEY_PATH`: the client certificate
+    /// presented to RabbitMQ over amqps://.
+    pub amqp_client: Option<ClientIdentity>,
     pub amqp_exchange: String,
     pub amqp_work_queue: String,
     pub amqp_queue_type: QueueType,
@@ -154,7 +163,10 @@ impl Settings {
             admin_listen: http.admin_listen,
             redis_url: redis.url,
             redis_prefix: redis.prefix,
+            redis_ca: redis.ca,
             amqp_url: amqp.url,
+            amqp_ca: amqp.ca,
+            amqp_client: amqp.client,
             amqp_exchange: amqp.exchange,
             amqp_work_queue: amqp.work_queue,
             amqp_queue_type: amqp.queue_type,

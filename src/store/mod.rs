@@ -29,6 +29,7 @@ pub mod tokens;
 
 pub use leases::Lease;
 
+use crate::config::PemFile;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +46,15 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Whether a connection error is the TLS layer refusing (an unknown issuer, a name mismatch, a
+/// handshake alert) rather than the network.
+pub(crate) fn is_tls_failure(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "alert", "ssl"]
+        .iter()
+        .any(|w| e.contains(w))
+}
+
 /// Bound on marker writes kept in memory during a Redis outage (about 100 bytes each).
 const MAX_DEFERRED: usize = 500_000;
 
@@ -54,6 +64,8 @@ const RELEASE: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return re
 pub struct Store {
     prefix: String,
     client: redis::Client,
+    /// With rediss://, which CA the server's certificate is checked against (for messages).
+    tls: Option<String>,
     conn: Mutex<Option<ConnectionManager>>,
     connecting: tokio::sync::Mutex<()>,
     down: AtomicBool,
@@ -74,11 +86,40 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     pub fn new(url: &str, prefix: &str) -> StoreResult<Store> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad URL: {e}")))?;
+        Store::with_ca(url, prefix, None)
+    }
+
+    /// With a rediss:// URL, the server's certificate is verified against `ca` (the private CA
+    /// of `O365_REDIS_CA_PATH`), else against the system's CA store; verification is never off
+    /// (the configuration refuses redis-rs's `#insecure`). docs/OPERATIONS.md, "Managed Redis
+    /// and RabbitMQ (TLS)".
+    pub fn with_ca(url: &str, prefix: &str, ca: Option<&PemFile>) -> StoreResult<Store> {
+        let is_tls = url.starts_with("rediss://");
+        let client = match ca {
+            Some(ca) if is_tls => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.pem.clone()),
+                },
+            )
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "the CA in O365_REDIS_CA_PATH ({}) is unusable: {e}",
+                    ca.path.display()
+                ))
+            })?,
+            _ => redis::Client::open(url)
+                .map_err(|e| StoreError::Unavailable(format!("bad URL: {e}")))?,
+        };
+        let tls = is_tls.then(|| match ca {
+            Some(ca) => format!("CA {}", ca.path.display()),
+            None => "system CA store".to_string(),
+        });
         Ok(Store {
             prefix: prefix.to_string(),
             client,
+            tls,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             down: AtomicBool::new(false),
@@ -89,6 +130,23 @@ impl Store {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// `None` for plain Redis; with rediss://, what the certificate is checked against
+    /// (`CA /path` or `system CA store`), for `o365-relay check`.
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    /// A connection failure as an operator reads it: a failed TLS handshake names the variables
+    /// to look at instead of passing on rustls' words alone.
+    fn connect_error(&self, e: String) -> StoreError {
+        match &self.tls {
+            Some(trust) if is_tls_failure(&e) => StoreError::Unavailable(format!(
+                "TLS handshake with Redis failed: {e} (verified against: {trust}; check O365_REDIS_CA_PATH, and that the host name in O365_REDIS_URL is one the certificate names)"
+            )),
+            _ => StoreError::Unavailable(e),
+        }
     }
 
     /// A multiplexed connection; (re)connects lazily, at most once a second while Redis is down,
@@ -127,8 +185,29 @@ impl Store {
                 *self.conn.lock().expect("poisoned") = Some(c.clone());
                 Ok(c)
             }
-            Ok(Err(e)) => Err(self.observe_err(StoreError::Unavailable(e.to_string()))),
-            Err(_) => Err(self.observe_err(StoreError::Unavailable("connect timed out".into()))),
+            Ok(Err(e)) => Err(self.observe_err(self.connect_error(e.to_string()))),
+            Err(_) => {
+                let e = self.why_tls_connect_fails().await;
+                Err(self.observe_err(e))
+            }
+        }
+    }
+
+    /// The connection manager keeps retrying a refused TLS handshake until the timeout, which
+    /// hides the reason: with rediss://, one plain attempt tells it.
+    async fn why_tls_connect_fails(&self) -> StoreError {
+        let timed_out = StoreError::Unavailable("connect timed out".into());
+        if self.tls.is_none() {
+            return timed_out;
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Err(e)) => self.connect_error(e.to_string()),
+            _ => timed_out,
         }
     }
 

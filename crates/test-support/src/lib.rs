@@ -5,7 +5,7 @@
 //! - [`names`]: a Redis prefix, exchange, work queue and sink queue unique to one test;
 //! - [`env`]: the relay's environment (`O365_*`) for a test relay, the one place that knows it;
 //! - [`sim`]: a simulator with the test app registration;
-//! - [`cert`]: a fresh client certificate written to disk;
+//! - [`cert`]: a fresh client certificate written to disk, and a private PKI for TLS tests;
 //! - [`sink`]: a queue bound `#` to the relay's exchange, read back as deliveries or messages,
 //!   or counted;
 //! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
@@ -25,7 +25,7 @@ pub mod services;
 pub mod sim;
 pub mod sink;
 
-pub use cert::write_cert;
+pub use cert::{write_cert, Pki};
 pub use env::RelayEnv;
 pub use guard::ResourceGuard;
 pub use names::{unique, Names};

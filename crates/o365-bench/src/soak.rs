@@ -113,6 +113,7 @@ struct Outcome {
     sent: usize,
     lost: usize,
     unexpected: usize,
+    crashes: u32,
 }
 
 async fn soak(args: SoakArgs) -> anyhow::Result<Outcome> {
@@ -185,6 +186,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<Outcome> {
             env,
             slots: Vec::new(),
             procs: Vec::new(),
+            crashes: 0,
             start: Instant::now(),
         };
         for i in 0..args.replicas {
@@ -283,6 +285,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<Outcome> {
             faults,
             procs: &fleet.procs,
             stopped,
+            crashes: fleet.crashes,
             tokens: TENANTS
                 .iter()
                 .map(|t| TenantCalls {
@@ -302,13 +305,14 @@ async fn soak(args: SoakArgs) -> anyhow::Result<Outcome> {
             sent: report.sent,
             lost: report.sent - report.received,
             unexpected,
+            crashes: fleet.crashes,
         })
     }
     .await;
     sim.stop().await;
     guard.release().await;
     match &result {
-        Ok(o) if o.lost == 0 && o.unexpected == 0 && !args.keep_logs => {
+        Ok(o) if o.lost == 0 && o.unexpected == 0 && o.crashes == 0 && !args.keep_logs => {
             let _ = std::fs::remove_dir_all(&dir);
         }
         _ => eprintln!("relay logs kept in {}", dir.display()),
@@ -438,6 +442,8 @@ struct Fleet {
     env: RelayEnv,
     slots: Vec<Slot>,
     procs: Vec<ProcStat>,
+    /// Processes that exited by themselves.
+    crashes: u32,
     /// The start of publishing.
     start: Instant,
 }
@@ -519,9 +525,27 @@ impl Fleet {
             .collect()
     }
 
-    /// RSS of every live process; the one at readiness and after a minute once.
+    /// RSS of every live process; the one at readiness and after a minute once. A process that
+    /// exited by itself (a crash: a finding) is reported and started again, as Kubernetes would.
     async fn sample(&mut self) {
         for i in 0..self.slots.len() {
+            let exited = self.slots[i]
+                .current
+                .as_mut()
+                .and_then(|p| p.child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let now = self.start.elapsed();
+                let stat = &mut self.procs[self.slots[i].stat];
+                stat.ended = Some((now, "EXITED BY ITSELF"));
+                println!(
+                    "[{}] replica {i} (pid {}) EXITED BY ITSELF ({status}); starting it again",
+                    clock(now),
+                    stat.pid
+                );
+                self.slots[i].current = None;
+                self.crashes += 1;
+                self.spawn(i);
+            }
             let url = self.slots[i].admin_url();
             let stat = &mut self.procs[self.slots[i].stat];
             if stat.ended.is_some() {
@@ -1152,6 +1176,7 @@ struct Report<'a> {
     faults: Vec<FaultRecord>,
     procs: &'a [ProcStat],
     stopped: (usize, usize),
+    crashes: u32,
     tokens: Vec<TenantCalls>,
     content_gets: u64,
     list_calls: u64,
@@ -1220,6 +1245,10 @@ impl Report<'_> {
             (
                 "replicas exiting 0 on SIGTERM at the end",
                 format!("{} of {}", self.stopped.0, self.stopped.1),
+            ),
+            (
+                "replicas that exited by themselves",
+                self.crashes.to_string(),
             ),
             ("sink reconnects", self.sink_reconnects.to_string()),
         ];

@@ -29,6 +29,7 @@ mod procfs;
 mod reconcile;
 mod report;
 mod serve;
+mod soak;
 mod tokens;
 
 use anyhow::bail;
@@ -80,6 +81,9 @@ enum Cmd {
     /// environment); also stops when stdin closes, so it never outlives the benchmark.
     #[command(hide = true)]
     ServeRelay,
+    /// Three relay processes for N minutes under faults (RELIABILITY.md, "Soak: three
+    /// replicas"); fails when a record was lost.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,8 +92,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Some(Cmd::ServeRelay) = args.command {
-        return rt.block_on(serve::serve_relay());
+    match &args.command {
+        Some(Cmd::ServeRelay) => return rt.block_on(serve::serve_relay()),
+        Some(Cmd::Soak(soak)) => return rt.block_on(soak::run(soak.clone())),
+        None => {}
     }
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,9 +7,14 @@
 #
 # The runtime stage runs as UID/GID 10001, writes nothing to its filesystem (works with a
 # read-only root filesystem) and listens on 8080 (public) and 9090 (admin).
+#
+# The base images are build arguments whose defaults are the public images; CI, which reaches
+# no registry, builds its own from Debian's packages and passes them (.ci/image-check).
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 ############################ builder ############################
-FROM rust:1-bookworm AS builder
+FROM ${RUST_IMAGE} AS builder
 
 WORKDIR /build
 
@@ -41,7 +46,9 @@ RUN set -eux; \
 
 # 2. The real sources. Touch them so they are newer than the stub build's artefacts whatever
 #    mtimes COPY gives them, and drop the crates' own fingerprints: cargo must rebuild the
-#    crates (not the dependencies).
+#    crates (not the dependencies). The release profile keeps line tables (Cargo.toml); the
+#    image drops them (strip --strip-debug: the binaries shrink to a quarter). A panic still
+#    names its file and line (compiled in), a backtrace its functions (symbols are kept).
 COPY src ./src
 COPY crates ./crates
 RUN set -eux; \
@@ -52,10 +59,11 @@ RUN set -eux; \
     cargo build --release --locked -p o365-relay --no-default-features --bin o365-relay; \
     cargo build --release --locked -p o365-sim --bin o365-sim; \
     install -D -m 0755 target/release/o365-relay /out/o365-relay; \
-    install -D -m 0755 target/release/o365-sim /out/o365-sim
+    install -D -m 0755 target/release/o365-sim /out/o365-sim; \
+    strip --strip-debug /out/o365-relay /out/o365-sim
 
 ############################ runtime ############################
-FROM debian:bookworm-slim AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 
 # Versions are deliberately not pinned (hadolint DL3008): Debian's security archive replaces
 # libssl3 and ca-certificates in place, so a pinned version stops building after the next

@@ -78,7 +78,12 @@ async fn main() -> anyhow::Result<()> {
         "control API: POST {0}/sim/publish, POST {0}/sim/publish-body, POST {0}/sim/faults, POST {0}/sim/push-fault, POST|DELETE {0}/sim/fault-for, POST {0}/sim/expire, GET {0}/sim/stats",
         sim.url()
     );
-    tokio::signal::ctrl_c().await?;
+    // SIGTERM too: in a container the simulator is PID 1, and `docker stop` sends SIGTERM.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     sim.stop().await;
     Ok(())
 }

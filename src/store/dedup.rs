@@ -333,6 +333,13 @@ mod tests {
         TenantId::parse("0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").expect("valid tenant id")
     }
 
+    /// `owner` claims record `id` for `ttl`, as another replica would.
+    async fn claimed_elsewhere(store: &Store, id: &str, owner: &str, ttl: Duration) {
+        let dedup = store.dedup();
+        let keys = vec![dedup.record_key(&tenant(), id)];
+        dedup.claim(&keys, owner, ttl).await.expect("claimed");
+    }
+
     fn policy(owner: &str) -> ClaimPolicy<'_> {
         ClaimPolicy {
             owner,
@@ -504,12 +511,7 @@ mod tests {
     #[tokio::test]
     async fn records_claimed_by_a_live_owner_for_too_long_fail_the_batch_as_busy() {
         let store = store();
-        let dedup = store.dedup();
-        let keys = vec![dedup.record_key(&tenant(), "r1")];
-        dedup
-            .claim(&keys, "other", Duration::from_secs(20))
-            .await
-            .expect("claimed");
+        claimed_elsewhere(&store, "r1", "other", Duration::from_secs(20)).await;
         let sink = Sink::default();
         let impatient = ClaimPolicy {
             give_up_after: Duration::from_millis(300),
@@ -524,12 +526,7 @@ mod tests {
     #[tokio::test]
     async fn the_claim_of_an_owner_that_died_lapses_and_is_taken_over() {
         let store = store();
-        let dedup = store.dedup();
-        let keys = vec![dedup.record_key(&tenant(), "r1")];
-        dedup
-            .claim(&keys, "dead", Duration::from_millis(200))
-            .await
-            .expect("claimed");
+        claimed_elsewhere(&store, "r1", "dead", Duration::from_millis(200)).await;
         let sink = Sink::default();
         let got = publish_once(&store, &["r1"], policy("b"), &sink).await;
         assert_eq!(

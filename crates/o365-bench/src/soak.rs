@@ -1155,13 +1155,7 @@ async fn consume(queue: &str, counts: &Counts) -> Result<(), lapin::Error> {
         .await?;
     while let Some(d) = consumer.next().await {
         let d = d?;
-        let id = d
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default();
-        counts.record(id);
+        counts.record(sink::message_id(&d));
         d.acker.ack(BasicAckOptions::default()).await?;
     }
     Ok(())

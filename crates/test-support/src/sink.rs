@@ -144,12 +144,7 @@ impl Sink {
         let r = received.clone();
         let task = tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
-                let id = d
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default();
+                let id = message_id(&d);
                 let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
                 r.total += 1;
                 *r.per_id.entry(id).or_insert(0) += 1;
@@ -279,6 +274,15 @@ impl From<&Delivery> for SinkMessage {
             body: d.data.clone(),
         }
     }
+}
+
+/// A delivery's `message_id` (the record's `Id`), empty when it has none.
+pub fn message_id(d: &Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default()
 }
 
 /// A header of a message as text (text and integer values; `None` for others or when absent).

@@ -15,7 +15,7 @@ use crate::onboarding::Onboarding;
 use crate::reconciler::Reconciler;
 use crate::sink::RecordSink;
 use crate::store::Store;
-use crate::subscriptions::{Keeper, Subscriptions};
+use crate::subscriptions::{Keeper, Subscriptions, WebhookTarget};
 use crate::supervise::Supervisor;
 use crate::tenants::Tenants;
 use crate::tokens::{EntraClient, TokenProvider};
@@ -119,7 +119,11 @@ impl Parts {
         ));
         let tenants = Arc::new(Tenants::new(store.clone(), settings.tenants.clone()));
         let subscriptions = Arc::new(Subscriptions::new(
-            settings.clone(),
+            WebhookTarget {
+                address: settings.webhook_address(),
+                auth_id: settings.webhook_auth_id.clone(),
+            },
+            settings.content_types.clone(),
             management.clone(),
             store.clone(),
             metrics.clone(),

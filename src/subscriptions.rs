@@ -5,10 +5,10 @@
 //! customer tenant"); the last attempt per tenant and content type is kept in Redis so all
 //! replicas respect it together.
 
-use crate::config::Settings;
 use crate::domain::{ContentType, TenantId};
 use crate::management::{ApiError, ManagementClient, Subscription};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::store::{Lease, Store};
 use crate::tenants::Tenants;
 use serde::Serialize;
@@ -55,8 +55,18 @@ impl StartError {
     }
 }
 
+/// Our webhook as Microsoft should call it.
+pub struct WebhookTarget {
+    /// `{O365_PUBLIC_URL}/webhook`; `None` without a public URL (no subscription can start).
+    pub address: Option<String>,
+    /// `O365_WEBHOOK_AUTH_ID`, sent with every notification.
+    pub auth_id: Secret<String>,
+}
+
 pub struct Subscriptions {
-    settings: Arc<Settings>,
+    webhook: WebhookTarget,
+    /// `O365_CONTENT_TYPES`.
+    content_types: Vec<ContentType>,
     management: Arc<ManagementClient>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
@@ -64,13 +74,15 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     pub fn new(
-        settings: Arc<Settings>,
+        webhook: WebhookTarget,
+        content_types: Vec<ContentType>,
         management: Arc<ManagementClient>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Subscriptions {
-            settings,
+            webhook,
+            content_types,
             management,
             store,
             metrics,
@@ -86,8 +98,9 @@ impl Subscriptions {
         force: bool,
     ) -> Result<(), StartError> {
         let address = self
-            .settings
-            .webhook_address()
+            .webhook
+            .address
+            .clone()
             .ok_or(StartError::NoPublicUrl)?;
         let guards = self.store.start_guards();
         if force {
@@ -95,7 +108,7 @@ impl Subscriptions {
         } else if let Ok(false) = guards.try_take(tenant, ct, START_SPACING).await {
             return Err(StartError::TooSoon(tenant.clone(), ct));
         }
-        let auth_id = self.settings.webhook_auth_id.expose();
+        let auth_id = self.webhook.auth_id.expose();
         match self
             .management
             .start_subscription(tenant, ct, Some((&address, auth_id)))
@@ -135,7 +148,6 @@ impl Subscriptions {
     ) -> Vec<StartOutcome> {
         let mut out = Vec::new();
         for ct in self
-            .settings
             .content_types
             .iter()
             .copied()
@@ -187,9 +199,8 @@ impl Subscriptions {
     /// Which configured content types need a `/start`: missing, disabled, or with a webhook that
     /// is disabled, expired or points elsewhere.
     pub fn needing_start(&self, subs: &[Subscription]) -> Vec<(ContentType, &'static str)> {
-        let ours = self.settings.webhook_address();
-        self.settings
-            .content_types
+        let ours = self.webhook.address.as_deref();
+        self.content_types
             .iter()
             .filter_map(|ct| {
                 let s = subs
@@ -210,8 +221,7 @@ impl Subscriptions {
                             "webhook_disabled"
                         }
                         Some(w)
-                            if w.address.as_deref().map(|a| a.trim_end_matches('/'))
-                                != ours.as_deref() =>
+                            if w.address.as_deref().map(|a| a.trim_end_matches('/')) != ours =>
                         {
                             "webhook_elsewhere"
                         }

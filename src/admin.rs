@@ -15,7 +15,7 @@ use crate::secret::{constant_time_eq, Secret};
 use crate::store::{Store, StoreError};
 use crate::subscriptions::Subscriptions;
 use crate::supervise::Supervisor;
-use crate::tenants::{AddedBy, TenantError, Tenants};
+use crate::tenants::{TenantError, Tenants};
 use crate::work_queue::WorkQueue;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -70,6 +70,9 @@ pub enum AdminError {
     NotRegistered(TenantId),
     #[error("tenant {0} is configured in O365_TENANTS; remove it there")]
     Static(TenantId),
+    /// The request contradicts the tenant's state (e.g. approving a tenant that is not pending).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the tenant registry (Redis) is unavailable; retry later")]
     Store(#[source] StoreError),
     #[error("{}", management_message(.0))]
@@ -104,7 +107,7 @@ impl ResponseError for AdminError {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NotRegistered(_) => StatusCode::NOT_FOUND,
-            AdminError::Static(_) => StatusCode::CONFLICT,
+            AdminError::Static(_) | AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Management(e) => management_status(e),
         }
@@ -141,6 +144,7 @@ impl From<TenantError> for AdminError {
     fn from(e: TenantError) -> Self {
         match e {
             TenantError::Static(t) => AdminError::Static(t),
+            e @ TenantError::NotPending(..) => AdminError::Conflict(e.to_string()),
             TenantError::Store(e) => AdminError::Store(e),
         }
     }
@@ -269,14 +273,7 @@ async fn add_tenant(
     let tid = tenant_param(&path)?;
     let added = api
         .onboarding
-        .add(
-            &tid,
-            AddRequest {
-                added_by: AddedBy::Admin,
-                consented_by: None,
-                start_subscriptions: q.start.unwrap_or(true),
-            },
-        )
+        .add(&tid, AddRequest::by_admin(q.start.unwrap_or(true)))
         .await
         .map_err(|e| logged(e.into()))?;
     Ok(HttpResponse::Created().json(added))

@@ -10,7 +10,7 @@ use crate::config::BaseUrl;
 use crate::domain::{ContentType, TenantId};
 use crate::onboarding::{AddRequest, Onboarding};
 use crate::store::{Store, StoreError};
-use crate::tenants::{AddedBy, TenantError};
+use crate::tenants::{AddedBy, NewTenant, TenantError};
 use crate::tokens::{TokenError, TokenProvider};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
@@ -295,6 +295,7 @@ async fn callback(
                 added_by: AddedBy::Consent,
                 consented_by: upn.clone(),
                 start_subscriptions: true,
+                state: NewTenant::Healthy,
             },
         )
         .await

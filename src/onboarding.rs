@@ -5,7 +5,7 @@
 
 use crate::domain::{ContentType, TenantId};
 use crate::subscriptions::{StartOutcome, Subscriptions};
-use crate::tenants::{AddedBy, TenantError, TenantRecord, Tenants};
+use crate::tenants::{AddedBy, NewTenant, TenantError, TenantRecord, Tenants};
 use crate::tokens::TokenProvider;
 use serde::Serialize;
 use std::sync::Arc;
@@ -26,6 +26,20 @@ pub struct AddRequest {
     /// The admin who granted consent (from the token's `upn`), when known.
     pub consented_by: Option<String>,
     pub start_subscriptions: bool,
+    /// `Pending` registers the tenant awaiting approval: nothing is started or served.
+    pub state: NewTenant,
+}
+
+impl AddRequest {
+    /// An operator adds the tenant (admin API, CLI): served at once.
+    pub fn by_admin(start_subscriptions: bool) -> AddRequest {
+        AddRequest {
+            added_by: AddedBy::Admin,
+            consented_by: None,
+            start_subscriptions,
+            state: NewTenant::Healthy,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -77,9 +91,15 @@ impl Onboarding {
     pub async fn add(&self, tenant: &TenantId, request: AddRequest) -> Result<Added, TenantError> {
         let record = self
             .tenants
-            .add(tenant, request.added_by, request.consented_by)
+            .add(
+                tenant,
+                request.added_by,
+                request.consented_by,
+                request.state,
+            )
             .await?;
-        let subscriptions = if request.start_subscriptions && self.can_subscribe {
+        let serving = record.state.accepts_notifications();
+        let subscriptions = if request.start_subscriptions && serving && self.can_subscribe {
             self.subscriptions.start_all(tenant, None, false).await
         } else {
             Vec::new()
@@ -88,6 +108,23 @@ impl Onboarding {
             tenant: record,
             subscriptions,
         })
+    }
+
+    /// Approves a tenant pending approval and starts its subscriptions (when a webhook address
+    /// is configured). `None` when the tenant is not registered.
+    pub async fn approve(&self, tenant: &TenantId) -> Result<Option<Added>, TenantError> {
+        let Some(record) = self.tenants.approve(tenant).await? else {
+            return Ok(None);
+        };
+        let subscriptions = if self.can_subscribe {
+            self.subscriptions.start_all(tenant, None, false).await
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Added {
+            tenant: record,
+            subscriptions,
+        }))
     }
 
     /// Stops serving `tenant` and forgets its token; first stops its subscriptions at Microsoft

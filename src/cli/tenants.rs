@@ -3,7 +3,6 @@
 
 use super::{parts, tenant_arg, Failure, Outcome};
 use o365_relay::onboarding::AddRequest;
-use o365_relay::tenants::AddedBy;
 
 #[derive(clap::Subcommand)]
 pub enum TenantsCmd {
@@ -30,8 +29,9 @@ pub async fn run(cmd: TenantsCmd) -> Outcome {
         (TenantsCmd::List, _) => {
             for t in parts.tenants.list().await.map_err(anyhow::Error::new)? {
                 println!(
-                    "{}  {:<8} {}  {}",
+                    "{}  {:<10} {:<8} {}  {}",
                     t.tenant_id,
+                    t.state.name(),
                     format!("{:?}", t.added_by).to_lowercase(),
                     if t.added_at.is_empty() {
                         "-"
@@ -45,14 +45,7 @@ pub async fn run(cmd: TenantsCmd) -> Outcome {
         (TenantsCmd::Add { .. }, Some(tid)) => {
             parts
                 .onboarding
-                .add(
-                    &tid,
-                    AddRequest {
-                        added_by: AddedBy::Admin,
-                        consented_by: None,
-                        start_subscriptions: false,
-                    },
-                )
+                .add(&tid, AddRequest::by_admin(false))
                 .await
                 .map_err(anyhow::Error::new)?;
             println!("added {tid}");

@@ -1,9 +1,41 @@
 //! The tenant registry: one Redis hash (`tenants`), field = tenant id, value = the tenant's
 //! record as JSON (written and read by [`crate::tenants`]).
+//!
+//! Tenant states live beside it in a second hash (`tenant-states`), field = tenant id, value =
+//! the state as JSON (`{"state":"parked",…}`); a tenant without a field is healthy. They are
+//! apart from the records because every replica changes them (parking, un-parking, approval)
+//! while records are written once, and because tenants from `O365_TENANTS` have no record but
+//! can be parked. Every change is a compare-and-set in Lua ([`TenantRegistry::transition`]):
+//! two replicas parking the same tenant keep the first `since`, and an approval cannot revive
+//! a tenant offboarded meanwhile.
 
 use super::{Store, StoreResult};
 use crate::domain::TenantId;
 use redis::AsyncCommands;
+
+/// KEYS[1] the states hash; ARGV[1] tenant, ARGV[2] new kind, ARGV[3] new JSON, ARGV[4..] the
+/// kinds it may change from. Returns {current kind, 1 if changed}. An unreadable value counts as
+/// `healthy` (it can only have been written by us; a broken one must not wedge the tenant).
+const TRANSITION: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local kind = 'healthy'
+if cur then
+  local ok, v = pcall(cjson.decode, cur)
+  if ok and type(v) == 'table' and type(v.state) == 'string' then kind = v.state end
+end
+if kind == ARGV[2] then return {kind, 0} end
+for i = 4, #ARGV do
+  if ARGV[i] == kind then
+    if ARGV[2] == 'healthy' then
+      redis.call('HDEL', KEYS[1], ARGV[1])
+    else
+      redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+    end
+    return {kind, 1}
+  end
+end
+return {kind, 0}
+"#;
 
 /// The tenant registry, see [`Store::tenants`].
 pub struct TenantRegistry<'a>(&'a Store);
@@ -36,6 +68,51 @@ impl<'a> TenantRegistry<'a> {
         let mut c = self.0.conn().await?;
         let r: Result<i64, _> = c.hdel(self.key(), t.as_str()).await;
         self.0.observe(r).map(|n| n > 0)
+    }
+
+    fn states_key(&self) -> String {
+        self.0.key("tenant-states")
+    }
+
+    /// The tenant's state JSON; `None` when healthy.
+    pub async fn state(&self, t: &TenantId) -> StoreResult<Option<String>> {
+        let mut c = self.0.conn().await?;
+        let r = c.hget(self.states_key(), t.as_str()).await;
+        self.0.observe(r)
+    }
+
+    /// Every tenant's state JSON that is not healthy, by tenant id.
+    pub async fn states(&self) -> StoreResult<Vec<(String, String)>> {
+        let mut c = self.0.conn().await?;
+        let r: Result<Vec<(String, String)>, _> = c.hgetall(self.states_key()).await;
+        self.0.observe(r)
+    }
+
+    /// Sets the tenant's state to `new` (JSON of kind `new_kind`; `healthy` removes the field)
+    /// when its current kind is one of `from` (`healthy` for no field). A tenant already of kind
+    /// `new_kind` is left as it is (its `since` kept). Returns the kind it had and whether it
+    /// changed.
+    pub async fn transition(
+        &self,
+        t: &TenantId,
+        from: &[&str],
+        new_kind: &str,
+        new: &str,
+    ) -> StoreResult<(String, bool)> {
+        let mut c = self.0.conn().await?;
+        let script = redis::Script::new(TRANSITION);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.states_key())
+            .arg(t.as_str())
+            .arg(new_kind)
+            .arg(new);
+        for f in from {
+            inv.arg(*f);
+        }
+        let r: Result<(String, i64), _> = inv.invoke_async(&mut c).await;
+        self.0
+            .observe(r)
+            .map(|(kind, changed)| (kind, changed == 1))
     }
 
     /// Every registered tenant's record JSON, in no particular order.

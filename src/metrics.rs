@@ -3,6 +3,7 @@
 //! figures. Labels are bounded: reasons and results are fixed vocabularies, content types are
 //! five, tenants are the served ones.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
@@ -50,14 +51,18 @@ pub struct Metrics {
     pub amqp_connections: IntCounter,
     /// Background loops restarted after they ended or panicked, by task.
     pub task_restarts: IntCounterVec,
+    /// Every metric name this relay can export (see [`Metrics::names`]).
+    names: Vec<String>,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let mut names: Vec<String> = vec!["o365_certificate_expiry_seconds".into()];
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m;
+                names.extend(m.desc().into_iter().map(|d| d.fq_name.clone()));
                 registry
                     .register(Box::new(m.clone()))
                     .expect("metric names are unique");
@@ -217,7 +222,15 @@ impl Metrics {
             )
             .unwrap()),
             registry,
+            names,
         }
+    }
+
+    /// Every metric name the relay can export, whether or not it has a series yet (a labelled
+    /// metric appears on `/metrics` with its first label set). Dashboards and alert rules may
+    /// name only these (`tests/monitoring.rs`).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Sets `o365_certificate_expiry_seconds`, which exists from then on.

@@ -7,6 +7,7 @@
 
 use crate::broker::Broker;
 use crate::certs::ClientCertificate;
+use crate::dead_letters::{DeadLetters, Filter};
 use crate::domain::{ContentType, TenantId};
 use crate::management::{ApiError, Disposition};
 use crate::metrics::Metrics;
@@ -56,6 +57,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/tenants/{tid}/subscriptions/start",
             web::post().to(start_subscriptions),
+        )
+        .route("/admin/dead-letters", web::get().to(list_dead_letters))
+        .route(
+            "/admin/dead-letters/requeue",
+            web::post().to(requeue_dead_letters),
+        )
+        .route(
+            "/admin/dead-letters/purge",
+            web::post().to(purge_dead_letters),
         );
 }
 
@@ -73,6 +83,8 @@ pub enum AdminError {
     /// The request contradicts the tenant's state (e.g. approving a tenant that is not pending).
     #[error("{0}")]
     Conflict(String),
+    #[error("RabbitMQ is unavailable; retry later")]
+    Broker(#[source] crate::broker::BrokerError),
     #[error("the tenant registry (Redis) is unavailable; retry later")]
     Store(#[source] StoreError),
     #[error("{}", management_message(.0))]
@@ -108,7 +120,7 @@ impl ResponseError for AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NotRegistered(_) => StatusCode::NOT_FOUND,
             AdminError::Static(_) | AdminError::Conflict(_) => StatusCode::CONFLICT,
-            AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Store(_) | AdminError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Management(e) => management_status(e),
         }
     }
@@ -349,6 +361,81 @@ async fn start_subscriptions(
         StatusCode::BAD_GATEWAY
     };
     Ok(HttpResponse::build(status).json(outcomes))
+}
+
+/// `?tenant=&reason=&limit=` of the dead-letter endpoints (`confirm=yes` for a purge).
+#[derive(Deserialize)]
+struct DeadLetterQuery {
+    tenant: Option<String>,
+    reason: Option<String>,
+    limit: Option<usize>,
+    confirm: Option<String>,
+}
+
+impl DeadLetterQuery {
+    fn filter(&self) -> Result<Filter, AdminError> {
+        let tenant = self.tenant.as_deref().map(tenant_param).transpose()?;
+        if self.reason.as_ref().is_some_and(|r| r.len() > 256) {
+            return Err(AdminError::BadRequest("reason: at most 256 bytes".into()));
+        }
+        Ok(Filter {
+            tenant,
+            reason: self.reason.clone().filter(|r| !r.is_empty()),
+            limit: self.limit,
+        })
+    }
+}
+
+fn dead_letters(api: &AdminApi) -> DeadLetters {
+    DeadLetters::new(api.broker.clone(), api.work_queue.names().clone())
+}
+
+async fn list_dead_letters(
+    req: HttpRequest,
+    q: web::Query<DeadLetterQuery>,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let filter = q.filter()?;
+    let walked = dead_letters(&api)
+        .list(&filter)
+        .await
+        .map_err(|e| logged(AdminError::Broker(e)))?;
+    Ok(HttpResponse::Ok().json(walked))
+}
+
+async fn requeue_dead_letters(
+    req: HttpRequest,
+    q: web::Query<DeadLetterQuery>,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let filter = q.filter()?;
+    let walked = dead_letters(&api)
+        .requeue(&filter)
+        .await
+        .map_err(|e| logged(AdminError::Broker(e)))?;
+    Ok(HttpResponse::Ok().json(walked))
+}
+
+/// Deletes dead letters: asks for `confirm=yes`, as the CLI asks its operator.
+async fn purge_dead_letters(
+    req: HttpRequest,
+    q: web::Query<DeadLetterQuery>,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let filter = q.filter()?;
+    if q.confirm.as_deref() != Some("yes") {
+        return Err(AdminError::BadRequest(
+            "a purge deletes dead letters for good: add confirm=yes".into(),
+        ));
+    }
+    let walked = dead_letters(&api)
+        .purge(&filter)
+        .await
+        .map_err(|e| logged(AdminError::Broker(e)))?;
+    Ok(HttpResponse::Ok().json(walked))
 }
 
 #[cfg(test)]

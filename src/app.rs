@@ -8,6 +8,7 @@ use crate::admin::{self, AdminApi};
 use crate::broker::Broker;
 use crate::config::{Credential, Settings};
 use crate::consent::{self, Consent};
+use crate::dead_letters::DeadLetters;
 use crate::management::ManagementClient;
 use crate::metrics::Metrics;
 use crate::notification::ContentRules;
@@ -222,6 +223,10 @@ impl Parts {
             certificate: self.certificate(),
             stopping: self.stopping.clone(),
         }
+    }
+
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(self.broker.clone(), self.work_queue.names().clone())
     }
 
     pub fn consent(&self) -> Consent {

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod certs;
 pub mod config;
 pub mod consent;
+pub mod dead_letters;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;

@@ -6,6 +6,7 @@
 mod cert;
 mod check;
 mod consent_url;
+mod dead_letters;
 mod serve;
 mod subscriptions;
 mod tenants;
@@ -43,6 +44,9 @@ enum Command {
     /// Manage the tenants' subscriptions at Microsoft.
     #[command(subcommand)]
     Subscriptions(subscriptions::SubsCmd),
+    /// List, requeue or purge dead-lettered blobs.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCmd),
     /// Validate configuration and reach Redis, RabbitMQ and the token endpoint.
     Check,
     /// Create or inspect the X.509 certificate the relay authenticates with.
@@ -83,6 +87,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::ConsentUrl => consent_url::run().await,
         Command::Tenants(cmd) => tenants::run(cmd).await,
         Command::Subscriptions(cmd) => subscriptions::run(cmd).await,
+        Command::DeadLetters(cmd) => dead_letters::run(cmd).await,
         Command::Check => check::run().await,
         Command::Cert(cmd) => cert::run(cmd),
     };

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::notification::ContentRules;
 use crate::onboarding::Onboarding;
 use crate::reconciler::Reconciler;
+use crate::replay::Replayer;
 use crate::sink::RecordSink;
 use crate::store::Store;
 use crate::subscriptions::{Keeper, Subscriptions, WebhookTarget};
@@ -222,6 +223,14 @@ impl Parts {
             admin_token: self.settings.admin_token.clone(),
             certificate: self.certificate(),
             stopping: self.stopping.clone(),
+        }
+    }
+
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            management: self.management.clone(),
+            worker: Arc::new(self.worker()),
+            rules: self.rules.clone(),
         }
     }
 

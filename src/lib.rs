@@ -27,6 +27,7 @@ pub mod notification;
 pub mod onboarding;
 pub mod reconciler;
 pub mod records;
+pub mod replay;
 pub mod secret;
 pub mod sink;
 pub mod store;

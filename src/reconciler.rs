@@ -43,9 +43,9 @@ use tokio_util::sync::CancellationToken;
 /// content": `startTime` and `endTime` at most 24 hours apart, no more than 7 days back).
 const MAX_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 /// Stay clear of the 7-day edge so clock skew cannot trip AF20055.
-const SKEW: chrono::Duration = chrono::Duration::minutes(5);
+pub const SKEW: chrono::Duration = chrono::Duration::minutes(5);
 /// Microsoft serves content for 7 days.
-const RETENTION: chrono::Duration = chrono::Duration::days(7);
+pub const RETENTION: chrono::Duration = chrono::Duration::days(7);
 /// Window recomputations (AF20030/AF20055) allowed per tenant and content type in one pass.
 const MAX_WINDOW_RETRIES: u32 = 4;
 

@@ -23,6 +23,34 @@ use std::sync::Arc;
 /// Cap of each header value copied from a record field (bytes).
 pub const RECORD_HEADER_CAP: usize = 256;
 
+/// The header that marks a replayed record (`o365-relay replay`).
+pub const REPLAY_HEADER: &str = "o365-replay";
+
+/// How records are published: live (the relay's normal path) or as a replay of history — the
+/// same message with `o365-replay: true`, and optionally under `{prefix}.` so one consumer can
+/// take history without the others seeing it twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Publication<'a> {
+    Live,
+    Replay { routing_prefix: Option<&'a str> },
+}
+
+/// Checks a replay routing-key prefix: 1–64 of `[A-Za-z0-9_-]` (no dots and no wildcards, so
+/// `{prefix}.#` binds exactly the replayed records).
+pub fn check_routing_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "routing prefix {prefix:?}: 1 to 64 letters, digits, '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
 pub struct RecordSink {
     broker: Arc<Broker>,
     exchange: String,
@@ -85,17 +113,57 @@ impl RecordSink {
         blob: &WorkItem,
         records: &[&AuditRecord],
     ) -> Result<(), BrokerError> {
-        let routing_key = short_string(&Self::routing_key(blob));
+        self.publish_as(blob, records, Publication::Live).await
+    }
+
+    /// [`RecordSink::publish`], live or as a replay.
+    pub async fn publish_as(
+        &self,
+        blob: &WorkItem,
+        records: &[&AuditRecord],
+        publication: Publication<'_>,
+    ) -> Result<(), BrokerError> {
+        let routing_key = match publication {
+            Publication::Replay {
+                routing_prefix: Some(prefix),
+            } => format!("{prefix}.{}", Self::routing_key(blob)),
+            _ => Self::routing_key(blob),
+        };
+        let routing_key = short_string(&routing_key);
         let exchange = short_string(&self.exchange);
+        let replay = matches!(publication, Publication::Replay { .. });
         let messages = records
             .iter()
-            .map(|r| OutMessage {
-                exchange: exchange.clone(),
-                routing_key: routing_key.clone(),
-                body: r.raw.clone(),
-                properties: Self::properties(blob, r),
+            .map(|r| {
+                let mut properties = Self::properties(blob, r);
+                if replay {
+                    let mut headers = properties.headers().clone().unwrap_or_default();
+                    header(&mut headers, REPLAY_HEADER, "true", RECORD_HEADER_CAP);
+                    properties = properties.with_headers(headers);
+                }
+                OutMessage {
+                    exchange: exchange.clone(),
+                    routing_key: routing_key.clone(),
+                    body: r.raw.clone(),
+                    properties,
+                }
             })
             .collect();
         self.broker.publish_batch(messages).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_routing_prefix_is_one_plain_word() {
+        for ok in ["replay", "siem-backfill", "new_consumer_2"] {
+            assert!(check_routing_prefix(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a.b", "#", "*", "with space", &"x".repeat(65)] {
+            assert!(check_routing_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::domain::{parse_ms_time, WorkItem};
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
-use crate::sink::RecordSink;
+use crate::sink::{Publication, RecordSink};
 use crate::store::dedup::{ClaimPolicy, PublishOnceError};
 use crate::store::Store;
 use crate::subscriptions::Subscriptions;
@@ -77,7 +77,8 @@ impl RelayError {
         }
     }
 
-    fn disposition(&self) -> Disposition {
+    /// What the caller should do about the error.
+    pub fn disposition(&self) -> Disposition {
         match self {
             RelayError::Api(e) => e.disposition(),
             RelayError::Records(RecordsError::TooLarge(_)) => Disposition::GiveUp,
@@ -209,6 +210,25 @@ impl Worker {
     /// held. The whole fetch is bounded by `O365_FETCH_TIMEOUT`; publishing is not cut short
     /// (a batch in flight finishes and is recorded).
     pub async fn relay_blob(&self, item: &WorkItem) -> Result<BlobStats, RelayError> {
+        self.stream_blob(item, Publication::Live).await
+    }
+
+    /// Fetches the blob and publishes every record again as a replay (`o365-replay: true`),
+    /// ignoring the de-duplication markers and writing none (`o365-relay replay`).
+    pub async fn replay_blob(
+        &self,
+        item: &WorkItem,
+        routing_prefix: Option<&str>,
+    ) -> Result<BlobStats, RelayError> {
+        self.stream_blob(item, Publication::Replay { routing_prefix })
+            .await
+    }
+
+    async fn stream_blob(
+        &self,
+        item: &WorkItem,
+        publication: Publication<'_>,
+    ) -> Result<BlobStats, RelayError> {
         let deadline = tokio::time::Instant::now() + self.fetch_timeout;
         let late = || RelayError::Deadline(self.fetch_timeout);
         let resp = tokio::time::timeout_at(
@@ -243,14 +263,28 @@ impl Worker {
                 }
                 index += 1;
                 if batch.len() >= BATCH {
-                    self.publish_records(item, &mut batch, &mut seen_here, &mut stats, &owner)
-                        .await?;
+                    self.publish_batch(
+                        item,
+                        publication,
+                        &mut batch,
+                        &mut seen_here,
+                        &mut stats,
+                        &owner,
+                    )
+                    .await?;
                 }
             }
         }
         splitter.finish()?;
-        self.publish_records(item, &mut batch, &mut seen_here, &mut stats, &owner)
-            .await?;
+        self.publish_batch(
+            item,
+            publication,
+            &mut batch,
+            &mut seen_here,
+            &mut stats,
+            &owner,
+        )
+        .await?;
         if let Some(first) = first_malformed {
             self.metrics.records_malformed.inc_by(stats.malformed);
             return Err(RelayError::MalformedRecords {
@@ -260,6 +294,37 @@ impl Worker {
             });
         }
         Ok(stats)
+    }
+
+    async fn publish_batch(
+        &self,
+        item: &WorkItem,
+        publication: Publication<'_>,
+        batch: &mut Vec<AuditRecord>,
+        seen_here: &mut HashSet<String>,
+        stats: &mut BlobStats,
+        owner: &str,
+    ) -> Result<(), RelayError> {
+        match publication {
+            Publication::Live => {
+                self.publish_records(item, batch, seen_here, stats, owner)
+                    .await
+            }
+            Publication::Replay { .. } => {
+                // Within the blob, a record Microsoft repeated goes out once; nothing else is
+                // de-duplicated (the point of a replay).
+                stats.records += batch.len() as u64;
+                let todo: Vec<&AuditRecord> = batch
+                    .iter()
+                    .filter(|r| seen_here.insert(r.id.clone()))
+                    .collect();
+                stats.duplicates += (batch.len() - todo.len()) as u64;
+                self.sink.publish_as(item, &todo, publication).await?;
+                stats.published += todo.len() as u64;
+                batch.clear();
+                Ok(())
+            }
+        }
     }
 
     /// Publishes a batch, each record once: duplicates within the blob are skipped here; across

@@ -7,6 +7,7 @@ mod cert;
 mod check;
 mod consent_url;
 mod dead_letters;
+mod replay;
 mod serve;
 mod subscriptions;
 mod tenants;
@@ -44,6 +45,8 @@ enum Command {
     /// Manage the tenants' subscriptions at Microsoft.
     #[command(subcommand)]
     Subscriptions(subscriptions::SubsCmd),
+    /// Re-publish a tenant's history that Microsoft still holds, marked as a replay.
+    Replay(replay::ReplayArgs),
     /// List, requeue or purge dead-lettered blobs.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCmd),
@@ -88,6 +91,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Tenants(cmd) => tenants::run(cmd).await,
         Command::Subscriptions(cmd) => subscriptions::run(cmd).await,
         Command::DeadLetters(cmd) => dead_letters::run(cmd).await,
+        Command::Replay(args) => replay::run(args).await,
         Command::Check => check::run().await,
         Command::Cert(cmd) => cert::run(cmd),
     };

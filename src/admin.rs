@@ -13,6 +13,7 @@ use crate::management::{ApiError, Disposition};
 use crate::metrics::Metrics;
 use crate::onboarding::{AddRequest, Onboarding};
 use crate::secret::{constant_time_eq, Secret};
+use crate::status::StatusReport;
 use crate::store::{Store, StoreError};
 use crate::subscriptions::Subscriptions;
 use crate::supervise::Supervisor;
@@ -41,6 +42,8 @@ pub struct AdminApi {
     pub certificate: Option<ClientCertificate>,
     /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
     pub stopping: Arc<AtomicBool>,
+    /// What `/admin/status` and the status page show.
+    pub status: Arc<StatusReport>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -58,6 +61,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/admin/tenants/{tid}/subscriptions/start",
             web::post().to(start_subscriptions),
         )
+        .route("/admin/", web::get().to(status_page))
+        .route("/admin", web::get().to(status_page))
+        .route("/admin/login", web::post().to(login))
+        .route("/admin/status", web::get().to(status_json))
         .route("/admin/dead-letters", web::get().to(list_dead_letters))
         .route(
             "/admin/dead-letters/requeue",
@@ -256,6 +263,43 @@ fn authorise(req: &HttpRequest, api: &AdminApi) -> Result<(), AdminError> {
     }
 }
 
+/// The status page's session cookie: a browser cannot send a bearer token on a plain page load,
+/// so `/admin/login` exchanges the admin token for this cookie (HttpOnly, SameSite=Strict, path
+/// `/admin`). Its value is derived from the token, so rotating the token ends every session. It
+/// authorises only the read-only pages (`GET /admin/`, `GET /admin/status`): every request that
+/// changes something still needs the bearer token, so a cross-site form cannot act through it.
+const SESSION_COOKIE: &str = "o365_admin";
+/// How long a status-page session lasts (seconds).
+const SESSION_SECONDS: u32 = 12 * 3600;
+
+fn session_value(token: &str) -> String {
+    crate::broker::sha256_id(format!("o365-relay admin session v1\n{token}").as_bytes())
+}
+
+/// A read-only request: the bearer token, or the status page's session cookie.
+fn authorise_read(req: &HttpRequest, api: &AdminApi) -> Result<(), AdminError> {
+    if authorise(req, api).is_ok() {
+        return Ok(());
+    }
+    let Some(expected) = &api.admin_token else {
+        return Err(AdminError::Unauthorized);
+    };
+    let want = session_value(expected.expose());
+    let given = req
+        .headers()
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value);
+    if given.is_some_and(|v| constant_time_eq(v.as_bytes(), want.as_bytes())) {
+        Ok(())
+    } else {
+        Err(AdminError::Unauthorized)
+    }
+}
+
 fn tenant_param(tid: &str) -> Result<TenantId, AdminError> {
     TenantId::parse(tid).map_err(|e| AdminError::BadRequest(e.to_string()))
 }
@@ -361,6 +405,80 @@ async fn start_subscriptions(
         StatusCode::BAD_GATEWAY
     };
     Ok(HttpResponse::build(status).json(outcomes))
+}
+
+async fn status_json(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise_read(&req, &api)?;
+    let status = api.status.collect().await.map_err(|e| logged(e.into()))?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(status))
+}
+
+fn html_page(status: StatusCode, body: String) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ))
+        .body(body)
+}
+
+fn login_page(status: StatusCode, message: &str) -> HttpResponse {
+    html_page(
+        status,
+        format!(
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>o365-relay status: sign in</title>
+<style>body{{font-family:system-ui,sans-serif;background:#f4f6f8;margin:0}}form{{max-width:24rem;margin:4rem auto;background:#fff;padding:1.5rem;border-radius:10px;box-shadow:0 1px 4px rgba(0,0,0,.1)}}input{{width:100%;padding:.6rem;margin:.6rem 0;font-size:1rem;box-sizing:border-box}}button{{padding:.6rem 1rem;font-size:1rem}}.err{{color:#c50f1f}}</style></head>
+<body><form method="post" action="/admin/login"><h1>o365-relay status</h1><p class="err" id="message">{}</p><label>Admin token (<code>O365_ADMIN_TOKEN</code>)<input type="password" name="token" autocomplete="current-password" autofocus></label><button type="submit">Sign in</button></form></body></html>"#,
+            crate::consent::esc(message)
+        ),
+    )
+}
+
+/// The status page; a sign-in form when the admin token is required and not given.
+async fn status_page(req: HttpRequest, api: web::Data<AdminApi>) -> HttpResponse {
+    if authorise_read(&req, &api).is_err() {
+        return login_page(StatusCode::UNAUTHORIZED, "");
+    }
+    match api.status.collect().await {
+        Ok(status) => html_page(StatusCode::OK, crate::status::html::render(&status)),
+        Err(e) => {
+            let e = logged(e.into());
+            login_page(e.status_code(), &e.to_string())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// Exchanges the admin token for the status page's session cookie.
+async fn login(form: web::Form<LoginForm>, api: web::Data<AdminApi>) -> HttpResponse {
+    let Some(expected) = &api.admin_token else {
+        return HttpResponse::SeeOther()
+            .insert_header(("Location", "/admin/"))
+            .finish();
+    };
+    if !constant_time_eq(form.token.as_bytes(), expected.expose().as_bytes()) {
+        return login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.");
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/admin; Max-Age={SESSION_SECONDS}; HttpOnly; SameSite=Strict",
+        session_value(expected.expose())
+    );
+    HttpResponse::SeeOther()
+        .insert_header(("Location", "/admin/"))
+        .insert_header(("Set-Cookie", cookie))
+        .finish()
 }
 
 /// `?tenant=&reason=&limit=` of the dead-letter endpoints (`confirm=yes` for a purge).

@@ -16,6 +16,7 @@ use crate::onboarding::Onboarding;
 use crate::reconciler::Reconciler;
 use crate::replay::Replayer;
 use crate::sink::RecordSink;
+use crate::status::{self, StatusReport};
 use crate::store::Store;
 use crate::subscriptions::{Keeper, Subscriptions, WebhookTarget};
 use crate::supervise::Supervisor;
@@ -169,6 +170,7 @@ impl Parts {
             tenants: self.tenants.clone(),
             queue: self.work_queue.clone(),
             metrics: self.metrics.clone(),
+            store: self.store.clone(),
             body_timeout: self.settings.webhook_body_timeout,
         }
     }
@@ -223,6 +225,18 @@ impl Parts {
             admin_token: self.settings.admin_token.clone(),
             certificate: self.certificate(),
             stopping: self.stopping.clone(),
+            status: Arc::new(self.status()),
+        }
+    }
+
+    pub fn status(&self) -> StatusReport {
+        StatusReport {
+            store: self.store.clone(),
+            tenants: self.tenants.clone(),
+            work_queue: self.work_queue.clone(),
+            content_types: self.settings.content_types.clone(),
+            quota_per_minute: self.settings.quota_per_minute,
+            certificate_expires_at: self.certificate().map(|c| c.not_after),
         }
     }
 
@@ -399,6 +413,14 @@ impl Application {
                     }
                     let _ = store.flush_deferred().await;
                 }
+            });
+        }
+        // "Alive" on the status page; gone from it on a graceful stop.
+        {
+            let store = parts.store.clone();
+            let me = status::this_replica();
+            supervisor.spawn("heartbeat", move |stop| {
+                status::heartbeat(store.clone(), me.clone(), stop)
             });
         }
         let settings = &parts.settings;

@@ -30,6 +30,7 @@ pub mod records;
 pub mod replay;
 pub mod secret;
 pub mod sink;
+pub mod status;
 pub mod store;
 pub mod subscriptions;
 pub mod supervise;

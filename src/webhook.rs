@@ -9,16 +9,17 @@
 //! nothing. The same blob named twice in one request is enqueued once.
 
 use crate::broker::BrokerError;
-use crate::domain::TenantId;
+use crate::domain::{ContentType, TenantId};
 use crate::metrics::Metrics;
 use crate::notification::{parse_notification_body, BlobRejection, ContentRules};
 use crate::secret::{constant_time_eq, Secret};
+use crate::store::Store;
 use crate::tenants::Tenants;
 use crate::work_queue::WorkQueue;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -33,6 +34,8 @@ pub struct Webhook {
     pub tenants: Arc<Tenants>,
     pub queue: Arc<WorkQueue>,
     pub metrics: Arc<Metrics>,
+    /// Where "last notification received" is kept for the status page.
+    pub store: Arc<Store>,
     /// `O365_WEBHOOK_BODY_TIMEOUT`: how long a request body may take to arrive.
     pub body_timeout: Duration,
 }
@@ -221,9 +224,20 @@ async fn handle(
             .await
             .map_err(Rejection::Unavailable)?;
     }
+    let mut notified: HashMap<(TenantId, ContentType), u64> = HashMap::new();
     for item in &items {
         tracing::debug!(tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id, "Blob enqueued.");
+        *notified
+            .entry((item.tenant_id.clone(), item.content_type))
+            .or_default() += 1;
     }
+    // For the status page, after the answer's work is done and without delaying it.
+    let store = webhook.store.clone();
+    tokio::spawn(async move {
+        for ((tenant, ct), n) in notified {
+            let _ = store.activity().notified(&tenant, ct, n).await;
+        }
+    });
     webhook
         .metrics
         .notifications

@@ -251,6 +251,15 @@ impl WorkQueue {
         self.broker.queue_depth(&self.names.work).await
     }
 
+    /// Messages waiting in the retry tiers, all together.
+    pub async fn retry_depth(&self) -> Result<u32, BrokerError> {
+        let mut total = 0u32;
+        for q in &self.names.retry {
+            total = total.saturating_add(self.broker.queue_depth(q).await?);
+        }
+        Ok(total)
+    }
+
     /// Messages in the dead-letter queue.
     pub async fn dead_depth(&self) -> Result<u32, BrokerError> {
         self.broker.queue_depth(&self.names.dead).await
@@ -461,6 +470,11 @@ impl WorkQueue {
                     "Blob sent to the dead-letter queue."
                 );
                 if let Some(job) = job {
+                    let _ = self
+                        .store
+                        .activity()
+                        .dead(&job.item.tenant_id, code, reason)
+                        .await;
                     let ttl = job
                         .item
                         .expires_in()

@@ -11,7 +11,7 @@
 //! worker for ever).
 
 use crate::broker::BrokerError;
-use crate::domain::{parse_ms_time, WorkItem};
+use crate::domain::{parse_ms_time, Source, WorkItem};
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
@@ -176,6 +176,17 @@ impl Worker {
                     .mark_relayed(&item.tenant_id, &item.content_id, ttl)
                     .await;
                 self.metrics.blobs.with_label_values(&["relayed"]).inc();
+                let recovered = item.source == Source::Reconcile;
+                let _ = self
+                    .store
+                    .activity()
+                    .relayed(
+                        &item.tenant_id,
+                        item.content_type,
+                        stats.published,
+                        recovered,
+                    )
+                    .await;
                 self.metrics
                     .fetch_duration
                     .with_label_values(&[item.content_type.as_str()])

@@ -9,6 +9,7 @@ mod consent_url;
 mod dead_letters;
 mod replay;
 mod serve;
+mod status;
 mod subscriptions;
 mod tenants;
 
@@ -45,6 +46,8 @@ enum Command {
     /// Manage the tenants' subscriptions at Microsoft.
     #[command(subcommand)]
     Subscriptions(subscriptions::SubsCmd),
+    /// Every tenant at a glance: state, activity, dead letters, token, quota; queues, replicas.
+    Status(status::StatusArgs),
     /// Re-publish a tenant's history that Microsoft still holds, marked as a replay.
     Replay(replay::ReplayArgs),
     /// List, requeue or purge dead-lettered blobs.
@@ -92,6 +95,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Subscriptions(cmd) => subscriptions::run(cmd).await,
         Command::DeadLetters(cmd) => dead_letters::run(cmd).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Status(args) => status::run(args).await,
         Command::Check => check::run().await,
         Command::Cert(cmd) => cert::run(cmd),
     };

@@ -18,11 +18,13 @@
 //! [`StoreError`] and degrade (fetch tokens directly, relay without de-duplication). The outage
 //! is logged once when it starts and once when it ends.
 
+pub mod activity;
 pub mod checkpoints;
 pub mod consent;
 pub mod dedup;
 pub mod leases;
 pub mod quota;
+pub mod replicas;
 pub mod subscriptions;
 pub mod tenants;
 pub mod tokens;
@@ -282,6 +284,16 @@ impl Store {
         consent::ConsentStates::new(self)
     }
 
+    /// Per-tenant activity for the status page.
+    pub fn activity(&self) -> activity::Activity<'_> {
+        activity::Activity::new(self)
+    }
+
+    /// Replica heartbeats and lease holders.
+    pub fn replicas(&self) -> replicas::Replicas<'_> {
+        replicas::Replicas::new(self)
+    }
+
     /// Guards that space out subscription starts.
     pub fn start_guards(&self) -> subscriptions::StartGuards<'_> {
         subscriptions::StartGuards::new(self)
@@ -453,6 +465,20 @@ impl Store {
     async fn take(&self, key: &str) -> StoreResult<Option<String>> {
         let mut c = self.conn().await?;
         let r = redis::cmd("GETDEL").arg(key).query_async(&mut c).await;
+        self.observe(r)
+    }
+
+    /// `GET` for each key, in one round trip.
+    async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.get(k);
+        }
+        let r: Result<Vec<Option<String>>, _> = pipe.query_async(&mut c).await;
         self.observe(r)
     }
 

@@ -50,6 +50,22 @@ impl<'a> Quota<'a> {
         self.0.key(&format!("quota:{t}:0"))
     }
 
+    /// Requests counted for each tenant in the last minute (as [`Quota::hit`] counts them), in
+    /// one round trip.
+    pub async fn used_many(&self, tenants: &[TenantId]) -> StoreResult<Vec<u64>> {
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let since = chrono::Utc::now().timestamp_millis() - 61_000;
+        let mut c = self.0.conn().await?;
+        let mut pipe = redis::pipe();
+        for t in tenants {
+            pipe.zcount(self.key(t), since, "+inf");
+        }
+        let r: Result<Vec<u64>, _> = pipe.query_async(&mut c).await;
+        self.0.observe(r)
+    }
+
     /// Counts one request for `tenant` if fewer than `per_minute` were counted in the last
     /// minute.
     pub async fn hit(&self, tenant: &TenantId, per_minute: u32) -> StoreResult<Admission> {

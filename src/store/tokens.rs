@@ -27,6 +27,12 @@ impl<'a> TokenCache<'a> {
         self.0.get(&self.cache_key(t)).await
     }
 
+    /// Each tenant's cached token JSON, in one round trip.
+    pub async fn get_many(&self, tenants: &[TenantId]) -> StoreResult<Vec<Option<String>>> {
+        let keys: Vec<String> = tenants.iter().map(|t| self.cache_key(t)).collect();
+        self.0.get_many(&keys).await
+    }
+
     /// Caches the token's JSON for `ttl` (its remaining lifetime).
     pub async fn put(&self, t: &TenantId, json: &str, ttl: Duration) -> StoreResult<()> {
         self.0.set_px(&self.cache_key(t), json, ttl).await

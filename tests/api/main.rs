@@ -8,6 +8,7 @@ mod observability;
 mod replay;
 mod retrieval;
 mod returns;
+mod status;
 mod tokens;
 mod webhook;
 mod work_queue;

@@ -1,0 +1,260 @@
+//! What each tenant's data did lately, for the status page (`/admin/status`, `o365-relay status`):
+//! counts per hour and the latest events, written on the data path by every replica.
+//!
+//! - `activity:{tenant}:{YYYYMMDDHH}` — a hash of counters for that UTC hour (`notified`,
+//!   `blobs`, `records`, `recovered`, `dead`), expiring after 25 hours: "the last hour" and "the
+//!   last day" are sums of at most 2 and 25 small hashes, whatever the volume.
+//! - `activity-last:{tenant}` — a hash of the latest events: `notified:{contentType}` and
+//!   `relayed:{contentType}` (RFC 3339), `dead_at`, `dead_code`, `dead_reason`, and
+//!   `subscription:{contentType}` (the keeper's last observation as JSON). A bounded set of
+//!   fields per tenant; removed with the tenant's other keys when it is offboarded.
+//!
+//! Writes are one pipelined round trip per event batch and never fail the data path: a lost
+//! status write costs a stale figure, not a record.
+
+use super::{Store, StoreResult};
+use crate::domain::{ContentType, TenantId};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long an hour's counters are kept: a day and the hour in progress.
+const BUCKET_TTL: Duration = Duration::from_secs(25 * 3600);
+/// The longest dead-letter reason kept.
+const REASON_CAP: usize = 512;
+
+/// One tenant's counters over a period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Blobs Microsoft notified.
+    pub notified: u64,
+    /// Blobs relayed whole.
+    pub blobs: u64,
+    /// Records published.
+    pub records: u64,
+    /// Blobs relayed that reconciliation found (notifications Microsoft never delivered).
+    pub recovered: u64,
+    /// Blobs dead-lettered.
+    pub dead: u64,
+}
+
+impl Counts {
+    fn add_fields(&mut self, fields: &HashMap<String, u64>) {
+        let get = |k: &str| fields.get(k).copied().unwrap_or(0);
+        self.notified += get("notified");
+        self.blobs += get("blobs");
+        self.records += get("records");
+        self.recovered += get("recovered");
+        self.dead += get("dead");
+    }
+}
+
+/// A tenant's recent activity as the status page shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantActivity {
+    pub last_hour: Counts,
+    pub last_day: Counts,
+    /// The latest events (`notified:{ct}`, `relayed:{ct}`, `dead_*`, `subscription:{ct}`).
+    pub last: HashMap<String, String>,
+}
+
+/// Per-tenant activity, see [`Store::activity`].
+pub struct Activity<'a>(&'a Store);
+
+impl<'a> Activity<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        Activity(store)
+    }
+
+    fn bucket_key(&self, t: &TenantId, at: DateTime<Utc>) -> String {
+        self.0
+            .key(&format!("activity:{t}:{}", at.format("%Y%m%d%H")))
+    }
+
+    fn last_key(&self, t: &TenantId) -> String {
+        self.0.key(&format!("activity-last:{t}"))
+    }
+
+    /// Counts `increments` in the current hour's bucket and sets `latest` fields, one round trip.
+    async fn record(
+        &self,
+        t: &TenantId,
+        increments: &[(&str, u64)],
+        latest: &[(String, String)],
+    ) -> StoreResult<()> {
+        let mut c = self.0.conn().await?;
+        let mut pipe = redis::pipe();
+        let bucket = self.bucket_key(t, Utc::now());
+        for (field, n) in increments.iter().filter(|(_, n)| *n > 0) {
+            pipe.hincr(&bucket, *field, *n).ignore();
+        }
+        if increments.iter().any(|(_, n)| *n > 0) {
+            pipe.pexpire(&bucket, BUCKET_TTL.as_millis() as i64)
+                .ignore();
+        }
+        if !latest.is_empty() {
+            pipe.hset_multiple(self.last_key(t), latest).ignore();
+        }
+        let r: Result<(), _> = pipe.query_async(&mut c).await;
+        self.0.observe(r)
+    }
+
+    /// `n` blobs of `ct` notified by Microsoft.
+    pub async fn notified(&self, t: &TenantId, ct: ContentType, n: u64) -> StoreResult<()> {
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.record(t, &[("notified", n)], &[(format!("notified:{ct}"), now)])
+            .await
+    }
+
+    /// A blob of `ct` relayed whole with `records` records; `recovered` when reconciliation
+    /// found it.
+    pub async fn relayed(
+        &self,
+        t: &TenantId,
+        ct: ContentType,
+        records: u64,
+        recovered: bool,
+    ) -> StoreResult<()> {
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.record(
+            t,
+            &[
+                ("blobs", 1),
+                ("records", records),
+                ("recovered", u64::from(recovered)),
+            ],
+            &[(format!("relayed:{ct}"), now)],
+        )
+        .await
+    }
+
+    /// A blob dead-lettered with `code` and `reason`.
+    pub async fn dead(&self, t: &TenantId, code: &str, reason: &str) -> StoreResult<()> {
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.record(
+            t,
+            &[("dead", 1)],
+            &[
+                ("dead_at".into(), now),
+                (
+                    "dead_code".into(),
+                    crate::broker::capped(code, 64).into_owned(),
+                ),
+                (
+                    "dead_reason".into(),
+                    crate::broker::capped(reason, REASON_CAP).into_owned(),
+                ),
+            ],
+        )
+        .await
+    }
+
+    /// The keeper's last observation of a subscription (JSON).
+    pub async fn subscription_seen(
+        &self,
+        t: &TenantId,
+        ct: ContentType,
+        json: &str,
+    ) -> StoreResult<()> {
+        self.record(t, &[], &[(format!("subscription:{ct}"), json.to_string())])
+            .await
+    }
+
+    /// Each tenant's activity, in one round trip for all of them.
+    pub async fn read(&self, tenants: &[TenantId]) -> StoreResult<Vec<TenantActivity>> {
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        // The hour in progress and the 24 before it; "the last hour" = this one and the one
+        // before (so a fresh hour does not read as empty).
+        let hours: Vec<DateTime<Utc>> = (0..25).map(|h| now - ChronoDuration::hours(h)).collect();
+        let mut c = self.0.conn().await?;
+        let mut pipe = redis::pipe();
+        for t in tenants {
+            pipe.hgetall(self.last_key(t));
+            for h in &hours {
+                pipe.hgetall(self.bucket_key(t, *h));
+            }
+        }
+        let r: Result<Vec<redis::Value>, _> = pipe.query_async(&mut c).await;
+        let replies = self.0.observe(r)?;
+        let mut out = Vec::with_capacity(tenants.len());
+        for chunk in replies.chunks(1 + hours.len()) {
+            let mut activity = TenantActivity::default();
+            if let Some(first) = chunk.first() {
+                activity.last = redis::from_redis_value(first).unwrap_or_default();
+            }
+            for (i, v) in chunk.iter().skip(1).enumerate() {
+                let fields: HashMap<String, u64> = redis::from_redis_value(v).unwrap_or_default();
+                if i < 2 {
+                    activity.last_hour.add_fields(&fields);
+                }
+                activity.last_day.add_fields(&fields);
+            }
+            out.push(activity);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a tenant's latest events (its hourly counters expire by themselves).
+    pub async fn forget(&self, t: &TenantId) -> StoreResult<()> {
+        self.0.del(&self.last_key(t)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_are_counted_per_hour_and_the_latest_kept_per_tenant() {
+        let prefix = format!("o365relay:test:activity:{}:", uuid::Uuid::new_v4().simple());
+        let store = Store::new("redis://127.0.0.1:6379", &prefix).expect("valid URL");
+        let a = TenantId::parse("0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").unwrap();
+        let b = TenantId::parse("1b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").unwrap();
+        let activity = store.activity();
+        activity
+            .notified(&a, ContentType::Exchange, 3)
+            .await
+            .unwrap();
+        activity
+            .relayed(&a, ContentType::Exchange, 40, false)
+            .await
+            .unwrap();
+        activity
+            .relayed(&a, ContentType::Exchange, 2, true)
+            .await
+            .unwrap();
+        activity.dead(&a, "AF20051", "expired").await.unwrap();
+        activity
+            .subscription_seen(&b, ContentType::General, r#"{"status":"enabled"}"#)
+            .await
+            .unwrap();
+        let got = activity.read(&[a.clone(), b.clone()]).await.unwrap();
+        let want = Counts {
+            notified: 3,
+            blobs: 2,
+            records: 42,
+            recovered: 1,
+            dead: 1,
+        };
+        assert_eq!((got[0].last_hour, got[0].last_day), (want, want));
+        assert_eq!(got[0].last["dead_code"], "AF20051");
+        assert!(got[0].last.contains_key("relayed:Audit.Exchange"));
+        assert_eq!(got[1].last_day, Counts::default());
+        assert_eq!(
+            got[1].last["subscription:Audit.General"],
+            r#"{"status":"enabled"}"#
+        );
+        // Each hour's counters expire after a day and an hour.
+        let mut c = store.conn().await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(activity.bucket_key(&a, Utc::now()))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(ttl > 24 * 3_600_000 && ttl <= 25 * 3_600_000, "{ttl}");
+        store.purge_prefix().await.unwrap();
+    }
+}

@@ -61,7 +61,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/admin/tenants/{tid}/subscriptions/start",
             web::post().to(start_subscriptions),
         )
-        .route("/admin/tenants/{tid}/approve", web::post().to(approve_tenant))
+        .route(
+            "/admin/tenants/{tid}/approve",
+            web::post().to(approve_tenant),
+        )
         .route("/admin/consent/allowed", web::get().to(list_allowed))
         .route("/admin/consent/allowed/{tid}", web::put().to(allow_tenant))
         .route(

@@ -249,7 +249,6 @@ impl Consent {
             .append_pair("state", state);
         url.to_string()
     }
-
 }
 
 async fn start(
@@ -265,7 +264,8 @@ async fn start(
         .redirect_uri
         .as_deref()
         .ok_or(ConsentError::NoPublicUrl)?;
-    let nonce = nonce_of(&req).unwrap_or_else(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
+    let nonce =
+        nonce_of(&req).unwrap_or_else(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
     let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let issued = consent
         .store
@@ -277,10 +277,14 @@ async fn start(
         return Err(ConsentError::TooManyPending);
     }
     let mut response = HttpResponse::Found()
-        .insert_header((header::LOCATION, consent.authorize_url(redirect_uri, &state)))
+        .insert_header((
+            header::LOCATION,
+            consent.authorize_url(redirect_uri, &state),
+        ))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish();
-    let cookie = HeaderValue::from_str(&set_cookie(consent.public_url.as_ref(), &nonce)).expect("a cookie is header-safe");
+    let cookie = HeaderValue::from_str(&set_cookie(consent.public_url.as_ref(), &nonce))
+        .expect("a cookie is header-safe");
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }

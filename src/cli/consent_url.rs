@@ -7,9 +7,10 @@ use super::{settings, Failure, Outcome};
 
 pub async fn run() -> Outcome {
     let settings = settings()?;
-    let public = settings.public_url.as_ref().ok_or_else(|| {
-        Failure::usage("O365_PUBLIC_URL: is required to build the consent URL")
-    })?;
+    let public = settings
+        .public_url
+        .as_ref()
+        .ok_or_else(|| Failure::usage("O365_PUBLIC_URL: is required to build the consent URL"))?;
     println!("{public}/consent/start");
     eprintln!(
         "Send this link to the tenant's admin: it opens Microsoft's consent prompt. {public}/consent first explains what is requested."

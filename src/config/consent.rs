@@ -62,15 +62,11 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Consent {
         ],
         "a consent mode",
     );
-    let allowed_tenants = super::microsoft::tenant_list(
-        p,
-        "CONSENT_ALLOWED_TENANTS",
-        raw.consent_allowed_tenants,
-    );
+    let allowed_tenants =
+        super::microsoft::tenant_list(p, "CONSENT_ALLOWED_TENANTS", raw.consent_allowed_tenants);
     // An allowlist that is not in force is a mistake worth stopping for: the operator believes
     // onboarding is restricted while any tenant can onboard.
-    if !allowed_tenants.is_empty() && mode != ConsentMode::Allowlist && !p.failed("CONSENT_MODE")
-    {
+    if !allowed_tenants.is_empty() && mode != ConsentMode::Allowlist && !p.failed("CONSENT_MODE") {
         p.fail(
             "CONSENT_ALLOWED_TENANTS",
             format!(

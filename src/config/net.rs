@@ -37,7 +37,9 @@ impl IpNet {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -90,7 +92,15 @@ mod tests {
 
     #[test]
     fn malformed_blocks_are_refused() {
-        for bad in ["", "10.0.0", "10.0.0.0/33", "::/129", "10.0.0.0/", "host/8", "10.0.0.0/-1"] {
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "host/8",
+            "10.0.0.0/-1",
+        ] {
             assert!(IpNet::parse(bad).is_err(), "{bad}");
         }
     }

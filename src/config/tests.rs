@@ -279,7 +279,11 @@ fn consent_modes_and_the_allowlist_are_read() {
         format!("{A}, {}, {B},", A.to_uppercase()),
     ));
     let s = Settings::from_vars(v).unwrap();
-    let allowed: Vec<&str> = s.consent_allowed_tenants.iter().map(|t| t.as_str()).collect();
+    let allowed: Vec<&str> = s
+        .consent_allowed_tenants
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
     assert_eq!(allowed, [A, B], "normalised, duplicates dropped");
 }
 

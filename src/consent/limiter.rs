@@ -219,7 +219,11 @@ mod tests {
         );
         // Ports and IPv4-mapped IPv6 are understood.
         assert_eq!(
-            client_address(Some(ip("::ffff:10.0.0.1")), &["[2001:db8::5]:443"], &trusted),
+            client_address(
+                Some(ip("::ffff:10.0.0.1")),
+                &["[2001:db8::5]:443"],
+                &trusted
+            ),
             Some(ip("2001:db8::5"))
         );
     }
@@ -238,7 +242,10 @@ mod tests {
             limiter.check_at(a, t0 + Duration::from_secs(15)),
             Admit::No(Duration::from_secs(5))
         );
-        assert_eq!(limiter.check_at(a, t0 + Duration::from_secs(20)), Admit::Yes);
+        assert_eq!(
+            limiter.check_at(a, t0 + Duration::from_secs(20)),
+            Admit::Yes
+        );
         // Another client is not affected.
         assert_eq!(limiter.check_at(ip("203.0.113.2"), t0), Admit::Yes);
     }

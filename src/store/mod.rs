@@ -527,11 +527,7 @@ mod tests {
             .issue("s1", "hash-of-a-nonce", min, 10)
             .await
             .expect("issue"));
-        assert!(store
-            .consent_allowlist()
-            .add(&t)
-            .await
-            .expect("allowed"));
+        assert!(store.consent_allowlist().add(&t).await.expect("allowed"));
         assert!(store
             .start_guards()
             .try_take(&t, ct, min)
@@ -582,7 +578,11 @@ mod tests {
         use consent::Taken;
         let store = store();
         let ttl = Duration::from_secs(60);
-        assert!(store.consent().issue("s1", "h1", ttl, 10).await.expect("issued"));
+        assert!(store
+            .consent()
+            .issue("s1", "h1", ttl, 10)
+            .await
+            .expect("issued"));
         // Another browser (or none) cannot use it, and does not burn it either.
         for other in ["h2", ""] {
             assert_eq!(
@@ -599,7 +599,11 @@ mod tests {
             Taken::Unknown
         );
         assert_eq!(
-            store.consent().take("never-issued", "h1").await.expect("answered"),
+            store
+                .consent()
+                .take("never-issued", "h1")
+                .await
+                .expect("answered"),
             Taken::Unknown
         );
         assert_eq!(store.consent().in_progress().await.expect("answered"), 0);
@@ -611,9 +615,17 @@ mod tests {
         let store = store();
         let long = Duration::from_secs(60);
         for s in ["a", "b", "c"] {
-            assert!(store.consent().issue(s, "h", long, 3).await.expect("issued"));
+            assert!(store
+                .consent()
+                .issue(s, "h", long, 3)
+                .await
+                .expect("issued"));
         }
-        assert!(!store.consent().issue("d", "h", long, 3).await.expect("answered"));
+        assert!(!store
+            .consent()
+            .issue("d", "h", long, 3)
+            .await
+            .expect("answered"));
         let mut c = store.conn().await.expect("Redis answers");
         let d: bool = c
             .exists(format!("{}consent-state:d", store.prefix()))
@@ -622,16 +634,28 @@ mod tests {
         assert!(!d, "nothing is written above the cap");
         // Using one frees its place at once.
         store.consent().take("a", "h").await.expect("answered");
-        assert!(store.consent().issue("d", "h", long, 3).await.expect("issued"));
+        assert!(store
+            .consent()
+            .issue("d", "h", long, 3)
+            .await
+            .expect("issued"));
         assert_eq!(store.consent().in_progress().await.expect("answered"), 3);
         // Expired ones are trimmed on the next issue (a state lives milliseconds here).
         let store2 = self::store();
         let short = Duration::from_millis(50);
         for s in ["x", "y"] {
-            assert!(store2.consent().issue(s, "h", short, 2).await.expect("issued"));
+            assert!(store2
+                .consent()
+                .issue(s, "h", short, 2)
+                .await
+                .expect("issued"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(store2.consent().issue("z", "h", long, 2).await.expect("issued"));
+        assert!(store2
+            .consent()
+            .issue("z", "h", long, 2)
+            .await
+            .expect("issued"));
         assert_eq!(store2.consent().in_progress().await.expect("answered"), 1);
         store.purge_prefix().await.expect("purged");
         store2.purge_prefix().await.expect("purged");
@@ -646,7 +670,10 @@ mod tests {
         assert!(list.add(&t).await.expect("added"));
         assert!(!list.add(&t).await.expect("answered"), "already there");
         assert!(list.contains(&t).await.expect("answered"));
-        assert_eq!(list.all().await.expect("answered"), vec![TENANT.to_string()]);
+        assert_eq!(
+            list.all().await.expect("answered"),
+            vec![TENANT.to_string()]
+        );
         assert!(list.remove(&t).await.expect("removed"));
         assert!(!list.remove(&t).await.expect("answered"));
         assert!(list.all().await.expect("answered").is_empty());

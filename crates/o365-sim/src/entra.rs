@@ -355,10 +355,7 @@ fn token_response(
     if let (Some(upn), Some(obj)) = (upn, claims.as_object_mut()) {
         obj.insert("upn".into(), json!(upn));
         obj.insert("unique_name".into(), json!(upn));
-        obj.insert(
-            "scp".into(),
-            json!(ROLES.join(" ")),
-        );
+        obj.insert("scp".into(), json!(ROLES.join(" ")));
     }
     let access_token = sign(inner, &claims);
     let mut out = serde_json::Map::new();
@@ -439,10 +436,7 @@ fn code_grant(inner: &Inner, form: &HashMap<String, String>) -> HttpResponse {
             "oid": uuid::Uuid::new_v4().to_string(), "ver": "1.0",
         }),
     );
-    out.insert(
-        "scope".into(),
-        json!(ROLES.join(" ")),
-    );
+    out.insert("scope".into(), json!(ROLES.join(" ")));
     out.insert("refresh_token".into(), json!(random_token(48)));
     out.insert("id_token".into(), json!(id_token));
     HttpResponse::Ok().json(Value::Object(out))
@@ -573,7 +567,11 @@ async fn authorize(
             format!(
                 "<option value=\"{0}\"{1}>{0}</option>",
                 html_escape(t),
-                if t.eq_ignore_ascii_case(&chosen) { " selected" } else { "" }
+                if t.eq_ignore_ascii_case(&chosen) {
+                    " selected"
+                } else {
+                    ""
+                }
             )
         })
         .collect();
@@ -612,13 +610,7 @@ async fn decision(inner: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
     let tenant = match p.get("tenant").filter(|t| !t.is_empty()) {
         None => inner.consent_tenant(),
         Some(t) if inner.tenant_known(t) => t.to_ascii_lowercase(),
-        Some(t) => {
-            return error_page(
-                &inner,
-                "AADSTS90002",
-                &format!("Tenant '{t}' not found."),
-            )
-        }
+        Some(t) => return error_page(&inner, "AADSTS90002", &format!("Tenant '{t}' not found.")),
     };
     match p.get("decision").map(String::as_str) {
         Some("accept") => {

@@ -50,6 +50,7 @@ use base64::Engine;
 use limiter::{Admit, RateLimiter};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,20 @@ pub const COOKIE: &str = "o365_consent";
 const NONCE_LEN: usize = 43;
 /// What a browser refused for the cap on pending states is told to wait.
 const BUSY_RETRY_AFTER: u64 = 60;
+/// When (Unix seconds) the cap on pending states was last logged, so a flood logs once a minute.
+static CAP_WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// True at most once a minute per `last` (which it updates).
+fn once_a_minute(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let before = last.load(Ordering::Relaxed);
+    now >= before.saturating_add(60)
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
 
 /// What the consent pages need.
 pub struct Consent {
@@ -146,9 +161,15 @@ impl ResponseError for ConsentError {
             Some(cause) => {
                 tracing::warn!(error = %self, cause = %cause, "Consent step failed.")
             }
-            // A flood is not worth a line per request.
+            // A flood is not worth a line per request: one client over its budget is debug;
+            // the cap on pending states reached is worth a warning, at most once a minute.
             None if matches!(self, ConsentError::TooManyStarts { .. }) => {
                 tracing::debug!(error = %self, "Consent step refused.")
+            }
+            None if matches!(self, ConsentError::TooManyPending) => {
+                if once_a_minute(&CAP_WARNED) {
+                    tracing::warn!("O365_CONSENT_MAX_PENDING consents are in progress: new starts are refused (503) until some complete or expire.")
+                }
             }
             None => tracing::info!(error = %self, "Consent step refused."),
         }
@@ -450,5 +471,14 @@ mod tests {
             set_cookie(Some(&http), "n"),
             "o365_consent=n; Path=/consent; Max-Age=600; HttpOnly; SameSite=Lax"
         );
+    }
+
+    #[test]
+    fn the_cap_warning_is_logged_at_most_once_a_minute() {
+        let last = AtomicU64::new(0);
+        assert!(once_a_minute(&last));
+        assert!(!once_a_minute(&last));
+        last.store(last.load(Ordering::Relaxed) - 61, Ordering::Relaxed);
+        assert!(once_a_minute(&last));
     }
 }

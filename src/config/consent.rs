@@ -39,8 +39,8 @@ impl ConsentMode {
 
 /// `O365_CONSENT_STARTS_PER_MINUTE`, per client and replica: 1 to 600.
 const STARTS_PER_MINUTE: Bounds<u32> = Bounds::new(1, 600);
-/// `O365_CONSENT_MAX_PENDING`: 1 to 100,000 (each pending state holds about 250 bytes of Redis
-/// for 10 minutes, so at most about 25 MB).
+/// `O365_CONSENT_MAX_PENDING`: 1 to 100,000 (each pending state holds about 350 bytes of Redis
+/// for 10 minutes, measured: so at most about 35 MB).
 const MAX_PENDING: Bounds<u32> = Bounds::new(1, 100_000);
 
 pub(super) struct Consent {

@@ -580,3 +580,88 @@ async fn the_states_in_progress_are_capped_and_a_completed_consent_frees_its_pla
     assert_eq!(states_in_redis(&env).await, 3);
     env.cleanup().await;
 }
+
+/// Not a regular test: the figures behind the design (run with `--ignored --nocapture`).
+/// Floods `/consent/start` from many clients (distinct `X-Forwarded-For` behind a trusted
+/// proxy) and from one, and prints what Redis holds afterwards. It asserts only the bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn consent_flood_figures() {
+    use futures_util::StreamExt;
+    let cap = 10_000usize;
+    let env = TestEnv::start(env_with(&[("O365_TRUSTED_PROXIES", "127.0.0.1")])).await;
+    // One client, as in the issue: its budget, then 429s, and nothing more held.
+    let one: Vec<u16> = futures_util::stream::iter(0..2_000)
+        .map(|_| {
+            let http = env.http.clone();
+            let url = format!("{}/consent/start", env.public_url);
+            async move {
+                http.get(url)
+                    .header("X-Forwarded-For", "203.0.113.50")
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    println!(
+        "one client: 2000 starts: 429 {}, others {}; states held {}",
+        one.iter().filter(|s| **s == 429).count(),
+        one.iter().filter(|s| **s != 429).count(),
+        states_in_redis(&env).await
+    );
+    let held_before = states_in_redis(&env).await;
+    let total = 30_000u32;
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..total)
+        .map(|i| {
+            let http = env.http.clone();
+            let url = format!("{}/consent/start", env.public_url);
+            async move {
+                http.get(url)
+                    .header(
+                        "X-Forwarded-For",
+                        format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                    )
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
+    let held = states_in_redis(&env).await;
+    let mut r = redis().await;
+    let keys: Vec<String> = r.keys(env.redis_key("consent-state:*")).await.unwrap();
+    let state_bytes: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&keys[0])
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let index_bytes: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(env.redis_key("consent-states"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    println!(
+        "many clients: {total} starts in {secs:.1} s ({:.0}/s): 302 {}, 503 {}, 429 {}; states held {held} (cap {cap}); one state key {state_bytes} B, index {index_bytes} B ({:.0} B per state), so about {:.1} MB at the cap",
+        f64::from(total) / secs,
+        count(302),
+        count(503),
+        count(429),
+        index_bytes as f64 / held as f64,
+        (state_bytes as f64 + index_bytes as f64 / held as f64) * cap as f64 / 1e6,
+    );
+    assert_eq!(held, cap);
+    assert_eq!(count(302) + held_before, cap);
+    env.cleanup().await;
+}

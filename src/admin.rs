@@ -1,5 +1,6 @@
 //! The admin listener (cluster-internal): `/healthz`, `/readyz`, `/metrics` and the admin API
-//! (tenants and their subscriptions; OPERATIONS.md, "Admin API").
+//! (tenants, their approval and subscriptions, the consent allowlist; OPERATIONS.md, "Admin
+//! API").
 //!
 //! Errors are [`AdminError`]s: each names the status a client gets and a message written for
 //! that client. What Redis, RabbitMQ or Microsoft said stays in the error's `source`, which is
@@ -7,6 +8,7 @@
 
 use crate::broker::Broker;
 use crate::certs::ClientCertificate;
+use crate::consent::admission::{Admission, AllowlistError};
 use crate::dead_letters::{DeadLetters, Filter};
 use crate::domain::{ContentType, TenantId};
 use crate::management::{ApiError, Disposition};
@@ -38,6 +40,8 @@ pub struct AdminApi {
     pub metrics: Arc<Metrics>,
     /// `O365_ADMIN_TOKEN`: when set, the admin API asks for it as a bearer token.
     pub admin_token: Option<Secret<String>>,
+    /// `O365_CONSENT_MODE` and its allowlist (`/admin/consent/allowed`).
+    pub admission: Arc<Admission>,
     /// The client certificate, for its expiry metric.
     pub certificate: Option<ClientCertificate>,
     /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
@@ -73,6 +77,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/dead-letters/purge",
             web::post().to(purge_dead_letters),
+        )
+        .route(
+            "/admin/tenants/{tid}/approve",
+            web::post().to(approve_tenant),
+        )
+        .route("/admin/consent/allowed", web::get().to(list_allowed))
+        .route("/admin/consent/allowed/{tid}", web::put().to(allow_tenant))
+        .route(
+            "/admin/consent/allowed/{tid}",
+            web::delete().to(disallow_tenant),
         );
 }
 
@@ -85,6 +99,8 @@ pub enum AdminError {
     BadRequest(String),
     #[error("tenant {0} is not registered")]
     NotRegistered(TenantId),
+    #[error("tenant {0} is not on the consent allowlist")]
+    NotAllowed(TenantId),
     #[error("tenant {0} is configured in O365_TENANTS; remove it there")]
     Static(TenantId),
     /// The request contradicts the tenant's state (e.g. approving a tenant that is not pending).
@@ -125,7 +141,7 @@ impl ResponseError for AdminError {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::NotRegistered(_) => StatusCode::NOT_FOUND,
+            AdminError::NotRegistered(_) | AdminError::NotAllowed(_) => StatusCode::NOT_FOUND,
             AdminError::Static(_) | AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Store(_) | AdminError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Management(e) => management_status(e),
@@ -165,6 +181,15 @@ impl From<TenantError> for AdminError {
             TenantError::Static(t) => AdminError::Static(t),
             e @ TenantError::NotPending(..) => AdminError::Conflict(e.to_string()),
             TenantError::Store(e) => AdminError::Store(e),
+        }
+    }
+}
+
+impl From<AllowlistError> for AdminError {
+    fn from(e: AllowlistError) -> Self {
+        match e {
+            e @ AllowlistError::Configured(_) => AdminError::Conflict(e.to_string()),
+            AllowlistError::Store(e) => AdminError::Store(e),
         }
     }
 }
@@ -372,6 +397,71 @@ async fn list_subscriptions(
         .await
         .map_err(|e| logged(e.into()))?;
     Ok(HttpResponse::Ok().json(list))
+}
+
+/// Approves a tenant pending approval (`O365_CONSENT_MODE=approval`) and starts its
+/// subscriptions: 200, 404 not registered, 409 not pending.
+async fn approve_tenant(
+    req: HttpRequest,
+    path: web::Path<String>,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let tid = tenant_param(&path)?;
+    match api.onboarding.approve(&tid).await {
+        Ok(Some(approved)) => Ok(HttpResponse::Ok().json(approved)),
+        Ok(None) => Err(AdminError::NotRegistered(tid)),
+        Err(e) => Err(logged(e.into())),
+    }
+}
+
+async fn list_allowed(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let list = api.admission.list().await.map_err(|e| logged(e.into()))?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// Allows a tenant to onboard: 201 when added, 200 when it was allowed already.
+async fn allow_tenant(
+    req: HttpRequest,
+    path: web::Path<String>,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let tid = tenant_param(&path)?;
+    let added = api
+        .admission
+        .allow(&tid)
+        .await
+        .map_err(|e| logged(e.into()))?;
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(serde_json::json!({ "allowed": tid, "added": added })))
+}
+
+/// Takes a tenant off the allowlist: 200, 404 not on it, 409 configured.
+async fn disallow_tenant(
+    req: HttpRequest,
+    path: web::Path<String>,
+    api: web::Data<AdminApi>,
+) -> Result<HttpResponse, AdminError> {
+    authorise(&req, &api)?;
+    let tid = tenant_param(&path)?;
+    if !api
+        .admission
+        .disallow(&tid)
+        .await
+        .map_err(|e| logged(e.into()))?
+    {
+        return Err(AdminError::NotAllowed(tid));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": tid })))
 }
 
 #[derive(Deserialize)]

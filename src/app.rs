@@ -7,6 +7,8 @@
 use crate::admin::{self, AdminApi};
 use crate::broker::Broker;
 use crate::config::{Credential, Settings};
+use crate::consent::admission::Admission;
+use crate::consent::limiter::RateLimiter;
 use crate::consent::{self, Consent};
 use crate::dead_letters::DeadLetters;
 use crate::management::ManagementClient;
@@ -223,6 +225,7 @@ impl Parts {
             supervisor: self.supervisor.clone(),
             metrics: self.metrics.clone(),
             admin_token: self.settings.admin_token.clone(),
+            admission: self.admission(),
             certificate: self.certificate(),
             stopping: self.stopping.clone(),
             status: Arc::new(self.status()),
@@ -252,16 +255,31 @@ impl Parts {
         DeadLetters::new(self.broker.clone(), self.work_queue.names().clone())
     }
 
+    /// `O365_CONSENT_MODE` and its allowlist (configured, and in Redis).
+    fn admission(&self) -> Arc<Admission> {
+        Arc::new(Admission::new(
+            self.settings.consent_mode,
+            self.settings.consent_allowed_tenants.clone(),
+            self.settings.tenants.clone(),
+            self.store.clone(),
+        ))
+    }
+
     pub fn consent(&self) -> Consent {
         Consent {
             store: self.store.clone(),
             tokens: self.tokens.clone(),
             onboarding: self.onboarding.clone(),
+            admission: self.admission(),
+            limiter: RateLimiter::new(self.settings.consent_starts_per_minute),
+            trusted_proxies: self.settings.trusted_proxies.clone(),
+            max_pending: self.settings.consent_max_pending,
             content_types: self.settings.content_types.clone(),
             login_url: self.settings.login_url.clone(),
             manage_url: self.settings.manage_url.clone(),
             client_id: self.settings.client_id.clone(),
             redirect_uri: self.settings.consent_redirect_uri(),
+            public_url: self.settings.public_url.clone(),
         }
     }
 }

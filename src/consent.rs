@@ -1,26 +1,80 @@
 //! Tenant onboarding through admin consent (Get started with Office 365 Management APIs, "Get
 //! Office 365 tenant admin consent" and "Request an access token using the authorization code";
 //! docs/ONBOARDING.md, "3. Onboard a customer tenant"). `GET /consent` shows a page with a
-//! button; `GET /consent/start` creates a single-use `state` (kept 10 minutes in Redis) and
-//! redirects to Entra's authorize URL; `GET /consent/callback` verifies and consumes the state,
-//! exchanges the code at the `common` endpoint, reads `tid` from the token (never from the query
-//! string), registers the tenant and starts its subscriptions.
+//! button; `GET /consent/start` creates a single-use `state` bound to the browser and redirects
+//! to Entra's authorize URL; `GET /consent/callback` verifies and consumes the state, exchanges
+//! the code at the `common` endpoint, reads `tid` from the token (never from the query string)
+//! and, as `O365_CONSENT_MODE` says ([`admission`]), registers the tenant and starts its
+//! subscriptions, registers it pending approval, or registers nothing.
+//!
+//! **The state is bound to the browser that started the flow** (RFC 6749 §10.12): the start
+//! sets a random nonce in a cookie and keeps only its SHA-256 beside the state; the callback is
+//! honoured only when the same browser brings the nonce back. A callback replayed from another
+//! browser — e.g. an attacker's own `code` and `state` planted on a victim — is refused before
+//! the code is redeemed, and leaves the state for its own browser. The cookie is `HttpOnly`
+//! (no script reads it), `Path={public path}/consent` (sent nowhere else), `Max-Age` the
+//! state's 10 minutes, `Secure` when `O365_PUBLIC_URL` is https, and `SameSite=Lax`: the
+//! callback is a top-level GET navigation that arrives from Entra's site, and `Strict` cookies
+//! are withheld from any request a cross-site page started, so with `Strict` the callback would
+//! never see the nonce; `Lax` sends it on exactly that kind of request (top-level, safe method)
+//! and still withholds it from cross-site subrequests and POSTs. A browser that starts twice
+//! (two tabs) keeps one nonce, so both flows complete.
+//!
+//! **Starts are bounded**: per client ([`limiter`]: `O365_CONSENT_STARTS_PER_MINUTE`, 429 with
+//! `Retry-After`) and in total (`O365_CONSENT_MAX_PENDING` states in progress across all
+//! replicas, kept in Redis; beyond it 503 with `Retry-After`), so a flood of unauthenticated
+//! starts cannot hold unbounded memory.
+//!
+//! `o365-relay consent-url` prints `{O365_PUBLIC_URL}/consent/start`: a state minted on the
+//! operator's terminal could not be bound to the admin's browser.
 
-use crate::config::BaseUrl;
+pub mod admission;
+pub mod limiter;
+mod pages;
+
+pub use pages::{esc, permissions};
+
+use crate::config::{BaseUrl, ConsentMode, IpNet};
 use crate::domain::{ContentType, TenantId};
 use crate::onboarding::{AddRequest, Onboarding};
+use crate::store::consent::Taken;
 use crate::store::{Store, StoreError};
-use crate::tenants::{AddedBy, NewTenant, TenantError};
+use crate::tenants::{AddedBy, TenantError, TenantState};
 use crate::tokens::{TokenError, TokenProvider};
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use admission::{Admission, Verdict};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use limiter::{Admit, RateLimiter};
 use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const STATE_TTL: Duration = Duration::from_secs(600);
+/// The cookie holding the browser's nonce.
+pub const COOKIE: &str = "o365_consent";
+/// A nonce: 32 random bytes, base64url without padding.
+const NONCE_LEN: usize = 43;
+/// What a browser refused for the cap on pending states is told to wait.
+const BUSY_RETRY_AFTER: u64 = 60;
+/// When (Unix seconds) the cap on pending states was last logged, so a flood logs once a minute.
+static CAP_WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// True at most once a minute per `last` (which it updates).
+fn once_a_minute(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let before = last.load(Ordering::Relaxed);
+    now >= before.saturating_add(60)
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
 
 /// What the consent pages need.
 pub struct Consent {
@@ -29,6 +83,14 @@ pub struct Consent {
     /// Exchanges the authorization code at Entra ID.
     pub tokens: Arc<TokenProvider>,
     pub onboarding: Arc<Onboarding>,
+    /// `O365_CONSENT_MODE` and its allowlist.
+    pub admission: Arc<Admission>,
+    /// `O365_CONSENT_STARTS_PER_MINUTE`, per client.
+    pub limiter: RateLimiter,
+    /// `O365_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `O365_CONSENT_MAX_PENDING`.
+    pub max_pending: u32,
     /// `O365_CONTENT_TYPES`, listed on the page.
     pub content_types: Vec<ContentType>,
     /// `O365_LOGIN_URL` (Entra ID's authorize endpoint lives under it).
@@ -38,6 +100,8 @@ pub struct Consent {
     pub client_id: String,
     /// `{O365_PUBLIC_URL}/consent/callback`; `None` without a public URL.
     pub redirect_uri: Option<String>,
+    /// `O365_PUBLIC_URL` (the cookie's path and whether it is `Secure`).
+    pub public_url: Option<BaseUrl>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -54,8 +118,14 @@ pub enum ConsentError {
     NoPublicUrl,
     #[error("Temporarily unavailable. Please try again in a minute.")]
     StateStore(#[source] StoreError),
+    #[error("Too many attempts from your network. Please wait a moment and try again.")]
+    TooManyStarts { retry_after: u64 },
+    #[error("Too many sign-ins are in progress right now. Please try again in a few minutes.")]
+    TooManyPending,
     #[error("This sign-in link is invalid, expired or was already used. Start again from the consent page.")]
     InvalidState,
+    #[error("This sign-in was started in another browser, or your browser did not keep our cookie. Start again from the consent page in this browser.")]
+    OtherBrowser,
     #[error("Consent was declined, so nothing was connected.")]
     Declined,
     #[error("Microsoft reported an error: {0}")]
@@ -68,6 +138,8 @@ pub enum ConsentError {
     UnreadableToken,
     #[error("The token from Microsoft does not name a tenant for the Management API.")]
     NoTenant,
+    #[error("This service does not serve tenant {0}.")]
+    NotServed(TenantId),
     #[error("The tenant could not be registered right now. Please try again in a minute.")]
     Register(#[source] TenantError),
 }
@@ -75,7 +147,11 @@ pub enum ConsentError {
 impl ResponseError for ConsentError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ConsentError::StateStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ConsentError::StateStore(_) | ConsentError::TooManyPending => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ConsentError::TooManyStarts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ConsentError::NotServed(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -85,113 +161,101 @@ impl ResponseError for ConsentError {
             Some(cause) => {
                 tracing::warn!(error = %self, cause = %cause, "Consent step failed.")
             }
+            // A flood is not worth a line per request: one client over its budget is debug;
+            // the cap on pending states reached is worth a warning, at most once a minute.
+            None if matches!(self, ConsentError::TooManyStarts { .. }) => {
+                tracing::debug!(error = %self, "Consent step refused.")
+            }
+            None if matches!(self, ConsentError::TooManyPending) => {
+                if once_a_minute(&CAP_WARNED) {
+                    tracing::warn!("O365_CONSENT_MAX_PENDING consents are in progress: new starts are refused (503) until some complete or expire.")
+                }
+            }
             None => tracing::info!(error = %self, "Consent step refused."),
         }
         match self {
-            ConsentError::StateStore(_) => html(
-                self.status_code(),
-                "Try again later",
-                "<h1 class=\"err\">Temporarily unavailable</h1><p>Please try again in a minute.</p>",
-            ),
-            other => error_page(other.status_code(), &other.to_string()),
+            ConsentError::StateStore(_) => pages::unavailable(),
+            ConsentError::TooManyStarts { retry_after } => {
+                pages::try_later(self.status_code(), &self.to_string(), *retry_after)
+            }
+            ConsentError::TooManyPending => {
+                pages::try_later(self.status_code(), &self.to_string(), BUSY_RETRY_AFTER)
+            }
+            ConsentError::NotServed(tenant) => pages::not_served(tenant),
+            other => pages::error_page(other.status_code(), &other.to_string()),
         }
     }
 }
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_string(),
-            '>' => "&gt;".to_string(),
-            '&' => "&amp;".to_string(),
-            '"' => "&quot;".to_string(),
-            '\'' => "&#39;".to_string(),
-            c => c.to_string(),
+async fn page(consent: web::Data<Consent>) -> HttpResponse {
+    let note = match consent.admission.mode() {
+        ConsentMode::Open => "",
+        ConsentMode::Allowlist => {
+            "<p><small>This service connects only the organisations its operator has agreed to serve; any other will be told so after signing in, and nothing is collected from it.</small></p>"
+        }
+        ConsentMode::Approval => {
+            "<p><small>After your consent, the operator of this service approves your tenant before any audit data is collected.</small></p>"
+        }
+    };
+    pages::consent_page(&consent.content_types, note)
+}
+
+/// The browser's nonce from the `Cookie` header(s), if one is well-formed.
+fn nonce_of(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| {
+            *name == COOKIE
+                && value.len() == NONCE_LEN
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+        .map(|(_, value)| value.to_string())
+}
+
+/// Hex SHA-256 of a nonce: what is kept beside the state.
+fn nonce_hash(nonce: &str) -> String {
+    openssl::sha::sha256(nonce.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn html(status: StatusCode, title: &str, body: &str) -> HttpResponse {
-    let page = format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{title}</title>
-<style>
-body{{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f6f8;color:#1b1f23}}
-main{{max-width:36rem;margin:3rem auto;padding:2rem;background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08)}}
-h1{{font-size:1.4rem;margin-top:0}} ul{{padding-left:1.2rem}} code{{background:#eef1f4;padding:.1rem .3rem;border-radius:4px}}
-.button{{display:inline-block;background:#0f6cbd;color:#fff;border:0;border-radius:8px;padding:.8rem 1.2rem;font-size:1rem;text-decoration:none;cursor:pointer}}
-.ok{{color:#107c10}} .err{{color:#c50f1f}} small{{color:#57606a}}
-@media (max-width:40rem){{main{{margin:0;border-radius:0;min-height:100vh}}}}
-</style></head><body><main>{body}</main></body></html>"#,
-        title = esc(title),
-        body = body
-    );
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Cache-Control", "no-store"))
-        .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header((
-            "Content-Security-Policy",
-            // The Connect button is a link, not a form: browsers apply `form-action` to the
-            // redirect that follows a form submission, and that redirect goes to Entra's origin.
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
-        ))
-        .body(page)
-}
-
-fn error_page(status: StatusCode, message: &str) -> HttpResponse {
-    html(
-        status,
-        "Tenant not connected",
-        &format!(
-            r#"<h1 class="err">Your tenant was not connected</h1><p id="error">{}</p><p><a class="button" href="/consent">Start again</a></p>"#,
-            esc(message)
+/// `Set-Cookie` for `nonce`; see the module doc for each attribute.
+fn set_cookie(public_url: Option<&BaseUrl>, nonce: &str) -> String {
+    let (path, secure) = match public_url {
+        Some(u) => (
+            format!("{}/consent", u.url().path().trim_end_matches('/')),
+            u.is_https(),
         ),
-    )
-}
-
-async fn page(consent: web::Data<Consent>) -> HttpResponse {
-    let types: String = consent
-        .content_types
-        .iter()
-        .map(|c| format!("<li><code>{}</code></li>", esc(c.as_str())))
-        .collect();
-    html(
-        StatusCode::OK,
-        "Connect your Microsoft 365 tenant",
-        &format!(
-            r#"<h1>Connect your Microsoft 365 tenant</h1>
-<p>This service collects your organisation's Office 365 unified audit log through Microsoft's
-Office 365 Management Activity API and delivers it to your security pipeline.</p>
-<p>A Global Administrator of your tenant will be asked by Microsoft to grant this application
-read-only access to the activity feed (<code>ActivityFeed.Read</code>,
-<code>ActivityFeed.ReadDlp</code>, <code>ServiceHealth.Read</code>). It cannot change anything in
-your tenant. After consent we subscribe to these content types:</p><ul>{types}</ul>
-<p><a class="button" id="connect" href="/consent/start">Connect your Microsoft 365 tenant</a></p>
-<p><small>You can revoke access at any time under Enterprise applications in the Microsoft Entra admin center.</small></p>"#
-        ),
+        None => ("/consent".to_string(), false),
+    };
+    format!(
+        "{COOKIE}={nonce}; Path={path}; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        STATE_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
     )
 }
 
 impl Consent {
-    /// Creates a random single-use `state`, kept in Redis for 10 minutes.
-    async fn issue_state(&self) -> Result<String, StoreError> {
-        let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        self.store.consent().issue(&state, STATE_TTL).await?;
-        Ok(state)
-    }
-
-    /// The authorize URL with a fresh state: what `/consent/start` redirects to and what
-    /// `o365-relay consent-url` prints (single use, valid 10 minutes).
-    pub async fn link(&self) -> Result<String, ConsentError> {
-        let redirect_uri = self
-            .redirect_uri
-            .as_deref()
-            .ok_or(ConsentError::NoPublicUrl)?;
-        let state = self.issue_state().await.map_err(ConsentError::StateStore)?;
-        Ok(self.authorize_url(redirect_uri, &state))
+    /// Who a request is attributed to for the rate limit (every request without a peer
+    /// address shares one budget).
+    fn client(&self, req: &HttpRequest) -> IpAddr {
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        limiter::client_address(
+            req.peer_addr().map(|a| a.ip()),
+            &forwarded,
+            &self.trusted_proxies,
+        )
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     /// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…&state=…`.
@@ -206,22 +270,44 @@ impl Consent {
             .append_pair("state", state);
         url.to_string()
     }
-
-    /// Verifies and consumes `state`: single use, whatever follows.
-    async fn consume_state(&self, state: Option<&str>) -> bool {
-        match state.filter(|s| !s.is_empty() && s.len() <= 128) {
-            Some(s) => matches!(self.store.consent().take(s).await, Ok(true)),
-            None => false,
-        }
-    }
 }
 
-async fn start(consent: web::Data<Consent>) -> Result<HttpResponse, ConsentError> {
-    let url = consent.link().await?;
-    Ok(HttpResponse::Found()
-        .insert_header(("Location", url))
-        .insert_header(("Cache-Control", "no-store"))
-        .finish())
+async fn start(
+    req: HttpRequest,
+    consent: web::Data<Consent>,
+) -> Result<HttpResponse, ConsentError> {
+    if let Admit::No(wait) = consent.limiter.check(consent.client(&req)) {
+        return Err(ConsentError::TooManyStarts {
+            retry_after: wait.as_secs(),
+        });
+    }
+    let redirect_uri = consent
+        .redirect_uri
+        .as_deref()
+        .ok_or(ConsentError::NoPublicUrl)?;
+    let nonce =
+        nonce_of(&req).unwrap_or_else(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
+    let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let issued = consent
+        .store
+        .consent()
+        .issue(&state, &nonce_hash(&nonce), STATE_TTL, consent.max_pending)
+        .await
+        .map_err(ConsentError::StateStore)?;
+    if !issued {
+        return Err(ConsentError::TooManyPending);
+    }
+    let mut response = HttpResponse::Found()
+        .insert_header((
+            header::LOCATION,
+            consent.authorize_url(redirect_uri, &state),
+        ))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish();
+    let cookie = HeaderValue::from_str(&set_cookie(consent.public_url.as_ref(), &nonce))
+        .expect("a cookie is header-safe");
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -241,12 +327,28 @@ fn claims(jwt: &str) -> Option<serde_json::Value> {
 }
 
 async fn callback(
+    req: HttpRequest,
     q: web::Query<Callback>,
     consent: web::Data<Consent>,
 ) -> Result<HttpResponse, ConsentError> {
-    // The state is checked (and consumed) before anything else, errors included.
-    if !consent.consume_state(q.state.as_deref()).await {
-        return Err(ConsentError::InvalidState);
+    // The state (and the browser it is bound to) is checked before anything else, errors
+    // included; it is consumed only by its own browser.
+    let state = q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .ok_or(ConsentError::InvalidState)?;
+    let presented = nonce_of(&req).map(|n| nonce_hash(&n)).unwrap_or_default();
+    match consent
+        .store
+        .consent()
+        .take(state, &presented)
+        .await
+        .map_err(ConsentError::StateStore)?
+    {
+        Taken::Consumed => {}
+        Taken::Unknown => return Err(ConsentError::InvalidState),
+        Taken::OtherBrowser => return Err(ConsentError::OtherBrowser),
     }
     if let Some(err) = &q.error {
         if err == "access_denied" {
@@ -287,6 +389,18 @@ async fn callback(
         .or_else(|| c.get("unique_name"))
         .and_then(|u| u.as_str())
         .map(str::to_string);
+    let new_state = match consent
+        .admission
+        .verdict(&tenant)
+        .await
+        .map_err(ConsentError::StateStore)?
+    {
+        Verdict::Register(state) => state,
+        Verdict::NotServed => {
+            tracing::warn!(tenant_id = %tenant, consented_by = upn.as_deref().unwrap_or(""), "Consent from a tenant not on the allowlist: nothing registered.");
+            return Err(ConsentError::NotServed(tenant));
+        }
+    };
     let added = consent
         .onboarding
         .add(
@@ -295,32 +409,76 @@ async fn callback(
                 added_by: AddedBy::Consent,
                 consented_by: upn.clone(),
                 start_subscriptions: true,
-                state: NewTenant::Healthy,
+                state: new_state,
             },
         )
         .await
         .map_err(ConsentError::Register)?;
-    let rows: String = added
-        .subscriptions
-        .iter()
-        .map(|o| {
-            format!(
-                "<li><code>{}</code>: <span class=\"{}\">{}</span></li>",
-                esc(&o.content_type),
-                if o.ok { "ok" } else { "err" },
-                esc(&o.message)
-            )
-        })
-        .collect();
-    Ok(html(
-        StatusCode::OK,
-        "Tenant connected",
-        &format!(
-            r#"<h1 class="ok">Your tenant is connected</h1><p>Tenant <code id="tenant">{}</code>{} is now served. Subscriptions:</p><ul id="subscriptions">{rows}</ul>
-<p><small>Audit records flow as Microsoft publishes them, often with a delay of up to an hour. You can close this page.</small></p>"#,
-            esc(tenant.as_str()),
-            upn.map(|u| format!(" (consent by {})", esc(&u)))
-                .unwrap_or_default()
-        ),
-    ))
+    Ok(match added.tenant.state {
+        TenantState::Pending { .. } => {
+            tracing::info!(tenant_id = %tenant, "Consent received; the tenant awaits approval.");
+            pages::awaiting_approval(&tenant, upn.as_deref())
+        }
+        _ => pages::connected(&tenant, upn.as_deref(), &added.subscriptions),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(cookies: &[&str]) -> HttpRequest {
+        let mut req = actix_web::test::TestRequest::default();
+        for c in cookies {
+            req = req.append_header((header::COOKIE, *c));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn the_nonce_is_read_only_from_a_well_formed_cookie_of_ours() {
+        let nonce = "A".repeat(NONCE_LEN);
+        assert_eq!(
+            nonce_of(&request(&[&format!("other=1; {COOKIE}={nonce}; x=y")])),
+            Some(nonce.clone())
+        );
+        assert_eq!(
+            nonce_of(&request(&["a=b", &format!("{COOKIE}={nonce}")])),
+            Some(nonce.clone()),
+            "several Cookie headers (HTTP/2)"
+        );
+        for bad in [
+            format!("{COOKIE}=short"),
+            format!("{COOKIE}={}!", "A".repeat(NONCE_LEN - 1)),
+            format!("x{COOKIE}={nonce}"),
+            String::new(),
+        ] {
+            assert_eq!(nonce_of(&request(&[&bad])), None, "{bad}");
+        }
+        assert_eq!(nonce_hash("abc").len(), 64);
+        assert_ne!(nonce_hash("abc"), nonce_hash("abd"));
+    }
+
+    #[test]
+    fn the_cookie_is_httponly_lax_limited_to_the_consent_path_and_secure_over_https() {
+        let https = BaseUrl::parse("https://relay.example.com/o365/").unwrap();
+        assert_eq!(
+            set_cookie(Some(&https), "n"),
+            "o365_consent=n; Path=/o365/consent; Max-Age=600; HttpOnly; SameSite=Lax; Secure"
+        );
+        let http = BaseUrl::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            set_cookie(Some(&http), "n"),
+            "o365_consent=n; Path=/consent; Max-Age=600; HttpOnly; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn the_cap_warning_is_logged_at_most_once_a_minute() {
+        let last = AtomicU64::new(0);
+        assert!(once_a_minute(&last));
+        assert!(!once_a_minute(&last));
+        last.store(last.load(Ordering::Relaxed) - 61, Ordering::Relaxed);
+        assert!(once_a_minute(&last));
+    }
 }

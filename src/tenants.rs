@@ -271,7 +271,8 @@ impl Tenants {
 
     /// Registers `t` (idempotent: an existing record keeps its history) in `state`: `healthy`
     /// (which also un-parks a parked tenant and revives an offboarded one) or `pending` (only
-    /// from not registered or offboarded: an approved tenant consenting again stays approved).
+    /// from not registered or offboarded: an approved tenant consenting again stays approved,
+    /// and is un-parked if it was parked).
     pub async fn add(
         &self,
         t: &TenantId,
@@ -334,6 +335,18 @@ impl Tenants {
                     .tenants()
                     .transition(t, from, "pending", &pending.to_stored())
                     .await?;
+                // An approved tenant that was parked is un-parked by its admin's consent, as
+                // in open mode: the consent is what a parking for withdrawn consent waits for.
+                if !created {
+                    let (_, unparked) = self
+                        .store
+                        .tenants()
+                        .transition(t, &["parked"], "healthy", &TenantState::Healthy.to_stored())
+                        .await?;
+                    if unparked {
+                        tracing::info!(tenant_id = %t, "Tenant un-parked by a new consent.");
+                    }
+                }
             }
         }
         self.forget_cached(t);
@@ -524,6 +537,12 @@ mod tests {
             tenants.approve(&t).await,
             Err(TenantError::NotPending(_, ref was)) if was == "parked"
         ));
+        // Its admin consenting again (approval mode) un-parks it, without a new approval.
+        let again = tenants
+            .add(&t, AddedBy::Consent, None, NewTenant::Pending)
+            .await
+            .unwrap();
+        assert_eq!(again.state, TenantState::Healthy);
         assert!(tenants.approve(&tid(3)).await.unwrap().is_none());
         tenants.store.purge_prefix().await.unwrap();
     }

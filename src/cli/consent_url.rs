@@ -1,24 +1,19 @@
-//! `o365-relay consent-url`: the authorize URL with a state the callback accepts (without one,
-//! the callback would refuse the admin's return): single use, valid 10 minutes, so it needs
-//! Redis.
+//! `o365-relay consent-url`: the link that starts the admin consent for this deployment,
+//! `{O365_PUBLIC_URL}/consent/start`. Opened by the tenant admin, it creates the single-use
+//! `state` in *their* browser and sends them on to Microsoft; a state minted here could not be
+//! bound to that browser, so the callback would refuse it (src/consent.rs).
 
-use super::{parts, Failure, Outcome};
-use o365_relay::consent::ConsentError;
+use super::{settings, Failure, Outcome};
 
 pub async fn run() -> Outcome {
-    let parts = parts()?;
-    let url = parts.consent().link().await.map_err(|e| match e {
-        ConsentError::NoPublicUrl => {
-            Failure::usage("O365_PUBLIC_URL: is required to build the consent URL")
-        }
-        other => Failure::Failed(anyhow::Error::new(other).context("cannot issue a consent link")),
-    })?;
-    println!("{url}");
-    if let Some(public) = &parts.settings.public_url {
-        eprintln!(
-            "This link works once and for 10 minutes. For a link that does not expire, send the tenant admin {}/consent",
-            public.as_str().trim_end_matches('/')
-        );
-    }
+    let settings = settings()?;
+    let public = settings
+        .public_url
+        .as_ref()
+        .ok_or_else(|| Failure::usage("O365_PUBLIC_URL: is required to build the consent URL"))?;
+    println!("{public}/consent/start");
+    eprintln!(
+        "Send this link to the tenant's admin: it opens Microsoft's consent prompt. {public}/consent first explains what is requested."
+    );
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! `o365-relay tenants list | add | remove`, through the same onboarding service as the consent
-//! callback and the admin API.
+//! `o365-relay tenants list | add | remove | approve`, through the same onboarding service as
+//! the consent callback and the admin API.
 
 use super::{parts, tenant_arg, Failure, Outcome};
+use anyhow::anyhow;
 use o365_relay::onboarding::AddRequest;
 
 #[derive(clap::Subcommand)]
@@ -16,13 +17,20 @@ pub enum TenantsCmd {
         #[arg(long)]
         stop_subscriptions: bool,
     },
+    /// Approve a tenant pending approval (O365_CONSENT_MODE=approval) and start its
+    /// subscriptions.
+    Approve {
+        tenant: String,
+    },
 }
 
 pub async fn run(cmd: TenantsCmd) -> Outcome {
     // Arguments first: a wrong tenant id is a usage error whatever the configuration.
     let tenant = match &cmd {
         TenantsCmd::List => None,
-        TenantsCmd::Add { tenant } | TenantsCmd::Remove { tenant, .. } => Some(tenant_arg(tenant)?),
+        TenantsCmd::Add { tenant }
+        | TenantsCmd::Remove { tenant, .. }
+        | TenantsCmd::Approve { tenant } => Some(tenant_arg(tenant)?),
     };
     let parts = parts()?;
     match (cmd, tenant) {
@@ -75,6 +83,22 @@ pub async fn run(cmd: TenantsCmd) -> Outcome {
                     "was not registered:"
                 }
             );
+        }
+        (TenantsCmd::Approve { .. }, Some(tid)) => {
+            let approved = parts
+                .onboarding
+                .approve(&tid)
+                .await
+                .map_err(anyhow::Error::new)?
+                .ok_or_else(|| anyhow!("tenant {tid} is not registered"))?;
+            for s in &approved.subscriptions {
+                if s.ok {
+                    println!("started {}", s.content_type);
+                } else {
+                    println!("could not start {}: {}", s.content_type, s.detail);
+                }
+            }
+            println!("approved {tid}");
         }
         (_, None) => return Err(Failure::usage("a tenant id is required")),
     }

@@ -1,8 +1,8 @@
-//! HTTP on both sides: the two listeners, the public URL Microsoft calls back on, the admin
-//! token, and the time limits on requests in and out.
+//! HTTP on both sides: the two listeners, the public URL Microsoft calls back on, the proxies
+//! in front of the public listener, the admin token, and the time limits on requests in and out.
 
 use super::parse::{Bounds, Parser, SECOND};
-use super::BaseUrl;
+use super::{BaseUrl, IpNet};
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::time::Duration;
@@ -17,6 +17,7 @@ struct Raw {
     http_timeout: Option<String>,
     fetch_timeout: Option<String>,
     webhook_body_timeout: Option<String>,
+    trusted_proxies: Option<String>,
 }
 
 /// `O365_HTTP_TIMEOUT`, connecting to and each read from Microsoft: 1s to 10m.
@@ -36,6 +37,7 @@ pub(super) struct Http {
     pub http_timeout: Duration,
     pub fetch_timeout: Duration,
     pub webhook_body_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
@@ -78,7 +80,29 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
             "10s",
             WEBHOOK_BODY_TIMEOUT,
         ),
+        trusted_proxies: trusted_proxies(p, raw.trusted_proxies),
     }
+}
+
+/// `O365_TRUSTED_PROXIES`: comma-separated addresses or CIDR blocks of the proxies (the
+/// ingress) whose `X-Forwarded-For` the public listener believes; empty = nobody's.
+fn trusted_proxies(p: &mut Parser, v: Option<String>) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for s in v
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match IpNet::parse(s) {
+            Ok(n) => nets.push(n),
+            Err(e) => p.fail(
+                "TRUSTED_PROXIES",
+                format!("{e} (expected e.g. 10.0.0.0/8,192.168.1.10)"),
+            ),
+        }
+    }
+    nets
 }
 
 /// A listener's `address:port`, kept as text for actix's `bind`.

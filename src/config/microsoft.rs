@@ -53,7 +53,7 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Microsoft {
         raw.client_secret,
     );
     let webhook_auth_id = webhook_auth_id(p, raw.webhook_auth_id);
-    let tenants = tenants(p, raw.tenants);
+    let tenants = tenant_list(p, "TENANTS", raw.tenants);
     let publisher_id = raw
         .publisher_id
         .filter(|s| !s.trim().is_empty())
@@ -148,8 +148,8 @@ fn webhook_auth_id(p: &mut Parser, v: Option<String>) -> Secret<String> {
     Secret::new(auth_id)
 }
 
-/// Comma-separated tenant GUIDs, duplicates dropped.
-fn tenants(p: &mut Parser, v: Option<String>) -> Vec<TenantId> {
+/// Comma-separated tenant GUIDs in `O365_{var}`, duplicates dropped.
+pub(super) fn tenant_list(p: &mut Parser, var: &str, v: Option<String>) -> Vec<TenantId> {
     let mut tenants = Vec::new();
     for t in v
         .unwrap_or_default()
@@ -160,7 +160,7 @@ fn tenants(p: &mut Parser, v: Option<String>) -> Vec<TenantId> {
         match TenantId::parse(t) {
             Ok(t) if !tenants.contains(&t) => tenants.push(t),
             Ok(_) => {}
-            Err(e) => p.fail("TENANTS", e),
+            Err(e) => p.fail(var, e),
         }
     }
     tenants

@@ -1,13 +1,15 @@
 //! Configuration from the environment (`.env.example` lists every variable with its default and
 //! its range; README.md, "Running it"). Each concern reads its own variables ([`microsoft`],
-//! [`http`], [`redis`], [`amqp`], [`pipeline`], [`process`]) through the readers in [`parse`],
-//! which record a problem and carry on, so that *every* problem is reported at start, one line
-//! per variable, instead of stopping at the first.
+//! [`http`], [`redis`], [`amqp`], [`pipeline`], [`process`], [`consent`]) through the readers
+//! in [`parse`], which record a problem and carry on, so that *every* problem is reported at
+//! start, one line per variable, instead of stopping at the first.
 
 mod amqp;
 mod base_url;
+mod consent;
 mod http;
 mod microsoft;
+mod net;
 mod parse;
 mod pipeline;
 mod process;
@@ -18,7 +20,9 @@ mod tls;
 
 pub use amqp::QueueType;
 pub use base_url::BaseUrl;
+pub use consent::ConsentMode;
 pub use microsoft::Credential;
+pub use net::IpNet;
 pub use process::LogFormat;
 pub use tls::{ClientIdentity, PemFile};
 
@@ -85,6 +89,16 @@ pub struct Settings {
     pub fetch_timeout: Duration,
     /// How long a webhook request body may take to arrive (`O365_WEBHOOK_BODY_TIMEOUT`).
     pub webhook_body_timeout: Duration,
+    /// `O365_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client (consent rate limit).
+    pub trusted_proxies: Vec<IpNet>,
+    /// `O365_CONSENT_MODE`: who may onboard through the consent flow.
+    pub consent_mode: ConsentMode,
+    /// `O365_CONSENT_ALLOWED_TENANTS` (only with `O365_CONSENT_MODE=allowlist`).
+    pub consent_allowed_tenants: Vec<TenantId>,
+    /// `O365_CONSENT_STARTS_PER_MINUTE`: consent starts per client and replica.
+    pub consent_starts_per_minute: u32,
+    /// `O365_CONSENT_MAX_PENDING`: started consents in progress at once, all replicas.
+    pub consent_max_pending: u32,
 }
 
 /// Every configuration problem found, one line each (`O365_X: what is wrong; what is expected`).
@@ -145,6 +159,7 @@ impl Settings {
         let amqp = amqp::read(&vars, &mut p);
         let pipeline = pipeline::read(&vars, &mut p);
         let process = process::read(&vars, &mut p);
+        let consent = consent::read(&vars, &mut p);
         let credential = match ms.credential {
             Some(c) if p.is_ok() => c,
             _ => return Err(ConfigErrors(p.into_errors())),
@@ -190,6 +205,11 @@ impl Settings {
             keeper_interval: pipeline.keeper_interval,
             fetch_timeout: http.fetch_timeout,
             webhook_body_timeout: http.webhook_body_timeout,
+            trusted_proxies: http.trusted_proxies,
+            consent_mode: consent.mode,
+            consent_allowed_tenants: consent.allowed_tenants,
+            consent_starts_per_minute: consent.starts_per_minute,
+            consent_max_pending: consent.max_pending,
         })
     }
 

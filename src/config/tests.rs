@@ -49,11 +49,15 @@ fn defaults_of_the_additions_match_env_example() {
     assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(s.record_dedup_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(s.keeper_interval, Duration::from_secs(5 * 60));
+    assert_eq!(s.consent_mode, ConsentMode::Open);
+    assert!(s.consent_allowed_tenants.is_empty() && s.trusted_proxies.is_empty());
+    assert_eq!(s.consent_starts_per_minute, 10);
+    assert_eq!(s.consent_max_pending, 10_000);
 }
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound
 /// is zero), and the range as `.env.example` documents it.
-const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 14] = [
+const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 16] = [
     ("WORKER_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("MAX_ATTEMPTS", Some("0"), "101", "1", "100"),
     ("QUOTA_PER_MINUTE", Some("0"), "100001", "1", "100000"),
@@ -67,6 +71,8 @@ const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 14] = [
     ("FETCH_TIMEOUT", Some("999ms"), "7h", "1s", "6h"),
     ("WEBHOOK_BODY_TIMEOUT", Some("99ms"), "121s", "100ms", "2m"),
     ("SHUTDOWN_TIMEOUT", None, "3601s", "0s", "1h"),
+    ("CONSENT_STARTS_PER_MINUTE", Some("0"), "601", "1", "600"),
+    ("CONSENT_MAX_PENDING", Some("0"), "100001", "1", "100000"),
     (
         "WORKER_CONCURRENCY",
         None,
@@ -253,6 +259,81 @@ fn every_problem_is_reported_with_its_variable() {
             "{var} missing from:\n{text}"
         );
     }
+}
+
+#[test]
+fn consent_modes_and_the_allowlist_are_read() {
+    const A: &str = "41463f53-8812-40f4-890f-865bf6e35190";
+    const B: &str = "0b6a3c1d-2e4f-4a5b-9c8d-7e6f5a4b3c2d";
+    for (value, mode) in [
+        ("open", ConsentMode::Open),
+        ("Allowlist", ConsentMode::Allowlist),
+        (" approval ", ConsentMode::Approval),
+    ] {
+        let s = Settings::from_vars(with("CONSENT_MODE", value)).unwrap();
+        assert_eq!(s.consent_mode, mode, "{value}");
+    }
+    let mut v = with("CONSENT_MODE", "allowlist");
+    v.push((
+        "O365_CONSENT_ALLOWED_TENANTS".into(),
+        format!("{A}, {}, {B},", A.to_uppercase()),
+    ));
+    let s = Settings::from_vars(v).unwrap();
+    let allowed: Vec<&str> = s
+        .consent_allowed_tenants
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(allowed, [A, B], "normalised, duplicates dropped");
+}
+
+#[test]
+fn a_wrong_consent_mode_or_an_allowlist_not_in_force_is_refused_naming_the_variable() {
+    let err = Settings::from_vars(with("CONSENT_MODE", "closed")).unwrap_err();
+    assert_eq!(
+        err.0,
+        ["O365_CONSENT_MODE: 'closed' is not a consent mode (expected open, allowlist or approval)"]
+    );
+    let err = Settings::from_vars(with("CONSENT_ALLOWED_TENANTS", "not-a-guid")).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(
+        err.0[0].starts_with("O365_CONSENT_ALLOWED_TENANTS: 'not-a-guid' is not a tenant GUID"),
+        "{err}"
+    );
+    // An allowlist while the mode is open would restrict nothing: refused, not ignored.
+    for mode in [None, Some("approval")] {
+        let mut v = with(
+            "CONSENT_ALLOWED_TENANTS",
+            "41463f53-8812-40f4-890f-865bf6e35190",
+        );
+        if let Some(m) = mode {
+            v.push(("O365_CONSENT_MODE".into(), m.into()));
+        }
+        let err = Settings::from_vars(v).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(
+            err.0[0].starts_with("O365_CONSENT_ALLOWED_TENANTS: is set but O365_CONSENT_MODE is"),
+            "{err}"
+        );
+    }
+    // Allowlist mode with no configured tenant is fine: the admin API can list them.
+    assert!(Settings::from_vars(with("CONSENT_MODE", "allowlist")).is_ok());
+}
+
+#[test]
+fn trusted_proxies_are_addresses_or_blocks() {
+    let s = Settings::from_vars(with(
+        "TRUSTED_PROXIES",
+        " 10.0.0.0/8, 192.168.1.10 ,fd00::/8",
+    ))
+    .unwrap();
+    let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.168.1.10/32", "fd00::/8"]);
+    let err = Settings::from_vars(with("TRUSTED_PROXIES", "10.0.0.0/8,ingress")).unwrap_err();
+    assert_eq!(
+        err.0,
+        ["O365_TRUSTED_PROXIES: 'ingress' is not an IP address or CIDR block (expected e.g. 10.0.0.0/8,192.168.1.10)"]
+    );
 }
 
 #[test]

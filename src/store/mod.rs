@@ -8,7 +8,8 @@
 //! - [`Lease`] — "one replica at a time" ([`leases`]);
 //! - [`Store::quota`] — the per-tenant request budget shared by replicas ([`quota`]);
 //! - [`Store::checkpoints`] — reconciliation checkpoints ([`checkpoints`]);
-//! - [`Store::consent`] — single-use consent states ([`consent`]);
+//! - [`Store::consent`] — single-use consent states, bound to a browser and bounded in
+//!   number, and [`Store::consent_allowlist`] — who may onboard ([`consent`]);
 //! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]).
 //!
 //! This module keeps the connection, the outage bookkeeping and the generic commands; they are
@@ -294,6 +295,11 @@ impl Store {
         replicas::Replicas::new(self)
     }
 
+    /// The tenants allowed to onboard, as added through the admin API.
+    pub fn consent_allowlist(&self) -> consent::ConsentAllowlist<'_> {
+        consent::ConsentAllowlist::new(self)
+    }
+
     /// Guards that space out subscription starts.
     pub fn start_guards(&self) -> subscriptions::StartGuards<'_> {
         subscriptions::StartGuards::new(self)
@@ -461,13 +467,6 @@ impl Store {
         self.observe(r).map(|n| n == 1)
     }
 
-    /// `GETDEL`: reads and consumes a single-use value.
-    async fn take(&self, key: &str) -> StoreResult<Option<String>> {
-        let mut c = self.conn().await?;
-        let r = redis::cmd("GETDEL").arg(key).query_async(&mut c).await;
-        self.observe(r)
-    }
-
     /// `GET` for each key, in one round trip.
     async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
         if keys.is_empty() {
@@ -549,7 +548,12 @@ mod tests {
             .set(&t, ct, end, min)
             .await
             .expect("set");
-        store.consent().issue("s1", min).await.expect("issue");
+        assert!(store
+            .consent()
+            .issue("s1", "hash-of-a-nonce", min, 10)
+            .await
+            .expect("issue"));
+        assert!(store.consent_allowlist().add(&t).await.expect("allowed"));
         assert!(store
             .start_guards()
             .try_take(&t, ct, min)
@@ -569,7 +573,9 @@ mod tests {
             keys(&store).await,
             vec![
                 format!("checkpoint:{t}:Audit.Exchange"),
+                "consent-allowed".to_string(),
                 "consent-state:s1".to_string(),
+                "consent-states".to_string(),
                 "lease:keeper".to_string(),
                 format!("quota:{t}:0"),
                 format!("sub-start:{t}:Audit.Exchange"),
@@ -585,7 +591,7 @@ mod tests {
                 format!("checkpoint:{t}:Audit.Exchange"),
                 "2024-05-01T10:00:00+00:00",
             ),
-            ("consent-state:s1".to_string(), "1"),
+            ("consent-state:s1".to_string(), "hash-of-a-nonce"),
         ] {
             let got = store.get(&format!("{}{key}", store.prefix())).await;
             assert_eq!(got.expect("read").as_deref(), Some(value), "{key}");
@@ -594,20 +600,109 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_consent_state_is_taken_once() {
+    async fn a_consent_state_is_taken_once_and_only_by_its_browser() {
+        use consent::Taken;
         let store = store();
-        store
+        let ttl = Duration::from_secs(60);
+        assert!(store
             .consent()
-            .issue("s1", Duration::from_secs(60))
+            .issue("s1", "h1", ttl, 10)
             .await
-            .expect("issued");
-        assert!(store.consent().take("s1").await.expect("answered"));
-        assert!(!store.consent().take("s1").await.expect("answered"));
+            .expect("issued"));
+        // Another browser (or none) cannot use it, and does not burn it either.
+        for other in ["h2", ""] {
+            assert_eq!(
+                store.consent().take("s1", other).await.expect("answered"),
+                Taken::OtherBrowser
+            );
+        }
+        assert_eq!(
+            store.consent().take("s1", "h1").await.expect("answered"),
+            Taken::Consumed
+        );
+        assert_eq!(
+            store.consent().take("s1", "h1").await.expect("answered"),
+            Taken::Unknown
+        );
+        assert_eq!(
+            store
+                .consent()
+                .take("never-issued", "h1")
+                .await
+                .expect("answered"),
+            Taken::Unknown
+        );
+        assert_eq!(store.consent().in_progress().await.expect("answered"), 0);
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn consent_states_in_progress_are_capped_and_free_up_when_used_or_expired() {
+        let store = store();
+        let long = Duration::from_secs(60);
+        for s in ["a", "b", "c"] {
+            assert!(store
+                .consent()
+                .issue(s, "h", long, 3)
+                .await
+                .expect("issued"));
+        }
         assert!(!store
             .consent()
-            .take("never-issued")
+            .issue("d", "h", long, 3)
             .await
             .expect("answered"));
+        let mut c = store.conn().await.expect("Redis answers");
+        let d: bool = c
+            .exists(format!("{}consent-state:d", store.prefix()))
+            .await
+            .expect("answered");
+        assert!(!d, "nothing is written above the cap");
+        // Using one frees its place at once.
+        store.consent().take("a", "h").await.expect("answered");
+        assert!(store
+            .consent()
+            .issue("d", "h", long, 3)
+            .await
+            .expect("issued"));
+        assert_eq!(store.consent().in_progress().await.expect("answered"), 3);
+        // Expired ones are trimmed on the next issue (a state lives milliseconds here).
+        let store2 = self::store();
+        let short = Duration::from_millis(50);
+        for s in ["x", "y"] {
+            assert!(store2
+                .consent()
+                .issue(s, "h", short, 2)
+                .await
+                .expect("issued"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(store2
+            .consent()
+            .issue("z", "h", long, 2)
+            .await
+            .expect("issued"));
+        assert_eq!(store2.consent().in_progress().await.expect("answered"), 1);
+        store.purge_prefix().await.expect("purged");
+        store2.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_consent_allowlist_adds_and_removes_tenants() {
+        let store = store();
+        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let list = store.consent_allowlist();
+        assert!(!list.contains(&t).await.expect("answered"));
+        assert!(list.add(&t).await.expect("added"));
+        assert!(!list.add(&t).await.expect("answered"), "already there");
+        assert!(list.contains(&t).await.expect("answered"));
+        assert_eq!(
+            list.all().await.expect("answered"),
+            vec![TENANT.to_string()]
+        );
+        assert!(list.remove(&t).await.expect("removed"));
+        assert!(!list.remove(&t).await.expect("answered"));
+        assert!(list.all().await.expect("answered").is_empty());
         store.purge_prefix().await.expect("purged");
     }
 

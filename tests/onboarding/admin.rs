@@ -48,6 +48,10 @@ async fn admin_api_without_or_with_a_wrong_bearer_token_is_401_and_changes_nothi
             Method::POST,
             format!("/admin/tenants/{TENANT_B}/subscriptions/start"),
         ),
+        (Method::POST, format!("/admin/tenants/{TENANT_B}/approve")),
+        (Method::GET, "/admin/consent/allowed".to_string()),
+        (Method::PUT, format!("/admin/consent/allowed/{TENANT_B}")),
+        (Method::DELETE, format!("/admin/consent/allowed/{TENANT_B}")),
     ];
     for (method, path) in &endpoints {
         for bearer in [
@@ -72,6 +76,14 @@ async fn admin_api_without_or_with_a_wrong_bearer_token_is_401_and_changes_nothi
     }
     assert_eq!(env.tenant_ids().await, vec![TENANT_STATIC.to_string()]);
     assert_eq!(start_calls(&env.sim, TENANT_B), 0);
+    assert!(env
+        .relay
+        .store
+        .consent_allowlist()
+        .all()
+        .await
+        .unwrap()
+        .is_empty());
     // Health stays open for the orchestrator.
     let r = env
         .http

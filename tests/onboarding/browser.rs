@@ -1,6 +1,12 @@
 //! A real browser (Debian's chromium, headless) driven over WebDriver by chromedriver: the tenant
-//! admin's consent journey, Cancel and Accept. WebDriver is JSON over HTTP, so reqwest is the
-//! whole client. Screenshots of the final pages go to `test-artifacts/`.
+//! admin's consent journey in each consent mode — open (Cancel, Accept, and a callback opened in
+//! another browser), allowlist (a tenant not listed, then a listed one) and approval. WebDriver
+//! is JSON over HTTP, so reqwest is the whole client. Screenshots of the final pages go to
+//! `test-artifacts/`.
+//!
+//! The relay is reached as `localhost` and the simulator (Entra) as `127.0.0.1`: two different
+//! sites, as in production, so the browser treats the return from Entra as a cross-site
+//! navigation and the tests prove the consent cookie (SameSite=Lax) survives it.
 //!
 //! CI installs chromium and chromium-driver with `.ci/browser-setup`; without them this test
 //! fails (it must not pass silently).
@@ -225,21 +231,49 @@ impl Browser {
         path
     }
 
+    /// Picks `value` in the `<select>` found by `css` (the simulator's tenant picker).
+    async fn select(&self, css: &str, value: &str) {
+        self.click(&format!("{css} option[value=\"{value}\"]"))
+            .await;
+    }
+
     async fn close(self) {
         let _ = self.cmd(reqwest::Method::DELETE, "", None).await;
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
+/// The relay on another site than the simulator (see the module doc), with `vars`.
+fn cross_site(vars: &[(&str, &str)]) -> Options {
+    Options {
+        public_host: Some("localhost".into()),
+        extra_env: vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Options::default()
+    }
+}
+
+fn tid(s: &str) -> o365_relay::domain::TenantId {
+    o365_relay::domain::TenantId::parse(s).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_admin_connects_their_tenant_in_a_real_browser_and_cancel_connects_nothing() {
     let driver = Driver::start().await;
-    let env = TestEnv::start(Options::default()).await;
+    let env = TestEnv::start(cross_site(&[])).await;
+    assert!(env.public_url.starts_with("http://localhost:"));
     let browser = Browser::open(&driver).await;
 
     // Cancel: our error page, nothing registered.
     browser.goto(&format!("{}/consent", env.public_url)).await;
     assert_eq!(browser.title().await, "Connect your Microsoft 365 tenant");
+    let permissions = browser.text("#permissions").await;
+    assert!(
+        permissions.contains("ActivityFeed.Read") && !permissions.contains("ServiceHealth"),
+        "{permissions}"
+    );
     browser.screenshot("consent-page").await;
     browser.click("#connect").await;
     browser.find("#accept").await;
@@ -263,9 +297,24 @@ async fn a_tenant_admin_connects_their_tenant_in_a_real_browser_and_cancel_conne
     assert_eq!(env.tenant_ids().await, vec![TENANT_STATIC.to_string()]);
     assert_eq!(start_calls(&env.sim, TENANT_A), 0);
 
-    // Accept: our success page naming the tenant.
+    // The admin's browser reaches Microsoft; the same sign-in link is opened in another
+    // browser (a planted link, RFC 6749 §10.12), which accepts: refused, nothing registered.
     browser.goto(&format!("{}/consent", env.public_url)).await;
     browser.click("#connect").await;
+    browser.find("#accept").await;
+    let authorize = browser.current_url().await;
+    let other = Browser::open(&driver).await;
+    other.goto(&authorize).await;
+    other.click("#accept").await;
+    let message = other.text("#error").await;
+    assert!(message.contains("started in another browser"), "{message}");
+    other.screenshot("consent-other-browser").await;
+    other.close().await;
+    assert_eq!(env.tenant_ids().await, vec![TENANT_STATIC.to_string()]);
+    assert_eq!(start_calls(&env.sim, TENANT_A), 0);
+
+    // Accept in the admin's own browser: its cookie came back across sites; the success page
+    // names the tenant.
     browser.click("#accept").await;
     let tenant = browser.text("#tenant").await;
     assert_eq!(tenant, TENANT_A);
@@ -281,14 +330,99 @@ async fn a_tenant_admin_connects_their_tenant_in_a_real_browser_and_cancel_conne
     assert!(std::fs::metadata(&shot).unwrap().len() > 1_000);
 
     // The tenant is served and its subscriptions are enabled with our webhook.
-    assert!(
-        env.relay
-            .tenants
-            .is_served(&o365_relay::domain::TenantId::parse(TENANT_A).unwrap())
-            .await
-    );
+    assert!(env.relay.tenants.is_served(&tid(TENANT_A)).await);
     assert_subscribed(&env.sim, TENANT_A, &env.public_url, &env.auth_id);
     assert_eq!(env.notify_for(TENANT_A).await.status(), 200);
+
+    browser.close().await;
+    env.cleanup().await;
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_allowlist_mode_a_tenant_not_listed_is_told_so_in_the_browser_and_a_listed_one_connects()
+{
+    let driver = Driver::start().await;
+    let env = TestEnv::start(cross_site(&[
+        ("O365_CONSENT_MODE", "allowlist"),
+        ("O365_CONSENT_ALLOWED_TENANTS", TENANT_A),
+    ]))
+    .await;
+    let browser = Browser::open(&driver).await;
+
+    browser.goto(&format!("{}/consent", env.public_url)).await;
+    browser.click("#connect").await;
+    browser.select("#tenant", TENANT_B).await;
+    browser.click("#accept").await;
+    let message = browser.text("#not-served").await;
+    assert!(message.contains(TENANT_B), "{message}");
+    assert_eq!(browser.title().await, "Tenant not served");
+    let page = browser.source().await;
+    assert!(
+        page.contains("This service does not serve your tenant"),
+        "{page}"
+    );
+    browser.screenshot("consent-allowlist-not-served").await;
+    assert_eq!(env.tenant_ids().await, vec![TENANT_STATIC.to_string()]);
+    assert_eq!(start_calls(&env.sim, TENANT_B), 0);
+    assert!(env.sim.subscriptions(TENANT_B).is_empty());
+
+    browser.goto(&format!("{}/consent", env.public_url)).await;
+    browser.click("#connect").await;
+    browser.select("#tenant", TENANT_A).await;
+    browser.click("#accept").await;
+    assert_eq!(browser.text("#tenant").await, TENANT_A);
+    assert_eq!(browser.title().await, "Tenant connected");
+    browser.screenshot("consent-allowlist-connected").await;
+    assert_subscribed(&env.sim, TENANT_A, &env.public_url, &env.auth_id);
+    assert!(!env.relay.tenants.is_served(&tid(TENANT_B)).await);
+
+    browser.close().await;
+    env.cleanup().await;
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_approval_mode_the_browser_says_the_tenant_awaits_approval_and_approval_serves_it() {
+    let driver = Driver::start().await;
+    let env = TestEnv::start(cross_site(&[("O365_CONSENT_MODE", "approval")])).await;
+    let browser = Browser::open(&driver).await;
+
+    browser.goto(&format!("{}/consent", env.public_url)).await;
+    let page = browser.source().await;
+    assert!(page.contains("approves your tenant"), "{page}");
+    browser.click("#connect").await;
+    browser.click("#accept").await;
+    let pending = browser.text("#pending").await;
+    assert!(pending.contains("approves each new tenant"), "{pending}");
+    assert_eq!(browser.text("#tenant").await, TENANT_A);
+    assert_eq!(browser.title().await, "Tenant awaiting approval");
+    browser.screenshot("consent-approval-pending").await;
+
+    let record = env
+        .relay
+        .tenants
+        .get(&tid(TENANT_A))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.state.name(), "pending");
+    assert!(!env.relay.tenants.is_served(&tid(TENANT_A)).await);
+    assert_eq!(start_calls(&env.sim, TENANT_A), 0);
+
+    // The operator approves it: served, subscriptions started.
+    let r = env
+        .http
+        .post(format!(
+            "{}/admin/tenants/{TENANT_A}/approve",
+            env.admin_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(env.relay.tenants.is_served(&tid(TENANT_A)).await);
+    assert_subscribed(&env.sim, TENANT_A, &env.public_url, &env.auth_id);
 
     browser.close().await;
     env.cleanup().await;

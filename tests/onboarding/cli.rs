@@ -2,6 +2,7 @@
 //! `cert new` / `cert show` (checked independently with the `openssl` command), and
 //! configuration errors.
 
+use crate::consent::states_in_redis;
 use crate::helpers::*;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -102,8 +103,13 @@ async fn tenants_add_list_and_remove_change_the_registry_the_relay_serves() {
     let o = run(&["tenants", "add", TENANT_B], &env.vars);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains(&format!("added {TENANT_B}")));
+    // The running relay (another process) caches its answers, negative ones included, for a
+    // few seconds.
     assert!(
-        env.relay.tenants.is_served(&b).await,
+        eventually(std::time::Duration::from_secs(10), || async {
+            env.relay.tenants.is_served(&b).await
+        })
+        .await,
         "the running relay serves it"
     );
     assert_eq!(env.notify_for(TENANT_B).await.status(), 200);
@@ -132,7 +138,6 @@ async fn tenants_add_list_and_remove_change_the_registry_the_relay_serves() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains(&format!("removed {TENANT_B}")));
     assert!(!redis.exists::<_, bool>(&token_key).await.unwrap());
-    // The running relay (another process) caches positive answers for a few seconds.
     assert!(
         eventually(std::time::Duration::from_secs(10), || async {
             !env.relay.tenants.is_served(&b).await
@@ -155,53 +160,30 @@ async fn tenants_add_list_and_remove_change_the_registry_the_relay_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn consent_url_prints_an_authorize_url_that_completes_the_consent() {
+async fn consent_url_prints_the_link_that_starts_the_consent_in_the_admins_browser() {
     let env = TestEnv::start(Options::default()).await;
     let o = run(&["consent-url"], &env.vars);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "one line, for scripts: {out}");
-    let url = url::Url::parse(out.trim()).unwrap();
+    assert_eq!(out.trim(), format!("{}/consent/start", env.public_url));
+    assert!(stderr(&o).contains(&format!("{}/consent ", env.public_url)));
     assert_eq!(
-        format!("{}{}", url.origin().ascii_serialization(), url.path()),
-        format!("{}/common/oauth2/authorize", env.sim.url())
+        states_in_redis(&env).await,
+        0,
+        "no state is minted on the terminal: it could not be bound to the admin's browser"
     );
-    assert_eq!(query_param(&url, "response_type").as_deref(), Some("code"));
-    assert_eq!(query_param(&url, "client_id").as_deref(), Some(CLIENT_ID));
-    assert_eq!(
-        query_param(&url, "resource").as_deref(),
-        Some(env.sim.url().as_str())
-    );
-    assert_eq!(
-        query_param(&url, "redirect_uri"),
-        Some(format!("{}/consent/callback", env.public_url))
-    );
-    assert!(stderr(&o).contains(&format!("{}/consent", env.public_url)));
 
     // The admin opens it, accepts, and lands on our success page.
-    let page = env
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut form = hidden_inputs(&page);
-    form.push(("decision".into(), "accept".into()));
+    let (authorize, _, cookie) = crate::consent::begin(&env).await;
+    let callback = crate::consent::decide(&env, &authorize, "accept", None).await;
     let r = env
         .http
-        .post(format!(
-            "{}/common/oauth2/authorize/decision",
-            env.sim.url()
-        ))
-        .form(&form)
+        .get(callback)
+        .header("Cookie", cookie)
         .send()
         .await
         .unwrap();
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
-    let r = env.http.get(&callback).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(env.tenant_ids().await.contains(&TENANT_A.to_string()));
 

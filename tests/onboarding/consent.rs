@@ -1,6 +1,7 @@
-//! Admin consent over HTTP, every hop asserted (no redirects followed automatically):
-//! `/consent` → `/consent/start` → the simulator's authorize page → its decision form →
-//! our `/consent/callback`.
+//! Admin consent over HTTP, every hop asserted (no redirects followed automatically, cookies
+//! carried by hand): `/consent` → `/consent/start` (state + the browser's cookie) → the
+//! simulator's authorize page → its decision form → our `/consent/callback`. Also the binding
+//! of the state to the browser, the rate limit on starts and the cap on states in progress.
 
 use crate::helpers::*;
 use redis::AsyncCommands;
@@ -10,17 +11,29 @@ pub struct Flow {
     pub state: String,
     /// `{public}/consent/callback?code=…&state=…` (or `error=…&state=…`).
     pub callback: url::Url,
+    /// `o365_consent=<nonce>`: what the browser that started the flow sends back.
+    pub cookie: String,
 }
 
-/// `/consent/start` → the authorize URL with a fresh state; asserts its shape.
-pub async fn begin(env: &TestEnv) -> (url::Url, String) {
-    let r = env
-        .http
-        .get(format!("{}/consent/start", env.public_url))
-        .send()
-        .await
-        .unwrap();
+/// `/consent/start` from a browser holding `cookie` (none: a fresh browser) → the authorize
+/// URL with a fresh state, and the cookie the browser holds afterwards; asserts their shape.
+pub async fn begin_with(env: &TestEnv, cookie: Option<&str>) -> (url::Url, String, String) {
+    let mut req = env.http.get(format!("{}/consent/start", env.public_url));
+    if let Some(c) = cookie {
+        req = req.header("Cookie", c);
+    }
+    let r = req.send().await.unwrap();
     assert_eq!(r.status(), 302, "/consent/start redirects to Entra");
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let (pair, attributes) = set_cookie.split_once("; ").expect("attributes");
+    assert!(
+        pair.starts_with("o365_consent=") && pair.len() == 13 + 43,
+        "{set_cookie}"
+    );
+    assert_eq!(
+        attributes, "Path=/consent; Max-Age=600; HttpOnly; SameSite=Lax",
+        "an http public URL: no Secure"
+    );
     let location = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     assert_eq!(
         location.origin().ascii_serialization(),
@@ -46,23 +59,37 @@ pub async fn begin(env: &TestEnv) -> (url::Url, String) {
     );
     let state = query_param(&location, "state").expect("a state");
     assert!(state.len() >= 32, "state is long and random: {state}");
-    (location, state)
+    (location, state, pair.to_string())
 }
 
-/// The whole browser-side dance without a browser: start, load the simulator's consent page,
-/// submit its form with `decision` (`accept`/`cancel`), and return where Entra sends us back.
-pub async fn consent_until_callback(env: &TestEnv, decision: &str) -> Flow {
-    let (authorize, state) = begin(env).await;
+/// `/consent/start` from a fresh browser.
+pub async fn begin(env: &TestEnv) -> (url::Url, String, String) {
+    begin_with(env, None).await
+}
+
+/// Loads the simulator's consent page at `authorize`, submits its form with `decision`
+/// (`accept`/`cancel`) signed in to `tenant` (the simulator's default when `None`), and
+/// returns where Entra sends the browser back.
+pub async fn decide(
+    env: &TestEnv,
+    authorize: &url::Url,
+    decision: &str,
+    tenant: Option<&str>,
+) -> url::Url {
     let page = env.http.get(authorize.clone()).send().await.unwrap();
     assert_eq!(page.status(), 200, "the simulator shows its consent page");
     let html = page.text().await.unwrap();
     assert!(html.contains("id=\"accept\"") && html.contains("id=\"cancel\""));
     let mut form = hidden_inputs(&html);
+    let state = query_param(authorize, "state").unwrap();
     assert!(
         form.iter().any(|(k, v)| k == "state" && v == &state),
         "the sim's form carries our state: {form:?}"
     );
     form.push(("decision".into(), decision.into()));
+    if let Some(t) = tenant {
+        form.push(("tenant".into(), t.into()));
+    }
     let r = env
         .http
         .post(format!(
@@ -84,34 +111,75 @@ pub async fn consent_until_callback(env: &TestEnv, decision: &str) -> Flow {
         format!("{}/consent/callback", env.public_url)
     );
     assert_eq!(query_param(&callback, "state").as_deref(), Some(&*state));
-    Flow { state, callback }
+    callback
 }
 
-async fn get(env: &TestEnv, url: &str) -> (u16, String) {
-    let r = env.http.get(url).send().await.unwrap();
+/// The whole browser-side dance without a browser, signed in to `tenant`.
+pub async fn consent_as(env: &TestEnv, decision: &str, tenant: Option<&str>) -> Flow {
+    let (authorize, state, cookie) = begin(env).await;
+    let callback = decide(env, &authorize, decision, tenant).await;
+    Flow {
+        state,
+        callback,
+        cookie,
+    }
+}
+
+/// The whole browser-side dance, signed in to the simulator's default tenant (`TENANT_A`).
+pub async fn consent_until_callback(env: &TestEnv, decision: &str) -> Flow {
+    consent_as(env, decision, None).await
+}
+
+/// GET `url` as a browser holding `cookie` (none: another browser).
+pub async fn get_as(env: &TestEnv, url: &str, cookie: Option<&str>) -> (u16, String) {
+    let mut req = env.http.get(url);
+    if let Some(c) = cookie {
+        req = req.header("Cookie", c);
+    }
+    let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.text().await.unwrap())
 }
 
+/// The callback, from the browser that started the flow.
+pub async fn finish(env: &TestEnv, flow: &Flow) -> (u16, String) {
+    get_as(env, flow.callback.as_str(), Some(&flow.cookie)).await
+}
+
 /// Asserts the relay registered nothing and started nothing.
-async fn assert_nothing_registered(env: &TestEnv) {
+pub async fn assert_nothing_registered(env: &TestEnv) {
     assert_eq!(
         env.tenant_ids().await,
         vec![TENANT_STATIC.to_string()],
         "only the static tenant is served"
     );
-    assert!(
-        !env.relay
-            .tenants
-            .is_served(&o365_relay::domain::TenantId::parse(TENANT_A).unwrap())
-            .await
-    );
-    assert_eq!(
-        start_calls(&env.sim, TENANT_A),
-        0,
-        "no subscription started"
-    );
-    assert!(env.sim.subscriptions(TENANT_A).is_empty());
+    for t in [TENANT_A, TENANT_B] {
+        assert!(
+            !env.relay
+                .tenants
+                .is_served(&o365_relay::domain::TenantId::parse(t).unwrap())
+                .await
+        );
+        assert_eq!(start_calls(&env.sim, t), 0, "no subscription started");
+        assert!(env.sim.subscriptions(t).is_empty());
+    }
+}
+
+/// How many consent states the relay keeps in Redis right now.
+pub async fn states_in_redis(env: &TestEnv) -> usize {
+    let mut r = redis().await;
+    let keys: Vec<String> = r.keys(env.redis_key("consent-state:*")).await.unwrap();
+    keys.len()
+}
+
+fn env_with(vars: &[(&str, &str)]) -> Options {
+    Options {
+        extra_env: vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Options::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -131,13 +199,13 @@ async fn consent_page_offers_the_connect_button_and_names_the_permissions() {
     let html = r.text().await.unwrap();
     assert!(html.contains("id=\"connect\""), "{html}");
     assert!(html.contains("Connect your Microsoft 365 tenant"));
-    for p in [
-        "ActivityFeed.Read",
-        "ActivityFeed.ReadDlp",
-        "ServiceHealth.Read",
-    ] {
+    for p in ["ActivityFeed.Read", "ActivityFeed.ReadDlp"] {
         assert!(html.contains(p), "names {p}");
     }
+    assert!(
+        !html.contains("ServiceHealth"),
+        "asks only for what the relay uses: {html}"
+    );
     for ct in ALL_TYPES {
         assert!(html.contains(ct), "lists {ct}");
     }
@@ -151,8 +219,8 @@ async fn consent_page_offers_the_connect_button_and_names_the_permissions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consent_start_keeps_a_single_use_state_in_redis_for_ten_minutes() {
     let env = TestEnv::start(Options::default()).await;
-    let (_, s1) = begin(&env).await;
-    let (_, s2) = begin(&env).await;
+    let (_, s1, _) = begin(&env).await;
+    let (_, s2, _) = begin(&env).await;
     assert_ne!(s1, s2, "every start issues a new state");
     let mut r = redis().await;
     let ttl: i64 = r
@@ -163,6 +231,12 @@ async fn consent_start_keeps_a_single_use_state_in_redis_for_ten_minutes() {
         (590_000..=600_000).contains(&ttl),
         "state lives 10 minutes, PTTL {ttl}"
     );
+    let kept: String = r
+        .get(env.redis_key(&format!("consent-state:{s1}")))
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 64, "only a hash of the browser's nonce is kept");
+    assert_eq!(states_in_redis(&env).await, 2);
     env.cleanup().await;
 }
 
@@ -171,7 +245,7 @@ async fn accepted_consent_registers_the_tenant_from_the_token_and_starts_its_sub
     let env = TestEnv::start(Options::default()).await;
     let flow = consent_until_callback(&env, "accept").await;
     assert!(query_param(&flow.callback, "code").is_some());
-    let (status, html) = get(&env, flow.callback.as_str()).await;
+    let (status, html) = finish(&env, &flow).await;
     assert_eq!(status, 200, "{html}");
     assert!(
         html.contains(&format!("<code id=\"tenant\">{TENANT_A}</code>")),
@@ -202,6 +276,9 @@ async fn accepted_consent_registers_the_tenant_from_the_token_and_starts_its_sub
         .await
         .unwrap();
     assert!(!left, "state consumed");
+    let mut r = redis().await;
+    let in_index: i64 = r.zcard(env.redis_key("consent-states")).await.unwrap();
+    assert_eq!(in_index, 0, "and no longer counted as in progress");
     env.cleanup().await;
 }
 
@@ -209,12 +286,12 @@ async fn accepted_consent_registers_the_tenant_from_the_token_and_starts_its_sub
 async fn a_reused_state_is_refused_with_400_and_changes_nothing() {
     let env = TestEnv::start(Options::default()).await;
     let flow = consent_until_callback(&env, "accept").await;
-    assert_eq!(get(&env, flow.callback.as_str()).await.0, 200);
+    assert_eq!(finish(&env, &flow).await.0, 200);
     let before = env.relay.tenants.list().await.unwrap();
     let calls = start_calls(&env.sim, TENANT_A);
 
-    // The same callback again (a replayed link).
-    let (status, html) = get(&env, flow.callback.as_str()).await;
+    // The same callback again (a replayed link), even from the same browser.
+    let (status, html) = finish(&env, &flow).await;
     assert_eq!(status, 400);
     assert!(html.contains("id=\"error\""), "{html}");
     // A fresh, valid code paired with the used state.
@@ -225,7 +302,10 @@ async fn a_reused_state_is_refused_with_400_and_changes_nothing() {
         .clear()
         .append_pair("code", &query_param(&flow2.callback, "code").unwrap())
         .append_pair("state", &flow.state);
-    assert_eq!(get(&env, replay.as_str()).await.0, 400);
+    assert_eq!(
+        get_as(&env, replay.as_str(), Some(&flow.cookie)).await.0,
+        400
+    );
 
     assert_eq!(env.relay.tenants.list().await.unwrap(), before, "no change");
     assert_eq!(start_calls(&env.sim, TENANT_A), calls, "nothing started");
@@ -243,7 +323,7 @@ async fn a_forged_or_missing_state_is_refused_before_the_code_is_redeemed() {
         format!("{base}?code={code}&state="),
         format!("{base}?code={code}"),
     ] {
-        let (status, html) = get(&env, &url).await;
+        let (status, html) = get_as(&env, &url, Some(&flow.cookie)).await;
         assert_eq!(status, 400, "{url}");
         assert!(
             html.contains("invalid, expired or was already used"),
@@ -252,7 +332,7 @@ async fn a_forged_or_missing_state_is_refused_before_the_code_is_redeemed() {
     }
     assert_nothing_registered(&env).await;
     // The code was never sent to Entra: it still works with its own state.
-    assert_eq!(get(&env, flow.callback.as_str()).await.0, 200);
+    assert_eq!(finish(&env, &flow).await.0, 200);
     assert!(env.tenant_ids().await.contains(&TENANT_A.to_string()));
     env.cleanup().await;
 }
@@ -268,7 +348,7 @@ async fn an_expired_state_is_refused_with_400_and_nothing_registered() {
         .await
         .unwrap();
     assert_eq!(n, 1, "the state was stored under the relay's prefix");
-    let (status, html) = get(&env, flow.callback.as_str()).await;
+    let (status, html) = finish(&env, &flow).await;
     assert_eq!(status, 400);
     assert!(html.contains("Start again"), "{html}");
     assert_nothing_registered(&env).await;
@@ -284,7 +364,7 @@ async fn cancelled_consent_shows_an_error_page_and_registers_nothing() {
         Some("access_denied")
     );
     assert!(query_param(&flow.callback, "code").is_none());
-    let (status, html) = get(&env, flow.callback.as_str()).await;
+    let (status, html) = finish(&env, &flow).await;
     assert_eq!(status, 400);
     assert!(html.contains("Consent was declined"), "{html}");
     assert_nothing_registered(&env).await;
@@ -294,14 +374,15 @@ async fn cancelled_consent_shows_an_error_page_and_registers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_code_exchange_shows_an_error_page_and_registers_nothing() {
     let env = TestEnv::start(Options::default()).await;
-    let (_, state) = begin(&env).await;
-    let (status, html) = get(
+    let (_, state, cookie) = begin(&env).await;
+    let (status, html) = get_as(
         &env,
         &format!(
             "{}/consent/callback?code=bogus-code-{}&state={state}",
             env.public_url,
             unique()
         ),
+        Some(&cookie),
     )
     .await;
     assert_eq!(status, 400);
@@ -331,7 +412,7 @@ async fn a_tenant_id_in_the_query_string_is_never_trusted() {
         .append_pair("tid", TENANT_B)
         .append_pair("tenantId", TENANT_B)
         .append_pair("tenant_id", TENANT_B);
-    let (status, html) = get(&env, url.as_str()).await;
+    let (status, html) = get_as(&env, url.as_str(), Some(&flow.cookie)).await;
     assert_eq!(status, 200, "{html}");
     assert!(
         html.contains(TENANT_A) && !html.contains(TENANT_B),
@@ -342,5 +423,245 @@ async fn a_tenant_id_in_the_query_string_is_never_trusted() {
     assert!(!ids.contains(&TENANT_B.to_string()), "{ids:?}");
     assert!(env.sim.subscriptions(TENANT_B).is_empty());
     assert_eq!(env.notify_for(TENANT_B).await.status(), 400);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callback_from_another_browser_is_refused_before_the_code_is_redeemed() {
+    let env = TestEnv::start(Options::default()).await;
+    let flow = consent_until_callback(&env, "accept").await;
+    // Another browser: none of our cookie, or its own (it started a consent of its own).
+    let (_, _, other_cookie) = begin(&env).await;
+    assert_ne!(other_cookie, flow.cookie);
+    let forged_nonce = format!("o365_consent={}", "A".repeat(43));
+    for cookie in [
+        None,
+        Some(other_cookie.as_str()),
+        Some(forged_nonce.as_str()),
+    ] {
+        let (status, html) = get_as(&env, flow.callback.as_str(), cookie).await;
+        assert_eq!(status, 400, "{cookie:?}: {html}");
+        assert!(
+            html.contains("started in another browser"),
+            "a clear page: {html}"
+        );
+        assert!(html.contains("id=\"error\""), "{html}");
+    }
+    assert_nothing_registered(&env).await;
+    assert!(
+        !env.sim
+            .rejected_requests()
+            .iter()
+            .any(|l| l.contains("token endpoint")),
+        "the code was never sent to Entra: {:?}",
+        env.sim.rejected_requests()
+    );
+    // The state was left for its own browser, which completes the consent.
+    let (status, html) = finish(&env, &flow).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(env.tenant_ids().await.contains(&TENANT_A.to_string()));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_browser_that_starts_twice_keeps_one_nonce_and_completes_both() {
+    let env = TestEnv::start(Options::default()).await;
+    let (first, _, cookie) = begin(&env).await;
+    let (second, _, again) = begin_with(&env, Some(&cookie)).await;
+    assert_eq!(again, cookie, "the browser's nonce is kept");
+    // A malformed cookie is not adopted: a fresh nonce replaces it.
+    let (_, _, fresh) = begin_with(&env, Some("o365_consent=chosen-by-someone")).await;
+    assert_ne!(fresh, "o365_consent=chosen-by-someone");
+    for authorize in [first, second] {
+        let callback = decide(&env, &authorize, "accept", None).await;
+        let (status, html) = get_as(&env, callback.as_str(), Some(&cookie)).await;
+        assert_eq!(status, 200, "{html}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starts_are_limited_per_client_and_a_forwarded_for_header_is_not_believed_by_default() {
+    let env = TestEnv::start(env_with(&[("O365_CONSENT_STARTS_PER_MINUTE", "3")])).await;
+    let start = |xff: String| {
+        env.http
+            .get(format!("{}/consent/start", env.public_url))
+            .header("X-Forwarded-For", xff)
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(start(format!("203.0.113.{i}")).await.unwrap().status(), 302);
+    }
+    // A fourth start, claiming to come from yet another address: the same client.
+    let r = start("198.51.100.99".into()).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=20).contains(&wait),
+        "one start comes back every 20 s: {wait}"
+    );
+    assert!(r.headers().get("set-cookie").is_none());
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Too many attempts"), "{html}");
+    assert_eq!(
+        states_in_redis(&env).await,
+        3,
+        "nothing kept for a refused start"
+    );
+    // The page itself and the callback are not limited.
+    let page = env.http.get(format!("{}/consent", env.public_url)).send();
+    assert_eq!(page.await.unwrap().status(), 200);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
+    let env = TestEnv::start(env_with(&[
+        ("O365_CONSENT_STARTS_PER_MINUTE", "2"),
+        // The test's requests come from 127.0.0.1: it plays the ingress.
+        ("O365_TRUSTED_PROXIES", "127.0.0.1"),
+    ]))
+    .await;
+    let start = |xff: &'static str| {
+        env.http
+            .get(format!("{}/consent/start", env.public_url))
+            .header("X-Forwarded-For", xff)
+            .send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(start("203.0.113.7").await.unwrap()), 302);
+    assert_eq!(status(start("203.0.113.7").await.unwrap()), 302);
+    assert_eq!(status(start("203.0.113.7").await.unwrap()), 429);
+    // The limited client writes another address first: the ingress appended the real one.
+    assert_eq!(
+        status(start("198.51.100.77, 203.0.113.7").await.unwrap()),
+        429
+    );
+    // Other clients are not affected.
+    assert_eq!(status(start("198.51.100.9").await.unwrap()), 302);
+    assert_eq!(
+        status(start("203.0.113.7, 198.51.100.20").await.unwrap()),
+        302
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_states_in_progress_are_capped_and_a_completed_consent_frees_its_place() {
+    let env = TestEnv::start(env_with(&[
+        ("O365_CONSENT_STARTS_PER_MINUTE", "600"),
+        ("O365_CONSENT_MAX_PENDING", "3"),
+    ]))
+    .await;
+    let flow = consent_until_callback(&env, "accept").await;
+    begin(&env).await;
+    begin(&env).await;
+    // A flood: every further start is refused and keeps nothing.
+    for _ in 0..50 {
+        let r = env
+            .http
+            .get(format!("{}/consent/start", env.public_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "60");
+        assert!(r.headers().get("set-cookie").is_none());
+        assert!(r.text().await.unwrap().contains("Too many sign-ins"));
+    }
+    assert_eq!(states_in_redis(&env).await, 3, "bounded");
+    // The consent in progress completes, and its place is free again.
+    assert_eq!(finish(&env, &flow).await.0, 200);
+    begin(&env).await;
+    assert_eq!(states_in_redis(&env).await, 3);
+    env.cleanup().await;
+}
+
+/// Not a regular test: the figures behind the design (run with `--ignored --nocapture`).
+/// Floods `/consent/start` from many clients (distinct `X-Forwarded-For` behind a trusted
+/// proxy) and from one, and prints what Redis holds afterwards. It asserts only the bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn consent_flood_figures() {
+    use futures_util::StreamExt;
+    let cap = 10_000usize;
+    let env = TestEnv::start(env_with(&[("O365_TRUSTED_PROXIES", "127.0.0.1")])).await;
+    // One client, as in the issue: its budget, then 429s, and nothing more held.
+    let one: Vec<u16> = futures_util::stream::iter(0..2_000)
+        .map(|_| {
+            let http = env.http.clone();
+            let url = format!("{}/consent/start", env.public_url);
+            async move {
+                http.get(url)
+                    .header("X-Forwarded-For", "203.0.113.50")
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    println!(
+        "one client: 2000 starts: 429 {}, others {}; states held {}",
+        one.iter().filter(|s| **s == 429).count(),
+        one.iter().filter(|s| **s != 429).count(),
+        states_in_redis(&env).await
+    );
+    let held_before = states_in_redis(&env).await;
+    let total = 30_000u32;
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..total)
+        .map(|i| {
+            let http = env.http.clone();
+            let url = format!("{}/consent/start", env.public_url);
+            async move {
+                http.get(url)
+                    .header(
+                        "X-Forwarded-For",
+                        format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                    )
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
+    let held = states_in_redis(&env).await;
+    let mut r = redis().await;
+    let keys: Vec<String> = r.keys(env.redis_key("consent-state:*")).await.unwrap();
+    let state_bytes: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&keys[0])
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let index_bytes: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(env.redis_key("consent-states"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    println!(
+        "many clients: {total} starts in {secs:.1} s ({:.0}/s): 302 {}, 503 {}, 429 {}; states held {held} (cap {cap}); one state key {state_bytes} B, index {index_bytes} B ({:.0} B per state), so about {:.1} MB at the cap",
+        f64::from(total) / secs,
+        count(302),
+        count(503),
+        count(429),
+        index_bytes as f64 / held as f64,
+        (state_bytes as f64 + index_bytes as f64 / held as f64) * cap as f64 / 1e6,
+    );
+    assert_eq!(held, cap);
+    assert_eq!(count(302) + held_before, cap);
     env.cleanup().await;
 }

@@ -42,6 +42,10 @@ pub struct Options {
     /// The Redis prefix (default: unique to the test). Set it to prepare keys before the
     /// relay starts; it must still be unique to the test.
     pub prefix: Option<String>,
+    /// The host name in the relay's public URL (default `127.0.0.1`, the simulator's).
+    /// `localhost` puts the relay on another *site* than the simulator, as Entra is to a
+    /// real deployment, so a browser treats the consent callback as a cross-site navigation.
+    pub public_host: Option<String>,
 }
 
 impl Default for Options {
@@ -51,6 +55,7 @@ impl Default for Options {
             static_tenants: vec![TENANT_STATIC.into()],
             extra_env: Vec::new(),
             prefix: None,
+            public_host: None,
         }
     }
 }
@@ -127,7 +132,10 @@ impl TestEnv {
         let sim = start_sim(&opts.sim_tenants, vec![cert]).await;
         let public = bind();
         let admin = bind();
-        let public_url = url_of(&public);
+        let mut public_url = url_of(&public);
+        if let Some(host) = &opts.public_host {
+            public_url = public_url.replace("127.0.0.1", host);
+        }
         let admin_url = url_of(&admin);
         let vars = RelayEnv::new(&names, &sim.url())
             .client_certificate(&cert_path, &key_path)

@@ -20,12 +20,9 @@ use super::Inner;
 
 /// The JWT-bearer client assertion type.
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// App roles granted to the simulated app in every tenant.
-pub(crate) const ROLES: [&str; 3] = [
-    "ActivityFeed.Read",
-    "ActivityFeed.ReadDlp",
-    "ServiceHealth.Read",
-];
+/// App roles granted to the simulated app in every tenant: what the relay asks for (its
+/// consent page and docs/ONBOARDING.md), so the tests prove it needs nothing more.
+pub(crate) const ROLES: [&str; 2] = ["ActivityFeed.Read", "ActivityFeed.ReadDlp"];
 /// Authorization codes are valid for 10 minutes.
 const CODE_LIFETIME: Duration = Duration::from_secs(600);
 /// Clock skew allowed on the assertion's `nbf`.
@@ -358,10 +355,7 @@ fn token_response(
     if let (Some(upn), Some(obj)) = (upn, claims.as_object_mut()) {
         obj.insert("upn".into(), json!(upn));
         obj.insert("unique_name".into(), json!(upn));
-        obj.insert(
-            "scp".into(),
-            json!("ActivityFeed.Read ActivityFeed.ReadDlp ServiceHealth.Read"),
-        );
+        obj.insert("scp".into(), json!(ROLES.join(" ")));
     }
     let access_token = sign(inner, &claims);
     let mut out = serde_json::Map::new();
@@ -442,10 +436,7 @@ fn code_grant(inner: &Inner, form: &HashMap<String, String>) -> HttpResponse {
             "oid": uuid::Uuid::new_v4().to_string(), "ver": "1.0",
         }),
     );
-    out.insert(
-        "scope".into(),
-        json!("ActivityFeed.Read ActivityFeed.ReadDlp ServiceHealth.Read"),
-    );
+    out.insert("scope".into(), json!(ROLES.join(" ")));
     out.insert("refresh_token".into(), json!(random_token(48)));
     out.insert("id_token".into(), json!(id_token));
     HttpResponse::Ok().json(Value::Object(out))
@@ -537,7 +528,8 @@ fn validate_authorize(
     }
 }
 
-/// `GET /common/oauth2/authorize`: the admin-consent page.
+/// `GET /common/oauth2/authorize`: the admin-consent page, with a tenant picker (field `tenant`,
+/// default the configured consent tenant; the decision refuses an unknown one).
 async fn authorize(
     inner: web::Data<Inner>,
     query: web::Query<HashMap<String, String>>,
@@ -564,6 +556,25 @@ async fn authorize(
     .collect();
     let upn = html_escape(&inner.config.consent_upn);
     let app = html_escape(&inner.config.client_id);
+    // The account picker: which of the known tenants the admin signs in to (the configured
+    // consent tenant unless another is chosen), so a test can consent as several tenants.
+    let chosen = inner.consent_tenant();
+    let options: String = inner
+        .config
+        .tenants
+        .iter()
+        .map(|t| {
+            format!(
+                "<option value=\"{0}\"{1}>{0}</option>",
+                html_escape(t),
+                if t.eq_ignore_ascii_case(&chosen) {
+                    " selected"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
     let page = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Permissions requested</title></head><body>\n\
          <h1>Permissions requested</h1>\n\
@@ -572,10 +583,10 @@ async fn authorize(
          <ul id=\"permissions\">\n\
          <li>ActivityFeed.Read — Read activity data for your organization</li>\n\
          <li>ActivityFeed.ReadDlp — Read DLP policy events including detected sensitive data</li>\n\
-         <li>ServiceHealth.Read — Read service health information for your organization</li>\n\
          </ul>\n\
          <p>Accepting grants these permissions for your entire organization.</p>\n\
          <form method=\"post\" action=\"/common/oauth2/authorize/decision\">\n{hidden}\
+         <label>Tenant <select id=\"tenant\" name=\"tenant\">{options}</select></label>\n\
          <button id=\"accept\" name=\"decision\" value=\"accept\">Accept</button>\n\
          <button id=\"cancel\" name=\"decision\" value=\"cancel\">Cancel</button>\n\
          </form>\n</body></html>\n"
@@ -596,6 +607,11 @@ async fn decision(inner: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
         return error_page(&inner, "AADSTS50011", "invalid redirect_uri");
     };
     let state = p.get("state");
+    let tenant = match p.get("tenant").filter(|t| !t.is_empty()) {
+        None => inner.consent_tenant(),
+        Some(t) if inner.tenant_known(t) => t.to_ascii_lowercase(),
+        Some(t) => return error_page(&inner, "AADSTS90002", &format!("Tenant '{t}' not found.")),
+    };
     match p.get("decision").map(String::as_str) {
         Some("accept") => {
             let code = random_token(48);
@@ -605,7 +621,7 @@ async fn decision(inner: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
                     client_id: p.get("client_id").cloned().unwrap_or_default(),
                     redirect_uri: redirect.clone(),
                     resource: p.get("resource").cloned().unwrap_or_default(),
-                    tenant: inner.consent_tenant(),
+                    tenant,
                     upn: inner.config.consent_upn.clone(),
                     expires: Instant::now() + CODE_LIFETIME,
                     used: false,

@@ -67,7 +67,8 @@ pub struct SimConfig {
     pub page_size: usize,
     /// Records per published blob when not given (default 20).
     pub records_per_blob: usize,
-    /// Tenant that "signs in" on the authorize page (default `tenants[0]`).
+    /// Tenant that "signs in" on the authorize page unless the consent form picks another
+    /// known tenant (default `tenants[0]`).
     pub consent_tenant: Option<String>,
     /// UPN of the consenting admin.
     pub consent_upn: String,

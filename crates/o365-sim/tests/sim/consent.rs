@@ -95,3 +95,78 @@ async fn admin_consent_redirects_with_access_denied_or_a_code_that_works_once() 
     assert_eq!(body["error"], "invalid_grant");
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consenting_admin_can_sign_in_to_any_known_tenant_and_the_token_names_it() {
+    let sim = sim_with(config(None)).await;
+    let redirect = "https://relay.example.com/consent/callback";
+    let authorize = format!(
+        "{}/common/oauth2/authorize?response_type=code&resource={}&client_id={CLIENT_ID}&redirect_uri={}&state=xyz",
+        sim.url(),
+        urlencode(&sim.url()),
+        urlencode(redirect)
+    );
+    let html = http()
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(&format!(r#"<option value="{TENANT_A}" selected>"#)),
+        "the default tenant is preselected: {html}"
+    );
+    assert!(html.contains(&format!(r#"<option value="{TENANT_B}">"#)));
+    // Only the permissions the relay uses are requested and granted.
+    assert!(html.contains("ActivityFeed.Read") && !html.contains("ServiceHealth"));
+
+    let decide = |tenant: &'static str| {
+        let sim_url = sim.url();
+        async move {
+            http()
+                .post(format!("{sim_url}/common/oauth2/authorize/decision"))
+                .form(&[
+                    ("response_type", "code"),
+                    ("client_id", CLIENT_ID),
+                    ("resource", &sim_url),
+                    ("redirect_uri", redirect),
+                    ("state", "xyz"),
+                    ("decision", "accept"),
+                    ("tenant", tenant),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let unknown = decide("0b6a3c1d-2e4f-4a5b-9c8d-7e6f5a4b3c2d").await;
+    assert_eq!(
+        unknown.status().as_u16(),
+        400,
+        "an unknown tenant is refused"
+    );
+    let (_, q) = redirected(decide(TENANT_B).await);
+    let r = http()
+        .post(format!("{}/common/oauth2/token", sim.url()))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &q["code"]),
+            ("client_id", CLIENT_ID),
+            ("redirect_uri", redirect),
+            ("resource", &sim.url()),
+            ("client_secret", SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body = r.json::<Value>().await.unwrap();
+    let claims = jwt_claims(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["tid"], TENANT_B);
+    assert_eq!(
+        claims["roles"],
+        serde_json::json!(["ActivityFeed.Read", "ActivityFeed.ReadDlp"])
+    );
+    sim.stop().await;
+}

@@ -181,7 +181,7 @@ pub fn render(s: &Status) -> String {
 <div class="card" id="tenants-down"><b>{down}</b><span>down (parked, pending)</span></div>
 <div class="card" id="queues"><b>{work} · {retry} · {dead}</b><span>work · retry · dead queue</span></div>
 <div class="card" id="replicas"><b>{alive}</b><span>replicas alive: {replicas}</span></div>
-<div class="card" id="leases"><b>{rec}</b><span>reconciles; keeper: {keeper}</span></div>
+<div class="card" id="leases"><b>{rec}</b><span>holds the reconciler lease · keeper: {keeper}</span></div>
 <div class="card" id="certificate"><b>{certificate}</b><span>certificate expires</span></div>
 </section>"#,
         ok = count(Verdict::Ok),

@@ -231,6 +231,39 @@ impl Browser {
         path
     }
 
+    /// Types `text` into the field found by `css`.
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                &format!("/element/{id}/value"),
+                Some(json!({ "text": text })),
+            )
+            .await;
+        assert!(v.is_null(), "typing into {css} failed: {v}");
+    }
+
+    /// Resizes the window (CSS pixels), e.g. to a phone's.
+    async fn resize(&self, width: u32, height: u32) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
+    }
+
+    /// Runs `script` in the page and returns its value.
+    async fn eval(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
+    }
+
     /// Picks `value` in the `<select>` found by `css` (the simulator's tenant picker).
     async fn select(&self, css: &str, value: &str) {
         self.click(&format!("{css} option[value=\"{value}\"]"))
@@ -423,6 +456,106 @@ async fn in_approval_mode_the_browser_says_the_tenant_awaits_approval_and_approv
     assert_eq!(r.status(), 200);
     assert!(env.relay.tenants.is_served(&tid(TENANT_A)).await);
     assert_subscribed(&env.sim, TENANT_A, &env.public_url, &env.auth_id);
+
+    browser.close().await;
+    env.cleanup().await;
+    drop(driver);
+}
+
+/// The operator's status page in a real browser: signing in with the admin token, every tenant
+/// at a glance with its verdict and why, readable on a phone (rows become cards). Screenshots:
+/// `test-artifacts/status-page.png` and `status-page-phone.png` (docs/status-page.png is one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_status_page_shows_every_tenant_at_a_glance_in_a_real_browser() {
+    const TOKEN: &str = "browser-status-admin-token-0123456789";
+    let driver = Driver::start().await;
+    let env = TestEnv::start(Options {
+        extra_env: vec![("O365_ADMIN_TOKEN".into(), TOKEN.into())],
+        ..Options::default()
+    })
+    .await;
+    // A healthy tenant with traffic (what workers and the webhook record), and a parked one.
+    let a = tid(TENANT_A);
+    let b = tid(TENANT_B);
+    let parts = &env.relay;
+    for t in [&a, &b] {
+        parts
+            .tenants
+            .add(
+                t,
+                o365_relay::tenants::AddedBy::Consent,
+                Some("admin@contoso.example".into()),
+                o365_relay::tenants::NewTenant::Healthy,
+            )
+            .await
+            .unwrap();
+    }
+    let ct = o365_relay::domain::ContentType::Exchange;
+    parts.store.activity().notified(&a, ct, 12).await.unwrap();
+    for _ in 0..12 {
+        parts
+            .store
+            .activity()
+            .relayed(&a, ct, 250, false)
+            .await
+            .unwrap();
+    }
+    parts
+        .store
+        .activity()
+        .relayed(&a, ct, 40, true)
+        .await
+        .unwrap();
+    parts
+        .tenants
+        .park(
+            &b,
+            "token",
+            "Entra refused a fresh token: consent withdrawn (AADSTS65001) <script>",
+        )
+        .await
+        .unwrap();
+
+    let browser = Browser::open(&driver).await;
+    browser.resize(1400, 760).await;
+    browser.goto(&format!("{}/admin/", env.admin_url)).await;
+    browser.type_into("input[name=token]", TOKEN).await;
+    browser.click("button[type=submit]").await;
+    let row_a = browser
+        .text(&format!("tr[data-tenant=\"{TENANT_A}\"]"))
+        .await;
+    assert!(row_a.contains("ok") && row_a.contains("3040"), "{row_a}");
+    let row_b = browser
+        .text(&format!("tr[data-tenant=\"{TENANT_B}\"]"))
+        .await;
+    assert!(
+        row_b.contains("down") && row_b.contains("consent withdrawn"),
+        "{row_b}"
+    );
+    assert!(
+        row_b.contains("<script>"),
+        "a reason is shown as text, not run: {row_b}"
+    );
+    assert_eq!(browser.text("#tenants-down b").await, "1");
+    assert!(browser.text("#replicas").await.contains('1'));
+    // Parked tenants come first: the operator sees what is wrong without scrolling.
+    let first = browser
+        .eval("return document.querySelector('tr.tenant').dataset.tenant")
+        .await;
+    assert_eq!(first, TENANT_B);
+    browser.screenshot("status-page").await;
+
+    browser.resize(390, 844).await;
+    browser.goto(&format!("{}/admin/", env.admin_url)).await;
+    let display = browser
+        .eval("return getComputedStyle(document.querySelector('tr.tenant')).display")
+        .await;
+    assert_eq!(display, "block", "on a phone each tenant is a card");
+    let overflow = browser
+        .eval("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        .await;
+    assert_eq!(overflow, true, "no sideways scrolling on a phone");
+    browser.screenshot("status-page-phone").await;
 
     browser.close().await;
     env.cleanup().await;

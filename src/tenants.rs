@@ -269,6 +269,43 @@ impl Tenants {
         }
     }
 
+    /// The ids of every healthy tenant: served and not parked (the reconciler and the keeper
+    /// leave parked tenants alone, so that only the probe asks Entra for their tokens). With
+    /// Redis down, the static ones and the cached healthy ones.
+    pub async fn healthy_ids(&self) -> Vec<TenantId> {
+        match self.list().await {
+            Ok(l) => l
+                .into_iter()
+                .filter(|r| r.state == TenantState::Healthy)
+                .map(|r| r.tenant_id)
+                .collect(),
+            Err(_) => {
+                let cache = self.cache.lock().expect("poisoned");
+                let parked = |t: &TenantId| {
+                    matches!(cache.get(t), Some((_, Some(TenantState::Parked { .. }))))
+                };
+                let mut ids: Vec<TenantId> =
+                    self.fixed.iter().filter(|t| !parked(t)).cloned().collect();
+                ids.extend(
+                    cache
+                        .iter()
+                        .filter(|(t, (_, known))| {
+                            !self.fixed.contains(t) && *known == Some(TenantState::Healthy)
+                        })
+                        .map(|(t, _)| t.clone()),
+                );
+                ids
+            }
+        }
+    }
+
+    /// The tenant's state read from Redis now (not from the few-seconds cache), e.g. before
+    /// deciding that a job must wait.
+    pub async fn state_now(&self, t: &TenantId) -> Option<TenantState> {
+        self.forget_cached(t);
+        self.state(t).await
+    }
+
     /// Registers `t` (idempotent: an existing record keeps its history) in `state`: `healthy`
     /// (which also un-parks a parked tenant and revives an offboarded one) or `pending` (only
     /// from not registered or offboarded: an approved tenant consenting again stays approved).

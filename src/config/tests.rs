@@ -49,6 +49,7 @@ fn defaults_of_the_additions_match_env_example() {
     assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(s.record_dedup_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(s.keeper_interval, Duration::from_secs(5 * 60));
+    assert_eq!(s.park_probe_interval, Duration::from_secs(5 * 60));
 }
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound

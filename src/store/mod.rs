@@ -9,7 +9,9 @@
 //! - [`Store::quota`] — the per-tenant request budget shared by replicas ([`quota`]);
 //! - [`Store::checkpoints`] — reconciliation checkpoints ([`checkpoints`]);
 //! - [`Store::consent`] — single-use consent states ([`consent`]);
-//! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]).
+//! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]);
+//! - [`Store::parking`] — requests to release parked jobs and reconcile un-parked tenants
+//!   ([`parking`]).
 //!
 //! This module keeps the connection, the outage bookkeeping and the generic commands; they are
 //! private to the store.
@@ -22,6 +24,7 @@ pub mod checkpoints;
 pub mod consent;
 pub mod dedup;
 pub mod leases;
+pub mod parking;
 pub mod quota;
 pub mod subscriptions;
 pub mod tenants;
@@ -285,6 +288,11 @@ impl Store {
     /// Guards that space out subscription starts.
     pub fn start_guards(&self) -> subscriptions::StartGuards<'_> {
         subscriptions::StartGuards::new(self)
+    }
+
+    /// Requests to release parked jobs and reconcile un-parked tenants.
+    pub fn parking(&self) -> parking::ParkingRequests<'_> {
+        parking::ParkingRequests::new(self)
     }
 
     // ---- deferred markers --------------------------------------------------------------------

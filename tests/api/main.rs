@@ -4,6 +4,7 @@
 mod helpers;
 mod hostile;
 mod observability;
+mod parking;
 mod retrieval;
 mod returns;
 mod tokens;

@@ -381,6 +381,19 @@ fn client_credentials(inner: &Inner, tenant: &str, form: &HashMap<String, String
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    // What Entra answers once the tenant's admin removed the app (consent withdrawn): the
+    // credential is good, but the tenant has no service principal for it.
+    if inner.state().withdrawn.contains(tenant) {
+        return oauth_error(
+            inner,
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            format!(
+                "AADSTS7000229: The client application {} is missing service principal in the tenant {tenant}.",
+                inner.config.client_id
+            ),
+        );
+    }
     *inner
         .state()
         .token_requests
@@ -598,6 +611,9 @@ async fn decision(inner: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
     let state = p.get("state");
     match p.get("decision").map(String::as_str) {
         Some("accept") => {
+            // Consenting (again) restores the app in the tenant.
+            let tenant = inner.consent_tenant();
+            inner.state().withdrawn.remove(&tenant.to_ascii_lowercase());
             let code = random_token(48);
             inner.state().codes.insert(
                 code.clone(),

@@ -74,6 +74,10 @@ pub struct SimConfig {
     /// The base URL the simulator advertises (token `resource`, `contentUri`s, assertion
     /// `aud`) when it is reached under another name than its bind address (containers).
     pub public_url: Option<String>,
+    /// How long published content can be retrieved: its `contentExpiration` is creation plus
+    /// this, and a GET after it answers AF20051 (default 7 days, Microsoft's retention; tests
+    /// shorten it to see content expire).
+    pub content_lifetime: Duration,
 }
 
 impl Default for SimConfig {
@@ -96,6 +100,7 @@ impl Default for SimConfig {
             consent_tenant: None,
             consent_upn: "admin@contoso.onmicrosoft.com".to_string(),
             public_url: None,
+            content_lifetime: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -403,6 +408,9 @@ pub(crate) struct State {
     pub pushed: VecDeque<Fault>,
     /// Faults answered by every GET of a content id, ahead of `pushed` and random faults.
     pub sticky: HashMap<String, Fault>,
+    /// Tenants whose admin withdrew consent (the app's service principal is gone): their
+    /// client-credentials requests are refused until consent is granted again.
+    pub withdrawn: HashSet<String>,
     // counters
     /// Client-credentials tokens issued, per tenant.
     pub token_requests: HashMap<String, u64>,
@@ -697,6 +705,25 @@ impl Simulator {
             .copied()
             .unwrap_or(0)
     }
+    /// The tenant's admin withdraws consent (deletes the app's service principal): from now
+    /// on Entra refuses the tenant's client-credentials requests (AADSTS7000229). Tokens already
+    /// issued stay valid until they expire, as Entra's do.
+    pub fn withdraw_consent(&self, tenant: &str) {
+        self.inner
+            .state()
+            .withdrawn
+            .insert(tenant.to_ascii_lowercase());
+    }
+
+    /// The tenant's admin grants consent again (also what accepting the consent page does for
+    /// the consenting tenant).
+    pub fn grant_consent(&self, tenant: &str) {
+        self.inner
+            .state()
+            .withdrawn
+            .remove(&tenant.to_ascii_lowercase());
+    }
+
     /// Content GETs answered (any status).
     pub fn content_gets(&self) -> u64 {
         self.inner.state().content_gets

@@ -731,7 +731,12 @@ async fn get_content(
             .get(&content_id)
             .map(|&i| &st.blobs[i])
             .filter(|b| b.blob.tenant_id == tenant)
-            .map(|b| (b.expired, b.body.clone()))
+            .map(|b| {
+                (
+                    b.expired || past_lifetime(&inner, b.created),
+                    b.body.clone(),
+                )
+            })
     };
     let body = match found {
         None => {
@@ -753,6 +758,12 @@ async fn get_content(
         Delivery::Truncate => truncated(body),
         Delivery::Drip { chunk, interval } => drip_fed(body, chunk, interval),
     }
+}
+
+/// Whether content created at `created` can no longer be retrieved (AF20051).
+fn past_lifetime(inner: &Inner, created: DateTime<Utc>) -> bool {
+    chrono::Duration::from_std(inner.config.content_lifetime)
+        .is_ok_and(|life| Utc::now() >= created + life)
 }
 
 /// How a content body that is served at all goes out.

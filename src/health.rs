@@ -204,6 +204,12 @@ impl Parking {
         self.refresh_gauge().await;
     }
 
+    /// Asks for a sweep of the parked queue (e.g. a parked tenant was removed).
+    pub async fn request_sweep(&self) {
+        let _ = self.store.parking().request_sweep().await;
+        self.refresh_gauge().await;
+    }
+
     /// Sets `o365_tenants{state}` from Redis (left as it was when Redis cannot answer).
     pub async fn refresh_gauge(&self) {
         let (Ok(list), Ok(offboarded)) =
@@ -333,6 +339,11 @@ impl HealthLoop {
         let Some(parked) = self.parking.parked().await else {
             return;
         };
+        if !parked.is_empty() {
+            if let Ok(n) = self.work_queue.parked_depth().await {
+                self.metrics.parked_queue_depth.set(i64::from(n));
+            }
+        }
         for (tenant, since) in parked {
             let result = self.probe(&tenant).await;
             let label = match &result {

@@ -179,6 +179,11 @@ impl Onboarding {
         }
         let removed = self.tenants.remove(tenant).await?;
         self.tokens.forget(tenant).await;
+        if let (true, Some(parking)) = (removed, &self.parking) {
+            // Blobs it had waiting in the parked queue are dead-lettered (tenant_not_served)
+            // by the next sweep rather than when their content expires.
+            parking.request_sweep().await;
+        }
         Ok(Removed { removed, stopped })
     }
 }

@@ -571,12 +571,22 @@ impl WorkQueue {
         }
     }
 
-    /// Declares `{work}.parked` once per process: durable, the work queue's own arguments (its
-    /// type), dead-lettering into `{work}.dead` when a message's TTL runs out.
+    /// Declares `{work}.parked` once per process (see [`WorkQueue::declare_parked_on`]).
     async fn declare_parked(&self) -> Result<(), BrokerError> {
         if self.parked_declared.load(Ordering::SeqCst) {
             return Ok(());
         }
+        let ch = self.broker.channel().await?;
+        let declared = self.declare_parked_on(&ch).await;
+        let _ = ch.close(200, "declared".into()).await;
+        declared.map(|_| ())
+    }
+
+    /// Declares `{work}.parked` on `ch` (creating it when absent: a passive declaration of a
+    /// missing queue would close the channel with an error in the log): durable, the work
+    /// queue's own arguments (its type), dead-lettering into `{work}.dead` when a message's TTL
+    /// runs out. Returns how many messages it holds.
+    async fn declare_parked_on(&self, ch: &lapin::Channel) -> Result<u32, BrokerError> {
         let mut args = self
             .broker
             .topology()
@@ -593,8 +603,7 @@ impl WorkQueue {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(self.names.dead.as_str().into()),
         );
-        let ch = self.broker.channel().await?;
-        let declared = ch
+        let q = ch
             .queue_declare(
                 short_string(&self.names.parked),
                 QueueDeclareOptions {
@@ -603,20 +612,17 @@ impl WorkQueue {
                 },
                 args,
             )
-            .await;
-        let _ = ch.close(200, "declared".into()).await;
-        declared?;
+            .await?;
         self.parked_declared.store(true, Ordering::SeqCst);
-        Ok(())
+        Ok(q.message_count())
     }
 
-    /// Messages waiting in `{work}.parked` (0 when it was never declared).
+    /// Messages waiting in `{work}.parked` (declaring it when absent).
     pub async fn parked_depth(&self) -> Result<u32, BrokerError> {
-        match self.broker.queue_depth(&self.names.parked).await {
-            Ok(n) => Ok(n),
-            Err(BrokerError::Amqp(e)) if e.contains("NOT_FOUND") || e.contains("404") => Ok(0),
-            Err(e) => Err(e),
-        }
+        let ch = self.broker.channel().await?;
+        let depth = self.declare_parked_on(&ch).await;
+        let _ = ch.close(200, "ok".into()).await;
+        depth
     }
 
     /// Moves the jobs of tenants no longer parked from `{work}.parked` back to the work queue
@@ -632,21 +638,14 @@ impl WorkQueue {
         let mut stats = SweepStats::default();
         let ch = self.broker.channel().await?;
         let queue = short_string(&self.names.parked);
-        let total = match ch
-            .queue_declare(
-                queue.clone(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(q) => q.message_count(),
-            // Not declared: nothing was ever parked (the failed passive declare closed the channel).
-            Err(_) => return Ok(stats),
+        let total = match self.declare_parked_on(&ch).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = ch.close(200, "bye".into()).await;
+                return Err(e);
+            }
         };
+        self.metrics.parked_queue_depth.set(i64::from(total));
         let mut left = total;
         let result = loop {
             if left == 0 {

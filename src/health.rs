@@ -128,6 +128,13 @@ pub fn tenant_failure(e: &ApiError) -> Option<TenantFailure> {
     }
 }
 
+/// [`tenant_failure`] of a call about `content_type`, leaving out AF10001 on `DLP.All`: that
+/// one may be the DLP role alone (see the module doc); a caller without a cheap way to tell
+/// (the reconciler) lets the tenant's other content types decide.
+pub fn tenant_failure_for(e: &ApiError, content_type: ContentType) -> Option<TenantFailure> {
+    tenant_failure(e).filter(|f| !(f.code == "AF10001" && content_type == ContentType::Dlp))
+}
+
 /// Parking and un-parking, shared by the workers, onboarding and the health loop.
 pub struct Parking {
     pub tenants: Arc<Tenants>,
@@ -497,5 +504,12 @@ mod tests {
         ] {
             assert_eq!(tenant_failure(&e), None, "{e}");
         }
+        // AF10001 on DLP.All alone may be the DLP role only.
+        assert_eq!(
+            tenant_failure_for(&api(401, "AF10001"), ContentType::Dlp),
+            None
+        );
+        assert!(tenant_failure_for(&api(401, "AF10001"), ContentType::Exchange).is_some());
+        assert!(tenant_failure_for(&api(401, "AF20011"), ContentType::Dlp).is_some());
     }
 }

@@ -302,7 +302,7 @@ impl Reconciler {
                         ok = false;
                         total.errors += 1;
                         tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciliation failed; the next pass retries.");
-                        if let Some(f) = tenant_failure_of(&e) {
+                        if let Some(f) = tenant_failure_of(&e, ct) {
                             let _ = self.tenants.park(&tenant, &f.code, &f.reason).await;
                             break;
                         }
@@ -328,9 +328,9 @@ impl Reconciler {
 }
 
 /// A listing failure that is the tenant's own (the tenant is then parked).
-fn tenant_failure_of(e: &ReconcileError) -> Option<crate::health::TenantFailure> {
+fn tenant_failure_of(e: &ReconcileError, ct: ContentType) -> Option<crate::health::TenantFailure> {
     match e {
-        ReconcileError::Listing(api) => crate::health::tenant_failure(api),
+        ReconcileError::Listing(api) => crate::health::tenant_failure_for(api, ct),
         ReconcileError::Enqueue(_) => None,
     }
 }

@@ -415,3 +415,68 @@ async fn a_completed_consent_unparks_the_tenant_at_once_and_its_waiting_blobs_fl
     assert_eq!(depth_or_zero(&env, &parked_queue).await, 0);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_dlp_role_dead_letters_only_dlp_blobs_and_a_missing_read_role_parks_the_tenant() {
+    let env = TestEnv::start(Options::default()).await;
+    // The tenant's admin granted the app ActivityFeed.Read but not ActivityFeed.ReadDlp.
+    env.sim.revoke_role(TENANT_A, "ActivityFeed.ReadDlp");
+    let dlp = env.sim.publish(TENANT_A, "DLP.All", 1, Some(2)).await;
+    let exchange = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(3))
+        .await;
+    let both: Vec<SimBlob> = dlp.iter().chain(exchange.iter()).cloned().collect();
+    assert_eq!(env.notify(&env.notification(&both)).await.status(), 200);
+    let want = record_ids(&exchange);
+    let seen = relayed(&env, &want, Duration::from_secs(20)).await;
+    assert_each_once(&seen, &want);
+    let dead_queue = dead_queue(&env);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            depth_or_zero(&env, &dead_queue).await == 1
+        })
+        .await,
+        "the DLP blob is dead-lettered"
+    );
+    let dead = env
+        .drain(
+            &dead_queue,
+            1,
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+        )
+        .await;
+    assert_eq!(
+        header(&dead[0], "o365-error-code").as_deref(),
+        Some("AF10001")
+    );
+    assert_eq!(
+        state(&env, TENANT_A).await,
+        Some(TenantState::Healthy),
+        "the tenant's other content keeps flowing"
+    );
+
+    // Then ActivityFeed.Read goes too (seen once the current token is replaced): parked.
+    env.sim.revoke_role(TENANT_A, "ActivityFeed.Read");
+    env.relay.tokens.forget(&tid(TENANT_A)).await;
+    let more = env
+        .sim
+        .publish(TENANT_A, "Audit.Exchange", 1, Some(3))
+        .await;
+    assert_eq!(env.notify(&env.notification(&more)).await.status(), 200);
+    let parked_queue = parked_queue(&env);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            depth_or_zero(&env, &parked_queue).await == 1
+        })
+        .await,
+        "the blob waits in the parked queue"
+    );
+    let Some(TenantState::Parked { code, .. }) = state(&env, TENANT_A).await else {
+        panic!("parked");
+    };
+    assert_eq!(code, "AF10001");
+    assert_eq!(depth_or_zero(&env, &dead_queue).await, 0);
+    env.cleanup().await;
+}

@@ -190,6 +190,7 @@ async fn consent(inner: web::Data<Inner>, req: web::Json<ConsentReq>) -> HttpRes
     let mut st = inner.state();
     if req.granted {
         st.withdrawn.remove(&tenant);
+        st.revoked_roles.remove(&tenant);
     } else {
         st.withdrawn.insert(tenant);
     }

@@ -339,6 +339,15 @@ fn token_response(
     let now = now_unix();
     let lifetime = inner.config.token_lifetime.as_secs() as i64;
     let exp = now + lifetime;
+    let roles: Vec<&str> = {
+        let st = inner.state();
+        let revoked = st.revoked_roles.get(&tenant.to_ascii_lowercase());
+        ROLES
+            .iter()
+            .copied()
+            .filter(|r| revoked.is_none_or(|set| !set.contains(*r)))
+            .collect()
+    };
     let mut claims = json!({
         "aud": resource,
         "iss": format!("https://sts.windows.net/{tenant}/"),
@@ -349,7 +358,7 @@ fn token_response(
         "appidacr": "2",
         "idp": format!("https://sts.windows.net/{tenant}/"),
         "oid": uuid::Uuid::new_v4().to_string(),
-        "roles": ROLES,
+        "roles": roles,
         "sub": uuid::Uuid::new_v4().to_string(),
         "tid": tenant,
         "ver": "1.0",
@@ -613,7 +622,11 @@ async fn decision(inner: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
         Some("accept") => {
             // Consenting (again) restores the app in the tenant.
             let tenant = inner.consent_tenant();
-            inner.state().withdrawn.remove(&tenant.to_ascii_lowercase());
+            {
+                let mut st = inner.state();
+                st.withdrawn.remove(&tenant.to_ascii_lowercase());
+                st.revoked_roles.remove(&tenant.to_ascii_lowercase());
+            }
             let code = random_token(48);
             inner.state().codes.insert(
                 code.clone(),

@@ -411,6 +411,9 @@ pub(crate) struct State {
     /// Tenants whose admin withdrew consent (the app's service principal is gone): their
     /// client-credentials requests are refused until consent is granted again.
     pub withdrawn: HashSet<String>,
+    /// App roles a tenant's admin took away (tenant → roles): tokens issued from then on lack
+    /// them, and the Management API answers AF10001.
+    pub revoked_roles: HashMap<String, HashSet<String>>,
     // counters
     /// Client-credentials tokens issued, per tenant.
     pub token_requests: HashMap<String, u64>,
@@ -715,13 +718,24 @@ impl Simulator {
             .insert(tenant.to_ascii_lowercase());
     }
 
+    /// The tenant's admin takes the app role `role` (e.g. `ActivityFeed.ReadDlp`) away: tokens
+    /// issued from now on lack it (those issued before keep it until they expire).
+    pub fn revoke_role(&self, tenant: &str, role: &str) {
+        self.inner
+            .state()
+            .revoked_roles
+            .entry(tenant.to_ascii_lowercase())
+            .or_default()
+            .insert(role.to_string());
+    }
+
     /// The tenant's admin grants consent again (also what accepting the consent page does for
     /// the consenting tenant).
     pub fn grant_consent(&self, tenant: &str) {
-        self.inner
-            .state()
-            .withdrawn
-            .remove(&tenant.to_ascii_lowercase());
+        let tenant = tenant.to_ascii_lowercase();
+        let mut st = self.inner.state();
+        st.withdrawn.remove(&tenant);
+        st.revoked_roles.remove(&tenant);
     }
 
     /// Content GETs answered (any status).

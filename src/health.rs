@@ -43,6 +43,8 @@
 //! `{work}.dead`; the copy already carries the dead-letter headers (`o365-error-code: expired`,
 //! `o365-dead-reason: content expired at Microsoft while the tenant was parked: …`). So a tenant
 //! that never comes back ends in the dead queue only once its content can no longer be fetched.
+//! (That dead-lettering is RabbitMQ's own, at-most-once on quorum queues like the retry tiers'
+//! return to the work queue; what it could lose is the record of content already gone.)
 //!
 //! **A DLP-only AF10001.** `DLP.All` needs a role of its own (`ActivityFeed.ReadDlp`). AF10001 on
 //! a DLP blob is the tenant's only if `subscriptions/list` (which needs `ActivityFeed.Read`)

@@ -126,11 +126,15 @@ impl Tenants {
         self.fixed.contains(t)
     }
 
+    /// What the cache knows of `t`; with `fresh_only`, only a registered tenant's state from
+    /// the last few seconds. "Not registered" is never answered from the cache while Redis
+    /// answers (a tenant added by another process — the CLI, another replica — is served at
+    /// once, as before states were cached); it is kept for when Redis is down.
     fn cached(&self, t: &TenantId, fresh_only: bool) -> Option<Known> {
         let cache = self.cache.lock().expect("poisoned");
         cache
             .get(t)
-            .filter(|(at, _)| !fresh_only || at.elapsed() < CACHE_FOR)
+            .filter(|(at, known)| !fresh_only || (known.is_some() && at.elapsed() < CACHE_FOR))
             .map(|(_, known)| known.clone())
     }
 

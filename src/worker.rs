@@ -6,9 +6,9 @@
 //! Nothing is acknowledged before its records are confirmed. Failures are classified by
 //! Microsoft's error code (`Retry` with its `Retry-After`, or `Dead` with the reason); a failure
 //! that is the tenant's parks the tenant and the job waits (`Park`, see [`crate::health`]), and a
-//! parked tenant's jobs are set aside without being fetched. A record
-//! that is not JSON text does not stop the blob: the others are relayed, and the blob then goes
-//! to the dead-letter queue naming the bad record, so nothing is dropped unseen. A blob whose body
+//! parked tenant's jobs are set aside without being fetched. A record that is not JSON text does
+//! not stop the blob: the others are relayed, and the blob then goes to the dead-letter queue
+//! naming the bad record, so nothing is dropped unseen. A blob whose body
 //! does not arrive whole within `O365_FETCH_TIMEOUT` is retried (a drip-fed body cannot hold a
 //! worker for ever).
 

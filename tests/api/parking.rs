@@ -207,6 +207,11 @@ async fn a_tenant_whose_consent_is_withdrawn_is_parked_and_every_record_of_the_p
     }
     let refused_while_parked = env.sim.refused_token_requests(TENANT_A) - refused_before;
     let probes = waited.elapsed().as_secs() / PROBE_INTERVAL.as_secs() + 2;
+    eprintln!(
+        "parked for {} s: {refused_while_parked} token requests to Entra for the tenant (probe every {} s)",
+        waited.elapsed().as_secs(),
+        PROBE_INTERVAL.as_secs()
+    );
     assert!(
         refused_while_parked <= probes,
         "{refused_while_parked} token requests while parked; the probe alone makes about {probes}"

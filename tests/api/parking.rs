@@ -485,3 +485,53 @@ async fn a_missing_dlp_role_dead_letters_only_dlp_blobs_and_a_missing_read_role_
     assert_eq!(depth_or_zero(&env, &dead_queue).await, 0);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_keeps_the_jobs_of_tenants_still_parked_and_releases_the_others() {
+    let env = TestEnv::start(Options::default()).await;
+    let (a, b) = (tid(TENANT_A), tid(TENANT_B));
+    for t in [&a, &b] {
+        assert!(env.relay.tenants.park(t, "token", "test").await.unwrap());
+    }
+    let blobs_a = env.sim.publish(TENANT_A, "Audit.General", 2, Some(2)).await;
+    let blobs_b = env.sim.publish(TENANT_B, "Audit.General", 1, Some(2)).await;
+    let both: Vec<SimBlob> = blobs_a.iter().chain(blobs_b.iter()).cloned().collect();
+    assert_eq!(env.notify(&env.notification(&both)).await.status(), 200);
+    let parked_queue = parked_queue(&env);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            depth_or_zero(&env, &parked_queue).await == 3
+        })
+        .await,
+        "all three wait"
+    );
+    // Only B works again: its job goes back to the work queue, A's stay (with their TTL).
+    env.relay.tenants.unpark(&b).await.unwrap();
+    let still_parked: HashSet<TenantId> = [a.clone()].into_iter().collect();
+    let stats = env
+        .relay
+        .work_queue
+        .sweep_parked(&still_parked)
+        .await
+        .unwrap();
+    assert_eq!((stats.released, stats.kept, stats.expired), (1, 2, 0));
+    let want_b = record_ids(&blobs_b);
+    let seen = relayed(&env, &want_b, Duration::from_secs(20)).await;
+    assert_each_once(&seen, &want_b);
+    assert_eq!(depth_or_zero(&env, &parked_queue).await, 2);
+    // Then A: the rest flows; nothing was counted as an attempt or dead-lettered.
+    env.relay.tenants.unpark(&a).await.unwrap();
+    let stats = env
+        .relay
+        .work_queue
+        .sweep_parked(&HashSet::new())
+        .await
+        .unwrap();
+    assert_eq!((stats.released, stats.kept), (2, 0));
+    let want_a = record_ids(&blobs_a);
+    let seen = relayed(&env, &want_a, Duration::from_secs(20)).await;
+    assert_each_once(&seen, &want_a);
+    assert_eq!(depth_or_zero(&env, &parked_queue).await, 0);
+    assert_eq!(depth_or_zero(&env, &dead_queue(&env)).await, 0);
+    env.cleanup().await;
+}

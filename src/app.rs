@@ -1,6 +1,6 @@
 //! Wiring: the one place where the parts are made from [`Settings`] ([`Parts::new`]) and the
 //! components are built from them, each given just what it needs ([`Webhook`], [`Worker`],
-//! [`Reconciler`], [`Keeper`], [`AdminApi`], [`Consent`]). [`Application::build`] binds both
+//! [`Reconciler`], [`Keeper`], [`HealthLoop`], [`AdminApi`], [`Consent`]). [`Application::build`] binds both
 //! listeners and starts the background loops; `main.rs` (through `cli/`), `demo` and every test
 //! use it the same way. No other module imports this one.
 
@@ -11,6 +11,7 @@ use crate::consent::admission::Admission;
 use crate::consent::limiter::RateLimiter;
 use crate::consent::{self, Consent};
 use crate::dead_letters::DeadLetters;
+use crate::health::{HealthLoop, Parking};
 use crate::management::ManagementClient;
 use crate::metrics::Metrics;
 use crate::notification::ContentRules;
@@ -47,6 +48,8 @@ pub struct Parts {
     pub tenants: Arc<Tenants>,
     pub subscriptions: Arc<Subscriptions>,
     pub onboarding: Arc<Onboarding>,
+    /// Parks and un-parks tenants ([`crate::health`]).
+    pub parking: Arc<Parking>,
     /// The checks every blob announced from outside passes.
     pub rules: ContentRules,
     pub work_queue: Arc<WorkQueue>,
@@ -133,13 +136,23 @@ impl Parts {
             store.clone(),
             metrics.clone(),
         ));
-        let onboarding = Arc::new(Onboarding::new(
-            tenants.clone(),
-            subscriptions.clone(),
-            tokens.clone(),
-            settings.content_types.clone(),
-            settings.public_url.is_some(),
-        ));
+        let parking = Arc::new(Parking {
+            tenants: tenants.clone(),
+            management: management.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            content_types: settings.content_types.clone(),
+        });
+        let onboarding = Arc::new(
+            Onboarding::new(
+                tenants.clone(),
+                subscriptions.clone(),
+                tokens.clone(),
+                settings.content_types.clone(),
+                settings.public_url.is_some(),
+            )
+            .with_parking(parking.clone()),
+        );
         Ok(Arc::new(Parts {
             settings,
             store,
@@ -150,6 +163,7 @@ impl Parts {
             tenants,
             subscriptions,
             onboarding,
+            parking,
             rules,
             work_queue,
             sink,
@@ -184,6 +198,7 @@ impl Parts {
             store: self.store.clone(),
             tenants: self.tenants.clone(),
             subscriptions: self.subscriptions.clone(),
+            parking: self.parking.clone(),
             metrics: self.metrics.clone(),
             record_dedup_ttl: self.settings.record_dedup_ttl,
             fetch_timeout: self.settings.fetch_timeout,
@@ -211,6 +226,25 @@ impl Parts {
             tenants: self.tenants.clone(),
             store: self.store.clone(),
             interval: self.settings.keeper_interval,
+        }
+    }
+
+    /// The health loop: probes parked tenants, releases their jobs, reconciles them once
+    /// un-parked (at once only where this process reconciles).
+    pub fn health(&self) -> HealthLoop {
+        HealthLoop {
+            parking: self.parking.clone(),
+            tenants: self.tenants.clone(),
+            tokens: self.tokens.clone(),
+            management: self.management.clone(),
+            work_queue: self.work_queue.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            reconciler: self
+                .settings
+                .enable_reconciler
+                .then(|| Arc::new(self.reconciler())),
+            interval: self.settings.park_probe_interval,
         }
     }
 
@@ -454,6 +488,10 @@ impl Application {
         if settings.enable_reconciler {
             let reconciler = Arc::new(parts.reconciler());
             supervisor.spawn("reconciler", move |stop| reconciler.clone().run(stop));
+        }
+        if settings.enable_workers || settings.enable_reconciler {
+            let health = Arc::new(parts.health());
+            supervisor.spawn("tenant_health", move |stop| health.clone().run(stop));
         }
         if settings.enable_keeper && settings.public_url.is_some() {
             let keeper = Arc::new(parts.keeper());

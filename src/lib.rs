@@ -6,7 +6,7 @@
 //! [`records`]) → [`sink`] (the topic exchange). [`reconciler`] is a second source into the same
 //! queue; [`broker`] owns the RabbitMQ connection and confirms; [`tenants`], [`subscriptions`],
 //! [`onboarding`] and [`store`] are services they use; [`supervise`] keeps the background loops
-//! alive. The components — [`webhook::Webhook`], [`worker::Worker`],
+//! alive; [`health`] parks tenants whose failures are their own. The components — [`webhook::Webhook`], [`worker::Worker`],
 //! [`reconciler::Reconciler`], [`subscriptions::Keeper`], [`admin::AdminApi`],
 //! [`consent::Consent`] — each name what they need and are built in one place, [`app`], which
 //! no other module imports; `main.rs` and its `cli/` are the command line.
@@ -21,6 +21,7 @@ pub mod dead_letters;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
+pub mod health;
 pub mod management;
 pub mod metrics;
 pub mod notification;

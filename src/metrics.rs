@@ -6,7 +6,7 @@
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -53,6 +53,16 @@ pub struct Metrics {
     pub task_restarts: IntCounterVec,
     /// Every metric name this relay can export (see [`Metrics::names`]).
     names: Vec<String>,
+    /// Tenants by state (healthy | parked | pending | offboarded), refreshed from Redis by the
+    /// health loop and on transitions ([`crate::health`]).
+    pub tenants: IntGaugeVec,
+    /// Jobs of parked tenants: event = parked (set aside) | released (back to the work queue) |
+    /// expired (dead-lettered: the content expired while its tenant was parked).
+    pub parked_jobs: IntCounterVec,
+    /// Messages waiting in the parked queue (refreshed by the health loop).
+    pub parked_queue_depth: IntGauge,
+    /// Probes of parked tenants: result = healthy | parked | error.
+    pub tenant_probes: IntCounterVec,
 }
 
 impl Metrics {
@@ -219,6 +229,32 @@ impl Metrics {
                     "Background loops restarted after ending or panicking, by task"
                 ),
                 &["task"]
+            )
+            .unwrap()),
+            tenants: reg!(IntGaugeVec::new(
+                Opts::new("o365_tenants", "Registered tenants by state"),
+                &["state"]
+            )
+            .unwrap()),
+            parked_jobs: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_parked_jobs_total",
+                    "Jobs of parked tenants set aside, released or expired"
+                ),
+                &["event"]
+            )
+            .unwrap()),
+            parked_queue_depth: reg!(IntGauge::new(
+                "o365_parked_queue_depth",
+                "Jobs waiting in the parked queue for their tenant to work again"
+            )
+            .unwrap()),
+            tenant_probes: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_tenant_probes_total",
+                    "Probes of parked tenants by result"
+                ),
+                &["result"]
             )
             .unwrap()),
             registry,

@@ -4,8 +4,9 @@
 //! one added another, and removal always also drops the tenant's cached token.
 
 use crate::domain::{ContentType, TenantId};
+use crate::health::Parking;
 use crate::subscriptions::{StartOutcome, Subscriptions};
-use crate::tenants::{AddedBy, NewTenant, TenantError, TenantRecord, Tenants};
+use crate::tenants::{AddedBy, NewTenant, TenantError, TenantRecord, TenantState, Tenants};
 use crate::tokens::TokenProvider;
 use serde::Serialize;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct Onboarding {
     content_types: Vec<ContentType>,
     /// Subscriptions can only be started with a webhook address (`O365_PUBLIC_URL`).
     can_subscribe: bool,
+    /// Releases a parked tenant's waiting blobs when it is added (consents) again.
+    parking: Option<Arc<Parking>>,
 }
 
 /// Who asks for a tenant and whether its subscriptions start right away.
@@ -83,12 +86,28 @@ impl Onboarding {
             tokens,
             content_types,
             can_subscribe,
+            parking: None,
         }
+    }
+
+    /// A completed consent flow (or an operator adding the tenant again) un-parks a parked
+    /// tenant at once; with `parking`, its waiting blobs are released and its parked period
+    /// reconciled right away too ([`Parking::released`]).
+    pub fn with_parking(mut self, parking: Arc<Parking>) -> Onboarding {
+        self.parking = Some(parking);
+        self
     }
 
     /// Registers `tenant` (idempotent) and, when asked and a webhook address is configured,
     /// starts its subscriptions (a failed start is reported, not an error: the keeper retries).
     pub async fn add(&self, tenant: &TenantId, request: AddRequest) -> Result<Added, TenantError> {
+        let parked_since = match self.tenants.get(tenant).await {
+            Ok(Some(TenantRecord {
+                state: TenantState::Parked { since, .. },
+                ..
+            })) => Some(since),
+            _ => None,
+        };
         let record = self
             .tenants
             .add(
@@ -98,6 +117,12 @@ impl Onboarding {
                 request.state,
             )
             .await?;
+        if let (Some(since), Some(parking)) = (parked_since, &self.parking) {
+            if record.state == TenantState::Healthy {
+                tracing::info!(tenant_id = %tenant, parked_since = %since, "Parked tenant added again (consent): its waiting blobs are released.");
+                parking.released(tenant, since).await;
+            }
+        }
         let serving = record.state.accepts_notifications();
         let subscriptions = if request.start_subscriptions && serving && self.can_subscribe {
             self.subscriptions.start_all(tenant, None, false).await
@@ -154,6 +179,11 @@ impl Onboarding {
         }
         let removed = self.tenants.remove(tenant).await?;
         self.tokens.forget(tenant).await;
+        if let (true, Some(parking)) = (removed, &self.parking) {
+            // Blobs it had waiting in the parked queue are dead-lettered (tenant_not_served)
+            // by the next sweep rather than when their content expires.
+            parking.request_sweep().await;
+        }
         Ok(Removed { removed, stopped })
     }
 }

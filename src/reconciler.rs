@@ -286,7 +286,9 @@ impl Reconciler {
             let _ = self.store.flush_deferred().await;
         }
         let mut total = PassStats::default();
-        for tenant in self.tenants.served_ids().await {
+        // Parked tenants are left to the health probe: no token requests, no listing, and their
+        // checkpoint stays where the parked period begins (crate::health).
+        for tenant in self.tenants.healthy_ids().await {
             let mut ok = true;
             for &ct in &self.content_types {
                 match self.reconcile_one(&tenant, ct).await {
@@ -300,6 +302,10 @@ impl Reconciler {
                         ok = false;
                         total.errors += 1;
                         tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciliation failed; the next pass retries.");
+                        if let Some(f) = tenant_failure_of(&e, ct) {
+                            let _ = self.tenants.park(&tenant, &f.code, &f.reason).await;
+                            break;
+                        }
                     }
                 }
             }
@@ -318,6 +324,14 @@ impl Reconciler {
             );
         }
         total
+    }
+}
+
+/// A listing failure that is the tenant's own (the tenant is then parked).
+fn tenant_failure_of(e: &ReconcileError, ct: ContentType) -> Option<crate::health::TenantFailure> {
+    match e {
+        ReconcileError::Listing(api) => crate::health::tenant_failure_for(api, ct),
+        ReconcileError::Enqueue(_) => None,
     }
 }
 

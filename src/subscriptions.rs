@@ -233,13 +233,17 @@ impl Subscriptions {
             .collect()
     }
 
-    /// One keeper pass over every served tenant.
+    /// One keeper pass over every healthy tenant (a parked one is left to the health probe,
+    /// [`crate::health`]; one found failing for its own reason is parked).
     pub async fn keep_once(&self, tenants: &Tenants) {
-        for tenant in tenants.served_ids().await {
+        for tenant in tenants.healthy_ids().await {
             let subs = match self.list(&tenant).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(tenant_id = %tenant, error = %e, "Could not list subscriptions.");
+                    if let Some(f) = crate::health::tenant_failure(&e) {
+                        let _ = tenants.park(&tenant, &f.code, &f.reason).await;
+                    }
                     continue;
                 }
             };

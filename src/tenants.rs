@@ -126,11 +126,15 @@ impl Tenants {
         self.fixed.contains(t)
     }
 
+    /// What the cache knows of `t`; with `fresh_only`, only a registered tenant's state from
+    /// the last few seconds. "Not registered" is never answered from the cache while Redis
+    /// answers (a tenant added by another process — the CLI, another replica — is served at
+    /// once, as before states were cached); it is kept for when Redis is down.
     fn cached(&self, t: &TenantId, fresh_only: bool) -> Option<Known> {
         let cache = self.cache.lock().expect("poisoned");
         cache
             .get(t)
-            .filter(|(at, _)| !fresh_only || at.elapsed() < CACHE_FOR)
+            .filter(|(at, known)| !fresh_only || (known.is_some() && at.elapsed() < CACHE_FOR))
             .map(|(_, known)| known.clone())
     }
 
@@ -267,6 +271,43 @@ impl Tenants {
                 ids
             }
         }
+    }
+
+    /// The ids of every healthy tenant: served and not parked (the reconciler and the keeper
+    /// leave parked tenants alone, so that only the probe asks Entra for their tokens). With
+    /// Redis down, the static ones and the cached healthy ones.
+    pub async fn healthy_ids(&self) -> Vec<TenantId> {
+        match self.list().await {
+            Ok(l) => l
+                .into_iter()
+                .filter(|r| r.state == TenantState::Healthy)
+                .map(|r| r.tenant_id)
+                .collect(),
+            Err(_) => {
+                let cache = self.cache.lock().expect("poisoned");
+                let parked = |t: &TenantId| {
+                    matches!(cache.get(t), Some((_, Some(TenantState::Parked { .. }))))
+                };
+                let mut ids: Vec<TenantId> =
+                    self.fixed.iter().filter(|t| !parked(t)).cloned().collect();
+                ids.extend(
+                    cache
+                        .iter()
+                        .filter(|(t, (_, known))| {
+                            !self.fixed.contains(t) && *known == Some(TenantState::Healthy)
+                        })
+                        .map(|(t, _)| t.clone()),
+                );
+                ids
+            }
+        }
+    }
+
+    /// The tenant's state read from Redis now (not from the few-seconds cache), e.g. before
+    /// deciding that a job must wait.
+    pub async fn state_now(&self, t: &TenantId) -> Option<TenantState> {
+        self.forget_cached(t);
+        self.state(t).await
     }
 
     /// Registers `t` (idempotent: an existing record keeps its history) in `state`: `healthy`

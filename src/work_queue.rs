@@ -11,6 +11,10 @@
 //!   `Retry-After` honoured up to [`MAX_RETRY_AFTER`] and never past the content's expiration),
 //!   then ack; after `O365_MAX_ATTEMPTS` it is dead instead;
 //! - [`Outcome::Dead`] → a copy goes to `{work}.dead` with the code and reason in headers, then ack;
+//! - [`Outcome::Park`] → the job's tenant is parked ([`crate::health`]): a copy goes to
+//!   `{work}.parked` without counting an attempt, expiring into `{work}.dead` when its content
+//!   expires at Microsoft, then ack; [`WorkQueue::sweep_parked`] moves it back when the tenant
+//!   works again;
 //! - a handler that **panics** is settled as dead with code `panic` (and counted): a delivery is
 //!   never left unacked to hold a prefetch slot forever;
 //! - when the copy cannot be published (RabbitMQ trouble), the delivery is handed back to
@@ -25,15 +29,20 @@ use crate::broker::{
     Topology,
 };
 use crate::config::QueueType;
-use crate::domain::WorkItem;
+use crate::domain::{TenantId, WorkItem};
 use crate::metrics::Metrics;
 use crate::notification::ContentRules;
 use crate::store::Store;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +83,8 @@ pub struct Names {
     /// One per entry of [`RETRY_TIERS`].
     pub retry: Vec<String>,
     pub dead: String,
+    /// Jobs of parked tenants (declared when the first job is parked).
+    pub parked: String,
 }
 
 impl Names {
@@ -82,6 +93,7 @@ impl Names {
             work: work.to_string(),
             retry: retry_queue_names(work),
             dead: format!("{work}.dead"),
+            parked: format!("{work}.parked"),
         }
     }
 
@@ -178,6 +190,11 @@ pub enum Outcome {
         code: String,
         reason: String,
     },
+    /// The tenant is parked: set the job aside, without counting an attempt, until the tenant
+    /// works again (`reason`: why the tenant is parked).
+    Park {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -195,6 +212,12 @@ impl Outcome {
             reason: reason.into(),
         }
     }
+
+    pub fn park(reason: impl Into<String>) -> Self {
+        Outcome::Park {
+            reason: reason.into(),
+        }
+    }
 }
 
 pub struct WorkQueue {
@@ -204,6 +227,8 @@ pub struct WorkQueue {
     rules: ContentRules,
     policy: RetryPolicy,
     metrics: Arc<Metrics>,
+    /// Whether `{work}.parked` was declared by this process (it is never deleted).
+    parked_declared: AtomicBool,
 }
 
 impl WorkQueue {
@@ -222,6 +247,7 @@ impl WorkQueue {
             rules,
             policy,
             metrics,
+            parked_declared: AtomicBool::new(false),
         }
     }
 
@@ -393,6 +419,13 @@ impl WorkQueue {
                 let attempt = job.map_or(0, |j| j.attempt + 1);
                 self.dead_letter(d, job, attempt, &code, &reason).await
             }
+            Outcome::Park { reason } => match job {
+                Some(job) => self.park(d, job, &reason).await,
+                None => {
+                    self.dead_letter(d, None, 0, "malformed_work_item", &reason)
+                        .await
+                }
+            },
         }
     }
 
@@ -495,6 +528,323 @@ impl WorkQueue {
                 requeue(d).await;
             }
         }
+    }
+}
+
+/// Parked jobs (see [`crate::health`] for why one shared queue rather than one per tenant).
+impl WorkQueue {
+    /// Sets a job of a parked tenant aside in `{work}.parked`: the same message, its attempt
+    /// count unchanged, with a per-message TTL that runs out when the content expires at
+    /// Microsoft; the queue dead-letters it into `{work}.dead` then, and the copy already
+    /// carries the dead-letter headers (code `expired`). Acked only after RabbitMQ confirmed
+    /// the copy; handed back to RabbitMQ when it cannot be set aside.
+    async fn park(&self, d: &Delivery, job: &Job, reason: &str) {
+        let why = format!("content expired at Microsoft while the tenant was parked: {reason}");
+        let Some(ttl) = parked_ttl(job.item.content_expiration.as_deref(), chrono::Utc::now())
+        else {
+            self.metrics
+                .parked_jobs
+                .with_label_values(&["expired"])
+                .inc();
+            return self
+                .dead_letter(d, Some(job), job.attempt, "expired", &why)
+                .await;
+        };
+        let props = parked_properties(d, job, reason, &why, ttl);
+        let published = match self.declare_parked().await {
+            Ok(()) => {
+                let msg = OutMessage {
+                    exchange: "".into(),
+                    routing_key: short_string(&self.names.parked),
+                    body: d.data.clone().into(),
+                    properties: props,
+                };
+                self.broker.publish_batch(vec![msg]).await
+            }
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(()) => {
+                self.metrics
+                    .parked_jobs
+                    .with_label_values(&["parked"])
+                    .inc();
+                tracing::info!(
+                    content_id = %job.item.content_id,
+                    ttl_s = ttl.as_secs(),
+                    "Blob set aside until its tenant works again."
+                );
+                ack(d).await;
+            }
+            Err(e) => {
+                // Declared again next time (someone may have deleted the queue).
+                self.parked_declared.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, "Cannot set the blob of a parked tenant aside; handing it back to RabbitMQ.");
+                requeue(d).await;
+            }
+        }
+    }
+
+    /// Declares `{work}.parked` once per process (see [`WorkQueue::declare_parked_on`]).
+    async fn declare_parked(&self) -> Result<(), BrokerError> {
+        if self.parked_declared.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let ch = self.broker.channel().await?;
+        let declared = self.declare_parked_on(&ch).await;
+        let _ = ch.close(200, "declared".into()).await;
+        declared.map(|_| ())
+    }
+
+    /// Declares `{work}.parked` on `ch` (creating it when absent: a passive declaration of a
+    /// missing queue would close the channel with an error in the log): durable, the work
+    /// queue's own arguments (its type), dead-lettering into `{work}.dead` when a message's TTL
+    /// runs out. Returns how many messages it holds.
+    async fn declare_parked_on(&self, ch: &lapin::Channel) -> Result<u32, BrokerError> {
+        let mut args = self
+            .broker
+            .topology()
+            .queues
+            .iter()
+            .find(|q| q.name == self.names.work)
+            .map(|q| q.arguments.clone())
+            .unwrap_or_default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.names.dead.as_str().into()),
+        );
+        let q = ch
+            .queue_declare(
+                short_string(&self.names.parked),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        self.parked_declared.store(true, Ordering::SeqCst);
+        Ok(q.message_count())
+    }
+
+    /// Messages waiting in `{work}.parked` (declaring it when absent).
+    pub async fn parked_depth(&self) -> Result<u32, BrokerError> {
+        let ch = self.broker.channel().await?;
+        let depth = self.declare_parked_on(&ch).await;
+        let _ = ch.close(200, "ok".into()).await;
+        depth
+    }
+
+    /// Moves the jobs of tenants no longer parked from `{work}.parked` back to the work queue
+    /// (attempt count kept, no TTL), and sets the others aside again with what is left of their
+    /// TTL (dead-lettering those whose content expired meanwhile). Looks at each message that
+    /// was in the queue when it started, once, in batches: each batch is republished with
+    /// confirms before it is acked, so a failure leaves the messages in the parked queue (or,
+    /// after a confirm that was lost, in both: a duplicate the workers skip), never nowhere.
+    pub async fn sweep_parked(
+        &self,
+        still_parked: &HashSet<TenantId>,
+    ) -> Result<SweepStats, BrokerError> {
+        let mut stats = SweepStats::default();
+        let ch = self.broker.channel().await?;
+        let queue = short_string(&self.names.parked);
+        let total = match self.declare_parked_on(&ch).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = ch.close(200, "bye".into()).await;
+                return Err(e);
+            }
+        };
+        self.metrics.parked_queue_depth.set(i64::from(total));
+        let mut left = total;
+        let result = loop {
+            if left == 0 {
+                break Ok(());
+            }
+            let mut batch = Vec::new();
+            while batch.len() < SWEEP_BATCH && (batch.len() as u32) < left {
+                match ch
+                    .basic_get(queue.clone(), BasicGetOptions { no_ack: false })
+                    .await
+                {
+                    Ok(Some(m)) => batch.push(m.delivery),
+                    Ok(None) => break,
+                    Err(e) => {
+                        requeue_all(&batch).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break Ok(());
+            }
+            left = left.saturating_sub(batch.len() as u32);
+            let now = chrono::Utc::now();
+            let mut out = Vec::with_capacity(batch.len());
+            let mut counts = SweepStats::default();
+            for d in &batch {
+                out.push(self.swept(d, still_parked, now, &mut counts));
+            }
+            if let Err(e) = self.broker.publish_batch(out).await {
+                requeue_all(&batch).await;
+                break Err(e);
+            }
+            for d in &batch {
+                ack(d).await;
+            }
+            stats.released += counts.released;
+            stats.kept += counts.kept;
+            stats.expired += counts.expired;
+        };
+        let _ = ch.close(200, "swept".into()).await;
+        self.metrics
+            .parked_jobs
+            .with_label_values(&["released"])
+            .inc_by(stats.released);
+        self.metrics
+            .parked_jobs
+            .with_label_values(&["expired"])
+            .inc_by(stats.expired);
+        if stats.expired > 0 {
+            self.metrics
+                .blobs
+                .with_label_values(&["dead"])
+                .inc_by(stats.expired);
+            self.metrics
+                .dead_letters
+                .with_label_values(&["AF20051"])
+                .inc_by(stats.expired);
+        }
+        result.map(|()| stats)
+    }
+
+    /// Where one parked message goes in a sweep, and the copy that goes there.
+    fn swept(
+        &self,
+        d: &Delivery,
+        still_parked: &HashSet<TenantId>,
+        now: chrono::DateTime<chrono::Utc>,
+        counts: &mut SweepStats,
+    ) -> OutMessage {
+        let to = |queue: &str, properties: lapin::BasicProperties| OutMessage {
+            exchange: "".into(),
+            routing_key: short_string(queue),
+            body: d.data.clone().into(),
+            properties,
+        };
+        let Ok(job) = self.decode(d) else {
+            // Only the relay writes here; should one be unreadable, the worker dead-letters it
+            // with the reason.
+            counts.released += 1;
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            return to(&self.names.work, json_properties(&id));
+        };
+        if !still_parked.contains(&job.item.tenant_id) {
+            counts.released += 1;
+            let props = forwarded_properties(d, Some(&job), job.attempt, &[]);
+            return to(&self.names.work, props);
+        }
+        let reason = header_str(&d.properties, PARKED_REASON_HEADER).unwrap_or_default();
+        let why = header_str(&d.properties, "o365-dead-reason").unwrap_or_else(|| {
+            format!("content expired at Microsoft while the tenant was parked: {reason}")
+        });
+        match parked_ttl(job.item.content_expiration.as_deref(), now) {
+            Some(ttl) => {
+                counts.kept += 1;
+                to(
+                    &self.names.parked,
+                    parked_properties(d, &job, &reason, &why, ttl),
+                )
+            }
+            None => {
+                counts.expired += 1;
+                let at = now.to_rfc3339();
+                let props = forwarded_properties(
+                    d,
+                    Some(&job),
+                    job.attempt,
+                    &[
+                        ("o365-dead-reason", &why),
+                        ("o365-error-code", "expired"),
+                        ("o365-dead-at", &at),
+                    ],
+                );
+                to(&self.names.dead, props)
+            }
+        }
+    }
+}
+
+/// Messages taken from the parked queue per confirm round of a sweep.
+const SWEEP_BATCH: usize = 200;
+/// Why the tenant of a parked copy was parked.
+const PARKED_REASON_HEADER: &str = "o365-parked-reason";
+/// A parked copy outlives its content's expiration by this much, so that RabbitMQ (whose
+/// expiry is to the millisecond) never dead-letters it before Microsoft stops serving it.
+const PARKED_TTL_MARGIN: Duration = Duration::from_secs(1);
+/// No content lives longer than Microsoft's 7 days: a later `contentExpiration` (it comes from
+/// outside) is capped, so a parked copy never waits longer than that.
+const PARKED_TTL_MAX: Duration = Duration::from_secs(7 * 86_400);
+
+/// How long a parked copy waits before it is dead-lettered: until `contentExpiration` (plus
+/// [`PARKED_TTL_MARGIN`]), at most [`PARKED_TTL_MAX`]; unknown expiration: the maximum.
+/// `None` when the content has already expired.
+pub fn parked_ttl(
+    content_expiration: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
+    let Some(exp) = content_expiration.and_then(crate::domain::parse_ms_time) else {
+        return Some(PARKED_TTL_MAX);
+    };
+    let left = (exp - now).to_std().ok().filter(|d| !d.is_zero())?;
+    Some((left + PARKED_TTL_MARGIN).min(PARKED_TTL_MAX))
+}
+
+/// The properties of a parked copy: its attempt count unchanged, why its tenant is parked, the
+/// dead-letter headers it keeps should it expire there, and its TTL.
+fn parked_properties(
+    d: &Delivery,
+    job: &Job,
+    reason: &str,
+    why: &str,
+    ttl: Duration,
+) -> lapin::BasicProperties {
+    forwarded_properties(
+        d,
+        Some(job),
+        job.attempt,
+        &[
+            ("o365-error-code", "expired"),
+            ("o365-dead-reason", why),
+            (PARKED_REASON_HEADER, reason),
+        ],
+    )
+    .with_expiration(ttl.as_millis().max(1).to_string().into())
+}
+
+/// What a sweep of the parked queue did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Back to the work queue (their tenant is no longer parked).
+    pub released: u64,
+    /// Set aside again (their tenant is still parked).
+    pub kept: u64,
+    /// Dead-lettered: the content expired while the tenant was parked.
+    pub expired: u64,
+}
+
+async fn requeue_all(batch: &[Delivery]) {
+    for d in batch {
+        requeue(d).await;
     }
 }
 
@@ -619,6 +969,25 @@ mod tests {
             names.retry_queue_for(Duration::from_secs(86_400)),
             "w.retry.6h"
         );
+    }
+
+    #[test]
+    fn a_parked_copy_expires_just_after_its_content_and_never_later_than_seven_days() {
+        let now = chrono::Utc::now();
+        let at = |d: chrono::Duration| (now + d).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let in_an_hour = parked_ttl(Some(&at(chrono::Duration::hours(1))), now).unwrap();
+        assert!(in_an_hour > Duration::from_secs(3600));
+        assert!(in_an_hour <= Duration::from_secs(3601));
+        assert_eq!(
+            parked_ttl(Some(&at(chrono::Duration::seconds(-5))), now),
+            None
+        );
+        assert_eq!(
+            parked_ttl(Some(&at(chrono::Duration::days(400))), now),
+            Some(PARKED_TTL_MAX)
+        );
+        assert_eq!(parked_ttl(None, now), Some(PARKED_TTL_MAX));
+        assert_eq!(parked_ttl(Some("not a time"), now), Some(PARKED_TTL_MAX));
     }
 
     #[test]

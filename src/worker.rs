@@ -4,14 +4,17 @@
 //! The [`WorkQueue`] settles the job from the [`Outcome`] returned here.
 //!
 //! Nothing is acknowledged before its records are confirmed. Failures are classified by
-//! Microsoft's error code (`Retry` with its `Retry-After`, or `Dead` with the reason). A record
-//! that is not JSON text does not stop the blob: the others are relayed, and the blob then goes
-//! to the dead-letter queue naming the bad record, so nothing is dropped unseen. A blob whose body
+//! Microsoft's error code (`Retry` with its `Retry-After`, or `Dead` with the reason); a failure
+//! that is the tenant's parks the tenant and the job waits (`Park`, see [`crate::health`]), and a
+//! parked tenant's jobs are set aside without being fetched. A record that is not JSON text does
+//! not stop the blob: the others are relayed, and the blob then goes to the dead-letter queue
+//! naming the bad record, so nothing is dropped unseen. A blob whose body
 //! does not arrive whole within `O365_FETCH_TIMEOUT` is retried (a drip-fed body cannot hold a
 //! worker for ever).
 
 use crate::broker::BrokerError;
 use crate::domain::{parse_ms_time, Source, WorkItem};
+use crate::health::Parking;
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
@@ -19,7 +22,7 @@ use crate::sink::{Publication, RecordSink};
 use crate::store::dedup::{ClaimPolicy, PublishOnceError};
 use crate::store::Store;
 use crate::subscriptions::Subscriptions;
-use crate::tenants::Tenants;
+use crate::tenants::{TenantState, Tenants};
 use crate::work_queue::{Job, Outcome, WorkQueue};
 use futures_util::StreamExt;
 use std::collections::HashSet;
@@ -105,6 +108,8 @@ pub struct Worker {
     pub store: Arc<Store>,
     pub tenants: Arc<Tenants>,
     pub subscriptions: Arc<Subscriptions>,
+    /// Parks the tenant when a fetch fails for the tenant's own reason ([`crate::health`]).
+    pub parking: Arc<Parking>,
     pub metrics: Arc<Metrics>,
     /// `O365_RECORD_DEDUP_TTL` (zero: no record de-duplication).
     pub record_dedup_ttl: Duration,
@@ -153,8 +158,16 @@ impl Worker {
     }
 
     async fn process(&self, item: WorkItem) -> Outcome {
-        if !self.tenants.is_served(&item.tenant_id).await {
-            return Outcome::dead("tenant_not_served", "tenant is no longer served");
+        let state = match self.tenants.state(&item.tenant_id).await {
+            // A fresh look before setting the job aside: the tenant may just have been un-parked.
+            Some(TenantState::Parked { .. }) => self.tenants.state_now(&item.tenant_id).await,
+            other => other,
+        };
+        match state {
+            // Not fetched: no token request, no worker slot held while the tenant is broken.
+            Some(TenantState::Parked { reason, .. }) => return Outcome::park(reason),
+            Some(s) if s.accepts_notifications() => {}
+            _ => return Outcome::dead("tenant_not_served", "tenant is no longer served"),
         }
         if let Ok(true) = self
             .store
@@ -204,16 +217,31 @@ impl Worker {
                 );
                 Outcome::Done
             }
-            Err(e) => match e.disposition() {
-                Disposition::GiveUp => Outcome::dead(e.code(), e.to_string()),
-                Disposition::StartSubscription => {
-                    self.subscriptions
-                        .ensure_started(&item.tenant_id, item.content_type)
-                        .await;
-                    Outcome::retry(None, e.code(), &e)
-                }
-                Disposition::Retry(after) => Outcome::retry(after, e.code(), &e),
-            },
+            Err(e) => self.failed(&item, e).await,
+        }
+    }
+
+    /// A failed blob's outcome: its tenant parked when the failure is the tenant's, else
+    /// retried or dead-lettered by Microsoft's error code.
+    async fn failed(&self, item: &WorkItem, e: RelayError) -> Outcome {
+        if let RelayError::Api(api) = &e {
+            if let Some(outcome) = self
+                .parking
+                .blob_failed(&item.tenant_id, item.content_type, api)
+                .await
+            {
+                return outcome;
+            }
+        }
+        match e.disposition() {
+            Disposition::GiveUp => Outcome::dead(e.code(), e.to_string()),
+            Disposition::StartSubscription => {
+                self.subscriptions
+                    .ensure_started(&item.tenant_id, item.content_type)
+                    .await;
+                Outcome::retry(None, e.code(), &e)
+            }
+            Disposition::Retry(after) => Outcome::retry(after, e.code(), &e),
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub record_dedup_ttl: Duration,
     pub keeper_interval: Duration,
+    /// How often a parked tenant is probed (`O365_PARK_PROBE_INTERVAL`).
+    pub park_probe_interval: Duration,
     /// A blob's whole fetch, from request to last byte (`O365_FETCH_TIMEOUT`).
     pub fetch_timeout: Duration,
     /// How long a webhook request body may take to arrive (`O365_WEBHOOK_BODY_TIMEOUT`).
@@ -203,6 +205,7 @@ impl Settings {
             shutdown_timeout: process.shutdown_timeout,
             record_dedup_ttl: pipeline.record_dedup_ttl,
             keeper_interval: pipeline.keeper_interval,
+            park_probe_interval: pipeline.park_probe_interval,
             fetch_timeout: http.fetch_timeout,
             webhook_body_timeout: http.webhook_body_timeout,
             trusted_proxies: http.trusted_proxies,

@@ -17,6 +17,7 @@ struct Raw {
     reconcile_interval: Option<String>,
     reconcile_lookback: Option<String>,
     keeper_interval: Option<String>,
+    park_probe_interval: Option<String>,
 }
 
 /// Microsoft serves content for 7 days and lists no more than 7 days back (Office 365 Management
@@ -45,6 +46,10 @@ const RECONCILE_LOOKBACK: Bounds<Duration> =
     Bounds::new(MINUTE, RETENTION).because("Microsoft keeps content for 7 days");
 /// `O365_KEEPER_INTERVAL`: 1s to 1d.
 const KEEPER_INTERVAL: Bounds<Duration> = Bounds::new(SECOND, DAY);
+/// `O365_PARK_PROBE_INTERVAL`: 1s to 1h (a parked tenant's blobs wait at most about this long
+/// once it works again).
+const PARK_PROBE_INTERVAL: Bounds<Duration> =
+    Bounds::new(SECOND, HOUR).because("a parked tenant's blobs wait for the probe");
 
 pub(super) struct Pipeline {
     pub worker_concurrency: usize,
@@ -56,6 +61,7 @@ pub(super) struct Pipeline {
     pub reconcile_interval: Duration,
     pub reconcile_lookback: Duration,
     pub keeper_interval: Duration,
+    pub park_probe_interval: Duration,
 }
 
 pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Pipeline {
@@ -107,6 +113,12 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Pipeline {
             raw.keeper_interval,
             "5m",
             KEEPER_INTERVAL,
+        ),
+        park_probe_interval: p.duration(
+            "PARK_PROBE_INTERVAL",
+            raw.park_probe_interval,
+            "5m",
+            PARK_PROBE_INTERVAL,
         ),
     }
 }

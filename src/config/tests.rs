@@ -53,6 +53,7 @@ fn defaults_of_the_additions_match_env_example() {
     assert!(s.consent_allowed_tenants.is_empty() && s.trusted_proxies.is_empty());
     assert_eq!(s.consent_starts_per_minute, 10);
     assert_eq!(s.consent_max_pending, 10_000);
+    assert_eq!(s.park_probe_interval, Duration::from_secs(5 * 60));
 }
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound

@@ -10,7 +10,9 @@
 //! - [`Store::checkpoints`] — reconciliation checkpoints ([`checkpoints`]);
 //! - [`Store::consent`] — single-use consent states, bound to a browser and bounded in
 //!   number, and [`Store::consent_allowlist`] — who may onboard ([`consent`]);
-//! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]).
+//! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]);
+//! - [`Store::parking`] — requests to release parked jobs and reconcile un-parked tenants
+//!   ([`parking`]).
 //!
 //! This module keeps the connection, the outage bookkeeping and the generic commands; they are
 //! private to the store.
@@ -24,6 +26,7 @@ pub mod checkpoints;
 pub mod consent;
 pub mod dedup;
 pub mod leases;
+pub mod parking;
 pub mod quota;
 pub mod replicas;
 pub mod subscriptions;
@@ -303,6 +306,11 @@ impl Store {
     /// Guards that space out subscription starts.
     pub fn start_guards(&self) -> subscriptions::StartGuards<'_> {
         subscriptions::StartGuards::new(self)
+    }
+
+    /// Requests to release parked jobs and reconcile un-parked tenants.
+    pub fn parking(&self) -> parking::ParkingRequests<'_> {
+        parking::ParkingRequests::new(self)
     }
 
     // ---- deferred markers --------------------------------------------------------------------

@@ -49,6 +49,8 @@ pub struct Options {
     pub static_tenants: Vec<String>,
     pub use_secret: bool,
     pub token_lifetime: Duration,
+    /// How long the simulator serves published content (its `contentExpiration`).
+    pub content_lifetime: Duration,
     pub workers: bool,
     pub extra_env: Vec<(String, String)>,
     pub amqp_url: String,
@@ -62,6 +64,7 @@ impl Default for Options {
             static_tenants: vec![TENANT_A.into(), TENANT_B.into()],
             use_secret: false,
             token_lifetime: Duration::from_secs(3600),
+            content_lifetime: Duration::from_secs(7 * 86_400),
             workers: true,
             extra_env: Vec::new(),
             amqp_url: AMQP.into(),
@@ -101,6 +104,7 @@ impl TestEnv {
             .client_certs(vec![cert])
             .tenants(&opts.sim_tenants)
             .token_lifetime(opts.token_lifetime)
+            .content_lifetime(opts.content_lifetime)
             .notification_retry_delays(vec![Duration::from_millis(200), Duration::from_millis(400)])
             .start()
             .await;
@@ -223,6 +227,13 @@ impl TestEnv {
             .unwrap_or_else(|| panic!("queue {queue} exists"))
     }
 
+    /// Messages in a queue right now; 0 when it does not exist (yet).
+    pub async fn depth_or_zero(&self, queue: &str) -> u32 {
+        sink::depth(self.sink_queue().connection(), queue)
+            .await
+            .unwrap_or(0)
+    }
+
     /// Takes every message from `queue` until `want` arrived (or `wait` passed), then keeps
     /// listening for `linger` to catch extras (duplicates).
     pub async fn drain(
@@ -268,11 +279,11 @@ impl TestEnv {
     }
 }
 
-/// Removes the relay's exchange, its work, retry and dead queues, the sink and every Redis
-/// key under the prefix.
+/// Removes the relay's exchange, its work, retry, dead and parked queues, the sink and every
+/// Redis key under the prefix.
 pub fn relay_resources(names: &Names) -> ResourceGuard {
     let q = o365_relay::work_queue::Names::new(&names.work_queue);
-    ResourceGuard::for_relay(names, [q.dead].into_iter().chain(q.retry))
+    ResourceGuard::for_relay(names, [q.dead, q.parked].into_iter().chain(q.retry))
 }
 
 /// A header of a delivery as text.

@@ -5,6 +5,7 @@ mod dead_letters;
 mod helpers;
 mod hostile;
 mod observability;
+mod parking;
 mod replay;
 mod retrieval;
 mod returns;

@@ -665,3 +665,47 @@ async fn consent_flood_figures() {
     assert_eq!(count(302) + held_before, cap);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parked_tenant_whose_admin_consents_again_is_unparked_at_once() {
+    let env = TestEnv::start(Options::default()).await;
+    let tenant = o365_relay::domain::TenantId::parse(TENANT_A).unwrap();
+    let flow = consent_until_callback(&env, "accept").await;
+    assert_eq!(finish(&env, &flow).await.0, 200);
+    // The admin withdraws consent; the relay finds out and parks the tenant.
+    env.sim.withdraw_consent(TENANT_A);
+    let failure = o365_relay::health::TenantFailure {
+        code: "token".into(),
+        reason: "AADSTS7000229: missing service principal".into(),
+    };
+    env.relay.parking.park(&tenant, &failure).await;
+    assert_eq!(
+        env.relay.tenants.state_now(&tenant).await.map(|s| s.name()),
+        Some("parked")
+    );
+    // The admin goes through the consent flow again: served and healthy on the spot, without
+    // waiting for the probe, and Entra issues the tenant's tokens again.
+    let flow = consent_until_callback(&env, "accept").await;
+    let (status, html) = finish(&env, &flow).await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(
+        env.relay.tenants.state_now(&tenant).await,
+        Some(o365_relay::tenants::TenantState::Healthy)
+    );
+    env.relay.tokens.forget(&tenant).await;
+    assert!(env.relay.tokens.get(&tenant).await.is_ok());
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("o365_tenants{state=\"parked\"} 0"),
+        "{metrics}"
+    );
+    env.cleanup().await;
+}

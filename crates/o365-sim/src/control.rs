@@ -9,6 +9,8 @@
 //! - `POST /sim/push-fault` `{"fault": Fault}` → 204 (the next content GET)
 //! - `POST /sim/fault-for` `{"contentId","fault": Fault}` → 204 (every GET of that id)
 //! - `DELETE /sim/fault-for/{contentId}` → 204, or 404 when that id had no sticky fault
+//! - `POST /sim/consent` `{"tenant","granted"}` → 204: `false` withdraws the tenant's consent
+//!   (its token requests are refused), `true` grants it again
 //!
 //! `Fault` JSON: see [`Fault`](super::Fault), e.g.
 //! `{"kind":"drip_feed","chunk":64,"interval_ms":50}`.
@@ -42,6 +44,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .route("/publish", web::post().to(publish))
             .route("/faults", web::post().to(set_faults))
             .route("/expire", web::post().to(expire))
+            .route("/consent", web::post().to(consent))
             .route("/stats", web::get().to(stats))
             .route("/subscriptions/{tenant}", web::get().to(subscriptions)),
     );
@@ -169,6 +172,29 @@ async fn expire(inner: web::Data<Inner>, req: web::Json<ExpireReq>) -> HttpRespo
         }
         None => HttpResponse::NotFound().json(json!({"error": "unknown contentId"})),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentReq {
+    tenant: String,
+    granted: bool,
+}
+
+async fn consent(inner: web::Data<Inner>, req: web::Json<ConsentReq>) -> HttpResponse {
+    let req = req.into_inner();
+    if !inner.tenant_known(&req.tenant) {
+        return bad_request(format!("unknown tenant '{}'", req.tenant));
+    }
+    let tenant = req.tenant.to_ascii_lowercase();
+    let mut st = inner.state();
+    if req.granted {
+        st.withdrawn.remove(&tenant);
+        st.revoked_roles.remove(&tenant);
+    } else {
+        st.withdrawn.insert(tenant);
+    }
+    HttpResponse::NoContent().finish()
 }
 
 async fn stats(inner: web::Data<Inner>) -> HttpResponse {

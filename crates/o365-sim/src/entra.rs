@@ -336,6 +336,15 @@ fn token_response(
     let now = now_unix();
     let lifetime = inner.config.token_lifetime.as_secs() as i64;
     let exp = now + lifetime;
+    let roles: Vec<&str> = {
+        let st = inner.state();
+        let revoked = st.revoked_roles.get(&tenant.to_ascii_lowercase());
+        ROLES
+            .iter()
+            .copied()
+            .filter(|r| revoked.is_none_or(|set| !set.contains(*r)))
+            .collect()
+    };
     let mut claims = json!({
         "aud": resource,
         "iss": format!("https://sts.windows.net/{tenant}/"),
@@ -346,7 +355,7 @@ fn token_response(
         "appidacr": "2",
         "idp": format!("https://sts.windows.net/{tenant}/"),
         "oid": uuid::Uuid::new_v4().to_string(),
-        "roles": ROLES,
+        "roles": roles,
         "sub": uuid::Uuid::new_v4().to_string(),
         "tid": tenant,
         "ver": "1.0",
@@ -375,6 +384,19 @@ fn client_credentials(inner: &Inner, tenant: &str, form: &HashMap<String, String
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    // What Entra answers once the tenant's admin removed the app (consent withdrawn): the
+    // credential is good, but the tenant has no service principal for it.
+    if inner.state().withdrawn.contains(tenant) {
+        return oauth_error(
+            inner,
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            format!(
+                "AADSTS7000229: The client application {} is missing service principal in the tenant {tenant}.",
+                inner.config.client_id
+            ),
+        );
+    }
     *inner
         .state()
         .token_requests
@@ -614,6 +636,12 @@ async fn decision(inner: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
     };
     match p.get("decision").map(String::as_str) {
         Some("accept") => {
+            // Consenting (again) restores the app in the tenant.
+            {
+                let mut st = inner.state();
+                st.withdrawn.remove(&tenant.to_ascii_lowercase());
+                st.revoked_roles.remove(&tenant.to_ascii_lowercase());
+            }
             let code = random_token(48);
             inner.state().codes.insert(
                 code.clone(),

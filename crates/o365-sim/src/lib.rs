@@ -75,6 +75,10 @@ pub struct SimConfig {
     /// The base URL the simulator advertises (token `resource`, `contentUri`s, assertion
     /// `aud`) when it is reached under another name than its bind address (containers).
     pub public_url: Option<String>,
+    /// How long published content can be retrieved: its `contentExpiration` is creation plus
+    /// this, and a GET after it answers AF20051 (default 7 days, Microsoft's retention; tests
+    /// shorten it to see content expire).
+    pub content_lifetime: Duration,
 }
 
 impl Default for SimConfig {
@@ -97,6 +101,7 @@ impl Default for SimConfig {
             consent_tenant: None,
             consent_upn: "admin@contoso.onmicrosoft.com".to_string(),
             public_url: None,
+            content_lifetime: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -404,6 +409,12 @@ pub(crate) struct State {
     pub pushed: VecDeque<Fault>,
     /// Faults answered by every GET of a content id, ahead of `pushed` and random faults.
     pub sticky: HashMap<String, Fault>,
+    /// Tenants whose admin withdrew consent (the app's service principal is gone): their
+    /// client-credentials requests are refused until consent is granted again.
+    pub withdrawn: HashSet<String>,
+    /// App roles a tenant's admin took away (tenant → roles): tokens issued from then on lack
+    /// them, and the Management API answers AF10001.
+    pub revoked_roles: HashMap<String, HashSet<String>>,
     // counters
     /// Client-credentials tokens issued, per tenant.
     pub token_requests: HashMap<String, u64>,
@@ -698,6 +709,36 @@ impl Simulator {
             .copied()
             .unwrap_or(0)
     }
+    /// The tenant's admin withdraws consent (deletes the app's service principal): from now
+    /// on Entra refuses the tenant's client-credentials requests (AADSTS7000229). Tokens already
+    /// issued stay valid until they expire, as Entra's do.
+    pub fn withdraw_consent(&self, tenant: &str) {
+        self.inner
+            .state()
+            .withdrawn
+            .insert(tenant.to_ascii_lowercase());
+    }
+
+    /// The tenant's admin takes the app role `role` (e.g. `ActivityFeed.ReadDlp`) away: tokens
+    /// issued from now on lack it (those issued before keep it until they expire).
+    pub fn revoke_role(&self, tenant: &str, role: &str) {
+        self.inner
+            .state()
+            .revoked_roles
+            .entry(tenant.to_ascii_lowercase())
+            .or_default()
+            .insert(role.to_string());
+    }
+
+    /// The tenant's admin grants consent again (also what accepting the consent page does for
+    /// the consenting tenant).
+    pub fn grant_consent(&self, tenant: &str) {
+        let tenant = tenant.to_ascii_lowercase();
+        let mut st = self.inner.state();
+        st.withdrawn.remove(&tenant);
+        st.revoked_roles.remove(&tenant);
+    }
+
     /// Content GETs answered (any status).
     pub fn content_gets(&self) -> u64 {
         self.inner.state().content_gets

@@ -731,8 +731,28 @@ async fn get_content(
             .get(&content_id)
             .map(|&i| &st.blobs[i])
             .filter(|b| b.blob.tenant_id == tenant)
-            .map(|b| (b.expired, b.body.clone()))
+            .map(|b| {
+                (
+                    b.expired || past_lifetime(&inner, b.created),
+                    b.body.clone(),
+                    b.blob.content_type == "DLP.All",
+                )
+            })
     };
+    // DLP content needs its own role, whatever the URL says (it names no content type).
+    if let Some((_, _, true)) = &found {
+        let roles = bearer_roles(&inner, &req);
+        if !roles.iter().any(|r| r == "ActivityFeed.ReadDlp") {
+            return refuse(
+                &inner,
+                &what,
+                StatusCode::UNAUTHORIZED,
+                "AF10001",
+                &format!("The permission set ({}) sent in the request does not include the expected permission ActivityFeed.ReadDlp.", roles.join(",")),
+            );
+        }
+    }
+    let found = found.map(|(expired, body, _)| (expired, body));
     let body = match found {
         None => {
             return refuse(
@@ -753,6 +773,31 @@ async fn get_content(
         Delivery::Truncate => truncated(body),
         Delivery::Drip { chunk, interval } => drip_fed(body, chunk, interval),
     }
+}
+
+/// The roles of the request's bearer token (already verified by [`precheck`]).
+fn bearer_roles(inner: &Inner, req: &HttpRequest) -> Vec<String> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[inner.url.as_str(), &format!("{}/", inner.url)]);
+    jsonwebtoken::decode::<AccessClaims>(token, &inner.verify_key, &validation)
+        .map(|d| d.claims.roles)
+        .unwrap_or_default()
+}
+
+/// Whether content created at `created` can no longer be retrieved (AF20051).
+fn past_lifetime(inner: &Inner, created: DateTime<Utc>) -> bool {
+    chrono::Duration::from_std(inner.config.content_lifetime)
+        .is_ok_and(|life| Utc::now() >= created + life)
 }
 
 /// How a content body that is served at all goes out.

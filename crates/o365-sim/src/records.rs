@@ -455,7 +455,11 @@ fn store(inner: &Inner, tenant: &str, content_type: &str, new: NewBlob) -> SimBl
         content_uri: content_uri(inner, tenant, &content_id),
         content_id: content_id.clone(),
         content_created: ms_time(&created),
-        content_expiration: ms_time(&(created + chrono::Duration::days(7))),
+        content_expiration: ms_time(
+            &(created
+                + chrono::Duration::from_std(inner.config.content_lifetime)
+                    .unwrap_or(chrono::Duration::days(7))),
+        ),
         records: new.records,
         record_ids: new.ids,
     };

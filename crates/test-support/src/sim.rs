@@ -58,6 +58,12 @@ impl SimBuilder {
         self
     }
 
+    /// How long published content can be retrieved (its `contentExpiration`).
+    pub fn content_lifetime(mut self, lifetime: Duration) -> SimBuilder {
+        self.config.content_lifetime = lifetime;
+        self
+    }
+
     /// The admin who "signs in" on the consent page.
     pub fn consent_upn(mut self, upn: impl Into<String>) -> SimBuilder {
         self.config.consent_upn = upn.into();

@@ -4,6 +4,7 @@ use crate::support::*;
 use o365_sim::SimConfig;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_management_request_that_is_wrong_in_any_way_gets_microsofts_error_code() {
@@ -159,5 +160,23 @@ async fn content_listing_checks_its_time_window_and_pages_through_every_blob_onc
     let bad_page = format!("{}&nextPage=garbage", list(String::new()));
     assert_af(&bad_page, &token, 400, "AF20031").await;
     assert!(sim.list_calls() >= 9);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_expires_after_the_configured_lifetime() {
+    let sim = sim_with(SimConfig {
+        content_lifetime: Duration::from_secs(2),
+        ..config(None)
+    })
+    .await;
+    let token = bearer(&sim, TENANT_A).await;
+    let blob = publish_one(&sim, "Audit.General", Some(2)).await;
+    let created = chrono::DateTime::parse_from_rfc3339(&blob.content_created).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(&blob.content_expiration).unwrap();
+    assert_eq!(expires - created, chrono::Duration::seconds(2));
+    mgmt_ok(&blob.content_uri, &token).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_af(&blob.content_uri, &token, 400, "AF20051").await;
     sim.stop().await;
 }

@@ -162,3 +162,54 @@ async fn a_wrong_secret_an_unknown_tenant_and_a_foreign_resource_are_refused_and
     assert_eq!(sim.refused_token_requests(unknown), 1, "unknown tenant");
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_withdrew_consent_gets_no_token_until_it_consents_again() {
+    let sim = sim_with(config(None)).await;
+    let before = bearer(&sim, TENANT_A).await;
+    sim.withdraw_consent(TENANT_A);
+    let got = token_with_secret(&sim, TENANT_A, SECRET).await;
+    assert_token_refused("consent withdrawn", &got, 400, "invalid_client");
+    assert!(
+        error_description(&got.1).starts_with("AADSTS7000229"),
+        "{}",
+        got.1
+    );
+    assert_eq!(sim.refused_token_requests(TENANT_A), 1);
+    // Only that tenant: the other keeps its tokens.
+    bearer(&sim, TENANT_B).await;
+    // A token issued before the withdrawal stays valid until it expires, as Entra's do.
+    assert_eq!(
+        mgmt_get(&feed(&sim, TENANT_A, "subscriptions/list"), &before)
+            .await
+            .0,
+        200
+    );
+    // Over the control API, as a standalone simulator is driven.
+    let r = control_post(
+        &sim,
+        "consent",
+        &json!({"tenant": TENANT_A, "granted": true}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 204);
+    bearer(&sim, TENANT_A).await;
+    let r = control_post(
+        &sim,
+        "consent",
+        &json!({"tenant": TENANT_A, "granted": false}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(token_with_secret(&sim, TENANT_A, SECRET).await.0, 400);
+    sim.grant_consent(TENANT_A);
+    bearer(&sim, TENANT_A).await;
+    let r = control_post(
+        &sim,
+        "consent",
+        &json!({"tenant": "00000000-0000-0000-0000-000000000000", "granted": false}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 400);
+    sim.stop().await;
+}

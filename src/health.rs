@@ -1,0 +1,517 @@
+//! Tenant health: a tenant whose failures are its own — consent withdrawn at Entra, a token
+//! still refused after a fresh one, the app's role missing (AF10001), AF20010–AF20013 — is
+//! **parked** instead of having every one of its blobs retried and dead-lettered.
+//!
+//! Why: such a failure is not the blob's. Retrying each blob asked Entra for a token about once a
+//! second for the tenant, and dead-lettered its whole backlog after `O365_MAX_ATTEMPTS`; when the
+//! tenant's admin repaired consent, only what the reconciler's look-back still covered came back
+//! by itself.
+//!
+//! **What parking does.** The tenant's state ([`crate::tenants::TenantState::Parked`], shared
+//! through Redis) says why and since when. Its notifications are still accepted. A worker that
+//! takes one of its jobs does not fetch it: the job is set aside in `{work}.parked`
+//! ([`crate::work_queue::Outcome::Park`]) without counting an attempt, so it holds no worker
+//! slot while it waits. The reconciler and the subscription keeper leave parked tenants alone.
+//! The only requests made for a parked tenant are the **probe**'s: every
+//! `O365_PARK_PROBE_INTERVAL`, one replica at a time ([`HealthLoop`], a Redis lease), forgets the
+//! tenant's token and calls `subscriptions/list` — one token request and one cheap Management
+//! API call. When it succeeds the tenant is un-parked, and so is it when its admin completes the
+//! consent flow again ([`crate::onboarding::Onboarding::add`]).
+//!
+//! **What un-parking does** ([`Parking::released`]): the health loop moves the tenant's jobs from
+//! the parked queue back to the work queue, and reconciles the tenant at once. The reconciler
+//! did not list a parked tenant, so its checkpoint is still the end of the last window listed
+//! before parking, and a pass starts at `checkpoint - O365_RECONCILE_LOOKBACK` (at most 7 days
+//! back): the whole parked period is listed whatever the look-back. A tenant without a
+//! checkpoint (never reconciled, or parked for more than the 8 days a checkpoint is kept) gets
+//! the parking time as its checkpoint, for the same effect.
+//!
+//! **One parked queue, not one per tenant.** Per-tenant queues would have to be deleted once
+//! drained, and a quorum queue cannot be deleted "only if empty" (RabbitMQ refuses `if-empty`
+//! for quorum queues with NOT_IMPLEMENTED, which closes the connection); deleting it regardless
+//! could drop a job a worker parked a moment before. So there is one durable `{work}.parked`
+//! (the work queue's type), never deleted, and releasing is a **sweep**: each message that was
+//! in it is taken once and republished — to the work queue when its tenant is no longer parked,
+//! back to the parked queue otherwise — with confirms before acks
+//! ([`crate::work_queue::WorkQueue::sweep_parked`]). A sweep costs one pass over the parked jobs;
+//! it runs when a tenant is un-parked (a Redis request any replica can make), once more
+//! [`SETTLE`] later (to catch a job parked by a worker that read the state just before the
+//! un-parking), and every [`SAFETY_SWEEP`] while the queue is not empty.
+//!
+//! **Never recovering.** Each parked copy carries a TTL that runs out when its content expires
+//! at Microsoft (`contentExpiration`, at most 7 days), and the parked queue dead-letters into
+//! `{work}.dead`; the copy already carries the dead-letter headers (`o365-error-code: expired`,
+//! `o365-dead-reason: content expired at Microsoft while the tenant was parked: …`). So a tenant
+//! that never comes back ends in the dead queue only once its content can no longer be fetched.
+//! (That dead-lettering is RabbitMQ's own, at-most-once on quorum queues like the retry tiers'
+//! return to the work queue; what it could lose is the record of content already gone.)
+//!
+//! **A DLP-only AF10001.** `DLP.All` needs a role of its own (`ActivityFeed.ReadDlp`). AF10001 on
+//! a DLP blob is the tenant's only if `subscriptions/list` (which needs `ActivityFeed.Read`)
+//! fails too; otherwise the blob is dead-lettered as before and the tenant's other content flows
+//! — parking it would make the probe (which succeeds) and the DLP blobs (which fail) take turns.
+
+use crate::domain::{ContentType, TenantId};
+use crate::management::{ApiError, ManagementClient};
+use crate::metrics::Metrics;
+use crate::reconciler::Reconciler;
+use crate::store::{Lease, Store};
+use crate::tenants::{TenantState, Tenants};
+use crate::tokens::TokenProvider;
+use crate::work_queue::{Outcome, WorkQueue};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often the health loop looks for requests (sweeps, reconciliations), at most.
+const TICK: Duration = Duration::from_secs(5);
+/// A second sweep after an un-parking, once every job parked from a state read before the
+/// un-parking has surely arrived (state reads, a publish and its confirm take seconds).
+pub const SETTLE: Duration = Duration::from_secs(60);
+/// A sweep at least this often while the parked queue is not empty (a request lost with Redis,
+/// a replica that died between un-parking and sweeping).
+pub const SAFETY_SWEEP: Duration = Duration::from_secs(3600);
+/// Tenants reconciled per tick after their un-parking.
+const RECONCILE_PER_TICK: usize = 32;
+/// A checkpoint written for an un-parked tenant lives as long as the reconciler's own (8 days).
+const CHECKPOINT_TTL: Duration = Duration::from_secs(8 * 86_400);
+
+/// A failure that is the tenant's, not the blob's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantFailure {
+    /// Microsoft's error code, or `token` for a refused token: a bounded word.
+    pub code: String,
+    /// What failed, for the operator.
+    pub reason: String,
+}
+
+/// Whether `e` is a tenant-level failure: a token Entra refuses for a reason retrying will not
+/// fix (not a network error, a 5xx or throttling); a 401 from the Management API (the client
+/// already fetched a fresh token and retried once); AF10001 (role missing); AF20010–AF20013
+/// (tenant mismatch, missing, misconfigured, not a GUID). Content-level codes (AF20050–AF20052)
+/// and everything transient are not.
+pub fn tenant_failure(e: &ApiError) -> Option<TenantFailure> {
+    match e {
+        ApiError::Token(t) if !t.is_transient() => Some(TenantFailure {
+            code: "token".into(),
+            reason: format!("no token for the tenant: {t}"),
+        }),
+        ApiError::Api {
+            status,
+            code,
+            message,
+            ..
+        } => {
+            let tenant_code = matches!(
+                code.as_str(),
+                "AF10001" | "AF20010" | "AF20011" | "AF20012" | "AF20013"
+            );
+            let content_code = matches!(code.as_str(), "AF20050" | "AF20051" | "AF20052");
+            if tenant_code {
+                Some(TenantFailure {
+                    code: code.clone(),
+                    reason: format!("Management API answered {code}: {message}"),
+                })
+            } else if *status == 401 && !content_code {
+                Some(TenantFailure {
+                    code: "token".into(),
+                    reason: format!(
+                        "the Management API refused a fresh token (HTTP 401 {code}): {message}"
+                    ),
+                })
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// [`tenant_failure`] of a call about `content_type`, leaving out AF10001 on `DLP.All`: that
+/// one may be the DLP role alone (see the module doc); a caller without a cheap way to tell
+/// (the reconciler) lets the tenant's other content types decide.
+pub fn tenant_failure_for(e: &ApiError, content_type: ContentType) -> Option<TenantFailure> {
+    tenant_failure(e).filter(|f| !(f.code == "AF10001" && content_type == ContentType::Dlp))
+}
+
+/// Parking and un-parking, shared by the workers, onboarding and the health loop.
+pub struct Parking {
+    pub tenants: Arc<Tenants>,
+    pub management: Arc<ManagementClient>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// `O365_CONTENT_TYPES`: the checkpoints to cover after un-parking.
+    pub content_types: Vec<ContentType>,
+}
+
+impl Parking {
+    /// After fetching a blob of `tenant` failed with `e`: `Some` outcome when the failure is
+    /// the tenant's (the tenant is parked and the job waits), or when that cannot be told yet;
+    /// `None` when the blob's own error handling applies.
+    pub async fn blob_failed(
+        &self,
+        tenant: &TenantId,
+        content_type: ContentType,
+        e: &ApiError,
+    ) -> Option<Outcome> {
+        let mut failure = tenant_failure(e)?;
+        if failure.code == "AF10001" && content_type == ContentType::Dlp {
+            // Only the DLP role may be missing: ask for something that needs the other one.
+            match self.management.list_subscriptions(tenant).await {
+                Ok(_) => return None,
+                Err(other) => match tenant_failure(&other) {
+                    Some(f) => failure = f,
+                    None => return Some(Outcome::retry(None, e.code(), e)),
+                },
+            }
+        }
+        Some(self.park(tenant, &failure).await)
+    }
+
+    /// Parks `tenant` (or finds it parked already) and returns what its job should do: wait,
+    /// with the reason the tenant is parked.
+    pub async fn park(&self, tenant: &TenantId, failure: &TenantFailure) -> Outcome {
+        match self
+            .tenants
+            .park(tenant, &failure.code, &failure.reason)
+            .await
+        {
+            Ok(true) => {
+                self.refresh_gauge().await;
+                return Outcome::park(&failure.reason);
+            }
+            Ok(false) => {}
+            // Without Redis the tenant cannot be parked: retry the blob as before.
+            Err(_) => return Outcome::retry(None, &failure.code, &failure.reason),
+        }
+        match self.tenants.state_now(tenant).await {
+            Some(TenantState::Parked { reason, .. }) => Outcome::park(reason),
+            Some(TenantState::Healthy) => Outcome::retry(None, &failure.code, &failure.reason),
+            _ => Outcome::dead("tenant_not_served", "tenant is no longer served"),
+        }
+    }
+
+    /// After `tenant` stopped being parked (probe, consent): make sure a reconciliation covers
+    /// the parked period, and ask for it at once, and for a sweep of the parked queue. Each step
+    /// is a Redis write; one that fails is caught up by the periodic sweep and the next pass.
+    pub async fn released(&self, tenant: &TenantId, since: DateTime<Utc>) {
+        let checkpoints = self.store.checkpoints();
+        for &ct in &self.content_types {
+            if let Ok(None) = checkpoints.get(tenant, ct).await {
+                let _ = checkpoints.set(tenant, ct, since, CHECKPOINT_TTL).await;
+            }
+        }
+        let requests = self.store.parking();
+        let asked = requests.request_reconcile(tenant).await;
+        let swept = requests.request_sweep().await;
+        if asked.is_err() || swept.is_err() {
+            tracing::warn!(tenant_id = %tenant, "Cannot ask for the release of the tenant's parked blobs now (Redis); the periodic sweep and the next reconciliation catch up.");
+        }
+        self.refresh_gauge().await;
+    }
+
+    /// Asks for a sweep of the parked queue (e.g. a parked tenant was removed).
+    pub async fn request_sweep(&self) {
+        let _ = self.store.parking().request_sweep().await;
+        self.refresh_gauge().await;
+    }
+
+    /// Sets `o365_tenants{state}` from Redis (left as it was when Redis cannot answer).
+    pub async fn refresh_gauge(&self) {
+        let (Ok(list), Ok(offboarded)) =
+            (self.tenants.list().await, self.tenants.offboarded().await)
+        else {
+            return;
+        };
+        let mut counts = [0i64; TenantState::NAMES.len()];
+        let states = list
+            .iter()
+            .map(|r| r.state.name())
+            .chain(offboarded.iter().map(|(_, s)| s.name()));
+        for name in states {
+            if let Some(i) = TenantState::NAMES.iter().position(|n| *n == name) {
+                counts[i] += 1;
+            }
+        }
+        for (name, n) in TenantState::NAMES.iter().zip(counts) {
+            self.metrics.tenants.with_label_values(&[name]).set(n);
+        }
+    }
+
+    /// The parked tenants, with since when; `None` when Redis cannot answer.
+    async fn parked(&self) -> Option<Vec<(TenantId, DateTime<Utc>)>> {
+        let list = self.tenants.list().await.ok()?;
+        Some(
+            list.into_iter()
+                .filter_map(|r| match r.state {
+                    TenantState::Parked { since, .. } => Some((r.tenant_id, since)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The health loop: probes parked tenants, sweeps the parked queue, reconciles un-parked
+/// tenants. Probing and sweeping run on one replica at a time (a lease); every replica keeps
+/// its `o365_tenants` gauge fresh.
+pub struct HealthLoop {
+    pub parking: Arc<Parking>,
+    pub tenants: Arc<Tenants>,
+    pub tokens: Arc<TokenProvider>,
+    pub management: Arc<ManagementClient>,
+    pub work_queue: Arc<WorkQueue>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// Reconciles un-parked tenants at once; `None` when this process does not reconcile
+    /// (`O365_ENABLE_RECONCILER=false`: the next pass elsewhere covers them from the checkpoint).
+    pub reconciler: Option<Arc<Reconciler>>,
+    /// `O365_PARK_PROBE_INTERVAL`.
+    pub interval: Duration,
+}
+
+/// What probing a parked tenant found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// It works: un-parked.
+    Healthy,
+    /// Still failing for the tenant's own reason.
+    StillParked(TenantFailure),
+    /// Something else failed (network, Microsoft's 5xx): it stays parked until the next probe.
+    Inconclusive(String),
+}
+
+impl HealthLoop {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tick = self.interval.min(TICK);
+        let lease = Lease::new(
+            self.store.clone(),
+            "tenant-health",
+            (tick * 3).clamp(Duration::from_secs(15), Duration::from_secs(60)),
+        );
+        let mut next_probe = Instant::now();
+        let mut next_safety_sweep = Instant::now() + SAFETY_SWEEP;
+        let mut follow_up: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let probe_due = now >= next_probe;
+            if probe_due {
+                self.parking.refresh_gauge().await;
+                next_probe = now + self.interval;
+            }
+            if lease.try_hold().await {
+                if probe_due {
+                    self.probe_all().await;
+                }
+                let requested = self
+                    .store
+                    .parking()
+                    .take_sweep_request()
+                    .await
+                    .unwrap_or(false);
+                let follow_up_due = follow_up.is_some_and(|t| now >= t);
+                let safety_due = now >= next_safety_sweep;
+                if requested || follow_up_due || safety_due {
+                    match self.sweep().await {
+                        Ok(()) => {
+                            if requested {
+                                follow_up = Some(Instant::now() + SETTLE);
+                            } else if follow_up_due {
+                                follow_up = None;
+                            }
+                            if safety_due {
+                                next_safety_sweep = Instant::now() + SAFETY_SWEEP;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot sweep the parked queue now; trying again.");
+                            if requested {
+                                let _ = self.store.parking().request_sweep().await;
+                            }
+                        }
+                    }
+                }
+                self.reconcile_released().await;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => { lease.release().await; return; }
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// Probes every parked tenant once.
+    pub async fn probe_all(&self) {
+        let Some(parked) = self.parking.parked().await else {
+            return;
+        };
+        if !parked.is_empty() {
+            if let Ok(n) = self.work_queue.parked_depth().await {
+                self.metrics.parked_queue_depth.set(i64::from(n));
+            }
+        }
+        for (tenant, since) in parked {
+            let result = self.probe(&tenant).await;
+            let label = match &result {
+                Probe::Healthy => "healthy",
+                Probe::StillParked(_) => "parked",
+                Probe::Inconclusive(_) => "error",
+            };
+            self.metrics.tenant_probes.with_label_values(&[label]).inc();
+            match result {
+                Probe::Healthy => {
+                    if let Ok(true) = self.tenants.unpark(&tenant).await {
+                        tracing::info!(tenant_id = %tenant, parked_since = %since, "Parked tenant works again: its waiting blobs are released and its parked period reconciled.");
+                        self.parking.released(&tenant, since).await;
+                    }
+                }
+                Probe::StillParked(f) => {
+                    tracing::info!(tenant_id = %tenant, code = %f.code, reason = %f.reason, "Parked tenant still fails; its blobs keep waiting.")
+                }
+                Probe::Inconclusive(e) => {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "Could not probe the parked tenant; it stays parked until the next probe.")
+                }
+            }
+        }
+    }
+
+    /// One probe: a fresh token (the cached one may predate the repair, or be a still-valid
+    /// token of a consent since withdrawn) and `subscriptions/list`, the cheapest call that
+    /// needs the tenant's consent and `ActivityFeed.Read`.
+    pub async fn probe(&self, tenant: &TenantId) -> Probe {
+        self.tokens.forget(tenant).await;
+        match self.management.list_subscriptions(tenant).await {
+            Ok(_) => Probe::Healthy,
+            Err(e) => match tenant_failure(&e) {
+                Some(f) => Probe::StillParked(f),
+                None => Probe::Inconclusive(e.to_string()),
+            },
+        }
+    }
+
+    /// Moves the jobs of tenants no longer parked back to the work queue.
+    async fn sweep(&self) -> anyhow::Result<()> {
+        let parked: HashSet<TenantId> = self
+            .parking
+            .parked()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the tenant states (Redis) are unavailable"))?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        let stats = self.work_queue.sweep_parked(&parked).await?;
+        if stats != Default::default() {
+            tracing::info!(
+                released = stats.released,
+                kept = stats.kept,
+                expired = stats.expired,
+                "Swept the parked queue."
+            );
+        }
+        if let Ok(n) = self.work_queue.parked_depth().await {
+            self.metrics.parked_queue_depth.set(i64::from(n));
+        }
+        Ok(())
+    }
+
+    /// Reconciles the tenants un-parked since the last look, over their whole parked period.
+    async fn reconcile_released(&self) {
+        let Some(reconciler) = &self.reconciler else {
+            return;
+        };
+        let Ok(tenants) = self
+            .store
+            .parking()
+            .take_reconcile_requests(RECONCILE_PER_TICK)
+            .await
+        else {
+            return;
+        };
+        for tenant in tenants {
+            if self.tenants.state_now(&tenant).await != Some(TenantState::Healthy) {
+                continue;
+            }
+            let mut enqueued = 0;
+            for &ct in &reconciler.content_types {
+                match reconciler.reconcile_one(&tenant, ct).await {
+                    Ok(s) => enqueued += s.enqueued,
+                    Err(e) => {
+                        tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciling the un-parked tenant failed; the next pass covers it from its checkpoint.")
+                    }
+                }
+            }
+            tracing::info!(tenant_id = %tenant, enqueued, "Reconciled the un-parked tenant.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::TokenError;
+
+    fn api(status: u16, code: &str) -> ApiError {
+        ApiError::Api {
+            status,
+            code: code.into(),
+            message: "m".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn tenant_level_failures_are_told_from_the_blobs_own() {
+        for code in ["AF10001", "AF20010", "AF20011", "AF20012", "AF20013"] {
+            let status = if code == "AF20010" || code == "AF10001" {
+                401
+            } else {
+                400
+            };
+            assert_eq!(
+                tenant_failure(&api(status, code)).map(|f| f.code),
+                Some(code.to_string())
+            );
+        }
+        // A token refused after the retry with a fresh one.
+        assert_eq!(
+            tenant_failure(&api(401, "")).map(|f| f.code),
+            Some("token".into())
+        );
+        let refused = ApiError::Token(TokenError::Rejected {
+            status: 400,
+            error: "invalid_client".into(),
+            description: "AADSTS7000229: missing service principal".into(),
+        });
+        assert_eq!(
+            tenant_failure(&refused).map(|f| f.code),
+            Some("token".into())
+        );
+        // Content-level, throttling, Microsoft's own trouble and a busy Entra are not.
+        for e in [
+            api(400, "AF20050"),
+            api(400, "AF20051"),
+            api(400, "AF20052"),
+            api(429, "AF429"),
+            api(403, "AF429"),
+            api(500, "AF50000"),
+            api(400, "AF20022"),
+            ApiError::Token(TokenError::Rejected {
+                status: 503,
+                error: "temporarily_unavailable".into(),
+                description: String::new(),
+            }),
+        ] {
+            assert_eq!(tenant_failure(&e), None, "{e}");
+        }
+        // AF10001 on DLP.All alone may be the DLP role only.
+        assert_eq!(
+            tenant_failure_for(&api(401, "AF10001"), ContentType::Dlp),
+            None
+        );
+        assert!(tenant_failure_for(&api(401, "AF10001"), ContentType::Exchange).is_some());
+        assert!(tenant_failure_for(&api(401, "AF20011"), ContentType::Dlp).is_some());
+    }
+}

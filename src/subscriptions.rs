@@ -192,8 +192,30 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// The tenant's subscriptions at Microsoft; what was seen of each configured content type is
+    /// kept for the status page (whoever asked: the keeper, the CLI, the admin API).
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<Subscription>, ApiError> {
-        self.management.list_subscriptions(tenant).await
+        let subs = self.management.list_subscriptions(tenant).await?;
+        let checked_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for &ct in &self.content_types {
+            let seen = subs
+                .iter()
+                .find(|s| s.content_type.eq_ignore_ascii_case(ct.as_str()));
+            let json = serde_json::json!({
+                "status": seen.map_or("missing", |s| s.status.as_str()).to_ascii_lowercase(),
+                "webhook": seen
+                    .and_then(|s| s.webhook.as_ref())
+                    .and_then(|w| w.status.as_deref())
+                    .map(str::to_ascii_lowercase),
+                "checked_at": checked_at,
+            });
+            let _ = self
+                .store
+                .activity()
+                .subscription_seen(tenant, ct, &json.to_string())
+                .await;
+        }
+        Ok(subs)
     }
 
     /// Which configured content types need a `/start`: missing, disabled, or with a webhook that

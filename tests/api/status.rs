@@ -47,6 +47,16 @@ async fn the_status_shows_each_tenants_activity_and_the_deployment() {
         .await
     );
 
+    // The keeper's view of A's subscriptions (any subscriptions/list records it).
+    let tenant_a = o365_relay::domain::TenantId::parse(TENANT_A).unwrap();
+    let started = env
+        .relay
+        .subscriptions
+        .start_all(&tenant_a, None, false)
+        .await;
+    assert!(started.iter().all(|o| o.ok), "{started:?}");
+    env.relay.subscriptions.list(&tenant_a).await.unwrap();
+
     let url = format!("{}/admin/status", env.admin_url);
     assert_eq!(
         env.http.get(&url).send().await.unwrap().status(),

@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::notification::ContentRules;
 use crate::onboarding::Onboarding;
 use crate::reconciler::Reconciler;
+use crate::scheduling::Scheduler;
 use crate::sink::RecordSink;
 use crate::store::Store;
 use crate::subscriptions::{Keeper, Subscriptions, WebhookTarget};
@@ -46,6 +47,8 @@ pub struct Parts {
     pub rules: ContentRules,
     pub work_queue: Arc<WorkQueue>,
     pub sink: Arc<RecordSink>,
+    /// Admits content fetches: the tenants' turns and their share of this replica's workers.
+    pub scheduler: Arc<Scheduler>,
     /// Runs the background loops; its failures turn `/healthz` to 503.
     pub supervisor: Arc<Supervisor>,
     /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
@@ -104,6 +107,12 @@ impl Parts {
             metrics.clone(),
         ));
         let sink = Arc::new(RecordSink::new(broker.clone(), &settings.amqp_exchange));
+        let scheduler = Arc::new(Scheduler::new(
+            store.clone(),
+            settings.quota_per_minute,
+            settings.tenant_concurrency,
+            settings.worker_concurrency,
+        ));
         let supervisor = Arc::new(Supervisor::new(metrics.clone(), CancellationToken::new()));
         let tokens = Arc::new(TokenProvider::new(
             EntraClient::new(&settings, http.clone()),
@@ -148,6 +157,7 @@ impl Parts {
             rules,
             work_queue,
             sink,
+            scheduler,
             supervisor,
             stopping: Arc::new(AtomicBool::new(false)),
         }))
@@ -179,6 +189,7 @@ impl Parts {
             tenants: self.tenants.clone(),
             subscriptions: self.subscriptions.clone(),
             metrics: self.metrics.clone(),
+            scheduler: self.scheduler.clone(),
             record_dedup_ttl: self.settings.record_dedup_ttl,
             fetch_timeout: self.settings.fetch_timeout,
         }

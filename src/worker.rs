@@ -1,4 +1,5 @@
-//! Content workers: each job is one blob — fetch it with the tenant's token (through
+//! Content workers: each job is one blob — admitted by the [`Scheduler`] (or deferred to its
+//! tenant's turn), fetch it with the tenant's token (through
 //! [`crate::management`]), split it into records as the bytes Microsoft sent
 //! ([`crate::records`]), de-duplicate, publish through the [`RecordSink`], mark the blob relayed.
 //! The [`WorkQueue`] settles the job from the [`Outcome`] returned here.
@@ -15,6 +16,7 @@ use crate::domain::{parse_ms_time, WorkItem};
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
+use crate::scheduling::{Admission, Scheduler};
 use crate::sink::RecordSink;
 use crate::store::dedup::{ClaimPolicy, PublishOnceError};
 use crate::store::Store;
@@ -105,6 +107,8 @@ pub struct Worker {
     pub tenants: Arc<Tenants>,
     pub subscriptions: Arc<Subscriptions>,
     pub metrics: Arc<Metrics>,
+    /// Which jobs may fetch now (tenant budget and share of the workers).
+    pub scheduler: Arc<Scheduler>,
     /// `O365_RECORD_DEDUP_TTL` (zero: no record de-duplication).
     pub record_dedup_ttl: Duration,
     /// `O365_FETCH_TIMEOUT`: a blob's whole fetch, from request to last byte.
@@ -148,10 +152,14 @@ impl Worker {
     pub async fn handle(&self, job: Job) -> Outcome {
         let item = job.item;
         let span = tracing::info_span!("blob", tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id);
-        self.process(item).instrument(span).await
+        self.process(item, job.not_before).instrument(span).await
     }
 
-    async fn process(&self, item: WorkItem) -> Outcome {
+    async fn process(
+        &self,
+        item: WorkItem,
+        turn: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Outcome {
         if !self.tenants.is_served(&item.tenant_id).await {
             return Outcome::dead("tenant_not_served", "tenant is no longer served");
         }
@@ -165,6 +173,11 @@ impl Worker {
             self.metrics.blobs.with_label_values(&["duplicate"]).inc();
             return Outcome::Done;
         }
+        // Held until the blob is relayed or failed: its place in the tenant's share.
+        let _permit = match self.scheduler.admit(&item.tenant_id, turn).await {
+            Admission::Run(permit) => permit,
+            Admission::Defer { delay, reason } => return Outcome::Defer { delay, reason },
+        };
         let started = Instant::now();
         match self.relay_blob(&item).await {
             Ok(stats) => {
@@ -206,7 +219,8 @@ impl Worker {
     }
 
     /// Fetches the blob and publishes its records, streaming: at most one batch of records is
-    /// held. The whole fetch is bounded by `O365_FETCH_TIMEOUT`; publishing is not cut short
+    /// held. The fetch was admitted by the [`Scheduler`]: it is already counted in the tenant's
+    /// budget. The whole fetch is bounded by `O365_FETCH_TIMEOUT`; publishing is not cut short
     /// (a batch in flight finishes and is recorded).
     pub async fn relay_blob(&self, item: &WorkItem) -> Result<BlobStats, RelayError> {
         let deadline = tokio::time::Instant::now() + self.fetch_timeout;
@@ -214,7 +228,7 @@ impl Worker {
         let resp = tokio::time::timeout_at(
             deadline,
             self.management
-                .fetch_content(&item.tenant_id, &item.content_uri),
+                .fetch_admitted_content(&item.tenant_id, &item.content_uri),
         )
         .await
         .map_err(|_| late())??;

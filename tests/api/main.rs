@@ -1,6 +1,7 @@
 //! Integration tests: the relay against the real Redis, the real RabbitMQ and the in-process
 //! simulator. One binary, one module per area.
 
+mod fairness;
 mod helpers;
 mod hostile;
 mod observability;

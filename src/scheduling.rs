@@ -45,18 +45,20 @@
 //! tenant (its calendar), an in-memory count per tenant running here, and one Lua call per job
 //! (the same round trip the budget already took).
 //!
-//! What it costs: each deferral is one publish to a retry tier and one ack; a tenant's whole
+//! What it costs: each deferral is one publish to a retry tier and one ack. A tenant's whole
 //! backlog passes through the queue once when it arrives (a burst of quick deferrals, ahead of
-//! which nothing else waits for long), and after that a tenant's jobs are deferred again only
-//! when they come back to find its share or its budget taken (by a fresh blob, a listing, another
+//! which nothing else waits for long); after that, a tenant's jobs are deferred again only when
+//! they come back to find its share or its budget taken (by a fresh blob, a listing, another
 //! replica) — at most one per slot, so at most at its quota's rate. Within a tenant, order is
-//! first-booked first-served, not strictly first-notified. RabbitMQ expires messages only at a
-//! queue's head, so a booked job queued in a tier behind a longer booking of another tenant
-//! comes back late (never early): that delays that tenant, it loses nothing, and as a booking
-//! is not budget, the budget it would have used is still there when it comes. Without Redis there
-//! is neither a shared budget nor a calendar: jobs run at once as before (Microsoft's AF429
-//! still backs them off), and a job over its tenant's share is deferred for [`BUSY_BACKOFF`]
-//! and a random second or two.
+//! first-booked first-served, not strictly first-notified. A burst bigger than a tenant's share
+//! of a busy replica is spread at its quota's pace (2,000 a minute by default), not faster, even
+//! when workers free up sooner: the calendar knows the budget, not how long blobs take.
+//! RabbitMQ expires messages only at a queue's head, so a booked job queued in a tier behind a
+//! longer booking of another tenant comes back late (never early): that delays that tenant and
+//! loses nothing, and as a booking is not budget, the budget it would have used is still there
+//! when it comes. Without Redis there is neither a shared budget nor a calendar: a job within
+//! its tenant's share runs at once (Microsoft's AF429 still backs it off), and one over it is
+//! deferred for [`BUSY_BACKOFF`] and a random second or two.
 
 use crate::domain::TenantId;
 use crate::store::quota::{Ask, Booking};

@@ -11,7 +11,8 @@
 //!   `Retry-After` honoured up to [`MAX_RETRY_AFTER`] and never past the content's expiration),
 //!   then ack; after `O365_MAX_ATTEMPTS` it is dead instead;
 //! - [`Outcome::Defer`] → a copy goes to the retry tier for the delay, its attempt count
-//!   unchanged and its turn in `o365-not-before`, then ack: waiting for the tenant's turn
+//!   unchanged, its turn in `o365-not-before` and why in `o365-deferred`, then ack: waiting for
+//!   the tenant's turn
 //!   ([`crate::scheduling`]) is not a failure, so it never leads to the dead-letter queue — unless
 //!   the content would expire at Microsoft first (dead, `expired`);
 //! - [`Outcome::Dead`] → a copy goes to `{work}.dead` with the code and reason in headers, then ack;

@@ -246,8 +246,13 @@ pub async fn run(ctx: &Ctx, load: Load) -> anyhow::Result<Vec<Row>> {
     result
 }
 
+/// Milliseconds below a second, else seconds.
 fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
+    if d < Duration::from_secs(1) {
+        crate::report::ms(d)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
 }
 
 /// A counter's value in Prometheus text (0 when absent).

@@ -18,6 +18,7 @@ use crate::notification::ContentRules;
 use crate::onboarding::Onboarding;
 use crate::reconciler::Reconciler;
 use crate::replay::Replayer;
+use crate::scheduling::Scheduler;
 use crate::sink::RecordSink;
 use crate::status::{self, StatusReport};
 use crate::store::Store;
@@ -54,6 +55,8 @@ pub struct Parts {
     pub rules: ContentRules,
     pub work_queue: Arc<WorkQueue>,
     pub sink: Arc<RecordSink>,
+    /// Admits content fetches: the tenants' turns and their share of this replica's workers.
+    pub scheduler: Arc<Scheduler>,
     /// Runs the background loops; its failures turn `/healthz` to 503.
     pub supervisor: Arc<Supervisor>,
     /// Set when a graceful stop begins, so `/readyz` turns 503 and Kubernetes stops routing here.
@@ -112,6 +115,12 @@ impl Parts {
             metrics.clone(),
         ));
         let sink = Arc::new(RecordSink::new(broker.clone(), &settings.amqp_exchange));
+        let scheduler = Arc::new(Scheduler::new(
+            store.clone(),
+            settings.quota_per_minute,
+            settings.tenant_concurrency,
+            settings.worker_concurrency,
+        ));
         let supervisor = Arc::new(Supervisor::new(metrics.clone(), CancellationToken::new()));
         let tokens = Arc::new(TokenProvider::new(
             EntraClient::new(&settings, http.clone()),
@@ -167,6 +176,7 @@ impl Parts {
             rules,
             work_queue,
             sink,
+            scheduler,
             supervisor,
             stopping: Arc::new(AtomicBool::new(false)),
         }))
@@ -200,6 +210,7 @@ impl Parts {
             subscriptions: self.subscriptions.clone(),
             parking: self.parking.clone(),
             metrics: self.metrics.clone(),
+            scheduler: self.scheduler.clone(),
             record_dedup_ttl: self.settings.record_dedup_ttl,
             fetch_timeout: self.settings.fetch_timeout,
         }

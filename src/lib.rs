@@ -2,8 +2,8 @@
 //! and relays every record into a RabbitMQ topic exchange.
 //!
 //! The data path reads top to bottom: [`webhook`] (source; blobs checked by [`notification`])
-//! → [`work_queue`] → [`worker`] (fetch through [`management`] with [`tokens`], split by
-//! [`records`]) → [`sink`] (the topic exchange). [`reconciler`] is a second source into the same
+//! → [`work_queue`] → [`worker`] (admitted by [`scheduling`], fetch through [`management`] with
+//! [`tokens`], split by [`records`]) → [`sink`] (the topic exchange). [`reconciler`] is a second source into the same
 //! queue; [`broker`] owns the RabbitMQ connection and confirms; [`tenants`], [`subscriptions`],
 //! [`onboarding`] and [`store`] are services they use; [`supervise`] keeps the background loops
 //! alive; [`health`] parks tenants whose failures are their own. The components — [`webhook::Webhook`], [`worker::Worker`],
@@ -29,6 +29,7 @@ pub mod onboarding;
 pub mod reconciler;
 pub mod records;
 pub mod replay;
+pub mod scheduling;
 pub mod secret;
 pub mod sink;
 pub mod status;

@@ -4,7 +4,8 @@
 //! not `O365_MANAGE_URL` (a `contentUri` or `NextPageUri` pointing elsewhere never receives a
 //! token), adds `PublisherIdentifier` (Office 365 Management Activity API reference: the
 //! `PublisherIdentifier` parameter of every operation, and "API throttling"), waits for the
-//! tenant's shared quota, never follows redirects, retries once with a new token after a 401, and
+//! tenant's shared quota (a content fetch is admitted against it beforehand, without waiting,
+//! by [`crate::scheduling`]), never follows redirects, retries once with a new token after a 401, and
 //! turns Microsoft's error bodies into [`ApiError`] classified by `error.code` (same reference,
 //! "Errors").
 
@@ -230,6 +231,21 @@ impl ManagementClient {
         call: &'static str,
         body: Option<serde_json::Value>,
     ) -> Result<reqwest::Response, ApiError> {
+        self.send_counted(method, url, tenant, call, body, false)
+            .await
+    }
+
+    /// [`ManagementClient::send`]; when `counted`, the first request was already counted in the
+    /// tenant's budget and goes out without asking it again (a second one, after a 401, asks).
+    async fn send_counted(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        tenant: &TenantId,
+        call: &'static str,
+        body: Option<serde_json::Value>,
+        mut counted: bool,
+    ) -> Result<reqwest::Response, ApiError> {
         let mut url =
             Url::parse(url).map_err(|_| ApiError::ForeignUrl("an unparseable URL".into()))?;
         if !self.is_management_url(&url) {
@@ -245,7 +261,9 @@ impl ManagementClient {
         }
         let mut retried_auth = false;
         loop {
-            self.acquire_quota(tenant).await;
+            if !std::mem::take(&mut counted) {
+                self.acquire_quota(tenant).await;
+            }
             let token = self.tokens.get(tenant).await?;
             let mut req = self
                 .http
@@ -335,6 +353,25 @@ impl ManagementClient {
     ) -> Result<reqwest::Response, ApiError> {
         self.send(reqwest::Method::GET, content_uri, tenant, "content", None)
             .await
+    }
+
+    /// `GET {contentUri}` for a fetch the [`crate::scheduling::Scheduler`] admitted: its request
+    /// is already counted in the tenant's budget, so it is sent at once (a worker never waits
+    /// for the budget; see the scheduling module).
+    pub async fn fetch_admitted_content(
+        &self,
+        tenant: &TenantId,
+        content_uri: &str,
+    ) -> Result<reqwest::Response, ApiError> {
+        self.send_counted(
+            reqwest::Method::GET,
+            content_uri,
+            tenant,
+            "content",
+            None,
+            true,
+        )
+        .await
     }
 
     /// `subscriptions/content` for one window, following `NextPageUri` (or `NextPageUrl`) to

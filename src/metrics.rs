@@ -49,6 +49,9 @@ pub struct Metrics {
     pub records_malformed: IntCounter,
     /// RabbitMQ connections opened (more than one means connections were lost or closed).
     pub amqp_connections: IntCounter,
+    /// Jobs deferred to a later turn instead of waiting on a worker: reason = quota |
+    /// tenant_busy (see `scheduling`).
+    pub deferred: IntCounterVec,
     /// Background loops restarted after they ended or panicked, by task.
     pub task_restarts: IntCounterVec,
     /// Every metric name this relay can export (see [`Metrics::names`]).
@@ -221,6 +224,14 @@ impl Metrics {
             amqp_connections: reg!(IntCounter::new(
                 "o365_amqp_connections_total",
                 "RabbitMQ connections opened by this process"
+            )
+            .unwrap()),
+            deferred: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_deferred_total",
+                    "Jobs deferred to their tenant's next turn instead of waiting on a worker, by reason"
+                ),
+                &["reason"]
             )
             .unwrap()),
             task_restarts: reg!(IntCounterVec::new(

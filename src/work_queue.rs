@@ -10,6 +10,11 @@
 //!   back to the work queue when it expires (exponential backoff with jitter; Microsoft's
 //!   `Retry-After` honoured up to [`MAX_RETRY_AFTER`] and never past the content's expiration),
 //!   then ack; after `O365_MAX_ATTEMPTS` it is dead instead;
+//! - [`Outcome::Defer`] → a copy goes to the retry tier for the delay, its attempt count
+//!   unchanged, its turn in `o365-not-before` and why in `o365-deferred`, then ack: waiting for
+//!   the tenant's turn
+//!   ([`crate::scheduling`]) is not a failure, so it never leads to the dead-letter queue — unless
+//!   the content would expire at Microsoft first (dead, `expired`);
 //! - [`Outcome::Dead`] → a copy goes to `{work}.dead` with the code and reason in headers, then ack;
 //! - [`Outcome::Park`] → the job's tenant is parked ([`crate::health`]): a copy goes to
 //!   `{work}.parked` without counting an attempt, expiring into `{work}.dead` when its content
@@ -65,6 +70,11 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 pub const REASON_CAP: usize = 1024;
 
 const ATTEMPT_HEADER: &str = "o365-attempt";
+/// On a deferred job: its turn, milliseconds since the epoch.
+const NOT_BEFORE_HEADER: &str = "o365-not-before";
+/// The longest a deferred job waits in a tier before it is looked at again (the longest tier):
+/// a longer TTL would hold the head of that tier for longer than its name says.
+const MAX_DEFER: Duration = RETRY_TIERS[RETRY_TIERS.len() - 1].0;
 /// A dead blob is remembered while Microsoft may still list it (7 days) and a day more.
 const DEAD_MARKER_TTL: Duration = Duration::from_secs(8 * 86_400);
 
@@ -173,6 +183,8 @@ pub struct Job {
     pub item: WorkItem,
     /// Failed attempts before this one (0 on the first).
     pub attempt: u32,
+    /// When it was deferred ([`Outcome::Defer`]): the turn it was deferred to.
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How a job ended.
@@ -184,6 +196,12 @@ pub enum Outcome {
         after: Option<Duration>,
         code: String,
         error: String,
+    },
+    /// Not now: come back after `delay` without counting an attempt (`reason` is a metric
+    /// label, [`crate::scheduling`]).
+    Defer {
+        delay: Duration,
+        reason: &'static str,
     },
     /// Will not succeed: park it in the dead-letter queue with the reason.
     Dead {
@@ -386,7 +404,14 @@ impl WorkQueue {
         let attempt = header_str(&d.properties, ATTEMPT_HEADER)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        Ok(Job { item, attempt })
+        let not_before = header_str(&d.properties, NOT_BEFORE_HEADER)
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        Ok(Job {
+            item,
+            attempt,
+            not_before,
+        })
     }
 
     async fn settle(&self, d: &Delivery, job: Option<&Job>, outcome: Outcome) {
@@ -415,6 +440,13 @@ impl WorkQueue {
                 self.retry_later(d, job, attempt, delay, &code, &error)
                     .await
             }
+            Outcome::Defer { delay, reason } => match job {
+                Some(job) => self.defer(d, job, delay, reason).await,
+                None => {
+                    self.dead_letter(d, None, 0, "malformed_work_item", reason)
+                        .await
+                }
+            },
             Outcome::Dead { code, reason } => {
                 let attempt = job.map_or(0, |j| j.attempt + 1);
                 self.dead_letter(d, job, attempt, &code, &reason).await
@@ -459,6 +491,60 @@ impl WorkQueue {
             }
             Err(e) => {
                 tracing::error!(error = %e, "Cannot park the blob for retry; handing it back to RabbitMQ.");
+                requeue(d).await;
+            }
+        }
+    }
+
+    /// Parks the job until its turn: in the retry tier for `delay` (at most [`MAX_DEFER`];
+    /// a job back early is deferred again for the rest), attempt count unchanged.
+    async fn defer(&self, d: &Delivery, job: &Job, delay: Duration, reason: &'static str) {
+        if let Some(left) = job.item.expires_in() {
+            let left = Duration::from_secs(left.max(0) as u64);
+            if left <= delay.saturating_add(EXPIRY_MARGIN) {
+                let why = format!(
+                    "content expires at Microsoft before its tenant's turn ({reason}, {} s away)",
+                    delay.as_secs()
+                );
+                return self
+                    .dead_letter(d, Some(job), job.attempt, "expired", &why)
+                    .await;
+            }
+        }
+        let now = chrono::Utc::now();
+        let turn = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let wait = delay.clamp(Duration::from_millis(1), MAX_DEFER);
+        let props = forwarded_properties(
+            d,
+            Some(job),
+            job.attempt,
+            &[
+                (NOT_BEFORE_HEADER, &turn.timestamp_millis().to_string()),
+                ("o365-deferred", reason),
+            ],
+        )
+        .with_expiration(wait.as_millis().to_string().into());
+        let msg = OutMessage {
+            exchange: "".into(),
+            routing_key: short_string(self.names.retry_queue_for(wait)),
+            body: d.data.clone().into(),
+            properties: props,
+        };
+        match self.broker.publish_batch(vec![msg]).await {
+            Ok(()) => {
+                self.metrics.deferred.with_label_values(&[reason]).inc();
+                tracing::debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    reason,
+                    "Blob deferred to its tenant's turn."
+                );
+                ack(d).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot defer the blob; handing it back to RabbitMQ.");
                 requeue(d).await;
             }
         }

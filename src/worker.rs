@@ -1,4 +1,5 @@
-//! Content workers: each job is one blob — fetch it with the tenant's token (through
+//! Content workers: each job is one blob — admitted by the [`Scheduler`] (or deferred to its
+//! tenant's turn), fetch it with the tenant's token (through
 //! [`crate::management`]), split it into records as the bytes Microsoft sent
 //! ([`crate::records`]), de-duplicate, publish through the [`RecordSink`], mark the blob relayed.
 //! The [`WorkQueue`] settles the job from the [`Outcome`] returned here.
@@ -18,6 +19,7 @@ use crate::health::Parking;
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
+use crate::scheduling::{Admission, Scheduler};
 use crate::sink::{Publication, RecordSink};
 use crate::store::dedup::{ClaimPolicy, PublishOnceError};
 use crate::store::Store;
@@ -111,6 +113,8 @@ pub struct Worker {
     /// Parks the tenant when a fetch fails for the tenant's own reason ([`crate::health`]).
     pub parking: Arc<Parking>,
     pub metrics: Arc<Metrics>,
+    /// Which jobs may fetch now (tenant budget and share of the workers).
+    pub scheduler: Arc<Scheduler>,
     /// `O365_RECORD_DEDUP_TTL` (zero: no record de-duplication).
     pub record_dedup_ttl: Duration,
     /// `O365_FETCH_TIMEOUT`: a blob's whole fetch, from request to last byte.
@@ -154,10 +158,14 @@ impl Worker {
     pub async fn handle(&self, job: Job) -> Outcome {
         let item = job.item;
         let span = tracing::info_span!("blob", tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id);
-        self.process(item).instrument(span).await
+        self.process(item, job.not_before).instrument(span).await
     }
 
-    async fn process(&self, item: WorkItem) -> Outcome {
+    async fn process(
+        &self,
+        item: WorkItem,
+        turn: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Outcome {
         let state = match self.tenants.state(&item.tenant_id).await {
             // A fresh look before setting the job aside: the tenant may just have been un-parked.
             Some(TenantState::Parked { .. }) => self.tenants.state_now(&item.tenant_id).await,
@@ -179,6 +187,11 @@ impl Worker {
             self.metrics.blobs.with_label_values(&["duplicate"]).inc();
             return Outcome::Done;
         }
+        // Held until the blob is relayed or failed: its place in the tenant's share.
+        let _permit = match self.scheduler.admit(&item.tenant_id, turn).await {
+            Admission::Run(permit) => permit,
+            Admission::Defer { delay, reason } => return Outcome::Defer { delay, reason },
+        };
         let started = Instant::now();
         match self.relay_blob(&item).await {
             Ok(stats) => {
@@ -246,7 +259,8 @@ impl Worker {
     }
 
     /// Fetches the blob and publishes its records, streaming: at most one batch of records is
-    /// held. The whole fetch is bounded by `O365_FETCH_TIMEOUT`; publishing is not cut short
+    /// held. The fetch was admitted by the [`Scheduler`]: it is already counted in the tenant's
+    /// budget. The whole fetch is bounded by `O365_FETCH_TIMEOUT`; publishing is not cut short
     /// (a batch in flight finishes and is recorded).
     pub async fn relay_blob(&self, item: &WorkItem) -> Result<BlobStats, RelayError> {
         self.stream_blob(item, Publication::Live).await
@@ -273,7 +287,7 @@ impl Worker {
         let resp = tokio::time::timeout_at(
             deadline,
             self.management
-                .fetch_content(&item.tenant_id, &item.content_uri),
+                .fetch_admitted_content(&item.tenant_id, &item.content_uri),
         )
         .await
         .map_err(|_| late())??;

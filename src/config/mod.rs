@@ -66,6 +66,9 @@ pub struct Settings {
     pub amqp_work_queue: String,
     pub amqp_queue_type: QueueType,
     pub worker_concurrency: usize,
+    /// `O365_TENANT_CONCURRENCY`: a tenant's share of this replica's workers while the replica
+    /// is busy ([`crate::scheduling`]).
+    pub tenant_concurrency: usize,
     pub reconcile_interval: Duration,
     pub reconcile_lookback: Duration,
     pub admin_token: Option<Secret<String>>,
@@ -188,6 +191,7 @@ impl Settings {
             amqp_work_queue: amqp.work_queue,
             amqp_queue_type: amqp.queue_type,
             worker_concurrency: pipeline.worker_concurrency,
+            tenant_concurrency: pipeline.tenant_concurrency,
             reconcile_interval: pipeline.reconcile_interval,
             reconcile_lookback: pipeline.reconcile_lookback,
             admin_token: http.admin_token,

@@ -1,4 +1,5 @@
-//! The data path's pace: how many blobs are fetched at once, how failures are retried, the
+//! The data path's pace: how many blobs are fetched at once (in all, and per tenant while the
+//! replica is busy), how failures are retried, the
 //! per-tenant request budget, record de-duplication, and how often the reconciler and the
 //! subscription keeper run.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Default, Deserialize)]
 struct Raw {
     worker_concurrency: Option<String>,
+    tenant_concurrency: Option<String>,
     max_attempts: Option<String>,
     retry_base: Option<String>,
     retry_max: Option<String>,
@@ -26,6 +28,9 @@ const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `O365_WORKER_CONCURRENCY`: 1 to 1024.
 const WORKER_CONCURRENCY: Bounds<usize> = Bounds::new(1, 1024);
+/// `O365_TENANT_CONCURRENCY`: 1 to 1024 (a value at or above `O365_WORKER_CONCURRENCY` never
+/// limits a tenant).
+const TENANT_CONCURRENCY: Bounds<usize> = Bounds::new(1, 1024);
 /// `O365_MAX_ATTEMPTS`: 1 to 100.
 const MAX_ATTEMPTS: Bounds<u32> = Bounds::new(1, 100);
 /// `O365_RETRY_BASE`: 1ms (the AMQP expiration's unit) to 1h; also at most `O365_RETRY_MAX`.
@@ -53,6 +58,7 @@ const PARK_PROBE_INTERVAL: Bounds<Duration> =
 
 pub(super) struct Pipeline {
     pub worker_concurrency: usize,
+    pub tenant_concurrency: usize,
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -80,6 +86,12 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Pipeline {
             raw.worker_concurrency,
             16,
             WORKER_CONCURRENCY,
+        ),
+        tenant_concurrency: p.number(
+            "TENANT_CONCURRENCY",
+            raw.tenant_concurrency,
+            4,
+            TENANT_CONCURRENCY,
         ),
         max_attempts: p.number("MAX_ATTEMPTS", raw.max_attempts, 10, MAX_ATTEMPTS),
         retry_base,

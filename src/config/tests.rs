@@ -43,6 +43,7 @@ fn defaults_of_the_additions_match_env_example() {
     assert_eq!(s.retry_base, Duration::from_secs(10));
     assert_eq!(s.retry_max, Duration::from_secs(30 * 60));
     assert_eq!(s.quota_per_minute, 2000);
+    assert_eq!(s.tenant_concurrency, 4);
     assert_eq!(s.http_timeout, Duration::from_secs(60));
     assert_eq!(s.fetch_timeout, Duration::from_secs(5 * 60));
     assert_eq!(s.webhook_body_timeout, Duration::from_secs(10));
@@ -58,8 +59,9 @@ fn defaults_of_the_additions_match_env_example() {
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound
 /// is zero), and the range as `.env.example` documents it.
-const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 16] = [
+const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 17] = [
     ("WORKER_CONCURRENCY", Some("0"), "1025", "1", "1024"),
+    ("TENANT_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("MAX_ATTEMPTS", Some("0"), "101", "1", "100"),
     ("QUOTA_PER_MINUTE", Some("0"), "100001", "1", "100000"),
     ("RETRY_BASE", Some("0s"), "61m", "1ms", "1h"),

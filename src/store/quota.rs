@@ -7,6 +7,14 @@
 //! is stamped when it is admitted, not when Microsoft receives it, and the extra second absorbs
 //! that latency (and small clock differences between replicas) so no 60-second window *as
 //! Microsoft counts it* ever sees more.
+//!
+//! Content fetches ask through [`Quota::book`] instead of waiting ([`crate::scheduling`] says
+//! why): the same log decides, and when it says no, the fetch is *booked* on the tenant's
+//! calendar (`quota:{tenant}:calendar`, one number: the next free slot) — one slot per booking,
+//! `61 s / O365_QUOTA_PER_MINUTE` apart, so the tenant's waiting blobs come back spread over the
+//! time its budget will serve them, in the order they were booked. A booking is a promise of a
+//! turn, not of budget: the blob asks the log again when it comes back, so the log stays the
+//! one count of requests sent, and a blob that comes back late wastes nothing.
 
 use super::{Store, StoreResult};
 use crate::domain::TenantId;
@@ -28,6 +36,46 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tonumber(oldest[2]) + 61000 - now + 1
 "#;
 
+/// [`QUOTA_SCRIPT`] with a calendar (times in microseconds; the log keeps milliseconds).
+/// KEYS: the log, the calendar. ARGV: now, limit, pace (between two slots), mode (`fresh`,
+/// `due` or `busy`), the earliest slot of a `busy` booking, the longest a `due` fetch is told to
+/// ask again after, the log member.
+/// Answers {0, 0} admitted (counted in the log), {1, µs} booked that far ahead, {2, µs} ask
+/// again after that long.
+const BOOK_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local pace = tonumber(ARGV[3])
+local mode = ARGV[4]
+local next_free = tonumber(redis.call('GET', KEYS[2]) or 0) or 0
+local function book(earliest)
+  local slot = math.max(next_free, earliest)
+  local after = slot + pace
+  redis.call('SET', KEYS[2], string.format('%.0f', after), 'PX',
+    string.format('%.0f', math.floor((after - now) / 1000) + 61000))
+  return {1, slot - now}
+end
+if mode == 'busy' then
+  return book(tonumber(ARGV[5]))
+end
+if mode == 'fresh' and next_free - pace > now then
+  return book(now)
+end
+local now_ms = math.floor(now / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - 61000)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now_ms, ARGV[7])
+  redis.call('PEXPIRE', KEYS[1], 62000)
+  return {0, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = (tonumber(oldest[2]) + 61000 - now_ms + 1) * 1000
+if mode == 'due' and wait <= tonumber(ARGV[6]) then
+  return {2, wait}
+end
+return book(now + wait)
+"#;
+
 /// The answer to one request for budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -35,6 +83,37 @@ pub enum Admission {
     Admitted,
     /// The budget is spent: ask again after this long.
     Wait(Duration),
+}
+
+/// Who asks [`Quota::book`] for budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// A fetch not booked before: admitted when the log has room and none of the tenant's
+    /// bookings is still ahead (it does not overtake them), else booked after the last one.
+    Fresh,
+    /// A fetch back at the slot it was booked for: admitted when the log has room. When the log
+    /// frees room within `wait_up_to` (the request a minute before has not quite aged out), it
+    /// is told to ask again then; otherwise it is booked again after the last booking.
+    Due { wait_up_to: Duration },
+    /// A fetch that cannot run here yet for another reason (its tenant has its share of the
+    /// workers): booked no earlier than `not_before` from now, without asking the log.
+    Busy { not_before: Duration },
+}
+
+/// The answer to [`Quota::book`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booking {
+    /// Counted in the budget: send it now.
+    Admitted,
+    /// Booked: come back after this long.
+    Booked(Duration),
+    /// Ask again after this long (only a [`Ask::Due`] fetch hears this).
+    Shortly(Duration),
+}
+
+/// The distance between two slots of a tenant's calendar: the log's window over the budget.
+pub fn pace(per_minute: u32) -> Duration {
+    Duration::from_micros(61_000_000 / u64::from(per_minute.max(1)))
 }
 
 /// The shared request budget, see [`Store::quota`].
@@ -64,6 +143,55 @@ impl<'a> Quota<'a> {
         }
         let r: Result<Vec<u64>, _> = pipe.query_async(&mut c).await;
         self.0.observe(r)
+    }
+
+    fn calendar_key(&self, t: &TenantId) -> String {
+        self.0.key(&format!("quota:{t}:calendar"))
+    }
+
+    /// Counts one content fetch for `tenant` now, or books its turn on the tenant's calendar
+    /// (see the module doc and [`Ask`]).
+    pub async fn book(&self, tenant: &TenantId, per_minute: u32, ask: Ask) -> StoreResult<Booking> {
+        let now = chrono::Utc::now().timestamp_micros();
+        self.book_at(tenant, per_minute, ask, now).await
+    }
+
+    /// [`Quota::book`] at `now` (microseconds since the epoch): tests move the clock.
+    pub(crate) async fn book_at(
+        &self,
+        tenant: &TenantId,
+        per_minute: u32,
+        ask: Ask,
+        now: i64,
+    ) -> StoreResult<Booking> {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4);
+        let (mode, earliest, wait_up_to) = match ask {
+            Ask::Fresh => ("fresh", now, 0),
+            Ask::Due { wait_up_to } => ("due", now, micros(wait_up_to)),
+            Ask::Busy { not_before } => ("busy", now.saturating_add(micros(not_before)), 0),
+        };
+        let member = format!("{}-{}", now / 1000, uuid::Uuid::new_v4().simple());
+        let mut c = self.0.conn().await?;
+        let r: Result<(i64, i64), _> = redis::Script::new(BOOK_SCRIPT)
+            .key(self.key(tenant))
+            .key(self.calendar_key(tenant))
+            .arg(now.to_string())
+            .arg(per_minute.max(1).to_string())
+            .arg(micros(pace(per_minute)).to_string())
+            .arg(mode)
+            .arg(earliest.to_string())
+            .arg(wait_up_to.to_string())
+            .arg(member)
+            .invoke_async(&mut c)
+            .await;
+        self.0.observe(r).map(|(answer, us)| {
+            let after = Duration::from_micros(us.max(0) as u64);
+            match answer {
+                0 => Booking::Admitted,
+                2 => Booking::Shortly(after),
+                _ => Booking::Booked(after),
+            }
+        })
     }
 
     /// Counts one request for `tenant` if fewer than `per_minute` were counted in the last

@@ -2,6 +2,7 @@
 //! simulator. One binary, one module per area.
 
 mod dead_letters;
+mod fairness;
 mod helpers;
 mod hostile;
 mod observability;

@@ -252,6 +252,8 @@ pub struct RelayProc {
     process: RelayProcess,
     pub pid: u32,
     pub public_url: String,
+    /// Its admin listener (`/metrics`).
+    pub admin_url: String,
     /// What its webhook expects in `Webhook-AuthID`.
     pub auth_id: String,
 }
@@ -283,8 +285,18 @@ impl RelayProc {
             pid: process.pid(),
             process,
             public_url: format!("http://127.0.0.1:{public_port}"),
+            admin_url,
             auth_id: s.names.auth_id.clone(),
         })
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.admin_url))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// User + system CPU seconds so far.

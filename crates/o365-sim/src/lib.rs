@@ -74,6 +74,26 @@ pub struct SimConfig {
     /// The base URL the simulator advertises (token `resource`, `contentUri`s, assertion
     /// `aud`) when it is reached under another name than its bind address (containers).
     pub public_url: Option<String>,
+    /// Tenants generated in addition to `tenants`: [`generated_tenant`]`(0..n)`. A thousand
+    /// tenants cost the simulator a few hundred kilobytes (the benchmark's many-tenant section).
+    pub generated_tenants: usize,
+    /// When set, every tenant exists already onboarded: all five content types enabled with
+    /// this webhook, as if each had been started (without the five validation requests per
+    /// tenant that real starts send). `None`: tenants start without subscriptions.
+    pub subscribed_webhook: Option<PresetWebhook>,
+}
+
+/// The webhook every tenant's subscriptions start with ([`SimConfig::subscribed_webhook`]).
+#[derive(Clone, Debug)]
+pub struct PresetWebhook {
+    pub address: String,
+    pub auth_id: String,
+}
+
+/// The `i`-th generated tenant id: a fixed, valid GUID per index, so a test, a benchmark and a
+/// standalone simulator agree on them without exchanging lists.
+pub fn generated_tenant(i: usize) -> String {
+    format!("0000e365-0000-4000-8000-{:012x}", i)
 }
 
 impl Default for SimConfig {
@@ -96,6 +116,8 @@ impl Default for SimConfig {
             consent_tenant: None,
             consent_upn: "admin@contoso.onmicrosoft.com".to_string(),
             public_url: None,
+            generated_tenants: 0,
+            subscribed_webhook: None,
         }
     }
 }
@@ -413,6 +435,8 @@ pub(crate) struct State {
     pub list_calls: u64,
     pub start_calls: HashMap<(String, String), u64>,
     pub calls: HashMap<String, CallWindow>,
+    /// Management calls per (tenant, route), see [`Route`].
+    pub route_calls: HashMap<(String, Route), u64>,
     pub notifications_delivered: u64,
     pub notifications_dropped: u64,
     pub records_published: u64,
@@ -420,8 +444,40 @@ pub(crate) struct State {
     pub rejected: Vec<String>,
 }
 
+/// The Management API operations, for the per-tenant call counters
+/// ([`Simulator::route_calls`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// `POST subscriptions/start`
+    Start,
+    /// `POST subscriptions/stop`
+    Stop,
+    /// `GET subscriptions/list`
+    ListSubscriptions,
+    /// `GET subscriptions/content` (every page)
+    ListContent,
+    /// `GET audit/{contentId}`
+    GetContent,
+    /// Any other path under the feed (answered 404).
+    Unknown,
+}
+
+impl Route {
+    pub const ALL: [Route; 6] = [
+        Route::Start,
+        Route::Stop,
+        Route::ListSubscriptions,
+        Route::ListContent,
+        Route::GetContent,
+        Route::Unknown,
+    ];
+}
+
 pub(crate) struct Inner {
     pub config: SimConfig,
+    /// `config.tenants` (lowercase) as a set: every request looks its tenant up.
+    pub known_tenants: HashSet<String>,
     /// "http://127.0.0.1:PORT"
     pub url: String,
     pub certs: Vec<RegisteredCert>,
@@ -439,10 +495,7 @@ impl Inner {
     }
 
     pub(crate) fn tenant_known(&self, tenant: &str) -> bool {
-        self.config
-            .tenants
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(tenant))
+        self.known_tenants.contains(&tenant.to_ascii_lowercase())
     }
 
     /// Log one refused request (one short line).
@@ -519,15 +572,39 @@ impl Simulator {
             .tenants
             .iter()
             .map(|t| t.to_ascii_lowercase())
+            .chain((0..config.generated_tenants).map(generated_tenant))
             .collect();
+        let known_tenants = config.tenants.iter().cloned().collect();
+        let mut state = State::default();
+        if let Some(w) = &config.subscribed_webhook {
+            for t in &config.tenants {
+                let subs = CONTENT_TYPES
+                    .iter()
+                    .map(|ct| {
+                        let sub = Subscription {
+                            enabled: true,
+                            webhook: Some(WebhookState {
+                                address: w.address.clone(),
+                                auth_id: w.auth_id.clone(),
+                                status: "enabled".into(),
+                                expiration: None,
+                            }),
+                        };
+                        (ct.to_string(), sub)
+                    })
+                    .collect();
+                state.subscriptions.insert(t.clone(), subs);
+            }
+        }
         let inner = Arc::new(Inner {
             config,
+            known_tenants,
             url,
             certs,
             signing_key,
             verify_key,
             http,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             stopped: AtomicBool::new(false),
         });
         let data = web::Data::from(inner.clone());
@@ -728,6 +805,30 @@ impl Simulator {
         st.calls
             .get(&tenant.to_ascii_lowercase())
             .map_or(0, |c| c.total)
+    }
+    /// Management calls for the tenant on one route (any answer, refusals included).
+    pub fn route_calls(&self, tenant: &str, route: Route) -> u64 {
+        let key = (tenant.to_ascii_lowercase(), route);
+        self.inner
+            .state()
+            .route_calls
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Management calls on one route, all tenants together.
+    pub fn route_calls_total(&self, route: Route) -> u64 {
+        self.inner
+            .state()
+            .route_calls
+            .iter()
+            .filter(|((_, r), _)| *r == route)
+            .map(|(_, n)| n)
+            .sum()
+    }
+    /// Every tenant that exists (lowercase): `tenants`, then the generated ones.
+    pub fn tenants(&self) -> Vec<String> {
+        self.inner.config.tenants.clone()
     }
     /// Highest Management call count in any sliding 60 s window.
     pub fn max_calls_per_minute(&self, tenant: &str) -> u64 {

@@ -6,6 +6,7 @@ mod hostile;
 mod observability;
 mod retrieval;
 mod returns;
+mod scale;
 mod tokens;
 mod webhook;
 mod work_queue;

@@ -437,6 +437,9 @@ pub(crate) struct State {
     pub calls: HashMap<String, CallWindow>,
     /// Management calls per (tenant, route), see [`Route`].
     pub route_calls: HashMap<(String, Route), u64>,
+    /// `subscriptions/content` requests being answered right now, and the most at once.
+    pub listings_in_flight: u64,
+    pub max_listings_in_flight: u64,
     pub notifications_delivered: u64,
     pub notifications_dropped: u64,
     pub records_published: u64,
@@ -825,6 +828,11 @@ impl Simulator {
             .filter(|((_, r), _)| *r == route)
             .map(|(_, n)| n)
             .sum()
+    }
+    /// The most `subscriptions/content` requests (any tenants) answered at the same time: how
+    /// concurrently a client lists.
+    pub fn max_concurrent_listings(&self) -> u64 {
+        self.inner.state().max_listings_in_flight
     }
     /// Every tenant that exists (lowercase): `tenants`, then the generated ones.
     pub fn tenants(&self) -> Vec<String> {

@@ -520,6 +520,24 @@ async fn listing_fault(inner: &Inner) -> Option<HttpResponse> {
     None
 }
 
+/// Counts a listing in flight while it lives ([`crate::Simulator::max_concurrent_listings`]).
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        let mut st = inner.state();
+        st.listings_in_flight += 1;
+        st.max_listings_in_flight = st.max_listings_in_flight.max(st.listings_in_flight);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.state().listings_in_flight -= 1;
+    }
+}
+
 /// `GET subscriptions/content`.
 async fn content_list(
     inner: web::Data<Inner>,
@@ -527,6 +545,7 @@ async fn content_list(
     path: web::Path<String>,
 ) -> HttpResponse {
     let tenant = tenant_of(&path.into_inner());
+    let _in_flight = InFlight::new(&inner);
     inner.state().list_calls += 1;
     let what = format!("content list {tenant}");
     let q = match precheck(&inner, &req, &tenant, Route::ListContent, &what, true) {

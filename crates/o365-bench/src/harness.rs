@@ -206,6 +206,11 @@ impl Ctx {
         Parts::new(self.relay_settings(s, extra)?)
     }
 
+    /// The body of a GET of `url` (a relay's `/metrics`).
+    pub async fn get_text(&self, url: &str) -> anyhow::Result<String> {
+        Ok(self.http.get(url).send().await?.error_for_status()?.text().await?)
+    }
+
     /// POSTs notifications for `blobs` (as the simulator would, at most
     /// [`o365_sim::MAX_BLOBS_PER_POST`] per POST) round-robin to the relays' webhooks.
     pub async fn notify(&self, relays: &[&RelayProc], blobs: &[SimBlob]) -> anyhow::Result<()> {
@@ -241,6 +246,20 @@ pub async fn start_sim(tenants: &[&str], records_per_blob: usize) -> anyhow::Res
         .await
 }
 
+/// A simulator serving `n` generated tenants ([`o365_sim::generated_tenant`]) and no other,
+/// one record per published blob.
+pub async fn start_sim_generated(n: usize) -> anyhow::Result<Simulator> {
+    SimBuilder::new()
+        .tenants::<&str>(&[])
+        .client_secret(SECRET)
+        .configure(|c| {
+            c.generated_tenants = n;
+            c.records_per_blob = 1;
+        })
+        .try_start()
+        .await
+}
+
 /// The last `lines` lines of `text`.
 fn tail(text: &str, lines: usize) -> String {
     let v: Vec<&str> = text.lines().collect();
@@ -252,6 +271,8 @@ pub struct RelayProc {
     process: RelayProcess,
     pub pid: u32,
     pub public_url: String,
+    /// Its admin listener (`/metrics`).
+    pub admin_url: String,
     /// What its webhook expects in `Webhook-AuthID`.
     pub auth_id: String,
 }
@@ -283,6 +304,7 @@ impl RelayProc {
             pid: process.pid(),
             process,
             public_url: format!("http://127.0.0.1:{public_port}"),
+            admin_url,
             auth_id: s.names.auth_id.clone(),
         })
     }

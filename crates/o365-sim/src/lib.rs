@@ -580,24 +580,7 @@ impl Simulator {
         let known_tenants = config.tenants.iter().cloned().collect();
         let mut state = State::default();
         if let Some(w) = &config.subscribed_webhook {
-            for t in &config.tenants {
-                let subs = CONTENT_TYPES
-                    .iter()
-                    .map(|ct| {
-                        let sub = Subscription {
-                            enabled: true,
-                            webhook: Some(WebhookState {
-                                address: w.address.clone(),
-                                auth_id: w.auth_id.clone(),
-                                status: "enabled".into(),
-                                expiration: None,
-                            }),
-                        };
-                        (ct.to_string(), sub)
-                    })
-                    .collect();
-                state.subscriptions.insert(t.clone(), subs);
-            }
+            preset(&mut state, &config.tenants, w);
         }
         let inner = Arc::new(Inner {
             config,
@@ -740,6 +723,13 @@ impl Simulator {
     /// The tenant's subscriptions (every content type ever started).
     pub fn subscriptions(&self, tenant: &str) -> Vec<SimSubscription> {
         management::subscriptions_of(&self.inner, tenant)
+    }
+
+    /// Every tenant onboarded at once: all five content types enabled with webhook `w`, without
+    /// validation requests (as [`SimConfig::subscribed_webhook`] does at start, for a caller
+    /// that learns the webhook's address only after the simulator runs).
+    pub fn subscribe_all(&self, w: &PresetWebhook) {
+        preset(&mut self.inner.state(), &self.inner.config.tenants, w);
     }
 
     /// Disable the webhook of (tenant, content type), as Microsoft does after failures.
@@ -888,6 +878,28 @@ impl Simulator {
     /// Remove the sticky fault of `content_id`; `true` when there was one.
     pub fn clear_fault_for(&self, content_id: &str) -> bool {
         self.inner.state().sticky.remove(content_id).is_some()
+    }
+}
+
+/// Every content type of every tenant in `tenants` enabled with webhook `w`.
+fn preset(state: &mut State, tenants: &[String], w: &PresetWebhook) {
+    for t in tenants {
+        let subs = CONTENT_TYPES
+            .iter()
+            .map(|ct| {
+                let sub = Subscription {
+                    enabled: true,
+                    webhook: Some(WebhookState {
+                        address: w.address.clone(),
+                        auth_id: w.auth_id.clone(),
+                        status: "enabled".into(),
+                        expiration: None,
+                    }),
+                };
+                (ct.to_string(), sub)
+            })
+            .collect();
+        state.subscriptions.insert(t.clone(), subs);
     }
 }
 

@@ -250,7 +250,11 @@ impl Metrics {
         };
         if !per_tenant {
             // The aggregate exists from the start, so `rate()` over it has a beginning.
-            metrics.reconcile.missing.with_label_values(NO_LABELS).inc_by(0);
+            metrics
+                .reconcile
+                .missing
+                .with_label_values(NO_LABELS)
+                .inc_by(0);
         }
         metrics
     }
@@ -418,12 +422,23 @@ mod tests {
         let m = Metrics::new();
         m.reconcile.missing(&tenant(1), 3);
         m.reconcile.missing(&tenant(2), 4);
-        pass(&m, &[(1, Some(120.0), true), (2, Some(900.0), true), (3, None, false)]);
+        pass(
+            &m,
+            &[
+                (1, Some(120.0), true),
+                (2, Some(900.0), true),
+                (3, None, false),
+            ],
+        );
         let text = m.render();
         assert!(!text.contains("tenant_id"), "{text}");
         assert!(!text.contains(tenant(1).as_str()), "{text}");
         assert_eq!(value(&text, "o365_reconcile_missing_total"), 7.0);
-        assert_eq!(value(&text, "o365_reconcile_lag_seconds"), 900.0, "the largest");
+        assert_eq!(
+            value(&text, "o365_reconcile_lag_seconds"),
+            900.0,
+            "the largest"
+        );
         assert_eq!(value(&text, "o365_reconcile_pass_duration_seconds"), 1.5);
         assert_eq!(value(&text, "o365_reconcile_passes_total"), 1.0);
         assert_eq!(m.reconcile.missing_total(), 7);
@@ -432,9 +447,15 @@ mod tests {
         // Tenant 3 keeps failing: the oldest last success stays where it was first seen while
         // the others move on, so the "older than three intervals" alert fires for it.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        pass(&m, &[(1, Some(0.0), true), (2, Some(0.0), true), (3, None, false)]);
+        pass(
+            &m,
+            &[(1, Some(0.0), true), (2, Some(0.0), true), (3, None, false)],
+        );
         let text = m.render();
-        assert_eq!(value(&text, "o365_reconcile_last_success_timestamp_seconds"), first);
+        assert_eq!(
+            value(&text, "o365_reconcile_last_success_timestamp_seconds"),
+            first
+        );
         assert_eq!(value(&text, "o365_reconcile_lag_seconds"), 0.0);
         // Once tenant 3 is no longer served (offboarded, parked), it no longer holds it back.
         pass(&m, &[(1, Some(0.0), true), (2, Some(0.0), true)]);
@@ -459,7 +480,9 @@ mod tests {
             assert!(text.contains(&series), "no {series} in:\n{text}");
         }
         assert!(
-            !text.contains(&format!("o365_reconcile_last_success_timestamp_seconds{{tenant_id=\"{t2}\"}}")),
+            !text.contains(&format!(
+                "o365_reconcile_last_success_timestamp_seconds{{tenant_id=\"{t2}\"}}"
+            )),
             "tenant 2 never completed:\n{text}"
         );
         assert_eq!(m.reconcile.missing_total(), 2);

@@ -457,7 +457,10 @@ mod tests {
             now - hour
         );
         // A checkpoint in the future (clock skew between replicas) changes nothing.
-        assert_eq!(pass_start(now, hour, Some(now + hour), on_schedule), now - hour);
+        assert_eq!(
+            pass_start(now, hour, Some(now + hour), on_schedule),
+            now - hour
+        );
         // Passes stopped for longer: resume from the checkpoint, with the overlap.
         let cp = now - minutes(31);
         assert_eq!(pass_start(now, hour, Some(cp), on_schedule), cp - hour);

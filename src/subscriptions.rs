@@ -19,12 +19,12 @@
 //! disabled is re-enabled within about an hour, while reconciliation keeps relaying.
 
 use crate::domain::{ContentType, TenantId};
-use futures_util::StreamExt;
 use crate::management::{ApiError, ManagementClient, Subscription};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Lease, Store};
 use crate::tenants::Tenants;
+use futures_util::StreamExt;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;

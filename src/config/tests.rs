@@ -50,7 +50,10 @@ fn defaults_of_the_additions_match_env_example() {
     assert_eq!(s.record_dedup_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(s.keeper_interval, Duration::from_secs(5 * 60));
     assert_eq!(s.reconcile_concurrency, 32);
-    assert!(!s.metrics_per_tenant, "no per-tenant series unless asked for");
+    assert!(
+        !s.metrics_per_tenant,
+        "no per-tenant series unless asked for"
+    );
 }
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound

@@ -587,11 +587,20 @@ mod tests {
             .await
             .expect("set");
         let both = [a.clone(), b.clone()];
-        assert_eq!(checks.still_healthy(&both).await.expect("read"), [true, true]);
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [true, true]
+        );
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(checks.still_healthy(&both).await.expect("read"), [true, false]);
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [true, false]
+        );
         checks.doubt(&a).await.expect("deleted");
-        assert_eq!(checks.still_healthy(&both).await.expect("read"), [false, false]);
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [false, false]
+        );
         assert_eq!(keys(&store).await, Vec::<String>::new());
         store.purge_prefix().await.expect("purged");
     }

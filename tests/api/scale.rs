@@ -157,3 +157,56 @@ async fn the_keeper_lists_a_healthy_tenant_again_only_when_its_check_expires() {
     assert_eq!(listed(&ts[2]), 3, "the healthy one is still trusted");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_lease_is_renewed_while_a_long_pass_runs_and_released_at_shutdown() {
+    use redis::AsyncCommands;
+    let ts = tenants(2);
+    let env = env_with(&ts, &[("O365_RECONCILE_CONCURRENCY", "1")]).await;
+    subscribe(&env, &ts).await;
+    // Ten listings of 2.5 s one after another: a pass of 25 s, longer than the lease's TTL.
+    env.sim.set_faults(Faults {
+        slow: 1.0,
+        slow_ms: 2_500,
+        apply_to_listing: true,
+        ..Faults::default()
+    });
+    let mut reconciler = env.relay.reconciler();
+    reconciler.interval = Duration::from_secs(5);
+    let ttl = o365_relay::reconciler::lease_ttl(reconciler.interval);
+    assert_eq!(ttl, Duration::from_secs(15));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(std::sync::Arc::new(reconciler).run(stop.clone()));
+    let key = format!("{}lease:reconciler", env.prefix);
+    let mut redis = redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let taken = eventually(Duration::from_secs(10), || {
+        let (mut redis, key) = (redis.clone(), key.clone());
+        async move { redis.exists::<_, bool>(&key).await.unwrap() }
+    })
+    .await;
+    assert!(taken, "the reconciler took its lease");
+    let holder: String = redis.get(&key).await.unwrap();
+    // Past the TTL, the pass still running: the lease is still ours because it was renewed.
+    tokio::time::sleep(ttl + Duration::from_secs(2)).await;
+    let m = env.metrics().await;
+    assert!(
+        m.contains("o365_reconcile_passes_total 0"),
+        "the pass ended early; nothing shown:\n{m}"
+    );
+    let now: Option<String> = redis.get(&key).await.unwrap();
+    assert_eq!(now.as_deref(), Some(holder.as_str()), "lease renewed");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the reconciler stops at once, mid-pass")
+        .unwrap();
+    assert!(
+        !redis.exists::<_, bool>(&key).await.unwrap(),
+        "lease released at shutdown"
+    );
+    env.cleanup().await;
+}

@@ -208,7 +208,14 @@ impl Ctx {
 
     /// The body of a GET of `url` (a relay's `/metrics`).
     pub async fn get_text(&self, url: &str) -> anyhow::Result<String> {
-        Ok(self.http.get(url).send().await?.error_for_status()?.text().await?)
+        Ok(self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// POSTs notifications for `blobs` (as the simulator would, at most

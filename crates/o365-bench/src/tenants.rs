@@ -80,7 +80,15 @@ fn keys_by_kind(redis_port: &str, prefix: &str) -> anyhow::Result<Vec<(String, u
     for (kind, (count, example)) in kinds {
         let usage = run_cmd(
             "redis-cli",
-            &["-h", "127.0.0.1", "-p", redis_port, "memory", "usage", &example],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                redis_port,
+                "memory",
+                "usage",
+                &example,
+            ],
         )?;
         out.push((kind, count, usage.trim().parse().unwrap_or(0)));
     }
@@ -240,7 +248,11 @@ async fn measure(
         passes[1].1 as f64 / n as f64
     );
 
-    let tokens_per_tenant: Vec<u64> = sim.tenants().iter().map(|t| sim.token_requests(t)).collect();
+    let tokens_per_tenant: Vec<u64> = sim
+        .tenants()
+        .iter()
+        .map(|t| sim.token_requests(t))
+        .collect();
     let max_tokens = tokens_per_tenant.iter().copied().max().unwrap_or(0);
     let total_tokens: u64 = tokens_per_tenant.iter().sum();
     println!(
@@ -259,7 +271,12 @@ async fn measure(
         mb(mem_kept / 1024),
         per_tenant(mem_kept),
     );
-    let port = redis.url().rsplit(':').next().unwrap_or_default().to_string();
+    let port = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     for (kind, count, usage) in keys_by_kind(&port, &section.names.prefix)? {
         println!("     {kind}: {count} keys, ~{usage} B each (MEMORY USAGE of one)");
     }
@@ -321,7 +338,9 @@ async fn measure(
         Row::new(
             "6 tenants",
             format!("Management API calls per tenant per hour, {n} tenants"),
-            format!("{per_hour:.1} (reconcile {reconcile_per_hour:.1} + keeper {keeper_per_hour:.1})"),
+            format!(
+                "{per_hour:.1} (reconcile {reconcile_per_hour:.1} + keeper {keeper_per_hour:.1})"
+            ),
         )
         .target(format!("≤ 25 {}", met(per_hour <= 25.0))),
         Row::new(
@@ -353,7 +372,10 @@ async fn measure(
         Row::new(
             "6 tenants",
             format!("/metrics samples, {n} tenants"),
-            format!("{series}{}", if tenant_series { " (per tenant!)" } else { "" }),
+            format!(
+                "{series}{}",
+                if tenant_series { " (per tenant!)" } else { "" }
+            ),
         )
         .target(format!("no tenant series {}", met(!tenant_series))),
     ])

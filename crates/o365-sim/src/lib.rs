@@ -415,6 +415,9 @@ pub(crate) struct CallWindow {
 pub(crate) struct State {
     pub blobs: Vec<StoredBlob>,
     pub blob_index: HashMap<String, usize>,
+    /// Indexes into `blobs` per (tenant, content type): a listing reads its own feed, not every
+    /// tenant's blobs.
+    pub feeds: HashMap<(String, String), Vec<usize>>,
     pub next_seq: u64,
     /// Records carried into the next blob of (tenant, content type): Microsoft's by-design duplicates.
     pub carry: HashMap<(String, String), Vec<(String, String)>>,

@@ -623,10 +623,11 @@ async fn content_list(
     let page_size = inner.config.page_size.max(1);
     let (items, next) = {
         let st = inner.state();
-        let mut matching: Vec<_> = st
-            .blobs
-            .iter()
-            .filter(|b| b.blob.tenant_id == tenant && b.blob.content_type == ct)
+        let feed = st.feeds.get(&(tenant.clone(), ct.clone()));
+        let mut matching: Vec<_> = feed
+            .into_iter()
+            .flatten()
+            .map(|&i| &st.blobs[i])
             .filter(|b| start <= b.created && b.created < end)
             .map(|b| (b.created.timestamp_millis(), b.seq, b))
             .filter(|(ms, seq, _)| cursor.is_none_or(|c| (*ms, *seq) >= c))

@@ -86,7 +86,7 @@ impl Parts {
             )
             .context("O365_REDIS_URL")?,
         );
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_tenant_series(settings.metrics_per_tenant));
         let names = Names::new(&settings.amqp_work_queue);
         let broker = Arc::new(
             Broker::new(
@@ -228,6 +228,7 @@ impl Parts {
             content_types: self.settings.content_types.clone(),
             interval: self.settings.reconcile_interval,
             lookback: self.settings.reconcile_lookback,
+            concurrency: self.settings.reconcile_concurrency,
         }
     }
 
@@ -237,6 +238,7 @@ impl Parts {
             tenants: self.tenants.clone(),
             store: self.store.clone(),
             interval: self.settings.keeper_interval,
+            concurrency: self.settings.reconcile_concurrency,
         }
     }
 

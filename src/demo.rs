@@ -245,22 +245,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let elapsed = started.elapsed();
     let complete = expected.iter().all(|id| received.contains(id));
     let duplicates = parts.metrics.records_duplicate.get();
-    let reconciled = parts
-        .metrics
-        .reconcile_missing
-        .with_label_values(&[tenants[0].as_str()])
-        .get()
-        + tenants
-            .iter()
-            .skip(1)
-            .map(|t| {
-                parts
-                    .metrics
-                    .reconcile_missing
-                    .with_label_values(&[t.as_str()])
-                    .get()
-            })
-            .sum::<u64>();
+    let reconciled = parts.metrics.reconcile.missing_total();
     let tokens: u64 = tenants.iter().map(|t| sim.token_requests(t)).sum();
 
     stop.cancel();

@@ -1,13 +1,21 @@
 //! Prometheus series, served on the admin listener's `/metrics` (docs/OPERATIONS.md, "Metrics and
 //! alerts"). One registry per running relay, so several relays in one test process keep separate
 //! figures. Labels are bounded: reasons and results are fixed vocabularies, content types are
-//! five, tenants are the served ones.
+//! five. No series is per tenant by default: with 10,000 tenants, three per-tenant series would
+//! be 30,000 series per replica, which costs Prometheus more than the whole relay is worth
+//! watching. The reconciliation figures are exported as aggregates instead ([`ReconcileMetrics`]:
+//! the largest lag, the sum of missing blobs, the oldest last success), under the same names,
+//! so `max()`, `sum()` and `min()` in alerts read the same either way; `O365_METRICS_PER_TENANT`
+//! brings the `tenant_id` label back for deployments small enough to afford it.
 
+use crate::domain::TenantId;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -32,10 +40,8 @@ pub struct Metrics {
     pub work_queue_depth: IntGauge,
     /// Seconds between a blob's creation and its relay (the relay's lag behind Microsoft).
     pub relay_lag: Histogram,
-    /// Oldest content found missing by the last reconciliation, per tenant (seconds).
-    pub reconcile_lag: GaugeVec,
-    pub reconcile_missing: IntCounterVec,
-    pub reconcile_last_success: GaugeVec,
+    /// Reconciliation: lag, missing blobs, last success, pass duration.
+    pub reconcile: ReconcileMetrics,
     pub subscription_changes: IntCounterVec,
     /// Registered on the first [`Metrics::certificate_expires_in`]: absent with a client
     /// secret, so the "expires soon" alert cannot fire on a default 0.
@@ -69,7 +75,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Without per-tenant series.
     pub fn new() -> Metrics {
+        Metrics::with_tenant_series(false)
+    }
+
+    /// `per_tenant` = `O365_METRICS_PER_TENANT`.
+    pub fn with_tenant_series(per_tenant: bool) -> Metrics {
         let registry = Registry::new();
         let mut names: Vec<String> = vec!["o365_certificate_expiry_seconds".into()];
         macro_rules! reg {
@@ -85,7 +97,7 @@ impl Metrics {
         let buckets = vec![
             0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
         ];
-        Metrics {
+        let metrics = Metrics {
             notifications: reg!(IntCounterVec::new(
                 Opts::new(
                     "o365_notifications_total",
@@ -165,30 +177,47 @@ impl Metrics {
                 ])
             )
             .unwrap()),
-            reconcile_lag: reg!(GaugeVec::new(
-                Opts::new(
-                    "o365_reconcile_lag_seconds",
-                    "Age of the oldest blob the last reconciliation found unrelayed"
-                ),
-                &["tenant_id"]
-            )
-            .unwrap()),
-            reconcile_missing: reg!(IntCounterVec::new(
-                Opts::new(
-                    "o365_reconcile_missing_total",
-                    "Blobs the reconciler found that the webhook had missed"
-                ),
-                &["tenant_id"]
-            )
-            .unwrap()),
-            reconcile_last_success: reg!(GaugeVec::new(
-                Opts::new(
-                    "o365_reconcile_last_success_timestamp_seconds",
-                    "End of the last complete reconciliation"
-                ),
-                &["tenant_id"]
-            )
-            .unwrap()),
+            reconcile: {
+                let labels: &[&str] = if per_tenant { &["tenant_id"] } else { &[] };
+                ReconcileMetrics {
+                    per_tenant,
+                    lag: reg!(GaugeVec::new(
+                        Opts::new(
+                            "o365_reconcile_lag_seconds",
+                            "Age of the oldest blob the last reconciliation found unrelayed (the largest over tenants unless per tenant)"
+                        ),
+                        labels
+                    )
+                    .unwrap()),
+                    missing: reg!(IntCounterVec::new(
+                        Opts::new(
+                            "o365_reconcile_missing_total",
+                            "Blobs the reconciler found that the webhook had missed"
+                        ),
+                        labels
+                    )
+                    .unwrap()),
+                    last_success: reg!(GaugeVec::new(
+                        Opts::new(
+                            "o365_reconcile_last_success_timestamp_seconds",
+                            "End of the last complete reconciliation (the oldest over tenants unless per tenant)"
+                        ),
+                        labels
+                    )
+                    .unwrap()),
+                    pass_duration: reg!(Gauge::new(
+                        "o365_reconcile_pass_duration_seconds",
+                        "Wall time of the last reconciliation pass over every tenant"
+                    )
+                    .unwrap()),
+                    passes: reg!(IntCounter::new(
+                        "o365_reconcile_passes_total",
+                        "Reconciliation passes completed by this process"
+                    )
+                    .unwrap()),
+                    last_success_of: Mutex::new(HashMap::new()),
+                }
+            },
             subscription_changes: reg!(IntCounterVec::new(
                 Opts::new(
                     "o365_subscription_changes_total",
@@ -270,7 +299,16 @@ impl Metrics {
             .unwrap()),
             registry,
             names,
+        };
+        if !per_tenant {
+            // The aggregate exists from the start, so `rate()` over it has a beginning.
+            metrics
+                .reconcile
+                .missing
+                .with_label_values(NO_LABELS)
+                .inc_by(0);
         }
+        metrics
     }
 
     /// Every metric name the relay can export, whether or not it has a series yet (a labelled
@@ -298,6 +336,101 @@ impl Metrics {
     }
 }
 
+/// The label values of an aggregate series.
+const NO_LABELS: &[&str] = &[];
+
+/// How one tenant fared in a reconciliation pass.
+#[derive(Debug, Clone)]
+pub struct TenantPass {
+    pub tenant: TenantId,
+    /// Age in seconds of the oldest blob found unrelayed (0 when none), over the content types
+    /// that were listed; `None` when none was.
+    pub lag: Option<f64>,
+    /// Every content type listed to the end and its missing blobs enqueued.
+    pub complete: bool,
+}
+
+/// The reconciliation series: aggregated over tenants by default, one per tenant with
+/// `O365_METRICS_PER_TENANT` (see the module documentation).
+pub struct ReconcileMetrics {
+    per_tenant: bool,
+    lag: GaugeVec,
+    missing: IntCounterVec,
+    last_success: GaugeVec,
+    pass_duration: Gauge,
+    passes: IntCounter,
+    /// Each tenant of the last pass: its last complete reconciliation, or when it was first
+    /// seen if it never had one, so that a tenant that always fails still ages the oldest last
+    /// success (the alert "older than three intervals" fires for it). Holds the last pass's
+    /// tenants only, so it is bounded by the served tenants.
+    last_success_of: Mutex<HashMap<TenantId, f64>>,
+}
+
+impl ReconcileMetrics {
+    /// `n` blobs of `tenant` found missing and enqueued.
+    pub fn missing(&self, tenant: &TenantId, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if self.per_tenant {
+            self.missing.with_label_values(&[tenant.as_str()]).inc_by(n);
+        } else {
+            self.missing.with_label_values(NO_LABELS).inc_by(n);
+        }
+    }
+
+    /// Blobs found missing so far, all tenants together.
+    pub fn missing_total(&self) -> u64 {
+        self.missing
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// A pass over `tenants` ended after `duration`.
+    pub fn pass_done(&self, tenants: &[TenantPass], duration: std::time::Duration) {
+        let now = chrono::Utc::now().timestamp() as f64;
+        let mut last = self.last_success_of.lock().expect("poisoned");
+        let previous = std::mem::take(&mut *last);
+        for t in tenants {
+            let when = if t.complete {
+                now
+            } else {
+                previous.get(&t.tenant).copied().unwrap_or(now)
+            };
+            last.insert(t.tenant.clone(), when);
+        }
+        if self.per_tenant {
+            for t in tenants {
+                let label = [t.tenant.as_str()];
+                if let Some(lag) = t.lag {
+                    self.lag.with_label_values(&label).set(lag);
+                }
+                if t.complete {
+                    self.last_success.with_label_values(&label).set(now);
+                }
+            }
+            // Tenants no longer served leave no stale series behind.
+            for gone in previous.keys().filter(|t| !last.contains_key(*t)) {
+                let label = [gone.as_str()];
+                let _ = self.lag.remove_label_values(&label);
+                let _ = self.last_success.remove_label_values(&label);
+                let _ = self.missing.remove_label_values(&label);
+            }
+        } else {
+            let max_lag = tenants.iter().filter_map(|t| t.lag).fold(0.0, f64::max);
+            self.lag.with_label_values(NO_LABELS).set(max_lag);
+            if let Some(oldest) = last.values().copied().reduce(f64::min) {
+                self.last_success.with_label_values(NO_LABELS).set(oldest);
+            }
+        }
+        self.pass_duration.set(duration.as_secs_f64());
+        self.passes.inc();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -315,5 +448,105 @@ mod tests {
         m.certificate_expires_in(86_400);
         m.certificate_expires_in(3_600);
         assert!(m.render().contains("o365_certificate_expiry_seconds 3600"));
+    }
+
+    fn tenant(i: u32) -> TenantId {
+        TenantId::parse(&format!("0000e365-0000-4000-8000-{i:012x}")).unwrap()
+    }
+
+    fn pass(m: &Metrics, outcomes: &[(u32, Option<f64>, bool)]) {
+        let tenants: Vec<TenantPass> = outcomes
+            .iter()
+            .map(|&(i, lag, complete)| TenantPass {
+                tenant: tenant(i),
+                lag,
+                complete,
+            })
+            .collect();
+        m.reconcile
+            .pass_done(&tenants, std::time::Duration::from_millis(1500));
+    }
+
+    /// The value of the one series of `name` (the aggregate).
+    fn value(text: &str, name: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no unlabelled {name} in:\n{text}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
+
+    #[test]
+    fn by_default_no_series_carries_a_tenant_and_the_reconciliation_is_aggregated() {
+        let m = Metrics::new();
+        m.reconcile.missing(&tenant(1), 3);
+        m.reconcile.missing(&tenant(2), 4);
+        pass(
+            &m,
+            &[
+                (1, Some(120.0), true),
+                (2, Some(900.0), true),
+                (3, None, false),
+            ],
+        );
+        let text = m.render();
+        assert!(!text.contains("tenant_id"), "{text}");
+        assert!(!text.contains(tenant(1).as_str()), "{text}");
+        assert_eq!(value(&text, "o365_reconcile_missing_total"), 7.0);
+        assert_eq!(
+            value(&text, "o365_reconcile_lag_seconds"),
+            900.0,
+            "the largest"
+        );
+        assert_eq!(value(&text, "o365_reconcile_pass_duration_seconds"), 1.5);
+        assert_eq!(value(&text, "o365_reconcile_passes_total"), 1.0);
+        assert_eq!(m.reconcile.missing_total(), 7);
+        let first = value(&text, "o365_reconcile_last_success_timestamp_seconds");
+        assert!(first > 0.0);
+        // Tenant 3 keeps failing: the oldest last success stays where it was first seen while
+        // the others move on, so the "older than three intervals" alert fires for it.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        pass(
+            &m,
+            &[(1, Some(0.0), true), (2, Some(0.0), true), (3, None, false)],
+        );
+        let text = m.render();
+        assert_eq!(
+            value(&text, "o365_reconcile_last_success_timestamp_seconds"),
+            first
+        );
+        assert_eq!(value(&text, "o365_reconcile_lag_seconds"), 0.0);
+        // Once tenant 3 is no longer served (offboarded, parked), it no longer holds it back.
+        pass(&m, &[(1, Some(0.0), true), (2, Some(0.0), true)]);
+        let text = m.render();
+        assert!(value(&text, "o365_reconcile_last_success_timestamp_seconds") > first);
+    }
+
+    #[test]
+    fn per_tenant_series_are_opt_in_and_leave_with_their_tenant() {
+        let m = Metrics::with_tenant_series(true);
+        m.reconcile.missing(&tenant(1), 2);
+        pass(&m, &[(1, Some(60.0), true), (2, Some(5.0), false)]);
+        let text = m.render();
+        let t1 = tenant(1);
+        let t2 = tenant(2);
+        for series in [
+            format!("o365_reconcile_missing_total{{tenant_id=\"{t1}\"}} 2"),
+            format!("o365_reconcile_lag_seconds{{tenant_id=\"{t1}\"}} 60"),
+            format!("o365_reconcile_lag_seconds{{tenant_id=\"{t2}\"}} 5"),
+            format!("o365_reconcile_last_success_timestamp_seconds{{tenant_id=\"{t1}\"}}"),
+        ] {
+            assert!(text.contains(&series), "no {series} in:\n{text}");
+        }
+        assert!(
+            !text.contains(&format!(
+                "o365_reconcile_last_success_timestamp_seconds{{tenant_id=\"{t2}\"}}"
+            )),
+            "tenant 2 never completed:\n{text}"
+        );
+        assert_eq!(m.reconcile.missing_total(), 2);
+        pass(&m, &[(2, Some(0.0), true)]);
+        let text = m.render();
+        assert!(!text.contains(t1.as_str()), "tenant 1 left:\n{text}");
     }
 }

@@ -10,10 +10,24 @@
 //! durably enqueued. Microsoft lists content late, so the checkpoint never *shortens* a pass:
 //! every pass re-lists at least `O365_RECONCILE_LOOKBACK` before now (listing is cheap and the
 //! blobs found are de-duplicated against the relayed markers). What the checkpoint adds is the
-//! catch-up after downtime: a pass starts at `min(now, checkpoint) - lookback`, so a relay that
-//! was down for three days with a 24-hour look-back lists the three days plus the overlap
-//! instead of silently skipping two of them. Never beyond Microsoft's 7 days (minus a skew
-//! margin); content older than that cannot be listed any more, which is logged.
+//! catch-up after downtime: when it is older than two intervals (passes stopped), a pass starts
+//! at `checkpoint - lookback`, so a relay that was down for three days with a 24-hour look-back
+//! lists the three days plus the overlap instead of silently skipping two of them. A recent
+//! checkpoint (passes on schedule) is not extended by: the pass lists exactly the look-back,
+//! which with the default 24 hours is *one* listing call per content type and pass instead of
+//! two (24 h plus the 15 minutes since the last pass would need a second window). What that
+//! gives up: content that Microsoft lists more than `lookback - 2 × interval` after its
+//! creation (23 h 30 min with the defaults) may be missed; Microsoft's lateness is minutes to
+//! hours. Never beyond Microsoft's 7 days (minus a skew margin); content older than that cannot
+//! be listed any more, which is logged.
+//!
+//! **Many tenants.** A pass reconciles up to `O365_RECONCILE_CONCURRENCY` tenants at once (each
+//! tenant's content types one after another, so one tenant never has more than one listing in
+//! flight and its share of Microsoft's per-tenant quota stays small): 1,000 tenants × 5 content
+//! types one after another would take longer than the interval against Microsoft's latency.
+//! The tenants run as futures of the one pass task, not as spawned tasks, so the lease
+//! heartbeat in [`Reconciler::run`] keeps turning beside them and a pass that ends (shutdown)
+//! ends them all.
 //!
 //! **Window errors.** AF20030/AF20055 mean Microsoft's clock disagrees with ours (or a window
 //! came out too long): the window is recomputed with a fresh `now` and a growing margin from the
@@ -26,7 +40,7 @@
 
 use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
 use crate::management::{ApiError, Disposition, ManagementClient};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantPass};
 use crate::notification::{ContentRules, RawContent};
 use crate::store::dedup::BlobMarkers;
 use crate::store::{Lease, Store};
@@ -34,6 +48,7 @@ use crate::subscriptions::Subscriptions;
 use crate::tenants::Tenants;
 use crate::work_queue::WorkQueue;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +81,18 @@ pub struct PassStats {
     pub missing: u64,
     pub enqueued: u64,
     pub errors: u64,
+    /// Age in seconds of the oldest blob found unrelayed (0 when none).
+    pub lag: f64,
+}
+
+impl PassStats {
+    fn add(&mut self, other: &PassStats) {
+        self.listed += other.listed;
+        self.missing += other.missing;
+        self.enqueued += other.enqueued;
+        self.errors += other.errors;
+        self.lag = self.lag.max(other.lag);
+    }
 }
 
 /// Splits `[start, end)` into windows of at most 24 hours.
@@ -80,14 +107,19 @@ pub fn windows(start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<(DateTime<Utc>, 
     out
 }
 
-/// Where a pass starts: the look-back before `min(now, checkpoint)`, never beyond the 7 days
-/// Microsoft keeps content (minus the skew margin).
+/// Where a pass starts: the look-back before now, or before the checkpoint when that is older
+/// than `on_schedule` (passes stopped for a while: catch up), never beyond the 7 days Microsoft
+/// keeps content (minus the skew margin). See the module documentation, "Checkpoint".
 pub fn pass_start(
     now: DateTime<Utc>,
     lookback: chrono::Duration,
     checkpoint: Option<DateTime<Utc>>,
+    on_schedule: chrono::Duration,
 ) -> DateTime<Utc> {
-    let anchor = checkpoint.map_or(now, |c| c.min(now));
+    let anchor = match checkpoint {
+        Some(c) if c < now - on_schedule => c,
+        _ => now,
+    };
     (anchor - lookback).max(now - RETENTION + SKEW)
 }
 
@@ -107,6 +139,8 @@ pub struct Reconciler {
     pub interval: Duration,
     /// `O365_RECONCILE_LOOKBACK`.
     pub lookback: Duration,
+    /// `O365_RECONCILE_CONCURRENCY`: tenants reconciled at once.
+    pub concurrency: usize,
 }
 
 impl Reconciler {
@@ -143,7 +177,10 @@ impl Reconciler {
         let now = Utc::now();
         let lookback = chrono::Duration::from_std(self.lookback).unwrap_or(MAX_WINDOW);
         let checkpoint = self.read_checkpoint(tenant, ct).await;
-        let start = pass_start(now, lookback, checkpoint);
+        // Two intervals: the next pass reaches a tenant one interval after the previous pass
+        // ended, plus up to a pass's duration on either side.
+        let on_schedule = chrono::Duration::from_std(self.interval * 2).unwrap_or(MAX_WINDOW);
+        let start = pass_start(now, lookback, checkpoint, on_schedule);
         if let Some(cp) = checkpoint {
             if cp < start {
                 tracing::warn!(tenant_id = %tenant, content_type = %ct, checkpoint = %cp, "The last reconciliation is older than Microsoft's 7-day retention: content created before {start} can no longer be listed.");
@@ -203,17 +240,10 @@ impl Reconciler {
             // Listed to the last page and every missing blob durably enqueued: the window is done.
             self.write_checkpoint(tenant, ct, we).await;
         }
-        let lag = oldest_missing
+        stats.lag = oldest_missing
             .map(|o| (now - o).num_seconds().max(0) as f64)
             .unwrap_or(0.0);
-        self.metrics
-            .reconcile_lag
-            .with_label_values(&[tenant.as_str()])
-            .set(lag);
-        self.metrics
-            .reconcile_missing
-            .with_label_values(&[tenant.as_str()])
-            .inc_by(stats.missing);
+        self.metrics.reconcile.missing(tenant, stats.missing);
         Ok(stats)
     }
 
@@ -279,43 +309,62 @@ impl Reconciler {
         items
     }
 
-    /// One pass over every served tenant and configured content type.
+    /// One tenant: its content types one after another.
+    async fn reconcile_tenant(&self, tenant: &TenantId) -> (PassStats, TenantPass) {
+        let mut total = PassStats::default();
+        let mut outcome = TenantPass {
+            tenant: tenant.clone(),
+            lag: None,
+            complete: true,
+        };
+        for &ct in &self.content_types {
+            match self.reconcile_one(tenant, ct).await {
+                Ok(s) => {
+                    total.add(&s);
+                    outcome.lag = Some(outcome.lag.unwrap_or(0.0).max(s.lag));
+                }
+                Err(e) => {
+                    outcome.complete = false;
+                    total.errors += 1;
+                    tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciliation failed; the next pass retries.");
+                    // The tenant's own failure: park it (crate::health) and stop listing it.
+                    if let Some(f) = tenant_failure_of(&e, ct) {
+                        let _ = self.tenants.park(tenant, &f.code, &f.reason).await;
+                        break;
+                    }
+                }
+            }
+        }
+        (total, outcome)
+    }
+
+    /// One pass over every served tenant and configured content type, up to
+    /// `O365_RECONCILE_CONCURRENCY` tenants at once.
     pub async fn pass(&self) -> PassStats {
+        let started = std::time::Instant::now();
         // Markers deferred during a Redis outage first, or their blobs would look unrelayed.
         if self.store.deferred_len() > 0 {
             let _ = self.store.flush_deferred().await;
         }
-        let mut total = PassStats::default();
         // Parked tenants are left to the health probe: no token requests, no listing, and their
         // checkpoint stays where the parked period begins (crate::health).
-        for tenant in self.tenants.healthy_ids().await {
-            let mut ok = true;
-            for &ct in &self.content_types {
-                match self.reconcile_one(&tenant, ct).await {
-                    Ok(s) => {
-                        total.listed += s.listed;
-                        total.missing += s.missing;
-                        total.enqueued += s.enqueued;
-                        total.errors += s.errors;
-                    }
-                    Err(e) => {
-                        ok = false;
-                        total.errors += 1;
-                        tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciliation failed; the next pass retries.");
-                        if let Some(f) = tenant_failure_of(&e, ct) {
-                            let _ = self.tenants.park(&tenant, &f.code, &f.reason).await;
-                            break;
-                        }
-                    }
-                }
-            }
-            if ok {
-                self.metrics
-                    .reconcile_last_success
-                    .with_label_values(&[tenant.as_str()])
-                    .set(Utc::now().timestamp() as f64);
-            }
+        let tenants = self.tenants.healthy_ids().await;
+        let count = tenants.len();
+        // Owned ids: over borrowed ones the compiler cannot prove the pass future `Send`.
+        let results: Vec<(PassStats, TenantPass)> = futures_util::stream::iter(tenants)
+            .map(|tenant| async move { self.reconcile_tenant(&tenant).await })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await;
+        let mut total = PassStats::default();
+        let mut outcomes = Vec::with_capacity(results.len());
+        for (stats, outcome) in results {
+            total.add(&stats);
+            outcomes.push(outcome);
         }
+        self.metrics
+            .reconcile
+            .pass_done(&outcomes, started.elapsed());
         if total.missing > 0 {
             tracing::info!(
                 listed = total.listed,
@@ -323,6 +372,11 @@ impl Reconciler {
                 "Reconciliation enqueued blobs the webhook had missed."
             );
         }
+        tracing::debug!(
+            tenants = count,
+            seconds = started.elapsed().as_secs_f64(),
+            "Reconciliation pass done."
+        );
         total
     }
 }
@@ -405,23 +459,45 @@ mod tests {
     }
 
     #[test]
-    fn the_checkpoint_extends_the_lookback_but_never_shortens_it() {
+    fn the_checkpoint_extends_the_lookback_after_a_gap_but_never_shortens_it() {
         let now = Utc::now();
         let hour = chrono::Duration::hours(1);
-        // No checkpoint, or a recent one: the look-back before now.
-        assert_eq!(pass_start(now, hour, None), now - hour);
+        let minutes = chrono::Duration::minutes;
+        let on_schedule = minutes(30);
+        // No checkpoint, or one within two intervals (passes on schedule): the look-back
+        // before now, no more.
+        assert_eq!(pass_start(now, hour, None, on_schedule), now - hour);
         assert_eq!(
-            pass_start(now, hour, Some(now - chrono::Duration::seconds(2))),
-            now - hour - chrono::Duration::seconds(2)
+            pass_start(now, hour, Some(now - minutes(16)), on_schedule),
+            now - hour
         );
         // A checkpoint in the future (clock skew between replicas) changes nothing.
-        assert_eq!(pass_start(now, hour, Some(now + hour)), now - hour);
-        // Down for three days: resume from the checkpoint, with the overlap.
+        assert_eq!(
+            pass_start(now, hour, Some(now + hour), on_schedule),
+            now - hour
+        );
+        // Passes stopped for longer: resume from the checkpoint, with the overlap.
+        let cp = now - minutes(31);
+        assert_eq!(pass_start(now, hour, Some(cp), on_schedule), cp - hour);
         let cp = now - chrono::Duration::days(3);
-        assert_eq!(pass_start(now, hour, Some(cp)), cp - hour);
+        assert_eq!(pass_start(now, hour, Some(cp), on_schedule), cp - hour);
         // Never beyond Microsoft's 7 days.
         let cp = now - chrono::Duration::days(30);
-        assert_eq!(pass_start(now, hour, Some(cp)), now - RETENTION + SKEW);
+        assert_eq!(
+            pass_start(now, hour, Some(cp), on_schedule),
+            now - RETENTION + SKEW
+        );
+    }
+
+    #[test]
+    fn on_schedule_the_default_lookback_is_one_window_per_content_type() {
+        // 24 h look-back, a pass every 15 minutes, this one 16 minutes after the last (a pass
+        // takes time): one 24-hour window, one listing call per content type.
+        let now = Utc::now();
+        let day = chrono::Duration::hours(24);
+        let last = now - chrono::Duration::minutes(16);
+        let start = pass_start(now, day, Some(last), chrono::Duration::minutes(30));
+        assert_eq!(windows(start, now).len(), 1);
     }
 
     #[test]

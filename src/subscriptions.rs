@@ -4,6 +4,19 @@
 //! Microsoft asks for 15 minutes between `/start` requests (docs/ONBOARDING.md, "3. Onboard a
 //! customer tenant"); the last attempt per tenant and content type is kept in Redis so all
 //! replicas respect it together.
+//!
+//! **What the keeper costs.** Listing every tenant's subscriptions every `O365_KEEPER_INTERVAL`
+//! (5 minutes) would be 12 Management API calls per tenant and hour, more than reconciliation's
+//! 20 (a listing per content type every 15 minutes) can leave room for under a budget of 25.
+//! Broken subscriptions are rare and cost no data (reconciliation relays what the webhook
+//! misses, and a missing or disabled subscription surfaces at once as AF20022/AF20023 to the
+//! reconciler and the workers, which start it), so a tenant found healthy is trusted for
+//! [`HEALTHY_RUNS`] runs (`sub-ok:{tenant}` in Redis, see [`crate::store`]); a tenant with a
+//! problem, or one whose subscription was just (re)started, is listed on every run until it is
+//! healthy. The trust expires after a random 75–100 % of those runs, so tenants found healthy
+//! together (all of them, on the first run) are re-checked spread over several runs instead of
+//! all in one. About one call per tenant and hour with the defaults; a webhook that Microsoft
+//! disabled is re-enabled within about an hour, while reconciliation keeps relaying.
 
 use crate::domain::{ContentType, TenantId};
 use crate::management::{ApiError, ManagementClient, Subscription};
@@ -11,12 +24,17 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Lease, Store};
 use crate::tenants::Tenants;
+use futures_util::StreamExt;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub const START_SPACING: Duration = Duration::from_secs(15 * 60);
+
+/// Keeper runs for which a tenant found healthy is not listed again (at most; at least three
+/// quarters of it): about an hour with the default 5-minute interval.
+pub const HEALTHY_RUNS: u32 = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -174,6 +192,9 @@ impl Subscriptions {
     /// Used by workers and the reconciler after AF20022/AF20023: starts unless the 15-minute
     /// rule forbids it right now (the caller retries later either way).
     pub async fn ensure_started(&self, tenant: &TenantId, ct: ContentType) {
+        // Microsoft says the subscription is missing or disabled: the keeper checks the tenant
+        // on its next run instead of trusting an older finding.
+        let _ = self.store.keeper_checks().doubt(tenant).await;
         match self.start(tenant, ct, false).await {
             Ok(()) | Err(StartError::TooSoon(..)) => {}
             Err(e) => {
@@ -255,35 +276,44 @@ impl Subscriptions {
             .collect()
     }
 
-    /// One keeper pass over every healthy tenant (a parked one is left to the health probe,
-    /// [`crate::health`]; one found failing for its own reason is parked).
-    pub async fn keep_once(&self, tenants: &Tenants) {
-        for tenant in tenants.healthy_ids().await {
-            let subs = match self.list(&tenant).await {
-                Ok(s) => s,
+    /// Lists `tenant`'s subscriptions and starts whatever needs it: `Ok(true)` when every one
+    /// was healthy.
+    pub async fn keep_tenant(&self, tenant: &TenantId) -> Result<bool, ApiError> {
+        let subs = self.list(tenant).await?;
+        let needing = self.needing_start(&subs);
+        for &(ct, why) in &needing {
+            self.metrics
+                .subscription_changes
+                .with_label_values(&[why])
+                .inc();
+            tracing::warn!(tenant_id = %tenant, content_type = %ct, state = why, "Subscription needs a start.");
+            match self.start(tenant, ct, false).await {
+                Ok(()) | Err(StartError::TooSoon(..)) => {}
                 Err(e) => {
-                    tracing::warn!(tenant_id = %tenant, error = %e, "Could not list subscriptions.");
-                    if let Some(f) = crate::health::tenant_failure(&e) {
-                        let _ = tenants.park(&tenant, &f.code, &f.reason).await;
-                    }
-                    continue;
-                }
-            };
-            for (ct, why) in self.needing_start(&subs) {
-                self.metrics
-                    .subscription_changes
-                    .with_label_values(&[why])
-                    .inc();
-                tracing::warn!(tenant_id = %tenant, content_type = %ct, state = why, "Subscription needs a start.");
-                match self.start(&tenant, ct, false).await {
-                    Ok(()) | Err(StartError::TooSoon(..)) => {}
-                    Err(e) => {
-                        tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Keeper could not start the subscription.")
-                    }
+                    tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Keeper could not start the subscription.")
                 }
             }
         }
+        Ok(needing.is_empty())
     }
+}
+
+/// How long a healthy finding is trusted: a random 75–100 % of [`HEALTHY_RUNS`] intervals (so
+/// re-checks spread over runs), never more than a day unless the interval itself is longer.
+pub fn healthy_for(interval: Duration) -> Duration {
+    let full = (interval * HEALTHY_RUNS).min(interval.max(Duration::from_secs(86_400)));
+    full.mul_f64(rand::random_range(0.75..=1.0))
+}
+
+/// What one keeper run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeeperRun {
+    /// Tenants whose subscriptions were listed.
+    pub listed: usize,
+    /// Tenants skipped: found healthy recently.
+    pub trusted: usize,
+    /// Tenants whose subscriptions could not be listed.
+    pub failed: usize,
 }
 
 /// How long the keeper lease lives without renewal: three intervals, so a holder may miss two
@@ -297,15 +327,72 @@ pub fn keeper_lease_ttl(interval: Duration) -> Duration {
 }
 
 /// The subscription keeper: one replica at a time (a lease), every `O365_KEEPER_INTERVAL`,
-/// starts whatever a served tenant's subscriptions lack ([`Subscriptions::keep_once`]).
+/// starts whatever the subscriptions of the served tenants due a check lack
+/// ([`Keeper::run_once`]).
 pub struct Keeper {
     pub subscriptions: Arc<Subscriptions>,
     pub tenants: Arc<Tenants>,
     pub store: Arc<Store>,
     pub interval: Duration,
+    /// `O365_RECONCILE_CONCURRENCY`: tenants checked at once.
+    pub concurrency: usize,
 }
 
 impl Keeper {
+    /// One run: lists the subscriptions of every served tenant not found healthy within its
+    /// trust (see the module documentation), up to `concurrency` tenants at once, and starts
+    /// what they lack. Without Redis every tenant is due.
+    pub async fn run_once(&self) -> KeeperRun {
+        // A parked tenant is left to the health probe (crate::health).
+        let tenants = self.tenants.healthy_ids().await;
+        let trusted = self
+            .store
+            .keeper_checks()
+            .still_healthy(&tenants)
+            .await
+            .unwrap_or_else(|_| vec![false; tenants.len()]);
+        let due: Vec<TenantId> = tenants
+            .iter()
+            .zip(&trusted)
+            .filter(|(_, trusted)| !**trusted)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut run = KeeperRun {
+            trusted: tenants.len() - due.len(),
+            ..KeeperRun::default()
+        };
+        // Owned ids: over borrowed ones the compiler cannot prove the run future `Send`.
+        let results: Vec<Result<bool, ApiError>> = futures_util::stream::iter(due)
+            .map(|tenant| async move {
+                let r = self.subscriptions.keep_tenant(&tenant).await;
+                match &r {
+                    Ok(true) => {
+                        let ttl = healthy_for(self.interval);
+                        let _ = self.store.keeper_checks().healthy(&tenant, ttl).await;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(tenant_id = %tenant, error = %e, "Could not list subscriptions.");
+                        // The tenant's own failure: park it.
+                        if let Some(f) = crate::health::tenant_failure(e) {
+                            let _ = self.tenants.park(&tenant, &f.code, &f.reason).await;
+                        }
+                    }
+                }
+                r
+            })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Ok(_) => run.listed += 1,
+                Err(_) => run.failed += 1,
+            }
+        }
+        run
+    }
+
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let lease = Lease::new(
             self.store.clone(),
@@ -314,7 +401,7 @@ impl Keeper {
         );
         loop {
             if lease.try_hold().await {
-                self.subscriptions.keep_once(&self.tenants).await;
+                self.run_once().await;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => { lease.release().await; return; }

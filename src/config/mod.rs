@@ -71,6 +71,12 @@ pub struct Settings {
     pub tenant_concurrency: usize,
     pub reconcile_interval: Duration,
     pub reconcile_lookback: Duration,
+    /// `O365_RECONCILE_CONCURRENCY`: tenants reconciled at once in a pass, and kept at once by
+    /// the subscription keeper.
+    pub reconcile_concurrency: usize,
+    /// `O365_METRICS_PER_TENANT`: the reconciliation series carry a `tenant_id` label (one
+    /// series per tenant) instead of one aggregate each.
+    pub metrics_per_tenant: bool,
     pub admin_token: Option<Secret<String>>,
     /// `O365_ADMIN_ALLOW_UNAUTHENTICATED`: serve the admin API without a token on a
     /// non-loopback address (see [`Settings::check_serve`]).
@@ -194,6 +200,8 @@ impl Settings {
             tenant_concurrency: pipeline.tenant_concurrency,
             reconcile_interval: pipeline.reconcile_interval,
             reconcile_lookback: pipeline.reconcile_lookback,
+            reconcile_concurrency: pipeline.reconcile_concurrency,
+            metrics_per_tenant: process.metrics_per_tenant,
             admin_token: http.admin_token,
             admin_allow_unauthenticated: http.admin_allow_unauthenticated,
             log_format: process.log_format,

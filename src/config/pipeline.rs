@@ -18,6 +18,7 @@ struct Raw {
     record_dedup_ttl: Option<String>,
     reconcile_interval: Option<String>,
     reconcile_lookback: Option<String>,
+    reconcile_concurrency: Option<String>,
     keeper_interval: Option<String>,
     park_probe_interval: Option<String>,
 }
@@ -49,6 +50,8 @@ const RECONCILE_INTERVAL: Bounds<Duration> =
 /// `O365_RECONCILE_LOOKBACK`: 1m to 7d.
 const RECONCILE_LOOKBACK: Bounds<Duration> =
     Bounds::new(MINUTE, RETENTION).because("Microsoft keeps content for 7 days");
+/// `O365_RECONCILE_CONCURRENCY`: 1 to 256 tenants reconciled (and kept) at once.
+const RECONCILE_CONCURRENCY: Bounds<usize> = Bounds::new(1, 256);
 /// `O365_KEEPER_INTERVAL`: 1s to 1d.
 const KEEPER_INTERVAL: Bounds<Duration> = Bounds::new(SECOND, DAY);
 /// `O365_PARK_PROBE_INTERVAL`: 1s to 1h (a parked tenant's blobs wait at most about this long
@@ -66,6 +69,7 @@ pub(super) struct Pipeline {
     pub record_dedup_ttl: Duration,
     pub reconcile_interval: Duration,
     pub reconcile_lookback: Duration,
+    pub reconcile_concurrency: usize,
     pub keeper_interval: Duration,
     pub park_probe_interval: Duration,
 }
@@ -119,6 +123,12 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Pipeline {
             raw.reconcile_lookback,
             "24h",
             RECONCILE_LOOKBACK,
+        ),
+        reconcile_concurrency: p.number(
+            "RECONCILE_CONCURRENCY",
+            raw.reconcile_concurrency,
+            32,
+            RECONCILE_CONCURRENCY,
         ),
         keeper_interval: p.duration(
             "KEEPER_INTERVAL",

@@ -1,4 +1,5 @@
-//! The process itself: which roles it runs, how long a graceful stop may take, how it logs.
+//! The process itself: which roles it runs, how long a graceful stop may take, how it logs, and
+//! whether its metrics carry one series per tenant.
 
 use super::parse::{Bounds, Parser, HOUR};
 use serde::Deserialize;
@@ -12,6 +13,7 @@ struct Raw {
     enable_keeper: Option<String>,
     shutdown_timeout: Option<String>,
     log_format: Option<String>,
+    metrics_per_tenant: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,7 @@ pub(super) struct Process {
     pub enable_keeper: bool,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    pub metrics_per_tenant: bool,
 }
 
 pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Process {
@@ -51,5 +54,6 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Process {
             &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
             "a log format",
         ),
+        metrics_per_tenant: p.boolean("METRICS_PER_TENANT", raw.metrics_per_tenant, false),
     }
 }

@@ -313,6 +313,11 @@ impl Store {
         parking::ParkingRequests::new(self)
     }
 
+    /// Tenants the subscription keeper found healthy.
+    pub fn keeper_checks(&self) -> subscriptions::KeeperChecks<'_> {
+        subscriptions::KeeperChecks::new(self)
+    }
+
     // ---- deferred markers --------------------------------------------------------------------
 
     /// Writes `key = value PX ttl` for each pair; what cannot be written now (Redis down) is
@@ -604,6 +609,39 @@ mod tests {
             let got = store.get(&format!("{}{key}", store.prefix())).await;
             assert_eq!(got.expect("read").as_deref(), Some(value), "{key}");
         }
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn a_keeper_check_holds_until_it_expires_or_is_doubted() {
+        let store = store();
+        let a = TenantId::parse(TENANT).expect("valid tenant id");
+        let b = TenantId::parse("7d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09").expect("valid tenant id");
+        let checks = store.keeper_checks();
+        checks
+            .healthy(&a, Duration::from_secs(60))
+            .await
+            .expect("set");
+        checks
+            .healthy(&b, Duration::from_millis(50))
+            .await
+            .expect("set");
+        let both = [a.clone(), b.clone()];
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [true, true]
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [true, false]
+        );
+        checks.doubt(&a).await.expect("deleted");
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [false, false]
+        );
+        assert_eq!(keys(&store).await, Vec::<String>::new());
         store.purge_prefix().await.expect("purged");
     }
 

@@ -1,10 +1,45 @@
 //! Subscription start guards (`sub-start:{tenant}:{contentType}`): at most one `/start` per
 //! tenant and content type in a spacing interval, shared by every replica. The value is the
 //! time of the start, for an operator reading Redis.
+//!
+//! Keeper checks (`sub-ok:{tenant}`): the subscription keeper found every subscription of the
+//! tenant healthy, and trusts that finding until the key expires; whoever has reason to doubt it
+//! (reconciliation found notifications missing) deletes it. In Redis, not in the keeper, so a
+//! replica that takes the keeper lease over does not list every tenant again at once.
 
 use super::{Store, StoreResult};
 use crate::domain::{ContentType, TenantId};
 use std::time::Duration;
+
+/// Tenants whose subscriptions were found healthy, see [`Store::keeper_checks`].
+pub struct KeeperChecks<'a>(&'a Store);
+
+impl<'a> KeeperChecks<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        KeeperChecks(store)
+    }
+
+    fn key(&self, t: &TenantId) -> String {
+        self.0.key(&format!("sub-ok:{t}"))
+    }
+
+    /// For each tenant, whether it was found healthy recently enough to skip, in one round trip.
+    pub async fn still_healthy(&self, tenants: &[TenantId]) -> StoreResult<Vec<bool>> {
+        let keys: Vec<String> = tenants.iter().map(|t| self.key(t)).collect();
+        self.0.exists_many(&keys).await
+    }
+
+    /// Every subscription of `t` was healthy just now; trust it for `ttl`.
+    pub async fn healthy(&self, t: &TenantId, ttl: Duration) -> StoreResult<()> {
+        let stamp = chrono::Utc::now().to_rfc3339();
+        self.0.set_px(&self.key(t), &stamp, ttl).await
+    }
+
+    /// Check `t` on the keeper's next run.
+    pub async fn doubt(&self, t: &TenantId) -> StoreResult<()> {
+        self.0.del(&self.key(t)).await
+    }
+}
 
 /// Guards that space out subscription starts, see [`Store::start_guards`].
 pub struct StartGuards<'a>(&'a Store);

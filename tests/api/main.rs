@@ -10,6 +10,7 @@ mod parking;
 mod replay;
 mod retrieval;
 mod returns;
+mod scale;
 mod status;
 mod tokens;
 mod webhook;

@@ -206,6 +206,18 @@ impl Ctx {
         Parts::new(self.relay_settings(s, extra)?)
     }
 
+    /// The body of a GET of `url` (a relay's `/metrics`).
+    pub async fn get_text(&self, url: &str) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
     /// POSTs notifications for `blobs` (as the simulator would, at most
     /// [`o365_sim::MAX_BLOBS_PER_POST`] per POST) round-robin to the relays' webhooks.
     pub async fn notify(&self, relays: &[&RelayProc], blobs: &[SimBlob]) -> anyhow::Result<()> {
@@ -237,6 +249,20 @@ pub async fn start_sim(tenants: &[&str], records_per_blob: usize) -> anyhow::Res
         .tenants(tenants)
         .client_secret(SECRET)
         .configure(|c| c.records_per_blob = records_per_blob)
+        .try_start()
+        .await
+}
+
+/// A simulator serving `n` generated tenants ([`o365_sim::generated_tenant`]) and no other,
+/// one record per published blob.
+pub async fn start_sim_generated(n: usize) -> anyhow::Result<Simulator> {
+    SimBuilder::new()
+        .tenants::<&str>(&[])
+        .client_secret(SECRET)
+        .configure(|c| {
+            c.generated_tenants = n;
+            c.records_per_blob = 1;
+        })
         .try_start()
         .await
 }

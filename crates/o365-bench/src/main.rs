@@ -1,5 +1,5 @@
 //! `o365-bench` — measures o365-relay against the physical ceiling of this machine, side by
-//! side in the same run (BENCHMARKS.md). Six sections, one module each:
+//! side in the same run (BENCHMARKS.md). Seven sections, one module each:
 //!
 //! 1. [`ingest`]: webhook ingest vs a bare lapin confirmed publisher (same messages, same queue
 //!    type, same number in flight);
@@ -11,6 +11,9 @@
 //!    missing;
 //! 6. [`fairness`]: tenant A's 5,000 queued blobs at a quota of 600/min while tenant B notifies
 //!    one blob a second: B's notification-to-exchange latency, A's blobs per minute.
+//! 7. [`tenants`]: a thousand tenants — Management API calls per tenant per hour for
+//!    reconciliation and subscription keeping, a pass's wall time, Redis memory per tenant, the
+//!    relay's RSS, token requests per tenant, /metrics size.
 //!
 //! The relay under test runs as a child process ([`serve`]: `o365-bench` re-executes itself as
 //! `o365-bench serve-relay`, the relay's own [`o365_relay::app::Application`], so a
@@ -33,6 +36,7 @@ mod reconcile;
 mod report;
 mod serve;
 mod soak;
+mod tenants;
 mod tokens;
 
 use anyhow::bail;
@@ -50,8 +54,8 @@ struct Args {
     /// Tiny sizes, seconds in total (CI); no pass/fail on speed.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated, 1-6).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    /// Sections to run (comma-separated, 1-7).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
     sections: Vec<u8>,
     /// Run this `o365-relay` binary (`<bin> serve`) instead of re-executing o365-bench.
     #[arg(long)]
@@ -68,6 +72,9 @@ struct Args {
     /// Blob size in MB for section 4; default 256 (quick: 8).
     #[arg(long)]
     blob_mb: Option<usize>,
+    /// Tenants in section 6; default 1,000 (quick: 50).
+    #[arg(long)]
+    tenants: Option<usize>,
     /// RabbitMQ.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
@@ -167,6 +174,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 };
                 fairness::run(&ctx, load).await
+            }
+            7 => {
+                let n = args.tenants.unwrap_or(if quick { 50 } else { 1_000 });
+                tenants::run(&ctx, n.clamp(1, 100_000)).await
             }
             other => Err(anyhow::anyhow!("no section {other}")),
         };

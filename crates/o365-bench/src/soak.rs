@@ -725,7 +725,7 @@ async fn publish(sim: Simulator, rate: f64, records: usize, duration: Duration) 
 // ---------------------------------------------------------------------------------------------
 
 /// Runs a command to the end; its standard output, or an error with what it printed.
-fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -743,14 +743,14 @@ fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
 
 /// A Redis server of the soak's own, on a free loopback port, keeping nothing on disk: the
 /// soak restarts it (`shutdown nosave`), which on the machine's Redis would drop every other
-/// user's keys. Shut down on drop.
-struct SoakRedis {
+/// user's keys. Shut down on drop. Section 6 measures its memory (nobody else's keys in it).
+pub(crate) struct SoakRedis {
     port: String,
     dir: PathBuf,
 }
 
 impl SoakRedis {
-    fn start() -> anyhow::Result<SoakRedis> {
+    pub(crate) fn start() -> anyhow::Result<SoakRedis> {
         let port = test_support::free_port().to_string();
         let dir = std::env::temp_dir().join(format!("o365-soak-redis-{port}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -760,8 +760,20 @@ impl SoakRedis {
         Ok(redis)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `used_memory` of `INFO memory`, in bytes.
+    pub(crate) fn used_memory(&self) -> anyhow::Result<u64> {
+        let info = run_cmd(
+            "redis-cli",
+            &["-h", "127.0.0.1", "-p", &self.port, "info", "memory"],
+        )?;
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("used_memory:"))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO memory: {info}"))
     }
 
     fn launch(&self) -> anyhow::Result<()> {

@@ -29,6 +29,7 @@ fn quick_benchmark_prints_its_table_and_exits_zero() {
         "| 4 memory",
         "| 5 reconcile",
         "| 6 fairness",
+        "| 7 tenants",
     ] {
         assert!(stdout.contains(section), "no '{section}' row:\n{stdout}");
     }

@@ -2,7 +2,9 @@
 //! - `POST /sim/publish` `{"tenant","contentType","blobs","records"}` → `[SimBlob]`
 //! - `POST /sim/faults` body [`Faults`](super::Faults) → the faults now in force
 //! - `POST /sim/expire` `{"contentId"}` → 204
-//! - `GET /sim/stats` → counters
+//! - `GET /sim/stats` → counters (`calls_by_route`: Management calls per route, all tenants)
+//! - `GET /sim/calls/{tenant}` → the tenant's Management calls per route
+//!   (`{"start":0,"stop":0,"list_subscriptions":1,"list_content":5,"get_content":0}`)
 //! - `GET /sim/subscriptions/{tenant}` → `[SimSubscription]`
 //! - `POST /sim/publish-body` `{"tenant"?,"contentType","contentId"?,"bodyBase64"}` → `SimBlob`
 //!   (the body is served byte-exactly; see `Simulator::publish_body`)
@@ -22,7 +24,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Fault, Faults, Inner, CONTENT_TYPES};
+use super::{Fault, Faults, Inner, Route, CONTENT_TYPES};
 
 /// JSON limit of the control API.
 const JSON_LIMIT: usize = 1024 * 1024;
@@ -46,6 +48,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .route("/expire", web::post().to(expire))
             .route("/consent", web::post().to(consent))
             .route("/stats", web::get().to(stats))
+            .route("/calls/{tenant}", web::get().to(calls))
             .route("/subscriptions/{tenant}", web::get().to(subscriptions)),
     );
 }
@@ -203,12 +206,17 @@ async fn stats(inner: web::Data<Inner>) -> HttpResponse {
     let refused_token_requests: BTreeMap<_, _> = st.refused_token_requests.iter().collect();
     let max_per_minute: BTreeMap<_, _> = st.calls.iter().map(|(t, w)| (t, w.max)).collect();
     let management_calls: BTreeMap<_, _> = st.calls.iter().map(|(t, w)| (t, w.total)).collect();
+    let mut calls_by_route: BTreeMap<Route, u64> = Route::ALL.iter().map(|r| (*r, 0)).collect();
+    for ((_, route), n) in &st.route_calls {
+        *calls_by_route.entry(*route).or_insert(0) += n;
+    }
     HttpResponse::Ok().json(json!({
         "token_requests": token_requests,
         "refused_token_requests": refused_token_requests,
         "content_gets": st.content_gets,
         "list_calls": st.list_calls,
         "management_calls": management_calls,
+        "calls_by_route": calls_by_route,
         "max_calls_per_minute": max_per_minute,
         "notifications_delivered": st.notifications_delivered,
         "notifications_dropped": st.notifications_dropped,
@@ -217,6 +225,19 @@ async fn stats(inner: web::Data<Inner>) -> HttpResponse {
         "blobs": st.blobs.len(),
         "rejected_requests": st.rejected.len(),
     }))
+}
+
+async fn calls(inner: web::Data<Inner>, path: web::Path<String>) -> HttpResponse {
+    let tenant = path.into_inner().to_ascii_lowercase();
+    let st = inner.state();
+    let per_route: BTreeMap<Route, u64> = Route::ALL
+        .iter()
+        .map(|r| {
+            let n = st.route_calls.get(&(tenant.clone(), *r)).copied();
+            (*r, n.unwrap_or(0))
+        })
+        .collect();
+    HttpResponse::Ok().json(per_route)
 }
 
 async fn subscriptions(inner: web::Data<Inner>, path: web::Path<String>) -> HttpResponse {

@@ -79,6 +79,26 @@ pub struct SimConfig {
     /// this, and a GET after it answers AF20051 (default 7 days, Microsoft's retention; tests
     /// shorten it to see content expire).
     pub content_lifetime: Duration,
+    /// Tenants generated in addition to `tenants`: [`generated_tenant`]`(0..n)`. A thousand
+    /// tenants cost the simulator a few hundred kilobytes (the benchmark's many-tenant section).
+    pub generated_tenants: usize,
+    /// When set, every tenant exists already onboarded: all five content types enabled with
+    /// this webhook, as if each had been started (without the five validation requests per
+    /// tenant that real starts send). `None`: tenants start without subscriptions.
+    pub subscribed_webhook: Option<PresetWebhook>,
+}
+
+/// The webhook every tenant's subscriptions start with ([`SimConfig::subscribed_webhook`]).
+#[derive(Clone, Debug)]
+pub struct PresetWebhook {
+    pub address: String,
+    pub auth_id: String,
+}
+
+/// The `i`-th generated tenant id: a fixed, valid GUID per index, so a test, a benchmark and a
+/// standalone simulator agree on them without exchanging lists.
+pub fn generated_tenant(i: usize) -> String {
+    format!("0000e365-0000-4000-8000-{:012x}", i)
 }
 
 impl Default for SimConfig {
@@ -102,6 +122,8 @@ impl Default for SimConfig {
             consent_upn: "admin@contoso.onmicrosoft.com".to_string(),
             public_url: None,
             content_lifetime: Duration::from_secs(7 * 24 * 3600),
+            generated_tenants: 0,
+            subscribed_webhook: None,
         }
     }
 }
@@ -399,6 +421,9 @@ pub(crate) struct CallWindow {
 pub(crate) struct State {
     pub blobs: Vec<StoredBlob>,
     pub blob_index: HashMap<String, usize>,
+    /// Indexes into `blobs` per (tenant, content type): a listing reads its own feed, not every
+    /// tenant's blobs.
+    pub feeds: HashMap<(String, String), Vec<usize>>,
     pub next_seq: u64,
     /// Records carried into the next blob of (tenant, content type): Microsoft's by-design duplicates.
     pub carry: HashMap<(String, String), Vec<(String, String)>>,
@@ -425,6 +450,11 @@ pub(crate) struct State {
     pub list_calls: u64,
     pub start_calls: HashMap<(String, String), u64>,
     pub calls: HashMap<String, CallWindow>,
+    /// Management calls per (tenant, route), see [`Route`].
+    pub route_calls: HashMap<(String, Route), u64>,
+    /// `subscriptions/content` requests being answered right now, and the most at once.
+    pub listings_in_flight: u64,
+    pub max_listings_in_flight: u64,
     pub notifications_delivered: u64,
     pub notifications_dropped: u64,
     pub records_published: u64,
@@ -432,8 +462,40 @@ pub(crate) struct State {
     pub rejected: Vec<String>,
 }
 
+/// The Management API operations, for the per-tenant call counters
+/// ([`Simulator::route_calls`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// `POST subscriptions/start`
+    Start,
+    /// `POST subscriptions/stop`
+    Stop,
+    /// `GET subscriptions/list`
+    ListSubscriptions,
+    /// `GET subscriptions/content` (every page)
+    ListContent,
+    /// `GET audit/{contentId}`
+    GetContent,
+    /// Any other path under the feed (answered 404).
+    Unknown,
+}
+
+impl Route {
+    pub const ALL: [Route; 6] = [
+        Route::Start,
+        Route::Stop,
+        Route::ListSubscriptions,
+        Route::ListContent,
+        Route::GetContent,
+        Route::Unknown,
+    ];
+}
+
 pub(crate) struct Inner {
     pub config: SimConfig,
+    /// `config.tenants` (lowercase) as a set: every request looks its tenant up.
+    pub known_tenants: HashSet<String>,
     /// "http://127.0.0.1:PORT"
     pub url: String,
     pub certs: Vec<RegisteredCert>,
@@ -451,10 +513,7 @@ impl Inner {
     }
 
     pub(crate) fn tenant_known(&self, tenant: &str) -> bool {
-        self.config
-            .tenants
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(tenant))
+        self.known_tenants.contains(&tenant.to_ascii_lowercase())
     }
 
     /// Log one refused request (one short line).
@@ -531,15 +590,22 @@ impl Simulator {
             .tenants
             .iter()
             .map(|t| t.to_ascii_lowercase())
+            .chain((0..config.generated_tenants).map(generated_tenant))
             .collect();
+        let known_tenants = config.tenants.iter().cloned().collect();
+        let mut state = State::default();
+        if let Some(w) = &config.subscribed_webhook {
+            preset(&mut state, &config.tenants, w);
+        }
         let inner = Arc::new(Inner {
             config,
+            known_tenants,
             url,
             certs,
             signing_key,
             verify_key,
             http,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             stopped: AtomicBool::new(false),
         });
         let data = web::Data::from(inner.clone());
@@ -674,6 +740,13 @@ impl Simulator {
         management::subscriptions_of(&self.inner, tenant)
     }
 
+    /// Every tenant onboarded at once: all five content types enabled with webhook `w`, without
+    /// validation requests (as [`SimConfig::subscribed_webhook`] does at start, for a caller
+    /// that learns the webhook's address only after the simulator runs).
+    pub fn subscribe_all(&self, w: &PresetWebhook) {
+        preset(&mut self.inner.state(), &self.inner.config.tenants, w);
+    }
+
     /// Disable the webhook of (tenant, content type), as Microsoft does after failures.
     pub fn disable_webhook(&self, tenant: &str, content_type: &str) {
         let mut st = self.inner.state();
@@ -771,6 +844,35 @@ impl Simulator {
             .get(&tenant.to_ascii_lowercase())
             .map_or(0, |c| c.total)
     }
+    /// Management calls for the tenant on one route (any answer, refusals included).
+    pub fn route_calls(&self, tenant: &str, route: Route) -> u64 {
+        let key = (tenant.to_ascii_lowercase(), route);
+        self.inner
+            .state()
+            .route_calls
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Management calls on one route, all tenants together.
+    pub fn route_calls_total(&self, route: Route) -> u64 {
+        self.inner
+            .state()
+            .route_calls
+            .iter()
+            .filter(|((_, r), _)| *r == route)
+            .map(|(_, n)| n)
+            .sum()
+    }
+    /// The most `subscriptions/content` requests (any tenants) answered at the same time: how
+    /// concurrently a client lists.
+    pub fn max_concurrent_listings(&self) -> u64 {
+        self.inner.state().max_listings_in_flight
+    }
+    /// Every tenant that exists (lowercase): `tenants`, then the generated ones.
+    pub fn tenants(&self) -> Vec<String> {
+        self.inner.config.tenants.clone()
+    }
     /// Highest Management call count in any sliding 60 s window.
     pub fn max_calls_per_minute(&self, tenant: &str) -> u64 {
         let st = self.inner.state();
@@ -821,6 +923,28 @@ impl Simulator {
     /// Remove the sticky fault of `content_id`; `true` when there was one.
     pub fn clear_fault_for(&self, content_id: &str) -> bool {
         self.inner.state().sticky.remove(content_id).is_some()
+    }
+}
+
+/// Every content type of every tenant in `tenants` enabled with webhook `w`.
+fn preset(state: &mut State, tenants: &[String], w: &PresetWebhook) {
+    for t in tenants {
+        let subs = CONTENT_TYPES
+            .iter()
+            .map(|ct| {
+                let sub = Subscription {
+                    enabled: true,
+                    webhook: Some(WebhookState {
+                        address: w.address.clone(),
+                        auth_id: w.auth_id.clone(),
+                        status: "enabled".into(),
+                        expiration: None,
+                    }),
+                };
+                (ct.to_string(), sub)
+            })
+            .collect();
+        state.subscriptions.insert(t.clone(), subs);
     }
 }
 

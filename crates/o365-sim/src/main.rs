@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use o365_sim::{SimConfig, Simulator};
+use o365_sim::{PresetWebhook, SimConfig, Simulator};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,6 +29,16 @@ struct Args {
     /// Tenant GUID that exists; repeat for several (default: one fixed GUID).
     #[arg(long = "tenant")]
     tenant: Vec<String>,
+    /// Also serve N generated tenants (0000e365-0000-4000-8000-{index as 12 hex digits}).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    generated_tenants: u32,
+    /// Every tenant starts with all five content types enabled, notifying this webhook
+    /// (with --subscribed-auth-id): a deployment already onboarded.
+    #[arg(long, requires = "subscribed_auth_id")]
+    subscribed_webhook: Option<String>,
+    /// The authId of --subscribed-webhook.
+    #[arg(long, requires = "subscribed_webhook")]
+    subscribed_auth_id: Option<String>,
     /// Access token lifetime, e.g. "3600s", "1h".
     #[arg(long, default_value = "3600s", value_parser = humantime::parse_duration)]
     token_lifetime: Duration,
@@ -60,6 +70,11 @@ async fn main() -> anyhow::Result<()> {
         records_per_blob: args.records_per_blob,
         publisher_id_required: !args.no_publisher_id_required,
         public_url: args.public_url,
+        generated_tenants: args.generated_tenants as usize,
+        subscribed_webhook: args
+            .subscribed_webhook
+            .zip(args.subscribed_auth_id)
+            .map(|(address, auth_id)| PresetWebhook { address, auth_id }),
         ..SimConfig::default()
     };
     for path in &args.client_cert {
@@ -71,11 +86,19 @@ async fn main() -> anyhow::Result<()> {
         config.tenants = args.tenant.iter().map(|t| t.to_ascii_lowercase()).collect();
     }
     let tenants = config.tenants.clone();
+    let generated = config.generated_tenants;
     let sim = Simulator::start(config, &args.listen).await?;
     println!("o365-sim listening on {}", sim.url());
     println!("tenants: {}", tenants.join(", "));
+    if generated > 0 {
+        println!(
+            "and {generated} generated tenants: {} … {}",
+            o365_sim::generated_tenant(0),
+            o365_sim::generated_tenant(generated - 1)
+        );
+    }
     println!(
-        "control API: POST {0}/sim/publish, POST {0}/sim/publish-body, POST {0}/sim/faults, POST {0}/sim/push-fault, POST|DELETE {0}/sim/fault-for, POST {0}/sim/expire, GET {0}/sim/stats",
+        "control API: POST {0}/sim/publish, POST {0}/sim/publish-body, POST {0}/sim/faults, POST {0}/sim/push-fault, POST|DELETE {0}/sim/fault-for, POST {0}/sim/expire, GET {0}/sim/stats, GET {0}/sim/calls/{{tenant}}",
         sim.url()
     );
     // SIGTERM too: in a container the simulator is PID 1, and `docker stop` sends SIGTERM.

@@ -17,7 +17,9 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Fault, Inner, SimSubscription, SimWebhook, Subscription, WebhookState, CONTENT_TYPES};
+use super::{
+    Fault, Inner, Route, SimSubscription, SimWebhook, Subscription, WebhookState, CONTENT_TYPES,
+};
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -98,10 +100,13 @@ fn is_guid(s: &str) -> bool {
     uuid::Uuid::try_parse(s).is_ok() && s.len() == 36
 }
 
-/// Record the call for the per-tenant counters (total and sliding 60 s window).
-fn count_call(inner: &Inner, tenant: &str) {
+/// Record the call for the per-tenant counters (total, per route and sliding 60 s window).
+fn count_call(inner: &Inner, tenant: &str, route: Route) {
     let now = Instant::now();
     let mut st = inner.state();
+    *st.route_calls
+        .entry((tenant.to_string(), route))
+        .or_insert(0) += 1;
     let w = st.calls.entry(tenant.to_string()).or_default();
     w.total += 1;
     w.recent.push_back(now);
@@ -129,10 +134,11 @@ fn precheck(
     inner: &Inner,
     req: &HttpRequest,
     tenant: &str,
+    route: Route,
     what: &str,
     needs_content_type: bool,
 ) -> Result<Query, HttpResponse> {
-    count_call(inner, tenant);
+    count_call(inner, tenant, route);
     let q = Query::of(req);
     // Bearer token: signed by us, unexpired, audience = the Management base URL.
     let token = req
@@ -252,7 +258,7 @@ async fn start(
 ) -> HttpResponse {
     let tenant = tenant_of(&path.into_inner());
     let what = format!("start {tenant}");
-    let q = match precheck(&inner, &req, &tenant, &what, true) {
+    let q = match precheck(&inner, &req, &tenant, Route::Start, &what, true) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -365,7 +371,14 @@ async fn start(
 /// `POST subscriptions/stop`: 200 with an empty body; the subscription is disabled.
 async fn stop(inner: web::Data<Inner>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let tenant = tenant_of(&path.into_inner());
-    let q = match precheck(&inner, &req, &tenant, &format!("stop {tenant}"), true) {
+    let q = match precheck(
+        &inner,
+        &req,
+        &tenant,
+        Route::Stop,
+        &format!("stop {tenant}"),
+        true,
+    ) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -407,7 +420,14 @@ pub(crate) fn subscriptions_of(inner: &Inner, tenant: &str) -> Vec<SimSubscripti
 /// `GET subscriptions/list`.
 async fn list(inner: web::Data<Inner>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let tenant = tenant_of(&path.into_inner());
-    if let Err(r) = precheck(&inner, &req, &tenant, &format!("list {tenant}"), false) {
+    if let Err(r) = precheck(
+        &inner,
+        &req,
+        &tenant,
+        Route::ListSubscriptions,
+        &format!("list {tenant}"),
+        false,
+    ) {
         return r;
     }
     let subs: Vec<Value> = subscriptions_of(&inner, &tenant)
@@ -500,6 +520,24 @@ async fn listing_fault(inner: &Inner) -> Option<HttpResponse> {
     None
 }
 
+/// Counts a listing in flight while it lives ([`crate::Simulator::max_concurrent_listings`]).
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        let mut st = inner.state();
+        st.listings_in_flight += 1;
+        st.max_listings_in_flight = st.max_listings_in_flight.max(st.listings_in_flight);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.state().listings_in_flight -= 1;
+    }
+}
+
 /// `GET subscriptions/content`.
 async fn content_list(
     inner: web::Data<Inner>,
@@ -507,9 +545,10 @@ async fn content_list(
     path: web::Path<String>,
 ) -> HttpResponse {
     let tenant = tenant_of(&path.into_inner());
+    let _in_flight = InFlight::new(&inner);
     inner.state().list_calls += 1;
     let what = format!("content list {tenant}");
-    let q = match precheck(&inner, &req, &tenant, &what, true) {
+    let q = match precheck(&inner, &req, &tenant, Route::ListContent, &what, true) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -584,10 +623,11 @@ async fn content_list(
     let page_size = inner.config.page_size.max(1);
     let (items, next) = {
         let st = inner.state();
-        let mut matching: Vec<_> = st
-            .blobs
-            .iter()
-            .filter(|b| b.blob.tenant_id == tenant && b.blob.content_type == ct)
+        let feed = st.feeds.get(&(tenant.clone(), ct.clone()));
+        let mut matching: Vec<_> = feed
+            .into_iter()
+            .flatten()
+            .map(|&i| &st.blobs[i])
             .filter(|b| start <= b.created && b.created < end)
             .map(|b| (b.created.timestamp_millis(), b.seq, b))
             .filter(|(ms, seq, _)| cursor.is_none_or(|c| (*ms, *seq) >= c))
@@ -665,7 +705,7 @@ async fn get_content(
         *st.content_gets_for.entry(content_id.clone()).or_insert(0) += 1;
     }
     let what = format!("content get {tenant} {content_id}");
-    if let Err(r) = precheck(&inner, &req, &tenant, &what, false) {
+    if let Err(r) = precheck(&inner, &req, &tenant, Route::GetContent, &what, false) {
         return r;
     }
     // Faults: sticky (this id) first, then pushed (deterministic), then random ones. A sticky
@@ -890,7 +930,7 @@ async fn unknown_operation(inner: web::Data<Inner>, req: HttpRequest) -> HttpRes
         .get("tenant")
         .unwrap_or("")
         .to_ascii_lowercase();
-    count_call(&inner, &tenant);
+    count_call(&inner, &tenant, Route::Unknown);
     inner.reject(format!("unknown operation {} {}", req.method(), req.path()));
     af(
         StatusCode::NOT_FOUND,

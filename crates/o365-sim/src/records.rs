@@ -475,6 +475,10 @@ fn store(inner: &Inner, tenant: &str, content_type: &str, new: NewBlob) -> SimBl
     }
     let idx = st.blobs.len();
     st.blob_index.insert(content_id, idx);
+    st.feeds
+        .entry((blob.tenant_id.clone(), blob.content_type.clone()))
+        .or_default()
+        .push(idx);
     st.blobs.push(StoredBlob {
         blob: blob.clone(),
         created,

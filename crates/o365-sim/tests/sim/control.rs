@@ -109,3 +109,54 @@ async fn the_control_api_publishes_raw_bodies_and_sets_sticky_and_pushed_faults(
     mgmt_ok(&blob.content_uri, &token).await;
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_tenants_exist_already_subscribed_and_calls_are_counted_per_tenant_and_route() {
+    let sim = sim_with(o365_sim::SimConfig {
+        generated_tenants: 1_000,
+        subscribed_webhook: Some(o365_sim::PresetWebhook {
+            address: "https://relay.example/webhook".into(),
+            auth_id: "preset-auth-id-0123456789".into(),
+        }),
+        ..config(None)
+    })
+    .await;
+    let tenants = sim.tenants();
+    assert_eq!(
+        tenants.len(),
+        1_002,
+        "the two configured and 1,000 generated"
+    );
+    let last = o365_sim::generated_tenant(999);
+    assert_eq!(tenants.last(), Some(&last));
+    assert!(uuid::Uuid::try_parse(&last).is_ok(), "{last} is a GUID");
+    // Onboarded already: five enabled subscriptions with the preset webhook, listable at once.
+    let subs = sim.subscriptions(&last);
+    assert_eq!(subs.len(), 5);
+    assert!(subs.iter().all(|s| s.status == "enabled"
+        && s.webhook
+            .as_ref()
+            .is_some_and(|w| w.address == "https://relay.example/webhook")));
+    let token = bearer(&sim, &last).await;
+    mgmt_ok(&feed(&sim, &last, "subscriptions/list"), &token).await;
+    for _ in 0..2 {
+        mgmt_ok(
+            &feed(&sim, &last, "subscriptions/content?contentType=DLP.All"),
+            &token,
+        )
+        .await;
+    }
+    use o365_sim::Route;
+    assert_eq!(sim.route_calls(&last, Route::ListSubscriptions), 1);
+    assert_eq!(sim.route_calls(&last, Route::ListContent), 2);
+    assert_eq!(sim.route_calls(&last, Route::Start), 0);
+    assert_eq!(sim.route_calls(TENANT_A, Route::ListContent), 0);
+    assert_eq!(sim.route_calls_total(Route::ListContent), 2);
+    let calls = control_get(&sim, &format!("calls/{last}")).await;
+    assert_eq!(calls["list_content"], 2);
+    assert_eq!(calls["list_subscriptions"], 1);
+    assert_eq!(calls["get_content"], 0);
+    let stats = control_get(&sim, "stats").await;
+    assert_eq!(stats["calls_by_route"]["list_content"], 2);
+    sim.stop().await;
+}

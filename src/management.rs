@@ -5,9 +5,9 @@
 //! token), adds `PublisherIdentifier` (Office 365 Management Activity API reference: the
 //! `PublisherIdentifier` parameter of every operation, and "API throttling"), waits for the
 //! tenant's shared quota (a content fetch is admitted against it beforehand, without waiting,
-//! by [`crate::scheduling`]), never follows redirects, retries once with a new token after a 401, and
-//! turns Microsoft's error bodies into [`ApiError`] classified by `error.code` (same reference,
-//! "Errors").
+//! by [`crate::scheduling`]), never follows redirects, retries once with a new token after a
+//! 401, and turns Microsoft's error bodies into [`ApiError`] classified by `error.code` (same
+//! reference, "Errors").
 
 use crate::domain::{ContentType, TenantId};
 use crate::metrics::Metrics;

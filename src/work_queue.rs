@@ -12,9 +12,8 @@
 //!   then ack; after `O365_MAX_ATTEMPTS` it is dead instead;
 //! - [`Outcome::Defer`] → a copy goes to the retry tier for the delay, its attempt count
 //!   unchanged, its turn in `o365-not-before` and why in `o365-deferred`, then ack: waiting for
-//!   the tenant's turn
-//!   ([`crate::scheduling`]) is not a failure, so it never leads to the dead-letter queue — unless
-//!   the content would expire at Microsoft first (dead, `expired`);
+//!   the tenant's turn ([`crate::scheduling`]) is not a failure, so it never leads to the
+//!   dead-letter queue — unless the content would expire at Microsoft first (dead, `expired`);
 //! - [`Outcome::Dead`] → a copy goes to `{work}.dead` with the code and reason in headers, then ack;
 //! - [`Outcome::Park`] → the job's tenant is parked ([`crate::health`]): a copy goes to
 //!   `{work}.parked` without counting an attempt, expiring into `{work}.dead` when its content
@@ -442,8 +441,10 @@ impl WorkQueue {
             }
             Outcome::Defer { delay, reason } => match job {
                 Some(job) => self.defer(d, job, delay, reason).await,
+                // Only a job that was read can be deferred; should one not be, it is kept.
                 None => {
-                    self.dead_letter(d, None, 0, "malformed_work_item", reason)
+                    let why = format!("an unreadable work item was deferred ({reason})");
+                    self.dead_letter(d, None, 0, "malformed_work_item", &why)
                         .await
                 }
             },

@@ -16,7 +16,7 @@ use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
 use crate::sink::RecordSink;
-use crate::store::dedup::{ClaimPolicy, PublishOnceError};
+use crate::store::dedup::{ClaimPolicy, PublishOnceError, RecordKey};
 use crate::store::Store;
 use crate::subscriptions::Subscriptions;
 use crate::tenants::Tenants;
@@ -300,7 +300,10 @@ impl Worker {
             .publish_once(
                 &item.tenant_id,
                 todo,
-                |r| r.id.as_str(),
+                |r| RecordKey {
+                    id: &r.id,
+                    created: &r.creation_time,
+                },
                 policy,
                 |records| async move {
                     self.sink.publish(item, &records).await?;

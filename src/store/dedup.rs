@@ -8,8 +8,15 @@
 //! - `reconcile-enqueued:{tenant}:{contentId}` — the blob was enqueued by reconciliation and
 //!   waits in the work or retry queue, so the next passes do not enqueue it again.
 //!
-//! Record claims (`rec:{tenant}:{recordId}`) make a record Microsoft put in several blobs go
-//! out once across blobs, workers and replicas: see [`Dedup::publish_once`].
+//! Records: [`Dedup::publish_once`] makes a record Microsoft put in several blobs go out once
+//! across blobs, workers and replicas. While a record is being published it is *claimed* by a
+//! key of its own, `rec:{tenant}:{recordId}` = `p:{owner}` (a few seconds, with an expiry in
+//! case the owner dies). Once published it is *remembered* for `O365_RECORD_DEDUP_TTL` in a
+//! compact form: a field of a small hash per tenant and `CreationTime` hour
+//! (`seen:{tenant}:{hour}:{kind}:{path}`), about 24 bytes of Redis per record where a key per
+//! record cost about 200 (BENCHMARKS.md, "Record de-duplication memory"). The layout, why it
+//! is exact (no record that is not a duplicate is ever skipped) and how it coexists with the
+//! previous version's `rec:` = `d` markers: [`seen`].
 
 mod seen;
 
@@ -264,7 +271,7 @@ impl<'a> Dedup<'a> {
                     return Err(PublishOnceError::Publish(e));
                 }
                 done.published += n;
-                let _ = self.finish(mine_slots, policy.owner, policy.done_ttl).await;
+                let _ = self.finish(mine_slots, policy.done_ttl).await;
             }
             todo = pending;
             if !todo.is_empty() {
@@ -309,10 +316,10 @@ impl<'a> Dedup<'a> {
     }
 
     /// Remembers published records (their buckets, or their own keys set to `d` for `ttl`)
-    /// and deletes the claims `owner` holds on them, one round trip for the batch. When that
+    /// and deletes their claims, one round trip for the batch. When that
     /// fails (Redis down), each record's own key `d` is written instead, kept in memory until
     /// Redis is back ([`Store::flush_deferred`]) — the claim script reads it as published.
-    async fn finish(&self, slots: Vec<Slot>, owner: &str, ttl: Duration) -> StoreResult<()> {
+    async fn finish(&self, slots: Vec<Slot>, ttl: Duration) -> StoreResult<()> {
         if slots.is_empty() {
             return Ok(());
         }
@@ -322,8 +329,7 @@ impl<'a> Dedup<'a> {
             for s in &slots {
                 inv.key(&s.claim);
             }
-            inv.arg(format!("p:{owner}"))
-                .arg(ttl.as_millis().max(1) as u64);
+            inv.arg(ttl.as_millis().max(1) as u64);
             for s in &slots {
                 match &s.place {
                     Some(p) => inv.arg(&p.bucket).arg(&p.field[..]).arg(p.keep_ms),
@@ -481,7 +487,9 @@ mod tests {
 
     /// Every bucket key (`seen:…`, without the prefix): its fields (a hash) or `None` (a
     /// split marker, an empty string), and its expiry in ms.
-    async fn buckets(store: &Store) -> BTreeMap<String, (Option<BTreeSet<Vec<u8>>>, i64)> {
+    type Buckets = BTreeMap<String, (Option<BTreeSet<Vec<u8>>>, i64)>;
+
+    async fn buckets(store: &Store) -> Buckets {
         let mut c = store.conn().await.expect("Redis answers");
         let mut out = BTreeMap::new();
         for k in keys(store, "seen:*").await {
@@ -510,11 +518,7 @@ mod tests {
     }
 
     /// All fields of all buckets whose key starts with `seen:{tenant}:{hour}:{kind}:`.
-    fn fields_of(
-        buckets: &BTreeMap<String, (Option<BTreeSet<Vec<u8>>>, i64)>,
-        hour: i64,
-        kind: char,
-    ) -> BTreeSet<Vec<u8>> {
+    fn fields_of(buckets: &Buckets, hour: i64, kind: char) -> BTreeSet<Vec<u8>> {
         let base = format!("seen:{}:{hour}:{kind}:", tenant());
         buckets
             .iter()
@@ -609,7 +613,7 @@ mod tests {
             async {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 dedup
-                    .finish(theirs(), "other", Duration::from_secs(60))
+                    .finish(theirs(), Duration::from_secs(60))
                     .await
                     .expect("finished");
             }
@@ -806,21 +810,35 @@ mod tests {
         store.purge_prefix().await.expect("purged");
     }
 
+    /// The 24 path bits of a field, as the scripts compute them: a GUID's first three bytes
+    /// XOR its last three, SHA-1 for any other id.
+    fn path_bits(kind: char, field: &[u8]) -> String {
+        let head: Vec<u8> = if kind == 'g' {
+            (0..3).map(|i| field[i] ^ field[13 + i]).collect()
+        } else {
+            openssl::sha::sha1(field)[..3].to_vec()
+        };
+        head.iter().map(|b| format!("{b:08b}")).collect()
+    }
+
     #[tokio::test]
     async fn a_busy_hour_splits_into_leaves_of_at_most_128_records_and_finds_them_all() {
         let store = store();
-        let ids: Vec<String> = (0..1500)
+        // Time-ordered GUIDs (only their last bytes differ) and ids of another shape.
+        let guids: Vec<String> = (0..1500)
             .map(|i| {
                 uuid::Uuid::from_u128(0x5eed_0000 + i)
                     .hyphenated()
                     .to_string()
             })
             .collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let others: Vec<String> = (0..600).map(|i| format!("record-{i}")).collect();
+        let mut ids: Vec<&str> = guids.iter().chain(&others).map(String::as_str).collect();
+        ids.sort_by_key(|id| id.len() % 7);
         // In batches of several sizes, so leaves split both within a batch and across them.
         let sink = Sink::default();
         let mut start = 0;
-        for size in [1, 99, 500, 400, 300, 200] {
+        for size in [1, 99, 500, 400, 300, 200, 600] {
             let batch = &ids[start..start + size];
             let got = publish_once(&store, batch, policy("a"), &sink).await;
             assert_eq!(got.expect("published"), published(size as u64, 0));
@@ -830,47 +848,56 @@ mod tests {
 
         let buckets = buckets(&store).await;
         let mut c = store.conn().await.expect("Redis answers");
-        let (mut leaves, mut markers, mut fields) = (0, 0, 0);
+        let (mut leaves, mut markers) = (0, 0);
         for (k, (f, ttl)) in &buckets {
             assert!(*ttl > 50_000 && *ttl <= 60_000, "{k}: {ttl} ms");
-            let path = k.rsplit(':').next().expect("a path");
+            let (base, path) = k.rsplit_once(':').expect("a path");
             assert!(path.chars().all(|b| b == '0' || b == '1'), "{k}");
-            match f {
-                Some(f) => {
-                    leaves += 1;
-                    fields += f.len();
-                    assert!(f.len() <= 128, "{k} holds {}", f.len());
-                    let full = format!("{}{k}", store.prefix());
-                    let enc: String = redis::cmd("OBJECT")
-                        .arg("ENCODING")
-                        .arg(&full)
-                        .query_async(&mut c)
-                        .await
-                        .expect("OBJECT ENCODING");
-                    assert_eq!(enc, "listpack", "{k}");
-                    // Its path is its fields' SHA-1 bits, and every ancestor is a marker.
-                    for i in 0..path.len() {
-                        let up = format!("{}{}", &k[..k.len() - path.len()], &path[..i]);
-                        assert_eq!(buckets.get(&up).map(|b| b.0.is_none()), Some(true), "{up}");
-                    }
-                }
-                None => markers += 1,
+            let kind = base.chars().last().expect("a kind");
+            let Some(f) = f else {
+                markers += 1;
+                continue;
+            };
+            leaves += 1;
+            assert!(f.len() <= 128, "{k} holds {}", f.len());
+            let full = format!("{}{k}", store.prefix());
+            let enc: String = redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(&full)
+                .query_async(&mut c)
+                .await
+                .expect("OBJECT ENCODING");
+            assert_eq!(enc, "listpack", "{k}");
+            // Each field sits on its own path, below markers only.
+            for field in f {
+                assert!(path_bits(kind, field).starts_with(path), "{k}: {field:?}");
+            }
+            for i in 0..path.len() {
+                let up = format!("{base}:{}", &path[..i]);
+                assert_eq!(buckets.get(&up).map(|b| b.0.is_none()), Some(true), "{up}");
             }
         }
-        assert_eq!(fields, 1500, "each record once");
         assert!(
-            leaves >= 12 && markers >= 11,
+            leaves >= 16 && markers >= 14,
             "{leaves} leaves, {markers} markers"
         );
-        let all: BTreeSet<Vec<u8>> = ids
+        let g: BTreeSet<Vec<u8>> = guids
             .iter()
             .map(|i| seen::guid_bytes(i).expect("a GUID").to_vec())
             .collect();
-        assert_eq!(fields_of(&buckets, HOUR, 'g'), all);
+        assert_eq!(fields_of(&buckets, HOUR, 'g'), g, "each GUID once");
+        let o: BTreeSet<Vec<u8>> = others.iter().map(|i| i.as_bytes().to_vec()).collect();
+        assert_eq!(fields_of(&buckets, HOUR, 's'), o, "each other id once");
+        let total: usize = buckets
+            .values()
+            .filter_map(|b| b.0.as_ref())
+            .map(|f| f.len())
+            .sum();
+        assert_eq!(total, 2100, "nothing twice");
 
         let again = Sink::default();
         let got = publish_once(&store, &ids, policy("b"), &again).await;
-        assert_eq!(got.expect("answered"), published(0, 1500));
+        assert_eq!(got.expect("answered"), published(0, 2100));
         store.purge_prefix().await.expect("purged");
     }
 

@@ -1,5 +1,5 @@
 //! `o365-bench` — measures o365-relay against the physical ceiling of this machine, side by
-//! side in the same run (BENCHMARKS.md). Five sections, one module each:
+//! side in the same run (BENCHMARKS.md). Six sections, one module each:
 //!
 //! 1. [`ingest`]: webhook ingest vs a bare lapin confirmed publisher (same messages, same queue
 //!    type, same number in flight);
@@ -8,7 +8,9 @@
 //! 3. [`tokens`]: token efficiency, three relay processes sharing Redis, two tenants;
 //! 4. [`memory`]: peak RSS relaying one 256 MB blob, and at idle;
 //! 5. [`reconcile`]: reconciliation cost, 7 days × 5 content types, 10,000 blobs, 0 % and 10 %
-//!    missing.
+//!    missing;
+//! 6. [`dedup_memory`]: Redis bytes per record remembered by record de-duplication, 1,000,000
+//!    records in a Redis of its own.
 //!
 //! The relay under test runs as a child process ([`serve`]: `o365-bench` re-executes itself as
 //! `o365-bench serve-relay`, the relay's own [`o365_relay::app::Application`], so a
@@ -21,6 +23,7 @@
 //!
 //! `--quick` runs every section at tiny sizes in seconds (CI); there is no pass/fail on speed.
 
+mod dedup_memory;
 mod e2e;
 mod harness;
 mod ingest;
@@ -47,8 +50,8 @@ struct Args {
     /// Tiny sizes, seconds in total (CI); no pass/fail on speed.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated, 1-5).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5")]
+    /// Sections to run (comma-separated, 1-6).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
     sections: Vec<u8>,
     /// Run this `o365-relay` binary (`<bin> serve`) instead of re-executing o365-bench.
     #[arg(long)]
@@ -65,6 +68,9 @@ struct Args {
     /// Blob size in MB for section 4; default 256 (quick: 8).
     #[arg(long)]
     blob_mb: Option<usize>,
+    /// Records remembered in section 6; default 1,000,000 (quick: 20,000).
+    #[arg(long)]
+    dedup_records: Option<usize>,
     /// RabbitMQ.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
@@ -147,6 +153,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             3 => tokens::run(&ctx, if quick { 40 } else { 2000 }).await,
             4 => memory::run(&ctx, args.blob_mb.unwrap_or(if quick { 8 } else { 256 })).await,
             5 => reconcile::run(&ctx, if quick { 500 } else { 10_000 }).await,
+            6 => {
+                let n = args
+                    .dedup_records
+                    .unwrap_or(if quick { 20_000 } else { 1_000_000 });
+                dedup_memory::run(n.max(1)).await
+            }
             other => Err(anyhow::anyhow!("no section {other}")),
         };
         match r {

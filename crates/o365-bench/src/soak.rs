@@ -743,14 +743,15 @@ fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
 
 /// A Redis server of the soak's own, on a free loopback port, keeping nothing on disk: the
 /// soak restarts it (`shutdown nosave`), which on the machine's Redis would drop every other
-/// user's keys. Shut down on drop.
-struct SoakRedis {
+/// user's keys. Shut down on drop. Section 6 ([`crate::dedup_memory`]) measures its memory in
+/// one of these too.
+pub(crate) struct SoakRedis {
     port: String,
     dir: PathBuf,
 }
 
 impl SoakRedis {
-    fn start() -> anyhow::Result<SoakRedis> {
+    pub(crate) fn start() -> anyhow::Result<SoakRedis> {
         let port = test_support::free_port().to_string();
         let dir = std::env::temp_dir().join(format!("o365-soak-redis-{port}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -760,7 +761,7 @@ impl SoakRedis {
         Ok(redis)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

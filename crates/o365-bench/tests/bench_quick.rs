@@ -28,6 +28,7 @@ fn quick_benchmark_prints_its_table_and_exits_zero() {
         "| 3 tokens",
         "| 4 memory",
         "| 5 reconcile",
+        "| 6 dedup-memory",
     ] {
         assert!(stdout.contains(section), "no '{section}' row:\n{stdout}");
     }

@@ -17,27 +17,33 @@
 //!   different ids are two different fields, so a record that is not a duplicate is never
 //!   skipped. The value is empty.
 //!
-//! Redis keeps a hash of at most `hash-max-listpack-entries` (default 128) fields of at most
-//! `hash-max-listpack-value` (default 64) bytes as one flat listpack: a GUID costs 16 bytes +
-//! 2 of framing + 2 for the empty value, about 20 bytes, where a key per record costs a key
-//! object, a dictionary entry, an expiry entry and the id twice (~200 bytes). Managed Redis
-//! often does not let the operator raise those limits, so a bucket is **split** as it grows,
-//! never letting a hash pass 128 fields (extendible hashing, without a directory):
+//! Redis keeps a hash of at most `hash-max-listpack-entries` fields of at most
+//! `hash-max-listpack-value` bytes (defaults 512 and 64) as one flat listpack: a GUID costs
+//! 16 bytes + 2 of framing + 2 for the empty value, about 20 bytes, where a key per record
+//! costs a key object, a dictionary entry, an expiry entry and the id twice (~210 bytes). A
+//! hash that passes either limit becomes a real hash table (~100 bytes a field) and stays one.
+//! Managed Redis may be set lower and often does not let the operator change it, so a bucket
+//! is **split** as it grows, never letting a hash pass 128 fields (extendible hashing without a
+//! directory):
 //!
-//! - a bucket is a binary tree of keys `{bucket}:{path}`, `path` the first bits (`0`/`1`) of
-//!   SHA-1 of the field (`redis.sha1hex`, computed in the script, so every replica and every
-//!   split agree on it). A *leaf* is a hash; an inner node is an empty string, a *split marker*;
+//! - a bucket is a binary tree of keys `{bucket}:{path}`, `path` the first bits (`0`/`1`) of a
+//!   24-bit spread of the field, computed in the script so every replica and every split
+//!   agree on it (see `tree_lua!`). A *leaf* is a hash; an inner node is an empty string, a
+//!   *split marker*;
 //! - a field lives in the leaf on its path: the first node of the path that is not a split
-//!   marker. Markers are closed under ancestry (a node is split only once its parent is), so
-//!   the leaf is found by a binary search over the depth (at most 5 `TYPE`s for 24 levels);
+//!   marker. Markers are closed under ancestry (a node is split only once its parent is), so a
+//!   node is the leaf when it is not a marker and its parent is;
 //! - when an insert brings a leaf to 128 fields it is split: its fields move to the two
 //!   children by their next bit and the leaf becomes a marker. Leaves then hold 64 to 128
-//!   fields (about 89 on average), so the keys themselves cost ~3 bytes per record;
+//!   fields (80 on average in the benchmark), and the keys cost ~5 bytes per record;
 //! - at depth 24 (16 million leaves in one tenant-hour) a leaf no longer splits: Redis then
 //!   turns it into a real hash table — more memory, the same answers.
 //!
-//! The shape only decides memory, never an answer: whatever the server's listpack limits or
-//! how many records an hour holds, a field is found exactly where it was written.
+//! The shape only decides memory, never an answer: whatever the server's listpack limits, the
+//! spread of the ids or how many records an hour holds, a field is found exactly where it was
+//! written. Measured (BENCHMARKS.md, "Record de-duplication memory"): 27 bytes per record
+//! with ~10,000 records per tenant-hour; a bucket costs ~250 bytes of keys besides, which a
+//! tenant with few records an hour pays per record (e.g. ~49 bytes each at 10 an hour).
 //!
 //! # Expiry
 //!
@@ -72,7 +78,7 @@ use crate::domain::TenantId;
 use std::time::Duration;
 
 /// An id longer than this (bytes) is not kept in a bucket: Redis's default
-/// `hash-max-listpack-value`.
+/// `hash-max-listpack-value`, above which the hash would become a real hash table.
 pub(super) const MAX_FIELD: usize = 64;
 
 /// An hour ending later than this from now counts as ending this far from now (expiry).
@@ -170,8 +176,18 @@ pub(super) fn creation_hour(created: &str) -> Option<i64> {
     Some(at.and_utc().timestamp().div_euclid(3600))
 }
 
-/// The helpers both scripts share: a field's path bits, the leaf of a path (binary search over
-/// the depth, markers being strings), and node names.
+/// The helpers both scripts share, per script run (one batch):
+///
+/// - `bits`: a field's path, 24 characters `0`/`1`. For a GUID (bucket kind `g`) its first
+///   three bytes XOR its last three: random in Microsoft's (version 4) GUIDs, and still varied
+///   in time-ordered ones, whichever end changes; for other ids the start of SHA-1
+///   (`redis.sha1hex`, which costs several µs, so not spent on GUIDs). It only spreads the
+///   fields over leaves: a poor spread costs memory, never an answer.
+/// - `leaf`: the depth of a path's leaf, walking from the depth of the last leaf found in the
+///   same bucket (a batch's records share a few buckets whose leaves sit at about the same
+///   depth: one or two steps). A node is a leaf when it is not a marker and its parent is.
+///   Whether a node is a marker is asked of Redis once per run: nothing else changes the
+///   tree while a script runs, and `split` records what it changes.
 macro_rules! tree_lua {
     () => {
         r#"
@@ -179,19 +195,44 @@ local MAXD, LEAF = 24, 128
 local HEX = {['0']='0000',['1']='0001',['2']='0010',['3']='0011',['4']='0100',['5']='0101',
   ['6']='0110',['7']='0111',['8']='1000',['9']='1001',a='1010',b='1011',c='1100',d='1101',
   e='1110',f='1111'}
-local function bits(field)
+local NIB = {'0000','0001','0010','0011','0100','0101','0110','0111','1000','1001','1010',
+  '1011','1100','1101','1110','1111'}
+local BYTE = {}
+for x = 0, 255 do BYTE[x] = NIB[bit.rshift(x, 4) + 1] .. NIB[bit.band(x, 15) + 1] end
+local bxor = bit.bxor
+local function bits(guid, field)
+  if guid then
+    local a1, a2, a3 = string.byte(field, 1, 3)
+    local b1, b2, b3 = string.byte(field, 14, 16)
+    return BYTE[bxor(a1, b1)] .. BYTE[bxor(a2, b2)] .. BYTE[bxor(a3, b3)]
+  end
   return (string.gsub(string.sub(redis.sha1hex(field), 1, MAXD / 4), '.', HEX))
+end
+local function is_guid(bucket)
+  return string.byte(bucket, -1) == 103
 end
 local function node(bucket, b, d)
   return bucket .. ':' .. string.sub(b, 1, d)
 end
-local function leaf(bucket, b)
-  local lo, hi = 0, MAXD
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if redis.call('TYPE', node(bucket, b, mid))['ok'] == 'string' then lo = mid + 1 else hi = mid end
+local marker = {}
+local function is_marker(k)
+  local m = marker[k]
+  if m == nil then
+    m = redis.call('TYPE', k)['ok'] == 'string'
+    marker[k] = m
   end
-  return lo
+  return m
+end
+local last = {}
+local function leaf(bucket, b)
+  local d = last[bucket] or 0
+  if is_marker(node(bucket, b, d)) then
+    repeat d = d + 1 until d >= MAXD or not is_marker(node(bucket, b, d))
+  else
+    while d > 0 and not is_marker(node(bucket, b, d - 1)) do d = d - 1 end
+  end
+  last[bucket] = d
+  return d
 end
 "#
     };
@@ -209,7 +250,7 @@ for i, k in ipairs(KEYS) do
   local bucket, field = ARGV[2 * i + 1], ARGV[2 * i + 2]
   local done = false
   if bucket ~= '' then
-    local b = bits(field)
+    local b = bits(is_guid(bucket), field)
     done = redis.call('HEXISTS', node(bucket, b, leaf(bucket, b)), field) == 1
   end
   if done then
@@ -225,48 +266,74 @@ return out
 "#
 );
 
-/// KEYS: the records' claim keys. ARGV[1] = `p:{owner}`, ARGV[2] = `done_ttl` in ms, then
-/// per record its bucket, field and keep (ms). A record with a bucket is written to its leaf
-/// (split at 128 fields), the expiry of the leaf and the markers above it is extended to at
-/// least its keep, and its claim is deleted if still ours; a record without one gets its claim
-/// key set to `d` for `done_ttl`.
+/// KEYS: the records' claim keys. ARGV[1] = `done_ttl` in ms, then per record its bucket,
+/// field and keep (ms). A record with a bucket is written to its leaf (split at 128 fields),
+/// the expiry of the leaf and the markers above it is extended to at least its keep (once per
+/// leaf and run), and its claim is deleted; a record without one gets its claim key set to
+/// `d` for `done_ttl`.
+///
+/// The claim is deleted whoever holds it: should ours have lapsed and another owner claimed
+/// the record meanwhile, the record is published and in its bucket, which every later claim
+/// reads first; the other owner's finish or release then finds no claim, which is fine.
 pub(super) const FINISH: &str = concat!(
     tree_lua!(),
     r#"
-local kept = {}
+local kept, size, claims = {}, {}, {}
 local function keep(k, ms)
-  if kept[k] then return end
-  kept[k] = true
   if redis.call('PTTL', k) < ms then redis.call('PEXPIRE', k, ms) end
 end
-local function split(n, d, ms)
+local function split(n, d, guid, ms)
   local t = redis.call('PTTL', n)
   if t < ms then t = ms end
   local fields = redis.call('HKEYS', n)
   redis.call('DEL', n)
   redis.call('SET', n, '', 'PX', t)
+  marker[n], size[n] = true, nil
+  local to = {['0'] = {}, ['1'] = {}}
   for _, f in ipairs(fields) do
-    redis.call('HSET', n .. string.sub(bits(f), d + 1, d + 1), f, '')
+    local side = to[string.sub(bits(guid, f), d + 1, d + 1)]
+    side[#side + 1] = f
+    side[#side + 1] = ''
   end
-  for _, c in ipairs({n .. '0', n .. '1'}) do
-    if redis.call('EXISTS', c) == 1 then redis.call('PEXPIRE', c, t) end
+  for c, args in pairs(to) do
+    c = n .. c
+    marker[c], size[c] = false, #args / 2
+    if #args > 0 then
+      redis.call('HSET', c, unpack(args))
+      redis.call('PEXPIRE', c, t)
+    end
   end
 end
 for i, k in ipairs(KEYS) do
-  local bucket, field, ms = ARGV[3 * i], ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2])
+  local bucket, field, ms = ARGV[3 * i - 1], ARGV[3 * i], tonumber(ARGV[3 * i + 1])
   if bucket == '' then
-    redis.call('SET', k, 'd', 'PX', ARGV[2])
+    redis.call('SET', k, 'd', 'PX', ARGV[1])
   else
-    local b = bits(field)
+    local guid = is_guid(bucket)
+    local b = bits(guid, field)
     local d = leaf(bucket, b)
     local n = node(bucket, b, d)
-    if redis.call('HSET', n, field, '') == 1 and d < MAXD and redis.call('HLEN', n) >= LEAF then
-      split(n, d, ms)
-      d = d + 1
+    if redis.call('HSET', n, field, '') == 1 then
+      local s = size[n]
+      if s == nil then s = redis.call('HLEN', n) else s = s + 1 end
+      size[n] = s
+      if s >= LEAF and d < MAXD then
+        split(n, d, guid, ms)
+        d = d + 1
+        n = node(bucket, b, d)
+      end
     end
-    for j = 0, d do keep(node(bucket, b, j), ms) end
-    if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+    if not kept[n] then
+      for j = 0, d do
+        local up = node(bucket, b, j)
+        if not kept[up] then keep(up, ms); kept[up] = true end
+      end
+    end
+    claims[#claims + 1] = k
   end
+end
+for i = 1, #claims, 500 do
+  redis.call('DEL', unpack(claims, i, math.min(i + 499, #claims)))
 end
 return #KEYS
 "#

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
 use crate::scheduling::{Admission, Scheduler};
 use crate::sink::{Publication, RecordSink};
-use crate::store::dedup::{ClaimPolicy, PublishOnceError};
+use crate::store::dedup::{ClaimPolicy, PublishOnceError, RecordKey};
 use crate::store::Store;
 use crate::subscriptions::Subscriptions;
 use crate::tenants::{TenantState, Tenants};
@@ -418,7 +418,10 @@ impl Worker {
             .publish_once(
                 &item.tenant_id,
                 todo,
-                |r| r.id.as_str(),
+                |r| RecordKey {
+                    id: &r.id,
+                    created: &r.creation_time,
+                },
                 policy,
                 |records| async move {
                     self.sink.publish(item, &records).await?;

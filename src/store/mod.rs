@@ -3,7 +3,7 @@
 //!
 //! - [`Store::tokens`] — the shared token cache and its refresh lock ([`tokens`]);
 //! - [`Store::dedup`] — blob markers (relayed, dead-lettered, enqueued by reconciliation) and
-//!   the record claims behind [`dedup::Dedup::publish_once`] ([`dedup`]);
+//!   the record claims and compact done markers behind [`dedup::Dedup::publish_once`] ([`dedup`]);
 //! - [`Store::tenants`] — the tenant registry ([`tenants`]);
 //! - [`Lease`] — "one replica at a time" ([`leases`]);
 //! - [`Store::quota`] — the per-tenant request budget shared by replicas ([`quota`]);

@@ -1,5 +1,5 @@
 //! `o365-bench` — measures o365-relay against the physical ceiling of this machine, side by
-//! side in the same run (BENCHMARKS.md). Seven sections, one module each:
+//! side in the same run (BENCHMARKS.md). Eight sections, one module each:
 //!
 //! 1. [`ingest`]: webhook ingest vs a bare lapin confirmed publisher (same messages, same queue
 //!    type, same number in flight);
@@ -14,6 +14,8 @@
 //! 7. [`tenants`]: a thousand tenants — Management API calls per tenant per hour for
 //!    reconciliation and subscription keeping, a pass's wall time, Redis memory per tenant, the
 //!    relay's RSS, token requests per tenant, /metrics size.
+//! 8. [`dedup_memory`]: Redis bytes per record remembered by record de-duplication, 1,000,000
+//!    records in a Redis of its own.
 //!
 //! The relay under test runs as a child process ([`serve`]: `o365-bench` re-executes itself as
 //! `o365-bench serve-relay`, the relay's own [`o365_relay::app::Application`], so a
@@ -26,6 +28,7 @@
 //!
 //! `--quick` runs every section at tiny sizes in seconds (CI); there is no pass/fail on speed.
 
+mod dedup_memory;
 mod e2e;
 mod fairness;
 mod harness;
@@ -54,8 +57,8 @@ struct Args {
     /// Tiny sizes, seconds in total (CI); no pass/fail on speed.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated, 1-7).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    /// Sections to run (comma-separated, 1-8).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
     sections: Vec<u8>,
     /// Run this `o365-relay` binary (`<bin> serve`) instead of re-executing o365-bench.
     #[arg(long)]
@@ -72,9 +75,12 @@ struct Args {
     /// Blob size in MB for section 4; default 256 (quick: 8).
     #[arg(long)]
     blob_mb: Option<usize>,
-    /// Tenants in section 6; default 1,000 (quick: 50).
+    /// Tenants in section 7; default 1,000 (quick: 50).
     #[arg(long)]
     tenants: Option<usize>,
+    /// Records remembered in section 8; default 1,000,000 (quick: 20,000).
+    #[arg(long)]
+    dedup_records: Option<usize>,
     /// RabbitMQ.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
@@ -178,6 +184,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             7 => {
                 let n = args.tenants.unwrap_or(if quick { 50 } else { 1_000 });
                 tenants::run(&ctx, n.clamp(1, 100_000)).await
+            }
+            8 => {
+                let n = args
+                    .dedup_records
+                    .unwrap_or(if quick { 20_000 } else { 1_000_000 });
+                dedup_memory::run(n.max(1)).await
             }
             other => Err(anyhow::anyhow!("no section {other}")),
         };

@@ -743,7 +743,8 @@ pub(crate) fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
 
 /// A Redis server of the soak's own, on a free loopback port, keeping nothing on disk: the
 /// soak restarts it (`shutdown nosave`), which on the machine's Redis would drop every other
-/// user's keys. Shut down on drop. Section 6 measures its memory (nobody else's keys in it).
+/// user's keys. Shut down on drop. Section 8 ([`crate::dedup_memory`]) measures its memory in
+/// one of these too.
 pub(crate) struct SoakRedis {
     port: String,
     dir: PathBuf,

@@ -30,6 +30,7 @@ fn quick_benchmark_prints_its_table_and_exits_zero() {
         "| 5 reconcile",
         "| 6 fairness",
         "| 7 tenants",
+        "| 8 dedup-memory",
     ] {
         assert!(stdout.contains(section), "no '{section}' row:\n{stdout}");
     }

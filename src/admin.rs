@@ -9,7 +9,7 @@
 use crate::broker::Broker;
 use crate::certs::ClientCertificate;
 use crate::consent::admission::{Admission, AllowlistError};
-use crate::dead_letters::{DeadLetters, Filter};
+use crate::dead_letters::{Action, DeadLetters, Filter};
 use crate::domain::{ContentType, TenantId};
 use crate::management::{ApiError, Disposition};
 use crate::metrics::Metrics;
@@ -603,13 +603,7 @@ async fn list_dead_letters(
     q: web::Query<DeadLetterQuery>,
     api: web::Data<AdminApi>,
 ) -> Result<HttpResponse, AdminError> {
-    authorise(&req, &api)?;
-    let filter = q.filter()?;
-    let walked = dead_letters(&api)
-        .list(&filter)
-        .await
-        .map_err(|e| logged(AdminError::Broker(e)))?;
-    Ok(HttpResponse::Ok().json(walked))
+    walk_dead_letters(&req, &q, &api, Action::List).await
 }
 
 async fn requeue_dead_letters(
@@ -617,30 +611,34 @@ async fn requeue_dead_letters(
     q: web::Query<DeadLetterQuery>,
     api: web::Data<AdminApi>,
 ) -> Result<HttpResponse, AdminError> {
-    authorise(&req, &api)?;
-    let filter = q.filter()?;
-    let walked = dead_letters(&api)
-        .requeue(&filter)
-        .await
-        .map_err(|e| logged(AdminError::Broker(e)))?;
-    Ok(HttpResponse::Ok().json(walked))
+    walk_dead_letters(&req, &q, &api, Action::Requeue).await
 }
 
-/// Deletes dead letters: asks for `confirm=yes`, as the CLI asks its operator.
 async fn purge_dead_letters(
     req: HttpRequest,
     q: web::Query<DeadLetterQuery>,
     api: web::Data<AdminApi>,
 ) -> Result<HttpResponse, AdminError> {
-    authorise(&req, &api)?;
+    walk_dead_letters(&req, &q, &api, Action::Purge).await
+}
+
+/// One walk of the dead-letter queue; a purge asks for `confirm=yes`, as the CLI asks its
+/// operator.
+async fn walk_dead_letters(
+    req: &HttpRequest,
+    q: &DeadLetterQuery,
+    api: &AdminApi,
+    action: Action,
+) -> Result<HttpResponse, AdminError> {
+    authorise(req, api)?;
     let filter = q.filter()?;
-    if q.confirm.as_deref() != Some("yes") {
+    if action == Action::Purge && q.confirm.as_deref() != Some("yes") {
         return Err(AdminError::BadRequest(
             "a purge deletes dead letters for good: add confirm=yes".into(),
         ));
     }
-    let walked = dead_letters(&api)
-        .purge(&filter)
+    let walked = dead_letters(api)
+        .walk(&filter, action)
         .await
         .map_err(|e| logged(AdminError::Broker(e)))?;
     Ok(HttpResponse::Ok().json(walked))

@@ -114,10 +114,14 @@ pub struct Walked {
     pub letters: Vec<DeadLetter>,
 }
 
+/// What a walk does with the letters its filter selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Action {
+pub enum Action {
+    /// Shows them (and keeps them).
     List,
+    /// Sends them back to the work queue as fresh work items.
     Requeue,
+    /// Deletes them.
     Purge,
 }
 
@@ -132,22 +136,9 @@ impl DeadLetters {
         DeadLetters { broker, names }
     }
 
-    /// The dead letters the filter selects (the queue is rotated, not emptied).
-    pub async fn list(&self, filter: &Filter) -> Result<Walked, BrokerError> {
-        self.walk(filter, Action::List).await
-    }
-
-    /// Moves the selected dead letters back to the work queue as fresh work items.
-    pub async fn requeue(&self, filter: &Filter) -> Result<Walked, BrokerError> {
-        self.walk(filter, Action::Requeue).await
-    }
-
-    /// Deletes the selected dead letters.
-    pub async fn purge(&self, filter: &Filter) -> Result<Walked, BrokerError> {
-        self.walk(filter, Action::Purge).await
-    }
-
-    async fn walk(&self, filter: &Filter, action: Action) -> Result<Walked, BrokerError> {
+    /// Walks the letters present now (see the module doc), doing `action` with those `filter`
+    /// selects; a listing rotates the queue, it never empties it.
+    pub async fn walk(&self, filter: &Filter, action: Action) -> Result<Walked, BrokerError> {
         let mut walked = Walked::default();
         let mut left = u64::from(self.broker.queue_depth(&self.names.dead).await?);
         let channel = self.broker.channel().await?;

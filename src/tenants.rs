@@ -179,20 +179,24 @@ impl Tenants {
     }
 
     pub async fn get(&self, t: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
-        let record = if self.is_static(t) {
-            Some(self.static_record(t))
-        } else {
-            self.store
-                .tenants()
-                .get(t)
-                .await?
-                .and_then(|j| serde_json::from_str::<TenantRecord>(&j).ok())
-        };
-        let Some(mut record) = record else {
+        let Some(mut record) = self.registered(t).await? else {
             return Ok(None);
         };
         record.state = TenantState::from_stored(self.store.tenants().state(t).await?.as_deref());
         Ok(Some(record))
+    }
+
+    /// The tenant's record as registered (static or in Redis), without its state.
+    async fn registered(&self, t: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        if self.is_static(t) {
+            return Ok(Some(self.static_record(t)));
+        }
+        Ok(self
+            .store
+            .tenants()
+            .get(t)
+            .await?
+            .and_then(|j| serde_json::from_str::<TenantRecord>(&j).ok()))
     }
 
     fn static_record(&self, t: &TenantId) -> TenantRecord {
@@ -321,15 +325,7 @@ impl Tenants {
         consented_by: Option<String>,
         state: NewTenant,
     ) -> Result<TenantRecord, StoreError> {
-        let existing = if self.is_static(t) {
-            Some(self.static_record(t))
-        } else {
-            self.store
-                .tenants()
-                .get(t)
-                .await?
-                .and_then(|j| serde_json::from_str::<TenantRecord>(&j).ok())
-        };
+        let existing = self.registered(t).await?;
         let created = existing.is_none();
         let record = match existing {
             Some(r) => r,

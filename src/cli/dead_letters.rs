@@ -3,7 +3,7 @@
 //! [`o365_relay::dead_letters`]).
 
 use super::{parts, tenant_arg, Failure, Outcome};
-use o365_relay::dead_letters::{DeadLetter, Filter, Walked};
+use o365_relay::dead_letters::{Action, DeadLetter, Filter, Walked};
 use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(clap::Args)]
@@ -60,7 +60,7 @@ pub async fn run(cmd: DeadLettersCmd) -> Outcome {
     let failed = |e| Failure::Failed(anyhow::Error::new(e).context("RabbitMQ"));
     match cmd {
         DeadLettersCmd::List(_) => {
-            let walked = dead.list(&wanted).await.map_err(failed)?;
+            let walked = dead.walk(&wanted, Action::List).await.map_err(failed)?;
             print_table(&walked.letters);
             println!(
                 "{} of {} dead letters match",
@@ -68,12 +68,12 @@ pub async fn run(cmd: DeadLettersCmd) -> Outcome {
             );
         }
         DeadLettersCmd::Requeue(_) => {
-            let walked = dead.requeue(&wanted).await.map_err(failed)?;
+            let walked = dead.walk(&wanted, Action::Requeue).await.map_err(failed)?;
             summary("requeued", &walked);
         }
         DeadLettersCmd::Purge { yes, .. } => {
             if !yes {
-                let found = dead.list(&wanted).await.map_err(failed)?;
+                let found = dead.walk(&wanted, Action::List).await.map_err(failed)?;
                 if found.matched == 0 {
                     println!("no dead letter matches; nothing to purge");
                     return Ok(());
@@ -91,7 +91,7 @@ pub async fn run(cmd: DeadLettersCmd) -> Outcome {
                     return Ok(());
                 }
             }
-            let walked = dead.purge(&wanted).await.map_err(failed)?;
+            let walked = dead.walk(&wanted, Action::Purge).await.map_err(failed)?;
             summary("purged", &walked);
         }
     }

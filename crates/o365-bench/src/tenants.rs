@@ -1,4 +1,4 @@
-//! Section 6, a thousand tenants: what serving many tenants costs, each with little content.
+//! Section 7, a thousand tenants: what serving many tenants costs, each with little content.
 //!
 //! The simulator serves N generated tenants, all already subscribed to the relay's webhook
 //! (onboarded earlier); they are registered in the relay's tenant registry, as consent would,

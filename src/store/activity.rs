@@ -2,8 +2,11 @@
 //! counts per hour and the latest events, written on the data path by every replica.
 //!
 //! - `activity:{tenant}:{YYYYMMDDHH}` — a hash of counters for that UTC hour (`notified`,
-//!   `blobs`, `records`, `recovered`, `dead`), expiring after 25 hours: "the last hour" and "the
-//!   last day" are sums of at most 2 and 25 small hashes, whatever the volume.
+//!   `blobs`, `records`, `recovered`, `dead`), expiring after 25 hours; and the same counters per
+//!   five minutes (`activity5:{tenant}:{YYYYMMDDHHMM}`, expiring after 70 minutes). "The last
+//!   hour" is the current five-minute slice and the eleven before it (55 to 60 minutes), "the
+//!   last day" the current hour and the 23 before it; each is a sum of small hashes, whatever
+//!   the volume.
 //! - `activity-last:{tenant}` — a hash of the latest events: `notified:{contentType}` and
 //!   `relayed:{contentType}` (RFC 3339), `dead_at`, `dead_code`, `dead_reason`, and
 //!   `subscription:{contentType}` (the keeper's last observation as JSON). A bounded set of
@@ -20,6 +23,12 @@ use std::time::Duration;
 
 /// How long an hour's counters are kept: a day and the hour in progress.
 const BUCKET_TTL: Duration = Duration::from_secs(25 * 3600);
+/// How long five minutes' counters are kept: an hour and the slice in progress.
+const SLICE_TTL: Duration = Duration::from_secs(70 * 60);
+/// Five-minute slices in "the last hour".
+const SLICES: i64 = 12;
+/// Hours in "the last day".
+const HOURS: i64 = 24;
 /// The longest dead-letter reason kept.
 const REASON_CAP: usize = 512;
 
@@ -71,6 +80,15 @@ impl<'a> Activity<'a> {
             .key(&format!("activity:{t}:{}", at.format("%Y%m%d%H")))
     }
 
+    fn slice_key(&self, t: &TenantId, at: DateTime<Utc>) -> String {
+        use chrono::Timelike;
+        let minute = at.minute() - at.minute() % 5;
+        self.0.key(&format!(
+            "activity5:{t}:{}{minute:02}",
+            at.format("%Y%m%d%H")
+        ))
+    }
+
     fn last_key(&self, t: &TenantId) -> String {
         self.0.key(&format!("activity-last:{t}"))
     }
@@ -84,13 +102,18 @@ impl<'a> Activity<'a> {
     ) -> StoreResult<()> {
         let mut c = self.0.conn().await?;
         let mut pipe = redis::pipe();
-        let bucket = self.bucket_key(t, Utc::now());
-        for (field, n) in increments.iter().filter(|(_, n)| *n > 0) {
-            pipe.hincr(&bucket, *field, *n).ignore();
-        }
-        if increments.iter().any(|(_, n)| *n > 0) {
-            pipe.pexpire(&bucket, BUCKET_TTL.as_millis() as i64)
-                .ignore();
+        let now = Utc::now();
+        let counted = increments.iter().filter(|(_, n)| *n > 0);
+        for (bucket, ttl) in [
+            (self.bucket_key(t, now), BUCKET_TTL),
+            (self.slice_key(t, now), SLICE_TTL),
+        ] {
+            for (field, n) in counted.clone() {
+                pipe.hincr(&bucket, *field, *n).ignore();
+            }
+            if counted.clone().next().is_some() {
+                pipe.pexpire(&bucket, ttl.as_millis() as i64).ignore();
+            }
         }
         if !latest.is_empty() {
             pipe.hset_multiple(self.last_key(t), latest).ignore();
@@ -166,31 +189,38 @@ impl<'a> Activity<'a> {
             return Ok(Vec::new());
         }
         let now = Utc::now();
-        // The hour in progress and the 24 before it; "the last hour" = this one and the one
-        // before (so a fresh hour does not read as empty).
-        let hours: Vec<DateTime<Utc>> = (0..25).map(|h| now - ChronoDuration::hours(h)).collect();
+        let slices: Vec<DateTime<Utc>> = (0..SLICES)
+            .map(|i| now - ChronoDuration::minutes(5 * i))
+            .collect();
+        let hours: Vec<DateTime<Utc>> =
+            (0..HOURS).map(|h| now - ChronoDuration::hours(h)).collect();
         let mut c = self.0.conn().await?;
         let mut pipe = redis::pipe();
         for t in tenants {
             pipe.hgetall(self.last_key(t));
-            for h in &hours {
-                pipe.hgetall(self.bucket_key(t, *h));
+            for at in &slices {
+                pipe.hgetall(self.slice_key(t, *at));
+            }
+            for at in &hours {
+                pipe.hgetall(self.bucket_key(t, *at));
             }
         }
         let r: Result<Vec<redis::Value>, _> = pipe.query_async(&mut c).await;
         let replies = self.0.observe(r)?;
+        let per_tenant = 1 + slices.len() + hours.len();
         let mut out = Vec::with_capacity(tenants.len());
-        for chunk in replies.chunks(1 + hours.len()) {
+        for chunk in replies.chunks(per_tenant) {
             let mut activity = TenantActivity::default();
             if let Some(first) = chunk.first() {
                 activity.last = redis::from_redis_value(first).unwrap_or_default();
             }
             for (i, v) in chunk.iter().skip(1).enumerate() {
                 let fields: HashMap<String, u64> = redis::from_redis_value(v).unwrap_or_default();
-                if i < 2 {
+                if i < slices.len() {
                     activity.last_hour.add_fields(&fields);
+                } else {
+                    activity.last_day.add_fields(&fields);
                 }
-                activity.last_day.add_fields(&fields);
             }
             out.push(activity);
         }
@@ -247,7 +277,16 @@ mod tests {
             got[1].last["subscription:Audit.General"],
             r#"{"status":"enabled"}"#
         );
-        // Each hour's counters expire after a day and an hour.
+        // Each hour's counters expire after a day and an hour, each slice's after 70 minutes.
+        let slice_ttl: i64 = redis::cmd("PTTL")
+            .arg(activity.slice_key(&a, Utc::now()))
+            .query_async(&mut store.conn().await.unwrap())
+            .await
+            .unwrap();
+        assert!(
+            slice_ttl > 60 * 60_000 && slice_ttl <= 70 * 60_000,
+            "{slice_ttl}"
+        );
         let mut c = store.conn().await.unwrap();
         let ttl: i64 = redis::cmd("PTTL")
             .arg(activity.bucket_key(&a, Utc::now()))

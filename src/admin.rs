@@ -11,6 +11,7 @@ use crate::certs::ClientCertificate;
 use crate::consent::admission::{Admission, AllowlistError};
 use crate::dead_letters::{Action, DeadLetters, Filter};
 use crate::domain::{ContentType, TenantId};
+use crate::html::{self, Forms};
 use crate::management::{ApiError, Disposition};
 use crate::metrics::Metrics;
 use crate::onboarding::{AddRequest, Onboarding};
@@ -508,26 +509,15 @@ async fn status_json(
         .json(status))
 }
 
-fn html_page(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Cache-Control", "no-store"))
-        .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ))
-        .body(body)
-}
-
 fn login_page(status: StatusCode, message: &str) -> HttpResponse {
-    html_page(
+    html::page(
         status,
+        Forms::SameOrigin,
         format!(
             r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>o365-relay status: sign in</title>
 <style>body{{font-family:system-ui,sans-serif;background:#f4f6f8;margin:0}}form{{max-width:24rem;margin:4rem auto;background:#fff;padding:1.5rem;border-radius:10px;box-shadow:0 1px 4px rgba(0,0,0,.1)}}input{{width:100%;padding:.6rem;margin:.6rem 0;font-size:1rem;box-sizing:border-box}}button{{padding:.6rem 1rem;font-size:1rem}}.err{{color:#c50f1f}}</style></head>
 <body><form method="post" action="/admin/login"><h1>o365-relay status</h1><p class="err" id="message">{}</p><label>Admin token (<code>O365_ADMIN_TOKEN</code>)<input type="password" name="token" autocomplete="current-password" autofocus></label><button type="submit">Sign in</button></form></body></html>"#,
-            crate::consent::esc(message)
+            html::esc(message)
         ),
     )
 }
@@ -538,7 +528,11 @@ async fn status_page(req: HttpRequest, api: web::Data<AdminApi>) -> HttpResponse
         return login_page(StatusCode::UNAUTHORIZED, "");
     }
     match api.status.collect().await {
-        Ok(status) => html_page(StatusCode::OK, crate::status::html::render(&status)),
+        Ok(status) => html::page(
+            StatusCode::OK,
+            Forms::SameOrigin,
+            crate::status::html::render(&status),
+        ),
         Err(e) => {
             let e = logged(e.into());
             login_page(e.status_code(), &e.to_string())

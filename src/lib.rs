@@ -22,6 +22,7 @@ pub mod dead_letters;
 pub mod demo;
 pub mod domain;
 pub mod health;
+pub mod html;
 pub mod management;
 pub mod metrics;
 pub mod notification;

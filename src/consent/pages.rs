@@ -3,26 +3,14 @@
 //! are what the browser tests and an operator's own checks look for.
 
 use crate::domain::{ContentType, TenantId};
+pub use crate::html::esc;
+use crate::html::{page, Forms};
 use crate::subscriptions::StartOutcome;
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_string(),
-            '>' => "&gt;".to_string(),
-            '&' => "&amp;".to_string(),
-            '"' => "&quot;".to_string(),
-            '\'' => "&#39;".to_string(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
 pub(super) fn html(status: StatusCode, title: &str, body: &str) -> HttpResponse {
-    let page = format!(
+    let page_html = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title}</title>
@@ -37,17 +25,9 @@ h1{{font-size:1.4rem;margin-top:0}} ul{{padding-left:1.2rem}} code{{background:#
         title = esc(title),
         body = body
     );
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Cache-Control", "no-store"))
-        .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header((
-            "Content-Security-Policy",
-            // The Connect button is a link, not a form: browsers apply `form-action` to the
-            // redirect that follows a form submission, and that redirect goes to Entra's origin.
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
-        ))
-        .body(page)
+    // The Connect button is a link, not a form: browsers apply `form-action` to the redirect
+    // that follows a form submission, and that redirect goes to Entra's origin.
+    page(status, Forms::None, page_html)
 }
 
 pub(super) fn error_page(status: StatusCode, message: &str) -> HttpResponse {

@@ -5,7 +5,7 @@
 //! escaped.
 
 use super::{ContentTypeStatus, Status, TenantStatus, Verdict};
-use crate::consent::esc;
+use crate::html::esc;
 use chrono::{DateTime, Utc};
 use std::fmt::Write;
 

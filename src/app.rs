@@ -78,14 +78,7 @@ impl Parts {
     pub fn new(settings: Settings) -> anyhow::Result<Arc<Parts>> {
         let settings = Arc::new(settings);
         let http = http_client(&settings)?;
-        let store = Arc::new(
-            Store::with_ca(
-                settings.redis_url.expose(),
-                &settings.redis_prefix,
-                settings.redis_ca.as_ref(),
-            )
-            .context("O365_REDIS_URL")?,
-        );
+        let store = Arc::new(Store::open(&settings.redis).context("O365_REDIS_URL")?);
         let metrics = Arc::new(Metrics::with_tenant_series(settings.metrics_per_tenant));
         let names = Names::new(&settings.amqp_work_queue);
         let broker = Arc::new(

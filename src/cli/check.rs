@@ -19,7 +19,13 @@ pub async fn run() -> Outcome {
             return Err(Failure::Usage(Vec::new()));
         }
     };
-    let redis = redact_url(settings.redis_url.expose());
+    let redis_urls: Vec<String> = settings
+        .redis
+        .urls
+        .iter()
+        .map(|u| redact_url(u.expose()))
+        .collect();
+    let redis = format!("{}, {}", settings.redis.mode.as_str(), redis_urls.join(" "));
     let amqp = redact_url(settings.amqp_url.expose());
     let parts = match Parts::new(settings) {
         Ok(p) => p,
@@ -38,8 +44,10 @@ pub async fn run() -> Outcome {
         None => amqp,
     };
     let mut ok = true;
-    match parts.store.ping().await {
-        Ok(()) => println!("ok      redis ({redis})"),
+    // The topology as found: a cluster's masters and replicas, Sentinel's master.
+    match parts.store.ping().await.and(Ok(parts.store.report().await)) {
+        Ok(Ok(found)) => println!("ok      redis ({redis}): {found}"),
+        Ok(Err(e)) => println!("ok      redis ({redis}): topology not readable: {e}"),
         Err(e) => {
             ok = false;
             println!("failed  redis ({redis}): {e}");

@@ -7,6 +7,7 @@ mod cert;
 mod check;
 mod consent_url;
 mod dead_letters;
+mod redis_migrate;
 mod replay;
 mod serve;
 mod status;
@@ -58,6 +59,8 @@ enum Command {
     /// Create or inspect the X.509 certificate the relay authenticates with.
     #[command(subcommand)]
     Cert(cert::CertCmd),
+    /// Copy a standalone Redis's keys to the configured Redis (e.g. a new Redis Cluster).
+    RedisMigrate(redis_migrate::MigrateArgs),
 }
 
 /// How a command failed, and so its exit code.
@@ -98,6 +101,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status::run(args).await,
         Command::Check => check::run().await,
         Command::Cert(cmd) => cert::run(cmd),
+        Command::RedisMigrate(args) => redis_migrate::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@ mod redis;
 mod tests;
 mod tls;
 
+pub use self::redis::{RedisMode, RedisSettings};
 pub use amqp::QueueType;
 pub use base_url::BaseUrl;
 pub use consent::ConsentMode;
@@ -52,10 +53,9 @@ pub struct Settings {
     pub manage_url: BaseUrl,
     pub listen: String,
     pub admin_listen: String,
-    pub redis_url: Secret<String>,
-    pub redis_prefix: String,
-    /// `O365_REDIS_CA_PATH`: the private CA for rediss:// (else the system's CA store).
-    pub redis_ca: Option<PemFile>,
+    /// `O365_REDIS_MODE`, `O365_REDIS_URL`, `O365_REDIS_SENTINEL_MASTER`, `O365_REDIS_PREFIX`,
+    /// `O365_REDIS_CA_PATH`.
+    pub redis: RedisSettings,
     pub amqp_url: Secret<String>,
     /// `O365_AMQP_CA_PATH`: a private CA for amqps://, trusted with the system's CA store.
     pub amqp_ca: Option<PemFile>,
@@ -187,9 +187,7 @@ impl Settings {
             manage_url: ms.manage_url,
             listen: http.listen,
             admin_listen: http.admin_listen,
-            redis_url: redis.url,
-            redis_prefix: redis.prefix,
-            redis_ca: redis.ca,
+            redis,
             amqp_url: amqp.url,
             amqp_ca: amqp.ca,
             amqp_client: amqp.client,

@@ -20,7 +20,7 @@ fn defaults_follow_the_contract() {
     assert_eq!(s.login_url, "https://login.microsoftonline.com");
     assert_eq!(s.listen, "0.0.0.0:8080");
     assert_eq!(s.admin_listen, "0.0.0.0:9090");
-    assert_eq!(s.redis_prefix, "o365relay:");
+    assert_eq!(s.redis.prefix, "o365relay:");
     assert_eq!(s.amqp_exchange, "o365.audit");
     assert_eq!(s.amqp_work_queue, "o365.content");
     assert_eq!(s.amqp_queue_type, QueueType::Quorum);
@@ -34,7 +34,7 @@ fn defaults_follow_the_contract() {
 #[test]
 fn defaults_of_the_additions_match_env_example() {
     let s = Settings::from_vars(base()).unwrap();
-    assert_eq!(s.redis_url.expose(), "redis://127.0.0.1:6379");
+    assert_eq!(s.redis.urls[0].expose(), "redis://127.0.0.1:6379");
     assert_eq!(s.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
     assert!(s.public_url.is_none() && s.admin_token.is_none() && s.publisher_id.is_none());
     assert!(s.tenants.is_empty());
@@ -370,5 +370,105 @@ fn urls_are_redacted_for_messages() {
     assert_eq!(
         redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
         "amqp://guest:***@127.0.0.1:5672/%2f"
+    );
+}
+
+/// `O365_REDIS_MODE` with its URLs (issue 18): every mode read, each wrong combination named.
+#[test]
+fn the_redis_topology_is_read_and_every_wrong_combination_named() {
+    let with_all = |pairs: &[(&str, &str)]| {
+        let mut v: Vec<(String, String)> = base()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        v.extend(
+            pairs
+                .iter()
+                .map(|(k, x)| (format!("O365_{k}"), x.to_string())),
+        );
+        Settings::from_vars(v)
+    };
+    let s = with_all(&[]).unwrap();
+    assert_eq!(s.redis.mode, RedisMode::Standalone);
+    let s = with_all(&[
+        ("REDIS_MODE", "cluster"),
+        (
+            "REDIS_URL",
+            "rediss://u:p@a.example:6379, rediss://u:p@b.example:6379",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(s.redis.mode, RedisMode::Cluster);
+    assert_eq!(s.redis.urls.len(), 2);
+    assert!(s.redis.is_tls());
+    assert!(
+        !format!("{:?}", s.redis).contains("u:p"),
+        "URLs are secrets"
+    );
+    let s = with_all(&[
+        ("REDIS_MODE", "sentinel"),
+        (
+            "REDIS_URL",
+            "redis://s1:26379,redis://s2:26379,redis://s3:26379",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.redis.mode,
+        RedisMode::Sentinel {
+            master: "mymaster".into()
+        }
+    );
+
+    let errors = |pairs: &[(&str, &str)]| with_all(pairs).unwrap_err().0;
+    assert_eq!(
+        errors(&[("REDIS_MODE", "replicated")]),
+        ["O365_REDIS_MODE: must be standalone, cluster or sentinel"]
+    );
+    assert_eq!(
+        errors(&[("REDIS_URL", "redis://a:6379,redis://b:6379")]),
+        ["O365_REDIS_URL: holds several URLs, but O365_REDIS_MODE is standalone (set it to cluster for seed nodes, or sentinel for sentinels)"]
+    );
+    assert_eq!(
+        errors(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://a:6379,unix:///tmp/r.sock")
+        ]),
+        ["O365_REDIS_URL: URL 2 of 2 must start with redis:// or rediss:// (a cluster or Sentinel is reached over TCP)"]
+    );
+    assert_eq!(
+        errors(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://a:6379,rediss://b:6379")
+        ]),
+        ["O365_REDIS_URL: mixes redis:// and rediss:// (every node of one deployment is reached the same way)"]
+    );
+    let e = errors(&[
+        ("REDIS_MODE", "cluster"),
+        (
+            "REDIS_URL",
+            "redis://x:secret1@a:6379,redis://x:secret2@b:6379",
+        ),
+    ]);
+    assert_eq!(
+        e,
+        ["O365_REDIS_URL: gives the seed nodes different users or passwords (a cluster has one ACL)"]
+    );
+    assert_eq!(
+        errors(&[("REDIS_MODE", "cluster"), ("REDIS_PREFIX", "{app}:")]),
+        ["O365_REDIS_PREFIX: must not contain '{' or '}' in cluster mode (the relay places the hash tags itself)"]
+    );
+    // Read only in sentinel mode (.env.example sets it beside the default mode).
+    assert!(with_all(&[("REDIS_SENTINEL_MASTER", "mymaster")]).is_ok());
+    assert_eq!(
+        errors(&[
+            ("REDIS_MODE", "sentinel"),
+            ("REDIS_SENTINEL_MASTER", "my master")
+        ]),
+        ["O365_REDIS_SENTINEL_MASTER: must be a master name as Sentinel knows it (1 to 128 characters, no spaces)"]
+    );
+    assert_eq!(
+        errors(&[("REDIS_MODE", "cluster"), ("REDIS_URL", "rediss://a:1/#insecure")]),
+        ["O365_REDIS_URL: must not have a '#' fragment ('#insecure' would switch certificate verification off; give a private CA with O365_REDIS_CA_PATH instead)"]
     );
 }

@@ -206,7 +206,7 @@ mod tests {
             ("O365_AMQP_CLIENT_KEY_PATH", &p(&d, "b.key")),
         ]))
         .unwrap();
-        assert_eq!(s.redis_ca.as_ref().unwrap().path, d.join("a.crt"));
+        assert_eq!(s.redis.ca.as_ref().unwrap().path, d.join("a.crt"));
         assert_eq!(s.amqp_ca.as_ref().unwrap().path, d.join("a.crt"));
         let client = s.amqp_client.as_ref().unwrap();
         assert!(String::from_utf8_lossy(client.key_pem.expose()).contains("BEGIN PRIVATE KEY"));
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn without_tls_variables_nothing_changes() {
         let s = Settings::from_vars(base()).unwrap();
-        assert!(s.redis_ca.is_none() && s.amqp_ca.is_none() && s.amqp_client.is_none());
+        assert!(s.redis.ca.is_none() && s.amqp_ca.is_none() && s.amqp_client.is_none());
     }
 
     #[test]

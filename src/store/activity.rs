@@ -15,7 +15,7 @@
 //! Writes are one pipelined round trip per event batch and never fail the data path: a lost
 //! status write costs a stale figure, not a record.
 
-use super::{Store, StoreResult};
+use super::{Batch, Store, StoreResult};
 use crate::domain::{ContentType, TenantId};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::collections::HashMap;
@@ -76,21 +76,25 @@ impl<'a> Activity<'a> {
     }
 
     fn bucket_key(&self, t: &TenantId, at: DateTime<Utc>) -> String {
-        self.0
-            .key(&format!("activity:{t}:{}", at.format("%Y%m%d%H")))
+        self.0.key(&format!(
+            "activity:{}:{}",
+            self.0.tenant(t),
+            at.format("%Y%m%d%H")
+        ))
     }
 
     fn slice_key(&self, t: &TenantId, at: DateTime<Utc>) -> String {
         use chrono::Timelike;
         let minute = at.minute() - at.minute() % 5;
         self.0.key(&format!(
-            "activity5:{t}:{}{minute:02}",
+            "activity5:{}:{}{minute:02}",
+            self.0.tenant(t),
             at.format("%Y%m%d%H")
         ))
     }
 
     fn last_key(&self, t: &TenantId) -> String {
-        self.0.key(&format!("activity-last:{t}"))
+        self.0.key(&format!("activity-last:{}", self.0.tenant(t)))
     }
 
     /// Counts `increments` in the current hour's bucket and sets `latest` fields, one round trip.
@@ -194,19 +198,17 @@ impl<'a> Activity<'a> {
             .collect();
         let hours: Vec<DateTime<Utc>> =
             (0..HOURS).map(|h| now - ChronoDuration::hours(h)).collect();
-        let mut c = self.0.conn().await?;
-        let mut pipe = redis::pipe();
+        // One tenant's keys share a slot; tenants do not (a cluster gets a pipeline each).
+        let mut batch = Batch::default();
         for t in tenants {
-            pipe.hgetall(self.last_key(t));
-            for at in &slices {
-                pipe.hgetall(self.slice_key(t, *at));
-            }
-            for at in &hours {
-                pipe.hgetall(self.bucket_key(t, *at));
+            let mut keys = vec![self.last_key(t)];
+            keys.extend(slices.iter().map(|at| self.slice_key(t, *at)));
+            keys.extend(hours.iter().map(|at| self.bucket_key(t, *at)));
+            for k in keys {
+                batch.push(&k, redis::Cmd::hgetall(&k));
             }
         }
-        let r: Result<Vec<redis::Value>, _> = pipe.query_async(&mut c).await;
-        let replies = self.0.observe(r)?;
+        let replies: Vec<redis::Value> = self.0.run(batch).await?;
         let per_tenant = 1 + slices.len() + hours.len();
         let mut out = Vec::with_capacity(tenants.len());
         for chunk in replies.chunks(per_tenant) {

@@ -15,7 +15,7 @@ impl<'a> Checkpoints<'a> {
     }
 
     fn key(&self, t: &TenantId, ct: ContentType) -> String {
-        self.0.key(&format!("checkpoint:{t}:{ct}"))
+        self.0.key(&format!("checkpoint:{}:{ct}", self.0.tenant(t)))
     }
 
     /// The checkpoint, if one is kept and reads as a time.

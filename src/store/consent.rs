@@ -68,12 +68,17 @@ impl<'a> ConsentStates<'a> {
         ConsentStates(store)
     }
 
+    // A state and the index are touched by one script: in a cluster both carry the hash tag
+    // `{consent}`, ahead of the state (which comes from the callback's query: a brace in it
+    // must not pick the slot).
     fn key(&self, state: &str) -> String {
-        self.0.key(&format!("consent-state:{state}"))
+        self.0
+            .key(&format!("consent-state{}:{state}", self.0.group("consent")))
     }
 
     fn index(&self) -> String {
-        self.0.key("consent-states")
+        self.0
+            .key(&format!("consent-states{}", self.0.group("consent")))
     }
 
     /// Keeps `state`, bound to `nonce_hash`, valid for `ttl` — unless `max` states are in

@@ -116,19 +116,20 @@ impl<'a> Dedup<'a> {
     // ---- keys --------------------------------------------------------------------------------
 
     fn relayed_key(&self, t: &TenantId, c: &ContentId) -> String {
-        self.0.key(&format!("relayed:{t}:{c}"))
+        self.0.key(&format!("relayed:{}:{c}", self.0.tenant(t)))
     }
 
     fn enqueued_key(&self, t: &TenantId, c: &ContentId) -> String {
-        self.0.key(&format!("reconcile-enqueued:{t}:{c}"))
+        self.0
+            .key(&format!("reconcile-enqueued:{}:{c}", self.0.tenant(t)))
     }
 
     fn dead_key(&self, t: &TenantId, c: &ContentId) -> String {
-        self.0.key(&format!("dead:{t}:{c}"))
+        self.0.key(&format!("dead:{}:{c}", self.0.tenant(t)))
     }
 
     fn record_key(&self, t: &TenantId, record_id: &str) -> String {
-        self.0.key(&format!("rec:{t}:{record_id}"))
+        self.0.key(&format!("rec:{}:{record_id}", self.0.tenant(t)))
     }
 
     // ---- blob markers ------------------------------------------------------------------------
@@ -195,7 +196,14 @@ impl<'a> Dedup<'a> {
     fn slot(&self, t: &TenantId, key: RecordKey<'_>, done_ttl: Duration, now_ms: i64) -> Slot {
         Slot {
             claim: self.record_key(t, key.id),
-            place: seen::place(self.0.prefix(), t, key.id, key.created, done_ttl, now_ms),
+            place: seen::place(
+                self.0.prefix(),
+                &self.0.tenant(t),
+                key.id,
+                key.created,
+                done_ttl,
+                now_ms,
+            ),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod checkpoints;
 pub mod consent;
 pub mod dedup;
 pub mod leases;
+pub mod migrate;
 pub mod parking;
 pub mod quota;
 pub mod replicas;
@@ -35,12 +36,15 @@ pub mod tokens;
 
 pub use leases::Lease;
 
-use crate::config::PemFile;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+mod topology;
+
+use crate::config::{RedisMode, RedisSettings};
 use redis::AsyncCommands;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use topology::{Conn, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,15 +68,19 @@ pub(crate) fn is_tls_failure(error: &str) -> bool {
 /// Bound on marker writes kept in memory during a Redis outage (about 100 bytes each).
 const MAX_DEFERRED: usize = 500_000;
 
+/// Pipelines of a batch that spans slots, sent at once in cluster mode.
+const BATCH_GROUPS_IN_FLIGHT: usize = 32;
+
 /// Check-and-delete: releases a lock or lease only when we still hold it.
 const RELEASE: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#;
 
 pub struct Store {
     prefix: String,
-    client: redis::Client,
+    mode: RedisMode,
+    target: Target,
     /// With rediss://, which CA the server's certificate is checked against (for messages).
     tls: Option<String>,
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: Mutex<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
     down: AtomicBool,
     /// Marker writes that failed while Redis was down: (key, value, expiry).
@@ -82,49 +90,55 @@ pub struct Store {
     last_probe: Mutex<Option<Instant>>,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
             .field("prefix", &self.prefix)
+            .field("mode", &self.mode.as_str())
             .finish()
     }
 }
 
+/// A tenant's id as it appears in a key: in a cluster, inside braces — a hash tag — so every
+/// key of one tenant lies in one slot and its scripts and pipelines may touch several of them;
+/// elsewhere as it is, so a standalone or Sentinel deployment keeps the key names of earlier
+/// versions (nothing to migrate on upgrade).
+pub(crate) struct TenantSegment<'a> {
+    tenant: &'a str,
+    tagged: bool,
+}
+
+impl fmt::Display for TenantSegment<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tagged {
+            write!(f, "{{{}}}", self.tenant)
+        } else {
+            f.write_str(self.tenant)
+        }
+    }
+}
+
 impl Store {
+    /// One standalone server (tests and the demo).
     pub fn new(url: &str, prefix: &str) -> StoreResult<Store> {
-        Store::with_ca(url, prefix, None)
+        Store::open(&RedisSettings::standalone(url, prefix))
     }
 
-    /// With a rediss:// URL, the server's certificate is verified against `ca` (the private CA
-    /// of `O365_REDIS_CA_PATH`), else against the system's CA store; verification is never off
-    /// (the configuration refuses redis-rs's `#insecure`). docs/OPERATIONS.md, "Managed Redis
-    /// and RabbitMQ (TLS)".
-    pub fn with_ca(url: &str, prefix: &str, ca: Option<&PemFile>) -> StoreResult<Store> {
-        let is_tls = url.starts_with("rediss://");
-        let client = match ca {
-            Some(ca) if is_tls => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.pem.clone()),
-                },
-            )
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "the CA in O365_REDIS_CA_PATH ({}) is unusable: {e}",
-                    ca.path.display()
-                ))
-            })?,
-            _ => redis::Client::open(url)
-                .map_err(|e| StoreError::Unavailable(format!("bad URL: {e}")))?,
-        };
-        let tls = is_tls.then(|| match ca {
+    /// The store over the topology `settings` describe. With rediss://, the servers'
+    /// certificates are verified against the private CA of `O365_REDIS_CA_PATH`, else against
+    /// the system's CA store; verification is never off (the configuration refuses redis-rs's
+    /// `#insecure`). docs/OPERATIONS.md, "Managed Redis and RabbitMQ (TLS)" and "Outgrowing
+    /// one machine".
+    pub fn open(settings: &RedisSettings) -> StoreResult<Store> {
+        let target = Target::new(settings).map_err(StoreError::Unavailable)?;
+        let tls = settings.is_tls().then(|| match &settings.ca {
             Some(ca) => format!("CA {}", ca.path.display()),
             None => "system CA store".to_string(),
         });
         Ok(Store {
-            prefix: prefix.to_string(),
-            client,
+            prefix: settings.prefix.clone(),
+            mode: settings.mode.clone(),
+            target,
             tls,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -136,6 +150,11 @@ impl Store {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The topology (`O365_REDIS_MODE`).
+    pub fn mode(&self) -> &RedisMode {
+        &self.mode
     }
 
     /// `None` for plain Redis; with rediss://, what the certificate is checked against
@@ -157,7 +176,7 @@ impl Store {
 
     /// A multiplexed connection; (re)connects lazily, at most once a second while Redis is down,
     /// so a dead Redis costs callers a fast error instead of a hang.
-    async fn conn(&self) -> StoreResult<ConnectionManager> {
+    async fn conn(&self) -> StoreResult<Conn> {
         if self.down.load(Ordering::SeqCst) {
             let mut last = self.last_probe.lock().expect("poisoned");
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
@@ -176,22 +195,19 @@ impl Store {
         if let Some(c) = self.conn.lock().expect("poisoned").clone() {
             return Ok(c);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        match tokio::time::timeout(
-            Duration::from_millis(1500),
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        {
+        // Sentinel asks up to every sentinel and then the master: give it their time.
+        let budget = match &self.target {
+            Target::Sentinel(s) => {
+                (topology::CONNECT_TIMEOUT + topology::RESPONSE_TIMEOUT) * (s.count() as u32 + 1)
+            }
+            _ => Duration::from_millis(1500),
+        };
+        match tokio::time::timeout(budget, self.target.connect()).await {
             Ok(Ok(c)) => {
                 *self.conn.lock().expect("poisoned") = Some(c.clone());
                 Ok(c)
             }
-            Ok(Err(e)) => Err(self.observe_err(self.connect_error(e.to_string()))),
+            Ok(Err(e)) => Err(self.observe_err(self.connect_error(e))),
             Err(_) => {
                 let e = self.why_tls_connect_fails().await;
                 Err(self.observe_err(e))
@@ -203,12 +219,12 @@ impl Store {
     /// hides the reason: with rediss://, one plain attempt tells it.
     async fn why_tls_connect_fails(&self) -> StoreError {
         let timed_out = StoreError::Unavailable("connect timed out".into());
-        if self.tls.is_none() {
+        let (Some(client), Some(_)) = (self.target.standalone(), &self.tls) else {
             return timed_out;
-        }
+        };
         match tokio::time::timeout(
             Duration::from_secs(1),
-            self.client.get_multiplexed_async_connection(),
+            client.get_multiplexed_async_connection(),
         )
         .await
         {
@@ -225,8 +241,15 @@ impl Store {
                     || r.is_timeout()
                     || r.is_connection_dropped()
                     || r.is_connection_refusal()
+                    || r.kind() == redis::ErrorKind::ReadOnly
             }
         };
+        // Behind Sentinel the connection manager would reconnect to the same address, which
+        // may be a dead master or one demoted to a replica (`READONLY`): forget it, so the next
+        // call asks the sentinels again.
+        if is_outage && matches!(self.mode, RedisMode::Sentinel { .. }) {
+            *self.conn.lock().expect("poisoned") = None;
+        }
         if is_outage && !self.down.swap(true, Ordering::SeqCst) {
             tracing::warn!(error = %e, "Redis is unreachable; relaying continues without the shared cache and de-duplication.");
         }
@@ -328,21 +351,11 @@ impl Store {
         writes: Vec<(String, &str)>,
         ttl: Duration,
     ) -> StoreResult<()> {
-        let result = async {
-            let mut c = self.conn().await?;
-            let mut pipe = redis::pipe();
-            for (k, v) in &writes {
-                pipe.cmd("SET")
-                    .arg(k)
-                    .arg(*v)
-                    .arg("PX")
-                    .arg(ttl.as_millis().max(1) as u64)
-                    .ignore();
-            }
-            let r: Result<(), _> = pipe.query_async(&mut c).await;
-            self.observe(r)
+        let mut batch = Batch::default();
+        for (k, v) in &writes {
+            batch.push(k, set_px_cmd(k, v, ttl));
         }
-        .await;
+        let result = self.run::<redis::Value>(batch).await.map(|_| ());
         if result.is_err() {
             let expires = Instant::now() + ttl;
             let mut d = self.deferred.lock().expect("poisoned");
@@ -366,21 +379,11 @@ impl Store {
         if live.is_empty() {
             return Ok(0);
         }
-        let result = async {
-            let mut c = self.conn().await?;
-            let mut pipe = redis::pipe();
-            for (k, v, e) in &live {
-                pipe.cmd("SET")
-                    .arg(k)
-                    .arg(v)
-                    .arg("PX")
-                    .arg(e.duration_since(now).as_millis().max(1) as u64)
-                    .ignore();
-            }
-            let r: Result<(), _> = pipe.query_async(&mut c).await;
-            self.observe(r)
+        let mut batch = Batch::default();
+        for (k, v, e) in &live {
+            batch.push(k, set_px_cmd(k, v, e.duration_since(now)));
         }
-        .await;
+        let result = self.run::<redis::Value>(batch).await.map(|_| ());
         match result {
             Ok(()) => Ok(live.len()),
             Err(e) => {
@@ -396,31 +399,189 @@ impl Store {
         self.deferred.lock().expect("poisoned").len()
     }
 
-    /// Deletes every key under this store's prefix (tests and `demo` clean up with it).
+    /// Deletes every key under this store's prefix (tests and `demo` clean up with it). In a
+    /// cluster, every master is scanned (a failed master that is still listed is skipped).
     pub async fn purge_prefix(&self) -> StoreResult<u64> {
         let mut c = self.conn().await?;
         let pattern = format!("{}*", self.prefix);
-        let mut cursor: u64 = 0;
         let mut n = 0;
-        loop {
-            let r: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut c)
-                .await;
-            let (next, keys) = self.observe(r)?;
-            if !keys.is_empty() {
-                let r: Result<u64, _> = c.del(&keys).await;
-                n += self.observe(r)?;
+        for node in self.masters(&mut c).await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500);
+                let r = c.on_node(&node, &scan).await;
+                let (next, keys): (u64, Vec<String>) =
+                    self.observe(r.and_then(|v| redis::from_redis_value(&v)))?;
+                // One DEL per key: redis-rs splits a multi-key DEL by slot, but a key a
+                // failover moved meanwhile is then still found.
+                let mut batch = Batch::default();
+                for k in keys {
+                    let mut del = redis::cmd("DEL");
+                    del.arg(&k);
+                    batch.push(&k, del);
+                }
+                for deleted in self.run::<u64>(batch).await? {
+                    n += deleted;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(n);
-            }
-            cursor = next;
         }
+        Ok(n)
+    }
+
+    /// The servers that hold keys: the cluster's live masters, or the one server.
+    async fn masters(&self, c: &mut Conn) -> StoreResult<Vec<topology::Node>> {
+        match c {
+            Conn::Single(_) => Ok(vec![topology::Node {
+                host: String::new(),
+                port: 0,
+            }]),
+            Conn::Cluster(_) => {
+                let r: Result<String, _> = redis::cmd("CLUSTER").arg("NODES").query_async(c).await;
+                Ok(topology::parse_cluster_nodes(&self.observe(r)?).masters)
+            }
+        }
+    }
+
+    /// What the relay found of the topology, for `o365-relay check`: the mode, and the nodes
+    /// that answered (masters, replicas, sentinels).
+    pub async fn report(&self) -> StoreResult<TopologyReport> {
+        let mut c = self.conn().await?;
+        let info = |text: &str, field: &str| -> Option<String> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        match (&self.target, &mut c) {
+            (Target::Cluster(_), Conn::Cluster(_)) => {
+                let r: Result<String, _> =
+                    redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await;
+                let view = topology::parse_cluster_nodes(&self.observe(r)?);
+                let r: Result<String, _> =
+                    redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await;
+                let state = info(&self.observe(r)?, "cluster_state").unwrap_or_default();
+                Ok(TopologyReport::Cluster {
+                    masters: view.masters.len(),
+                    replicas: view.replicas,
+                    failed: view.failed,
+                    slots: view.slots,
+                    state,
+                })
+            }
+            (target, _) => {
+                let r: Result<String, _> = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await;
+                let text = self.observe(r)?;
+                let replicas = info(&text, "connected_slaves")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let role = info(&text, "role").unwrap_or_default();
+                Ok(match target {
+                    Target::Sentinel(s) => TopologyReport::Sentinel {
+                        master: s.master_name().to_string(),
+                        sentinels: s.count(),
+                        replicas,
+                        role,
+                    },
+                    _ => TopologyReport::Standalone { replicas, role },
+                })
+            }
+        }
+    }
+}
+
+/// `SET key value PX ttl` (at least a millisecond).
+fn set_px_cmd(key: &str, value: &str, ttl: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64);
+    cmd
+}
+
+/// What `o365-relay check` says of the topology ([`Store::report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyReport {
+    Standalone {
+        role: String,
+        replicas: usize,
+    },
+    Cluster {
+        masters: usize,
+        replicas: usize,
+        failed: usize,
+        slots: u32,
+        state: String,
+    },
+    Sentinel {
+        master: String,
+        sentinels: usize,
+        role: String,
+        replicas: usize,
+    },
+}
+
+impl fmt::Display for TopologyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopologyReport::Standalone { role, replicas } => {
+                write!(f, "standalone ({role}, {replicas} replicas attached)")
+            }
+            TopologyReport::Cluster {
+                masters,
+                replicas,
+                failed,
+                slots,
+                state,
+            } => {
+                write!(
+                    f,
+                    "cluster: {masters} masters serving {slots} of 16384 slots, {replicas} replicas, state {state}"
+                )?;
+                if *failed > 0 {
+                    write!(f, ", {failed} nodes marked failed")?;
+                }
+                Ok(())
+            }
+            TopologyReport::Sentinel {
+                master,
+                sentinels,
+                role,
+                replicas,
+            } => write!(
+                f,
+                "sentinel: master '{master}' ({role}, {replicas} replicas attached), {sentinels} sentinels configured"
+            ),
+        }
+    }
+}
+
+/// Commands sent together: one pipeline, or in a cluster one pipeline per slot (a cluster
+/// refuses a pipeline that spans slots), sent at once. Results come back in push order.
+#[derive(Default)]
+pub(crate) struct Batch {
+    cmds: Vec<(u16, redis::Cmd)>,
+}
+
+impl Batch {
+    /// Adds `cmd`, whose key (the one that picks its slot) is `key`.
+    fn push(&mut self, key: &str, cmd: redis::Cmd) {
+        self.cmds.push((topology::slot(key.as_bytes()), cmd));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
     }
 }
 
@@ -431,6 +592,82 @@ impl Store {
         format!("{}{}", self.prefix, rest)
     }
 
+    fn is_cluster(&self) -> bool {
+        self.mode == RedisMode::Cluster
+    }
+
+    /// The tenant's id as its keys carry it: the hash tag `{tenant}` in a cluster, the id
+    /// itself elsewhere (see [`TenantSegment`]).
+    fn tenant<'t>(&self, t: &'t crate::domain::TenantId) -> TenantSegment<'t> {
+        TenantSegment {
+            tenant: t.as_str(),
+            tagged: self.is_cluster(),
+        }
+    }
+
+    /// In a cluster, `:{group}`, appended to the names of deployment-wide keys that one script
+    /// touches together so they share a slot; nothing elsewhere (names as before).
+    fn group(&self, group: &str) -> String {
+        if self.is_cluster() {
+            format!(":{{{group}}}")
+        } else {
+            String::new()
+        }
+    }
+
+    /// Sends a batch: one pipeline, or in a cluster one per slot, at most
+    /// [`BATCH_GROUPS_IN_FLIGHT`] at once. Each reply is converted to `T`.
+    async fn run<T: redis::FromRedisValue>(&self, batch: Batch) -> StoreResult<Vec<T>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.conn().await?;
+        let values: Result<Vec<redis::Value>, redis::RedisError> = if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for (_, cmd) in batch.cmds {
+                pipe.add_command(cmd);
+            }
+            let mut c = c;
+            pipe.query_async(&mut c).await
+        } else {
+            use futures_util::stream::{StreamExt, TryStreamExt};
+            let n = batch.cmds.len();
+            let mut groups: std::collections::BTreeMap<u16, Vec<(usize, redis::Cmd)>> =
+                Default::default();
+            for (i, (slot, cmd)) in batch.cmds.into_iter().enumerate() {
+                groups.entry(slot).or_default().push((i, cmd));
+            }
+            let replies: Result<Vec<Vec<(usize, redis::Value)>>, redis::RedisError> =
+                futures_util::stream::iter(groups.into_values().map(|group| {
+                    let mut c = c.clone();
+                    async move {
+                        let mut pipe = redis::pipe();
+                        let order: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+                        for (_, cmd) in group {
+                            pipe.add_command(cmd);
+                        }
+                        let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                        Ok::<_, redis::RedisError>(order.into_iter().zip(values).collect())
+                    }
+                }))
+                .buffer_unordered(BATCH_GROUPS_IN_FLIGHT)
+                .try_collect()
+                .await;
+            replies.map(|groups| {
+                let mut ordered = vec![redis::Value::Nil; n];
+                for (i, v) in groups.into_iter().flatten() {
+                    ordered[i] = v;
+                }
+                ordered
+            })
+        };
+        let values = self.observe(values)?;
+        values
+            .iter()
+            .map(|v| redis::from_redis_value(v).map_err(StoreError::Command))
+            .collect()
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<String>> {
         let mut c = self.conn().await?;
         let r = c.get(key).await;
@@ -439,13 +676,7 @@ impl Store {
 
     async fn set_px(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        let r: Result<(), _> = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut c)
-            .await;
+        let r: Result<(), _> = set_px_cmd(key, value, ttl).query_async(&mut c).await;
         self.observe(r)
     }
 
@@ -482,30 +713,20 @@ impl Store {
 
     /// `GET` for each key, in one round trip.
     async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut c = self.conn().await?;
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::default();
         for k in keys {
-            pipe.get(k);
+            batch.push(k, redis::Cmd::get(k));
         }
-        let r: Result<Vec<Option<String>>, _> = pipe.query_async(&mut c).await;
-        self.observe(r)
+        self.run(batch).await
     }
 
     /// `EXISTS` for each key, in one round trip.
     async fn exists_many(&self, keys: &[String]) -> StoreResult<Vec<bool>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut c = self.conn().await?;
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::default();
         for k in keys {
-            pipe.exists(k);
+            batch.push(k, redis::Cmd::exists(k));
         }
-        let r: Result<Vec<bool>, _> = pipe.query_async(&mut c).await;
-        self.observe(r)
+        self.run(batch).await
     }
 }
 

@@ -16,7 +16,7 @@
 //! turn, not of budget: the blob asks the log again when it comes back, so the log stays the
 //! one count of requests sent, and a blob that comes back late wastes nothing.
 
-use super::{Store, StoreResult};
+use super::{Batch, Store, StoreResult};
 use crate::domain::TenantId;
 use std::time::Duration;
 
@@ -126,7 +126,7 @@ impl<'a> Quota<'a> {
 
     /// One key per tenant; the `:0` suffix is part of the key name replicas share.
     fn key(&self, t: &TenantId) -> String {
-        self.0.key(&format!("quota:{t}:0"))
+        self.0.key(&format!("quota:{}:0", self.0.tenant(t)))
     }
 
     /// Requests counted for each tenant in the last minute (as [`Quota::hit`] counts them), in
@@ -136,17 +136,16 @@ impl<'a> Quota<'a> {
             return Ok(Vec::new());
         }
         let since = chrono::Utc::now().timestamp_millis() - 61_000;
-        let mut c = self.0.conn().await?;
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::default();
         for t in tenants {
-            pipe.zcount(self.key(t), since, "+inf");
+            let k = self.key(t);
+            batch.push(&k, redis::Cmd::zcount(&k, since, "+inf"));
         }
-        let r: Result<Vec<u64>, _> = pipe.query_async(&mut c).await;
-        self.0.observe(r)
+        self.0.run(batch).await
     }
 
     fn calendar_key(&self, t: &TenantId) -> String {
-        self.0.key(&format!("quota:{t}:calendar"))
+        self.0.key(&format!("quota:{}:calendar", self.0.tenant(t)))
     }
 
     /// Counts one content fetch for `tenant` now, or books its turn on the tenant's calendar

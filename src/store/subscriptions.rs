@@ -20,7 +20,7 @@ impl<'a> KeeperChecks<'a> {
     }
 
     fn key(&self, t: &TenantId) -> String {
-        self.0.key(&format!("sub-ok:{t}"))
+        self.0.key(&format!("sub-ok:{}", self.0.tenant(t)))
     }
 
     /// For each tenant, whether it was found healthy recently enough to skip, in one round trip.
@@ -50,7 +50,7 @@ impl<'a> StartGuards<'a> {
     }
 
     fn key(&self, t: &TenantId, ct: ContentType) -> String {
-        self.0.key(&format!("sub-start:{t}:{ct}"))
+        self.0.key(&format!("sub-start:{}:{ct}", self.0.tenant(t)))
     }
 
     /// Takes the guard for `spacing` unless a start was recorded within it: true when taken.

@@ -15,11 +15,11 @@ impl<'a> TokenCache<'a> {
     }
 
     fn cache_key(&self, t: &TenantId) -> String {
-        self.0.key(&format!("token:{t}"))
+        self.0.key(&format!("token:{}", self.0.tenant(t)))
     }
 
     fn lock_key(&self, t: &TenantId) -> String {
-        self.0.key(&format!("token-lock:{t}"))
+        self.0.key(&format!("token-lock:{}", self.0.tenant(t)))
     }
 
     /// The cached token's JSON, if any.

@@ -7,5 +7,9 @@
 //! Each fault test prints its row of RELIABILITY.md (`RELIABILITY-ROW | ...`).
 //! `cargo test --test cluster -- --nocapture`
 
+// The fault-test harness of tests/reliability (simulator, relay processes, the sink and its
+// figures), shared rather than copied.
+#[path = "../reliability/harness.rs"]
+mod harness;
 mod rabbit;
 mod redis;

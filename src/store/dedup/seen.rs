@@ -71,10 +71,12 @@
 //! the previous version meeting a record this version relayed — it does not see the compact
 //! marker and may relay the record once more while both versions run (never fewer records).
 //!
-//! The scripts name the buckets' keys themselves rather than in `KEYS`: this is one Redis, not
-//! a cluster (the claim script already spans many records' keys).
+//! The scripts name the buckets' keys themselves rather than in `KEYS` (a bucket's leaves are
+//! found while the script runs). In a Redis Cluster that is allowed because every key of a
+//! tenant carries the tenant as its hash tag (`rec:{tenant}:…`, `seen:{tenant}:…`, see
+//! [`crate::store::Store`]): a batch is one tenant's, so its claims in `KEYS` and the buckets
+//! the script names all lie in one slot, on the node the script runs on.
 
-use crate::domain::TenantId;
 use std::time::Duration;
 
 /// An id longer than this (bytes) is not kept in a bucket: Redis's default
@@ -103,7 +105,7 @@ pub(super) struct Place {
 /// `CreationTime`, or an id longer than [`MAX_FIELD`]).
 pub(super) fn place(
     prefix: &str,
-    tenant: &TenantId,
+    tenant: &dyn std::fmt::Display,
     id: &str,
     created: &str,
     done_ttl: Duration,
@@ -342,6 +344,8 @@ return #KEYS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::domain::TenantId;
 
     fn tenant() -> TenantId {
         TenantId::parse("0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").expect("valid tenant id")

@@ -1,0 +1,200 @@
+//! Moving a deployment's keys from one standalone Redis to another topology — in practice to a
+//! Redis Cluster, whose key names carry hash tags (`token:{tenant}` where a standalone Redis
+//! has `token:tenant`, see [`super::TenantSegment`]). `o365-relay redis-migrate --from URL`.
+//!
+//! Each key under the prefix is copied with `DUMP` / `RESTORE` (value, type and remaining
+//! expiry as they are), under the name the target's mode gives it. What is copied is what a
+//! deployment must not lose: the tenant registry and states, the consent allowlist, the
+//! reconciliation checkpoints, the blob markers (relayed, dead-lettered, enqueued), the record
+//! de-duplication (compact buckets and `d` markers) — so nothing already relayed is relayed
+//! again after the move — and the tokens, activity and quota logs (which save requests and keep
+//! the status page's history). What belongs to a running replica is not copied: leases, token
+//! refresh locks, record claims in progress, replica heartbeats, consent states in progress
+//! (an admin mid-consent starts again), parking requests.
+//!
+//! A key that already exists on the target is left as it is (`RESTORE` without `REPLACE`), so
+//! a second run, or a run after the relay started on the target, overwrites nothing.
+
+use super::{Store, StoreError, StoreResult};
+use crate::config::RedisMode;
+use redis::AsyncCommands;
+
+/// Families whose second segment is the tenant id: in a cluster it becomes a hash tag.
+const TENANT_FAMILIES: &[&str] = &[
+    "token",
+    "checkpoint",
+    "relayed",
+    "reconcile-enqueued",
+    "dead",
+    "rec",
+    "seen",
+    "quota",
+    "activity",
+    "activity5",
+    "activity-last",
+    "sub-ok",
+    "sub-start",
+];
+
+/// Deployment-wide keys copied under the same name.
+const SHARED_KEYS: &[&str] = &["tenants", "tenant-states", "consent-allowed"];
+
+/// What a migration did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// Keys written on the target.
+    pub copied: u64,
+    /// Keys already on the target, left as they were.
+    pub present: u64,
+    /// Keys that belong to a running replica (leases, locks, claims…), not copied.
+    pub skipped: u64,
+    /// Keys that expired between the scan and the copy.
+    pub vanished: u64,
+}
+
+/// The name `rest` (a key without the prefix, as a standalone Redis holds it) has on a target
+/// of `mode`; `None` for keys that are not copied.
+pub fn target_name(rest: &str, mode: &RedisMode) -> Option<String> {
+    if SHARED_KEYS.contains(&rest) {
+        return Some(rest.to_string());
+    }
+    let (family, tail) = rest.split_once(':')?;
+    if !TENANT_FAMILIES.contains(&family) {
+        return None;
+    }
+    let (tenant, after) = match tail.split_once(':') {
+        Some((t, a)) => (t, Some(a)),
+        None => (tail, None),
+    };
+    if tenant.is_empty() || tenant.starts_with('{') {
+        return None;
+    }
+    let tenant = if *mode == RedisMode::Cluster {
+        format!("{{{tenant}}}")
+    } else {
+        tenant.to_string()
+    };
+    Some(match after {
+        Some(a) => format!("{family}:{tenant}:{a}"),
+        None => format!("{family}:{tenant}"),
+    })
+}
+
+/// Copies every key of `source` (a standalone Redis, same prefix) to `target`, see the module
+/// doc. Records claims in progress (`rec:` = `p:…`) are skipped; their `d` markers are copied.
+pub async fn copy(source: &Store, target: &Store) -> StoreResult<Migrated> {
+    if *source.mode() != RedisMode::Standalone {
+        return Err(StoreError::Unavailable(
+            "the source of a migration is one standalone Redis".into(),
+        ));
+    }
+    let mut from = source.conn().await?;
+    let mut done = Migrated::default();
+    let pattern = format!("{}*", source.prefix);
+    let mut cursor: u64 = 0;
+    loop {
+        let r: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut from)
+            .await;
+        let (next, keys) = source.observe(r)?;
+        for key in keys {
+            let rest = &key[source.prefix.len().min(key.len())..];
+            let Some(name) = target_name(rest, target.mode()) else {
+                done.skipped += 1;
+                continue;
+            };
+            if rest.starts_with("rec:") {
+                let v: Option<String> = source.observe(from.get(&key).await)?;
+                if v.as_deref() != Some("d") {
+                    done.skipped += 1;
+                    continue;
+                }
+            }
+            let r: Result<(Option<Vec<u8>>, i64), _> = redis::pipe()
+                .cmd("DUMP")
+                .arg(&key)
+                .cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut from)
+                .await;
+            let (dump, pttl) = source.observe(r)?;
+            let Some(dump) = dump.filter(|_| pttl != -2) else {
+                done.vanished += 1;
+                continue;
+            };
+            let mut to = target.conn().await?;
+            let r: Result<redis::Value, _> = redis::cmd("RESTORE")
+                .arg(target.key(&name))
+                .arg(pttl.max(0))
+                .arg(dump)
+                .query_async(&mut to)
+                .await;
+            match r {
+                Ok(_) => done.copied += 1,
+                Err(e) if e.code() == Some("BUSYKEY") => done.present += 1,
+                Err(e) => return Err(target.observe_err(StoreError::Command(e))),
+            }
+        }
+        if next == 0 {
+            return Ok(done);
+        }
+        cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11";
+
+    #[test]
+    fn a_tenants_keys_get_the_hash_tag_in_a_cluster_and_keep_their_names_elsewhere() {
+        let c = RedisMode::Cluster;
+        for (standalone, cluster) in [
+            (format!("token:{T}"), format!("token:{{{T}}}")),
+            (
+                format!("checkpoint:{T}:Audit.Exchange"),
+                format!("checkpoint:{{{T}}}:Audit.Exchange"),
+            ),
+            (
+                format!("relayed:{T}:blob-1"),
+                format!("relayed:{{{T}}}:blob-1"),
+            ),
+            (
+                format!("seen:{T}:476266:g:01"),
+                format!("seen:{{{T}}}:476266:g:01"),
+            ),
+            (
+                format!("quota:{T}:calendar"),
+                format!("quota:{{{T}}}:calendar"),
+            ),
+            (format!("rec:{T}:a:b{{c}}"), format!("rec:{{{T}}}:a:b{{c}}")),
+            ("tenants".to_string(), "tenants".to_string()),
+        ] {
+            assert_eq!(target_name(&standalone, &c).as_deref(), Some(&cluster[..]));
+            assert_eq!(
+                target_name(&standalone, &RedisMode::Standalone).as_deref(),
+                Some(&standalone[..])
+            );
+        }
+        for transient in [
+            "lease:keeper".to_string(),
+            format!("token-lock:{T}"),
+            "consent-state:abc".to_string(),
+            "consent-states".to_string(),
+            "replicas".to_string(),
+            "parking:sweep".to_string(),
+            format!("token:{{{T}}}"),
+            "token:".to_string(),
+            "unknown".to_string(),
+        ] {
+            assert_eq!(target_name(&transient, &c), None, "{transient}");
+        }
+    }
+}

@@ -10,7 +10,9 @@
 //!   or counted;
 //! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
 //! - [`process`]: the relay as a child process (readiness, SIGTERM, SIGKILL, logs);
-//! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis.
+//! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis;
+//! - [`redis_topology`]: a Redis Cluster or a Sentinel-watched master of a test's own, on free
+//!   ports, with master kills and failovers.
 //!
 //! It does not depend on `o365-relay` (the relay's `demo` feature may depend on it): what only
 //! the relay knows, such as the queues derived from its work queue, the tests pass in.
@@ -21,6 +23,7 @@ pub mod guard;
 pub mod names;
 pub mod process;
 pub mod proxy;
+pub mod redis_topology;
 pub mod services;
 pub mod sim;
 pub mod sink;
@@ -31,6 +34,7 @@ pub use guard::ResourceGuard;
 pub use names::{unique, Names};
 pub use process::{RelayCommand, RelayProcess};
 pub use proxy::Proxy;
+pub use redis_topology::{RedisCluster, RedisSentinel};
 pub use services::*;
 pub use sim::SimBuilder;
 pub use sink::{header, Counter, Received, Sink, SinkMessage, SinkQueue};

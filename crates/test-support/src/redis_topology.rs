@@ -852,8 +852,7 @@ impl RedisSentinel {
     }
 
     /// SIGKILLs the current master (and reaps it); a failover is timed from now. Its port.
-    /// Sentinels do not fail the same master name over again within twice `failover-timeout`
-    /// (20 s) of the last failover: a second kill sooner waits that long.
+    /// After a failover, killing the promoted master fails over again to the next replica.
     pub async fn kill_master(&mut self) -> u16 {
         let port = self.master_port().await;
         self.servers.kill(port);

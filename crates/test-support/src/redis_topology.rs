@@ -852,6 +852,7 @@ impl RedisSentinel {
     }
 
     /// SIGKILLs the current master (and reaps it); a failover is timed from now. Its port.
+    /// After a failover, killing the promoted master fails over again to the next replica.
     pub async fn kill_master(&mut self) -> u16 {
         let port = self.master_port().await;
         self.servers.kill(port);

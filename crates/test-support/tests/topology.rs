@@ -242,3 +242,17 @@ async fn a_topology_dropped_by_a_panicking_test_leaves_nothing_behind() {
     let (pids, ports, dir) = rx.recv().expect("the cluster started");
     assert_gone(&pids, &ports, &dir);
 }
+
+#[tokio::test]
+async fn the_promoted_sentinel_master_fails_over_again_when_it_is_killed_in_turn() {
+    let mut sentinel = RedisSentinel::start().await;
+    let first = sentinel.kill_master().await;
+    let took = sentinel.wait_for_failover(FAILOVER_WAIT).await;
+    let second = sentinel.kill_master().await;
+    assert_ne!(first, second);
+    let again = sentinel.wait_for_failover(FAILOVER_WAIT).await;
+    println!("redis sentinel failovers {took:?}, then {again:?} for the promoted master");
+    let last = sentinel.master_port().await;
+    assert!(![first, second].contains(&last));
+    assert_eq!(role(last).await, "master");
+}

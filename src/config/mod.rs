@@ -18,7 +18,7 @@ mod redis;
 mod tests;
 mod tls;
 
-pub use amqp::QueueType;
+pub use amqp::{AmqpEndpoint, QueueType};
 pub use base_url::BaseUrl;
 pub use consent::ConsentMode;
 pub use microsoft::Credential;
@@ -56,7 +56,9 @@ pub struct Settings {
     pub redis_prefix: String,
     /// `O365_REDIS_CA_PATH`: the private CA for rediss:// (else the system's CA store).
     pub redis_ca: Option<PemFile>,
-    pub amqp_url: Secret<String>,
+    /// `O365_AMQP_URL`: one endpoint, or the nodes of one cluster, in the order given (at
+    /// least one).
+    pub amqp_endpoints: Vec<AmqpEndpoint>,
     /// `O365_AMQP_CA_PATH`: a private CA for amqps://, trusted with the system's CA store.
     pub amqp_ca: Option<PemFile>,
     /// `O365_AMQP_CLIENT_CERT_PATH` and `O365_AMQP_CLIENT_KEY_PATH`: the client certificate
@@ -190,7 +192,7 @@ impl Settings {
             redis_url: redis.url,
             redis_prefix: redis.prefix,
             redis_ca: redis.ca,
-            amqp_url: amqp.url,
+            amqp_endpoints: amqp.endpoints,
             amqp_ca: amqp.ca,
             amqp_client: amqp.client,
             amqp_exchange: amqp.exchange,

@@ -10,7 +10,9 @@
 //!   or counted;
 //! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
 //! - [`process`]: the relay as a child process (readiness, SIGTERM, SIGKILL, logs);
-//! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis.
+//! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis;
+//! - [`rabbit_cluster`]: a RabbitMQ cluster of three nodes of its own, beside the machine's
+//!   broker: its URL list, SIGKILL and restart of a node, the node a named connection is on.
 //!
 //! It does not depend on `o365-relay` (the relay's `demo` feature may depend on it): what only
 //! the relay knows, such as the queues derived from its work queue, the tests pass in.
@@ -21,6 +23,7 @@ pub mod guard;
 pub mod names;
 pub mod process;
 pub mod proxy;
+pub mod rabbit_cluster;
 pub mod services;
 pub mod sim;
 pub mod sink;

@@ -317,6 +317,7 @@ impl Broker {
         // CONFIRM_TIMEOUT, not after CONFIRM_TIMEOUT per message.
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut broken = false;
+        let mut refused = false;
         let mut confirms = Vec::with_capacity(messages.len());
         for (f, out) in publishing.iter_mut().zip(published) {
             let r = match out {
@@ -344,6 +345,7 @@ impl Broker {
                     publisher.ledger.returned(&r.delivery.routing_key)
                 }
                 Ok(Ok(Confirmation::Nack(r))) => {
+                    refused = true;
                     if let Some(r) = r {
                         publisher.ledger.returned(&r.delivery.routing_key);
                     }
@@ -370,8 +372,25 @@ impl Broker {
         if broken {
             // The pairing of returns on this channel is unknowable from here on.
             self.retire(&publisher).await;
+        } else if refused {
+            // A channel keeps a view of each quorum queue it publishes to. Opened on a node
+            // while the queue's leader was being elected elsewhere (its node had just died),
+            // that view can stay stale, and the channel then nacked every publish to that
+            // queue — seen on a 3-node cluster: the work queue refused the webhook's blobs for
+            // 90 s while records flowed on the same channel. A new channel looks the queue up
+            // afresh; the old one closes when its last submission is answered.
+            self.set_aside(&publisher).await;
         }
         slot.answer().await
+    }
+
+    /// Stops handing out `p` to new submissions (the next opens a new channel on the same
+    /// connection); `p` closes itself when the submissions holding it are done.
+    async fn set_aside(&self, p: &Arc<Publisher>) {
+        let mut current = self.publisher.lock().await;
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, p)) {
+            *current = None;
+        }
     }
 
     /// The shared confirm channel, opened (with a fresh ledger) when there is none.
@@ -394,12 +413,7 @@ impl Broker {
     }
 
     async fn retire(&self, p: &Arc<Publisher>) {
-        {
-            let mut current = self.publisher.lock().await;
-            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, p)) {
-                *current = None;
-            }
-        }
+        self.set_aside(p).await;
         let _ = p.channel.close(200, "confirm failed".into()).await;
         self.invalidate(p.generation).await;
     }
@@ -602,7 +616,10 @@ impl Broker {
             }
         }
         let e = if n == 1 {
-            errors.pop().map(|(_, e)| e).expect("one endpoint was tried")
+            errors
+                .pop()
+                .map(|(_, e)| e)
+                .expect("one endpoint was tried")
         } else {
             BrokerError::Unavailable(format!(
                 "no RabbitMQ endpoint answered: {}",
@@ -652,9 +669,19 @@ impl Broker {
         }
     }
 
+    /// A connection attempt failed: remembered for `/readyz`, and callers fail fast for a
+    /// second instead of each trying again.
     fn failed(&self, e: BrokerError) -> BrokerError {
-        *self.last_error.lock().expect("poisoned") = Some(e.to_string());
         *self.failed_at.lock().expect("poisoned") = Some(std::time::Instant::now());
+        self.noted(e)
+    }
+
+    /// An operation on the shared connection failed (a channel could not be opened: usually
+    /// the connection just died): remembered for `/readyz`, but it holds back no reconnect.
+    /// Counting it as a failed attempt kept the relay off a live node for a second after its
+    /// node died (measured on a 3-node cluster: 1.1 s of the 1.5 s recovery).
+    fn noted(&self, e: BrokerError) -> BrokerError {
+        *self.last_error.lock().expect("poisoned") = Some(e.to_string());
         e
     }
 
@@ -728,7 +755,7 @@ impl Broker {
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| self.failed(e.into()))?;
+            .map_err(|e| self.noted(e.into()))?;
         Ok((channel, generation))
     }
 
@@ -766,7 +793,7 @@ impl Broker {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| self.failed(e.into()))?;
+            .map_err(|e| self.noted(e.into()))?;
         Ok((channel, generation))
     }
 }

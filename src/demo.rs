@@ -106,7 +106,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let work_queue = env_or("O365_AMQP_WORK_QUEUE", "o365.content");
     // With several endpoints (a cluster), the demo's own connections — the check below and
     // the demo queue — use the first; the relay itself gets the whole list.
-    let first_amqp_url = amqp_url.split(',').next().unwrap_or_default().trim().to_string();
+    let first_amqp_url = amqp_url
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     if let Err(msg) = preflight(&redis_url, &first_amqp_url).await {
         eprintln!("demo: cannot start:\n{msg}");
         return Ok(false);
@@ -173,7 +178,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
 
     // The demo queue exists before anything is published (records are published mandatory).
     let demo_queue = format!("o365.demo.{run_id}");
-    let sink = Sink::bind(&first_amqp_url, &exchange, &demo_queue, SinkQueue::Temporary).await?;
+    let sink = Sink::bind(
+        &first_amqp_url,
+        &exchange,
+        &demo_queue,
+        SinkQueue::Temporary,
+    )
+    .await?;
     let mut consumer = sink.consume().await?;
 
     let app = Application::build_with_listeners(settings, Some(public), admin).await?;

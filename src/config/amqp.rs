@@ -39,7 +39,8 @@ impl AmqpEndpoint {
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return Err("must start with amqp:// or amqps://");
         }
-        let named_host = url::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+        let named_host =
+            url::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
         let uri: AMQPUri = match url.parse() {
             Ok(uri) if named_host => uri,
             _ => return Err("is not a valid AMQP URL (expected amqp[s]://user:password@host:port/vhost, with a host)"),

@@ -357,10 +357,18 @@ fn several_amqp_urls_of_one_cluster_are_endpoints_in_order() {
         "amqp://relay:pw1@rabbit-0.rabbit:5672/%2f, amqp://relay:pw1@rabbit-1.rabbit/%2f,amqp://relay:pw1@10.0.0.7:5673/prod?heartbeat=5",
     ))
     .unwrap();
-    let addresses: Vec<&str> = s.amqp_endpoints.iter().map(|e| e.address.as_str()).collect();
+    let addresses: Vec<&str> = s
+        .amqp_endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
     assert_eq!(
         addresses,
-        ["rabbit-0.rabbit:5672", "rabbit-1.rabbit:5672", "10.0.0.7:5673"]
+        [
+            "rabbit-0.rabbit:5672",
+            "rabbit-1.rabbit:5672",
+            "10.0.0.7:5673"
+        ]
     );
     assert_eq!(
         s.amqp_endpoints[1].url.expose(),
@@ -393,7 +401,9 @@ fn every_bad_amqp_url_is_named_by_its_position_never_by_its_text() {
         ]
     );
     // One URL keeps the message it always had.
-    let one = Settings::from_vars(with("AMQP_URL", "rabbit:5672")).unwrap_err().0;
+    let one = Settings::from_vars(with("AMQP_URL", "rabbit:5672"))
+        .unwrap_err()
+        .0;
     assert_eq!(one, ["O365_AMQP_URL: must start with amqp:// or amqps://"]);
     let mixed = Settings::from_vars(with(
         "AMQP_URL",
@@ -403,7 +413,11 @@ fn every_bad_amqp_url_is_named_by_its_position_never_by_its_text() {
     .0;
     assert_eq!(mixed.len(), 1, "{mixed:?}");
     assert!(mixed[0].starts_with("O365_AMQP_URL: mixes amqp:// and amqps:// URLs"));
-    assert!(e.iter().chain(&one).chain(&mixed).all(|l| !l.contains("hunter2")));
+    assert!(e
+        .iter()
+        .chain(&one)
+        .chain(&mixed)
+        .all(|l| !l.contains("hunter2")));
 }
 
 #[test]

@@ -12,9 +12,9 @@ mod harness;
 use harness::*;
 use std::time::{Duration, Instant};
 
-/// Blobs × records the simulator publishes per scenario, 3 blobs every 200 ms (about 12 s): the
-/// kill falls a few seconds in, and blobs keep coming after the recovery.
-const BLOBS: usize = 180;
+/// Blobs × records the simulator publishes per scenario, 3 blobs every 200 ms (about 8 s): the
+/// kill falls a few seconds in, and blobs keep coming well after the recovery.
+const BLOBS: usize = 120;
 const RECORDS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,16 +58,23 @@ async fn node_dies_under(
 ) -> (Row, usize) {
     let mut fleet = Fleet::start(cluster, replicas).await;
 
-    // The relay's queues are quorum queues with a member on every node.
+    // The relay's queues, and the sink, are quorum queues with a member on every node.
     let mut all: Vec<String> = (1..=NODES)
         .map(|n| cluster.node_name(n).to_string())
         .collect();
     all.sort();
-    for q in fleet.relay_queues() {
-        let mut members = cluster
-            .quorum_members(&q)
-            .await
-            .unwrap_or_else(|e| panic!("{q}: {e}"));
+    let mut queues = cluster
+        .quorum_members()
+        .await
+        .unwrap_or_else(|e| panic!("list the quorum queues: {e}"));
+    for q in fleet
+        .relay_queues()
+        .into_iter()
+        .chain([fleet.names.sink.clone()])
+    {
+        let mut members = queues
+            .remove(&q)
+            .unwrap_or_else(|| panic!("{q} is not a quorum queue"));
         members.sort();
         assert_eq!(members, all, "{q} is not replicated on every node");
     }

@@ -137,6 +137,12 @@ impl RabbitCluster {
     /// `name`, asked of a running node (`rabbitmqctl list_connections` lists the whole
     /// cluster's connections; the node is told by the listener port it was accepted on).
     pub async fn node_of_connection(&self, name: &str) -> Result<Vec<usize>, String> {
+        Ok(self.nodes_of_connections(&[name]).await?.remove(0))
+    }
+
+    /// [`RabbitCluster::node_of_connection`] for several names with one `rabbitmqctl` call
+    /// (each call boots an Erlang VM: a second or two of CPU).
+    pub async fn nodes_of_connections(&self, names: &[&str]) -> Result<Vec<Vec<usize>>, String> {
         let out = self
             .ctl(&[
                 "list_connections",
@@ -146,18 +152,25 @@ impl RabbitCluster {
                 "client_properties",
             ])
             .await?;
-        let mut nodes = Vec::new();
-        for line in out.lines().filter(|l| l.contains(name)) {
-            let port = line.split_whitespace().next().and_then(|p| p.parse().ok());
-            if let Some(n) = (1..=NODES).find(|&n| Some(self.inner.node(n).amqp_port) == port) {
-                nodes.push(n);
-            }
-        }
-        Ok(nodes)
+        Ok(names
+            .iter()
+            .map(|name| {
+                out.lines()
+                    .filter(|l| l.contains(name))
+                    .filter_map(|line| {
+                        let port = line.split_whitespace().next()?.parse::<u16>().ok()?;
+                        (1..=NODES).find(|&n| self.inner.node(n).amqp_port == port)
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
-    /// The members of quorum queue `queue` (Erlang node names), asked of a running node.
-    pub async fn quorum_members(&self, queue: &str) -> Result<Vec<String>, String> {
+    /// The members (Erlang node names) of every quorum queue, by queue name, asked of a
+    /// running node with one `rabbitmqctl list_queues`.
+    pub async fn quorum_members(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, String> {
         let out = self
             .ctl(&[
                 "list_queues",
@@ -171,21 +184,18 @@ impl RabbitCluster {
             .await?;
         let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim())
             .map_err(|e| format!("list_queues answered no JSON ({e}): {out}"))?;
-        let row = rows
+        Ok(rows
             .iter()
-            .find(|r| r["name"] == queue)
-            .ok_or_else(|| format!("no queue {queue}"))?;
-        if row["type"] != "quorum" {
-            return Err(format!("{queue} is a {} queue", row["type"]));
-        }
-        Ok(row["members"]
-            .as_array()
-            .map(|m| {
-                m.iter()
+            .filter(|r| r["type"] == "quorum")
+            .filter_map(|r| {
+                let members = r["members"]
+                    .as_array()?
+                    .iter()
                     .filter_map(|n| n.as_str().map(str::to_string))
-                    .collect()
+                    .collect();
+                Some((r["name"].as_str()?.to_string(), members))
             })
-            .unwrap_or_default())
+            .collect())
     }
 
     /// `rabbitmqctl -n {a running node} args…` with the cluster's cookie: its standard output,
@@ -248,7 +258,10 @@ impl Inner {
                 .collect();
             waits
                 .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err("a boot wait panicked".into())))
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err("a boot wait panicked".into()))
+                })
                 .collect::<Result<Vec<()>, String>>()
         })?;
         let first = inner.node(1).name.clone();
@@ -449,7 +462,9 @@ impl RunAs {
             String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse()
-                .map_err(|_| "running as root, but there is no rabbitmq user to run the nodes as".to_string())
+                .map_err(|_| {
+                    "running as root, but there is no rabbitmq user to run the nodes as".to_string()
+                })
         };
         Ok(RunAs {
             ids: Some((id("-u")?, id("-g")?)),
@@ -540,19 +555,31 @@ mod tests {
     async fn a_cluster_of_three_boots_finds_connections_survives_a_kill_and_cleans_up() {
         let started = Instant::now();
         let cluster = RabbitCluster::start().await.expect("the cluster boots");
-        println!("cluster of {NODES} up in {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "cluster of {NODES} up in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         let dir = cluster.dir().to_path_buf();
-        let status = cluster.ctl(&["cluster_status", "--formatter", "json"]).await.unwrap();
+        let status = cluster
+            .ctl(&["cluster_status", "--formatter", "json"])
+            .await
+            .unwrap();
         let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
         let running = status["running_nodes"].as_array().unwrap();
         assert_eq!(running.len(), NODES, "{status}");
-        assert!(!running.iter().any(|n| n == "rabbit@localhost"), "the machine's broker joined");
+        assert!(
+            !running.iter().any(|n| n == "rabbit@localhost"),
+            "the machine's broker joined"
+        );
         assert_eq!(cluster.urls().split(',').count(), NODES);
 
         // A named connection on node 2, found by its name.
         let name = format!("harness-self-test-{}", crate::unique());
-        let props = lapin::ConnectionProperties::default().with_connection_name(name.clone().into());
-        let conn = lapin::Connection::connect(&cluster.url(2), props).await.unwrap();
+        let props =
+            lapin::ConnectionProperties::default().with_connection_name(name.clone().into());
+        let conn = lapin::Connection::connect(&cluster.url(2), props)
+            .await
+            .unwrap();
         assert_eq!(cluster.node_of_connection(&name).await.unwrap(), [2]);
 
         // A quorum queue has a member on each node, and takes messages with one node dead.
@@ -573,9 +600,16 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut members = cluster.quorum_members(&queue).await.unwrap();
+        let mut members = cluster
+            .quorum_members()
+            .await
+            .unwrap()
+            .remove(&queue)
+            .unwrap();
         members.sort();
-        let mut all: Vec<String> = (1..=NODES).map(|n| cluster.node_name(n).to_string()).collect();
+        let mut all: Vec<String> = (1..=NODES)
+            .map(|n| cluster.node_name(n).to_string())
+            .collect();
         all.sort();
         assert_eq!(members, all);
 

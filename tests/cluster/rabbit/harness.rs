@@ -100,11 +100,16 @@ impl<'c> Fleet<'c> {
             .await;
         let redis_guard = ResourceGuard::new().redis_prefix(&names.prefix);
         // The sink exists before the relays publish (records are published mandatory).
-        Sink::bind(&cluster.url(1), &names.exchange, &names.sink, SinkQueue::Quorum)
-            .await
-            .expect("declare the sink on the cluster")
-            .close()
-            .await;
+        Sink::bind(
+            &cluster.url(1),
+            &names.exchange,
+            &names.sink,
+            SinkQueue::Quorum,
+        )
+        .await
+        .expect("declare the sink on the cluster")
+        .close()
+        .await;
         let balancer = Balancer::start().await;
         let env = RelayEnv::new(&names, &sim.url())
             .client_secret(SECRET)
@@ -204,22 +209,22 @@ impl<'c> Fleet<'c> {
     /// The node each replica's RabbitMQ connection is on (found by its connection name), once
     /// every replica has exactly one; `None` when that did not happen within `wait`.
     pub async fn relay_nodes(&self, wait: Duration) -> Option<Vec<usize>> {
+        // `o365-relay {HOSTNAME}/{pid} serve`: the slash keeps r1 from matching r10.
+        let names: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| format!("{}/", r.hostname))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let deadline = Instant::now() + wait;
         loop {
-            let mut nodes = Vec::new();
-            for r in &self.replicas {
-                // `o365-relay {HOSTNAME}/{pid} serve`: the slash keeps r1 from matching r10.
-                let on = self
-                    .cluster
-                    .node_of_connection(&format!("{}/", r.hostname))
-                    .await
-                    .unwrap_or_default();
-                if on.len() == 1 {
-                    nodes.push(on[0]);
-                }
-            }
-            if nodes.len() == self.replicas.len() {
-                return Some(nodes);
+            let found = self
+                .cluster
+                .nodes_of_connections(&names)
+                .await
+                .unwrap_or_default();
+            if found.len() == names.len() && found.iter().all(|on| on.len() == 1) {
+                return Some(found.iter().map(|on| on[0]).collect());
             }
             if Instant::now() >= deadline {
                 return None;
@@ -247,7 +252,10 @@ impl<'c> Fleet<'c> {
 
     /// Deliveries counted so far.
     pub fn total(&self) -> u64 {
-        self.received.lock().unwrap_or_else(|e| e.into_inner()).total
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .total
     }
 
     /// Publishes `blobs` blobs (alternating content types) of `records` records, `per_tick` at
@@ -388,7 +396,7 @@ pub struct Settled {
     pub drained: Duration,
 }
 
-/// All replicas' identities in the fleet, for messages.
+/// The nodes of a list, each once, in order (for messages).
 pub fn distinct(nodes: &[usize]) -> Vec<usize> {
     let set: HashSet<usize> = nodes.iter().copied().collect();
     let mut v: Vec<usize> = set.into_iter().collect();

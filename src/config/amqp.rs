@@ -69,8 +69,8 @@ impl AmqpEndpoint {
 ///   (`rabbitmq-queues grow` / `shrink` after adding or removing nodes).
 /// - **Classic**: the queue lives on one node (the one the relay was connected to when it
 ///   declared it) and is not replicated. When that node dies the queue is unavailable until
-///   the node returns (with its data only if the disk survived), and meanwhile the relay cannot
-///   declare its topology on another node, so it stays unready. Use it only on a single broker.
+///   the node returns (with its messages only if its disk survived). Use it only on a single
+///   broker.
 ///
 /// Known limit with either: a retry tier hands an expired message back to the work queue by
 /// dead-lettering, which RabbitMQ does at most once; should the work queue have no leader at

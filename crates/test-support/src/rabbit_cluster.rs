@@ -21,7 +21,8 @@
 //! A test kills a node with SIGKILL ([`RabbitCluster::kill`]), starts it again
 //! ([`RabbitCluster::restart`], it rejoins by itself), and finds on which node a named connection
 //! is ([`RabbitCluster::node_of_connection`]). Dropping the cluster kills its nodes and removes
-//! its directory; a cluster left behind by a test process that was itself killed is removed by
+//! its directory (`RABBIT_CLUSTER_KEEP=1`, or a panic, keeps the files: node logs under
+//! `n{N}/log`); a cluster left behind by a test process that was itself killed is removed by
 //! the next [`RabbitCluster::start`].
 
 use crate::services::free_port;

@@ -74,6 +74,27 @@ pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .context("Failed to build the HTTP client")
 }
 
+/// The name this process gives its RabbitMQ connections (client property `connection_name`):
+/// `o365-relay {HOSTNAME}/{pid} {command}`, e.g. `o365-relay relay-7d9f-x2k4/1 serve`, so an
+/// operator (or a test) finds in `rabbitmqctl list_connections client_properties` which node a
+/// replica is connected to, and what for.
+fn connection_name() -> String {
+    // Client properties travel before the frame size is negotiated (4 KiB at most then): a
+    // host name is at most 64 bytes on Linux, and a command a word; cap both anyway.
+    let host: String = std::env::var("HOSTNAME")
+        .unwrap_or_else(|_| "relay".into())
+        .chars()
+        .take(64)
+        .collect();
+    // `o365-relay` alone is `serve`; an option first (`--help`) is no command.
+    let command = std::env::args()
+        .nth(1)
+        .filter(|a| !a.starts_with('-'))
+        .map(|a| a.chars().take(32).collect::<String>())
+        .unwrap_or_else(|| "serve".into());
+    format!("o365-relay {host}/{} {command}", std::process::id())
+}
+
 impl Parts {
     pub fn new(settings: Settings) -> anyhow::Result<Arc<Parts>> {
         let settings = Arc::new(settings);
@@ -83,7 +104,8 @@ impl Parts {
         let names = Names::new(&settings.amqp_work_queue);
         let broker = Arc::new(
             Broker::new(
-                &settings.amqp_url,
+                &settings.amqp_endpoints,
+                connection_name(),
                 names.topology(&settings.amqp_exchange, settings.amqp_queue_type),
                 metrics.amqp_connections.clone(),
             )

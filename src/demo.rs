@@ -60,6 +60,11 @@ async fn preflight(redis_url: &str, amqp_url: &str) -> Result<(), String> {
             redact_url(redis_url)
         ));
     }
+    if let Err(why) = crate::config::AmqpEndpoint::parse(amqp_url) {
+        // lapin's own parse error quotes the URL, password included.
+        problems.push(format!("O365_AMQP_URL: {why}"));
+        return Err(problems.join("\n"));
+    }
     match tokio::time::timeout(Duration::from_secs(5), lapin::Connection::connect(amqp_url, Default::default())).await {
         Ok(Ok(c)) => {
             let _ = c.close(200, "preflight".into()).await;
@@ -99,7 +104,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let amqp_url = env_or("O365_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
     let exchange = env_or("O365_AMQP_EXCHANGE", "o365.audit");
     let work_queue = env_or("O365_AMQP_WORK_QUEUE", "o365.content");
-    if let Err(msg) = preflight(&redis_url, &amqp_url).await {
+    // With several endpoints (a cluster), the demo's own connections — the check below and
+    // the demo queue — use the first; the relay itself gets the whole list.
+    let first_amqp_url = amqp_url
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if let Err(msg) = preflight(&redis_url, &first_amqp_url).await {
         eprintln!("demo: cannot start:\n{msg}");
         return Ok(false);
     }
@@ -165,7 +178,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
 
     // The demo queue exists before anything is published (records are published mandatory).
     let demo_queue = format!("o365.demo.{run_id}");
-    let sink = Sink::bind(&amqp_url, &exchange, &demo_queue, SinkQueue::Temporary).await?;
+    let sink = Sink::bind(
+        &first_amqp_url,
+        &exchange,
+        &demo_queue,
+        SinkQueue::Temporary,
+    )
+    .await?;
     let mut consumer = sink.consume().await?;
 
     let app = Application::build_with_listeners(settings, Some(public), admin).await?;

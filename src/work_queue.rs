@@ -310,8 +310,8 @@ impl WorkQueue {
 
     /// Consumes the work queue with at most `concurrency` jobs at once until `shutdown`; then
     /// lets jobs in flight finish until `drain_deadline` (those still running are left unacked,
-    /// and RabbitMQ redelivers them). Returns an error when the channel or connection failed
-    /// (the caller consumes again).
+    /// and RabbitMQ redelivers them). Returns an error as soon as the channel or connection
+    /// failed (the caller consumes again; the jobs in flight finish in the background).
     pub async fn consume<H, Fut>(
         self: &Arc<Self>,
         concurrency: usize,
@@ -355,6 +355,15 @@ impl WorkQueue {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
+        if matches!(result, Err(BrokerError::Amqp(_))) {
+            // The channel is gone (its node died, say): the jobs in flight can no longer be
+            // acked on it, and RabbitMQ hands their blobs to a live consumer. Let them finish
+            // on their own (their records are published, their markers set, so the redelivery
+            // is cheap) while the caller consumes again at once — waiting for them held the
+            // new consumer back for as long as the slowest fetch, up to the drain budget.
+            tasks.detach_all();
+            return result;
+        }
         let drained = tokio::time::timeout(drain_budget, async {
             while tasks.join_next().await.is_some() {}
         })

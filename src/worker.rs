@@ -130,8 +130,10 @@ impl Worker {
         shutdown: CancellationToken,
         drain_budget: Duration,
     ) {
-        let mut delay = Duration::from_millis(200);
+        const FIRST_DELAY: Duration = Duration::from_millis(200);
+        let mut delay = FIRST_DELAY;
         while !shutdown.is_cancelled() {
+            let consuming_since = Instant::now();
             let worker = self.clone();
             let handler = move |job: Job| {
                 let worker = worker.clone();
@@ -143,6 +145,12 @@ impl Worker {
             {
                 Ok(()) => return,
                 Err(e) => {
+                    // A consumer that ran a while ended by a new failure (its node died, say),
+                    // not by the last one's again: back off from the start, so a long-lived
+                    // replica resumes on another node as fast as a fresh one.
+                    if consuming_since.elapsed() > Duration::from_secs(30) {
+                        delay = FIRST_DELAY;
+                    }
                     tracing::warn!(error = %e, "Work queue consumer stopped; consuming again.");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -26,7 +26,12 @@ pub async fn run() -> Outcome {
         .map(|u| redact_url(u.expose()))
         .collect();
     let redis = redis_urls.join(" ");
-    let amqp = redact_url(settings.amqp_url.expose());
+    let amqp = settings
+        .amqp_endpoints
+        .iter()
+        .map(|e| redact_url(e.url.expose()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let parts = match Parts::new(settings) {
         Ok(p) => p,
         Err(e) => {
@@ -55,8 +60,8 @@ pub async fn run() -> Outcome {
     }
     match parts.broker.connect().await {
         Ok(c) => {
-            let _ = c.close(200, "check".into()).await;
-            println!("ok      rabbitmq ({amqp})");
+            let _ = c.connection.close(200, "check".into()).await;
+            println!("ok      rabbitmq ({amqp}): connected to {}", c.endpoint);
         }
         Err(e) => {
             ok = false;

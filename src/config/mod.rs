@@ -19,7 +19,7 @@ mod tests;
 mod tls;
 
 pub use self::redis::{RedisMode, RedisSettings};
-pub use amqp::QueueType;
+pub use amqp::{AmqpEndpoint, QueueType};
 pub use base_url::BaseUrl;
 pub use consent::ConsentMode;
 pub use microsoft::Credential;
@@ -56,7 +56,9 @@ pub struct Settings {
     /// `O365_REDIS_MODE`, `O365_REDIS_URL`, `O365_REDIS_SENTINEL_MASTER`, `O365_REDIS_PREFIX`,
     /// `O365_REDIS_CA_PATH`.
     pub redis: RedisSettings,
-    pub amqp_url: Secret<String>,
+    /// `O365_AMQP_URL`: one endpoint, or the nodes of one cluster, in the order given (at
+    /// least one).
+    pub amqp_endpoints: Vec<AmqpEndpoint>,
     /// `O365_AMQP_CA_PATH`: a private CA for amqps://, trusted with the system's CA store.
     pub amqp_ca: Option<PemFile>,
     /// `O365_AMQP_CLIENT_CERT_PATH` and `O365_AMQP_CLIENT_KEY_PATH`: the client certificate
@@ -188,7 +190,7 @@ impl Settings {
             listen: http.listen,
             admin_listen: http.admin_listen,
             redis,
-            amqp_url: amqp.url,
+            amqp_endpoints: amqp.endpoints,
             amqp_ca: amqp.ca,
             amqp_client: amqp.client,
             amqp_exchange: amqp.exchange,

@@ -35,7 +35,12 @@ fn defaults_follow_the_contract() {
 fn defaults_of_the_additions_match_env_example() {
     let s = Settings::from_vars(base()).unwrap();
     assert_eq!(s.redis.urls[0].expose(), "redis://127.0.0.1:6379");
-    assert_eq!(s.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(s.amqp_endpoints.len(), 1);
+    assert_eq!(
+        s.amqp_endpoints[0].url.expose(),
+        "amqp://guest:guest@127.0.0.1:5672/%2f"
+    );
+    assert_eq!(s.amqp_endpoints[0].address, "127.0.0.1:5672");
     assert!(s.public_url.is_none() && s.admin_token.is_none() && s.publisher_id.is_none());
     assert!(s.tenants.is_empty());
     assert!(s.enable_webhook && s.enable_workers && s.enable_reconciler && s.enable_keeper);
@@ -346,12 +351,83 @@ fn trusted_proxies_are_addresses_or_blocks() {
 }
 
 #[test]
+fn several_amqp_urls_of_one_cluster_are_endpoints_in_order() {
+    let s = Settings::from_vars(with(
+        "AMQP_URL",
+        "amqp://relay:pw1@rabbit-0.rabbit:5672/%2f, amqp://relay:pw1@rabbit-1.rabbit/%2f,amqp://relay:pw1@10.0.0.7:5673/prod?heartbeat=5",
+    ))
+    .unwrap();
+    let addresses: Vec<&str> = s
+        .amqp_endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "rabbit-0.rabbit:5672",
+            "rabbit-1.rabbit:5672",
+            "10.0.0.7:5673"
+        ]
+    );
+    assert_eq!(
+        s.amqp_endpoints[1].url.expose(),
+        "amqp://relay:pw1@rabbit-1.rabbit/%2f",
+        "entries are trimmed"
+    );
+    let tls = Settings::from_vars(with(
+        "AMQP_URL",
+        "amqps://u:p@mq-1.example.com/%2f,amqps://u:p@mq-2.example.com/%2f",
+    ))
+    .unwrap();
+    assert_eq!(tls.amqp_endpoints[1].address, "mq-2.example.com:5671");
+}
+
+#[test]
+fn every_bad_amqp_url_is_named_by_its_position_never_by_its_text() {
+    let e = Settings::from_vars(with(
+        "AMQP_URL",
+        "amqp://u:hunter2@a:5672/%2f,,http://u:hunter2@b/,amqp://u:hunter2@c:notaport/,amqp:///%2f",
+    ))
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        e,
+        [
+            "O365_AMQP_URL: entry 2 of 5: is empty (expected one or more comma-separated amqp:// or amqps:// URLs of one cluster)",
+            "O365_AMQP_URL: entry 3 of 5: must start with amqp:// or amqps://",
+            "O365_AMQP_URL: entry 4 of 5: is not a valid AMQP URL (expected amqp[s]://user:password@host:port/vhost, with a host)",
+            "O365_AMQP_URL: entry 5 of 5: is not a valid AMQP URL (expected amqp[s]://user:password@host:port/vhost, with a host)",
+        ]
+    );
+    // One URL keeps the message it always had.
+    let one = Settings::from_vars(with("AMQP_URL", "rabbit:5672"))
+        .unwrap_err()
+        .0;
+    assert_eq!(one, ["O365_AMQP_URL: must start with amqp:// or amqps://"]);
+    let mixed = Settings::from_vars(with(
+        "AMQP_URL",
+        "amqps://u:hunter2@a/%2f,amqp://u:hunter2@b/%2f",
+    ))
+    .unwrap_err()
+    .0;
+    assert_eq!(mixed.len(), 1, "{mixed:?}");
+    assert!(mixed[0].starts_with("O365_AMQP_URL: mixes amqp:// and amqps:// URLs"));
+    assert!(e
+        .iter()
+        .chain(&one)
+        .chain(&mixed)
+        .all(|l| !l.contains("hunter2")));
+}
+
+#[test]
 fn secrets_do_not_show_in_debug_output() {
     let mut v = base();
     v.push(("O365_ADMIN_TOKEN", "admin-token-0123456789".into()));
     v.push((
         "O365_AMQP_URL",
-        "amqp://user:amqp-password@rabbit:5672/%2f".into(),
+        "amqp://user:amqp-password@rabbit-0:5672/%2f,amqp://user:amqp-password@rabbit-1:5672/%2f"
+            .into(),
     ));
     let s = Settings::from_vars(v).unwrap();
     let dbg = format!("{s:?}");

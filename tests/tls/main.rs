@@ -195,8 +195,8 @@ async fn check_shows_the_tls_state_and_a_client_certificate_is_presented_when_co
     assert_eq!(
         line(&table, "rabbitmq"),
         format!(
-            "ok      rabbitmq (amqps://guest:***@127.0.0.1:{}/%2f, TLS, CA {} and the system CA store, client certificate {})",
-            rabbit.port, pki.ca, pki.client_cert
+            "ok      rabbitmq (amqps://guest:***@127.0.0.1:{}/%2f, TLS, CA {} and the system CA store, client certificate {}): connected to 127.0.0.1:{}",
+            rabbit.port, pki.ca, pki.client_cert, rabbit.port
         )
     );
     assert!(

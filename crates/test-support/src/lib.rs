@@ -13,6 +13,8 @@
 //! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis;
 //! - [`redis_topology`]: a Redis Cluster or a Sentinel-watched master of a test's own, on free
 //!   ports, with master kills and failovers.
+//! - [`rabbit_cluster`]: a RabbitMQ cluster of three nodes of its own, beside the machine's
+//!   broker: its URL list, SIGKILL and restart of a node, the node a named connection is on.
 //!
 //! It does not depend on `o365-relay` (the relay's `demo` feature may depend on it): what only
 //! the relay knows, such as the queues derived from its work queue, the tests pass in.
@@ -23,6 +25,7 @@ pub mod guard;
 pub mod names;
 pub mod process;
 pub mod proxy;
+pub mod rabbit_cluster;
 pub mod redis_topology;
 pub mod services;
 pub mod sim;

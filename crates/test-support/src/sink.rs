@@ -24,6 +24,9 @@ pub enum SinkQueue {
     Durable,
     /// Exclusive and auto-deleted: it goes with the connection.
     Temporary,
+    /// A quorum queue: durable and replicated on every node of a cluster, so it outlives the
+    /// node it was declared on.
+    Quorum,
 }
 
 /// A queue bound to every record (`#`) of a topic exchange, on a connection of its own.
@@ -58,13 +61,20 @@ impl Sink {
             )
             .await?;
         let options = QueueDeclareOptions {
-            durable: kind == SinkQueue::Durable,
+            durable: matches!(kind, SinkQueue::Durable | SinkQueue::Quorum),
             exclusive: kind == SinkQueue::Temporary,
             auto_delete: kind == SinkQueue::Temporary,
             ..Default::default()
         };
+        let mut arguments = FieldTable::default();
+        if kind == SinkQueue::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
         channel
-            .queue_declare(queue.into(), options, FieldTable::default())
+            .queue_declare(queue.into(), options, arguments)
             .await?;
         channel
             .queue_bind(

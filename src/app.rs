@@ -5,6 +5,7 @@
 //! use it the same way. No other module imports this one.
 
 use crate::admin::{self, AdminApi};
+use crate::backpressure::Backpressure;
 use crate::broker::Broker;
 use crate::config::{Credential, Settings};
 use crate::consent::admission::Admission;
@@ -55,6 +56,8 @@ pub struct Parts {
     pub rules: ContentRules,
     pub work_queue: Arc<WorkQueue>,
     pub sink: Arc<RecordSink>,
+    /// Routing keys paused by a full consumer queue (shared by the workers and the heartbeat).
+    pub backpressure: Arc<Backpressure>,
     /// Admits content fetches: the tenants' turns and their share of this replica's workers.
     pub scheduler: Arc<Scheduler>,
     /// Runs the background loops; its failures turn `/healthz` to 503.
@@ -126,10 +129,16 @@ impl Parts {
                 base: settings.retry_base,
                 max: settings.retry_max,
                 max_attempts: settings.max_attempts,
+                in_flight_guard: crate::work_queue::in_flight_guard(settings.reconcile_interval),
             },
             metrics.clone(),
         ));
         let sink = Arc::new(RecordSink::new(broker.clone(), &settings.amqp_exchange));
+        let backpressure = Arc::new(Backpressure::new(
+            &settings.amqp_exchange,
+            settings.backpressure_probe_max,
+            metrics.clone(),
+        ));
         let scheduler = Arc::new(Scheduler::new(
             store.clone(),
             settings.quota_per_minute,
@@ -191,6 +200,7 @@ impl Parts {
             rules,
             work_queue,
             sink,
+            backpressure,
             scheduler,
             supervisor,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -228,6 +238,7 @@ impl Parts {
             scheduler: self.scheduler.clone(),
             record_dedup_ttl: self.settings.record_dedup_ttl,
             fetch_timeout: self.settings.fetch_timeout,
+            backpressure: self.backpressure.clone(),
         }
     }
 
@@ -499,8 +510,9 @@ impl Application {
         {
             let store = parts.store.clone();
             let me = status::this_replica();
+            let backpressure = parts.backpressure.clone();
             supervisor.spawn("heartbeat", move |stop| {
-                status::heartbeat(store.clone(), me.clone(), stop)
+                status::heartbeat(store.clone(), me.clone(), backpressure.clone(), stop)
             });
         }
         let settings = &parts.settings;

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backpressure;
 pub mod broker;
 pub mod certs;
 pub mod config;

@@ -72,6 +72,16 @@ pub struct Metrics {
     pub parked_queue_depth: IntGauge,
     /// Probes of parked tenants: result = healthy | parked | error.
     pub tenant_probes: IntCounterVec,
+    /// Record batches a consumer queue refused (nacked: full), see [`crate::backpressure`].
+    pub downstream_refusals: IntCounter,
+    /// Probes of paused routing keys: result = accepted | refused.
+    pub downstream_probes: IntCounterVec,
+    /// Routing keys paused now because a consumer queue refuses their records.
+    pub downstream_paused_keys: IntGauge,
+    /// Blobs waiting for a paused routing key.
+    pub downstream_waiting_blobs: IntGauge,
+    /// When the oldest pause began (Unix seconds; 0 when nothing is paused).
+    pub downstream_paused_since: IntGauge,
 }
 
 impl Metrics {
@@ -295,6 +305,34 @@ impl Metrics {
                     "Probes of parked tenants by result"
                 ),
                 &["result"]
+            )
+            .unwrap()),
+            downstream_refusals: reg!(IntCounter::new(
+                "o365_downstream_refusals_total",
+                "Record batches refused by a consumer queue (nacked: full) and paused, not failed"
+            )
+            .unwrap()),
+            downstream_probes: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_downstream_probes_total",
+                    "Probes of routing keys paused by a full consumer queue, by result"
+                ),
+                &["result"]
+            )
+            .unwrap()),
+            downstream_paused_keys: reg!(IntGauge::new(
+                "o365_downstream_paused_routing_keys",
+                "Routing keys paused because a consumer queue refuses their records (full)"
+            )
+            .unwrap()),
+            downstream_waiting_blobs: reg!(IntGauge::new(
+                "o365_downstream_waiting_blobs",
+                "Blobs waiting for a routing key paused by a full consumer queue"
+            )
+            .unwrap()),
+            downstream_paused_since: reg!(IntGauge::new(
+                "o365_downstream_paused_since_timestamp_seconds",
+                "When the oldest pause of a routing key began (Unix seconds; 0 when none is paused)"
             )
             .unwrap()),
             registry,

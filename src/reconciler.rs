@@ -33,10 +33,13 @@
 //! came out too long): the window is recomputed with a fresh `now` and a growing margin from the
 //! 7-day edge, and windows longer than an hour are split in two; a few tries per pass.
 //!
-//! **Re-enqueue guard.** A blob enqueued by a pass gets a short-lived marker so the next passes
-//! (every `O365_RECONCILE_INTERVAL`) do not enqueue it again while it is still waiting in the
-//! work or retry queue; when the marker lapses and the blob is still not relayed (dead-lettered,
-//! lost), it is enqueued again.
+//! **One copy in flight.** The work queue marks every blob it takes — from the webhook or from
+//! a pass — as in flight ([`crate::work_queue::in_flight_guard`]), and renews the marker
+//! whenever the job waits (a retry, a deferral for its tenant's turn or for a full consumer
+//! queue, a parked tenant) for as long as the wait lasts. A pass skips blobs that are relayed,
+//! in flight, or dead-lettered: a dead-lettered blob comes back only when an operator requeues
+//! it (`o365-relay dead-letters requeue`), never by itself. A blob whose marker lapsed without
+//! being relayed (its message was lost, say, with a purged queue) is enqueued again.
 
 use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
 use crate::management::{ApiError, Disposition, ManagementClient};
@@ -163,11 +166,6 @@ impl Reconciler {
         }
     }
 
-    /// How long a blob enqueued by reconciliation is not enqueued again while it waits.
-    fn enqueue_guard_ttl(&self) -> Duration {
-        (self.interval * 5).clamp(Duration::from_secs(30), Duration::from_secs(1800))
-    }
-
     /// Reconciles one tenant and content type from its checkpoint (minus the look-back) to now.
     pub async fn reconcile_one(
         &self,
@@ -227,15 +225,8 @@ impl Reconciler {
                     .enqueue(chunk)
                     .await
                     .map_err(ReconcileError::Enqueue)?;
+                // The work queue marks them in flight (as it does the webhook's).
                 stats.enqueued += chunk.len() as u64;
-                let ttl = self.enqueue_guard_ttl();
-                for item in chunk {
-                    let _ = self
-                        .store
-                        .dedup()
-                        .mark_enqueued(tenant, &item.content_id, ttl)
-                        .await;
-                }
             }
             // Listed to the last page and every missing blob durably enqueued: the window is done.
             self.write_checkpoint(tenant, ct, we).await;
@@ -247,8 +238,7 @@ impl Reconciler {
         Ok(stats)
     }
 
-    /// The listed blobs that are neither relayed, dead-lettered, nor recently enqueued by
-    /// reconciliation. Every entry passes the same checks as a webhook notification
+    /// The listed blobs that are neither relayed, dead-lettered, nor in flight. Every entry passes the same checks as a webhook notification
     /// ([`crate::notification`]); one that fails is skipped with a log line and a metric (it can
     /// never be fetched safely). The markers of a whole page are read in one Redis round trip.
     async fn missing_items(

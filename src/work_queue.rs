@@ -13,7 +13,8 @@
 //! - [`Outcome::Defer`] → a copy goes to the retry tier for the delay, its attempt count
 //!   unchanged, its turn in `o365-not-before` and why in `o365-deferred`, then ack: waiting for
 //!   the tenant's turn ([`crate::scheduling`]) is not a failure, so it never leads to the
-//!   dead-letter queue — unless the content would expire at Microsoft first (dead, `expired`);
+//!   dead-letter queue — unless the content would expire at Microsoft first (dead, `expired`;
+//!   `downstream_full` when it waited for a consumer's full queue, [`crate::backpressure`]);
 //! - [`Outcome::Dead`] → a copy goes to `{work}.dead` with the code and reason in headers, then ack;
 //! - [`Outcome::Park`] → the job's tenant is parked ([`crate::health`]): a copy goes to
 //!   `{work}.parked` without counting an attempt, expiring into `{work}.dead` when its content
@@ -33,7 +34,7 @@ use crate::broker::{
     Topology,
 };
 use crate::config::QueueType;
-use crate::domain::{TenantId, WorkItem};
+use crate::domain::{ContentId, TenantId, WorkItem};
 use crate::metrics::Metrics;
 use crate::notification::ContentRules;
 use crate::store::Store;
@@ -157,6 +158,16 @@ pub struct RetryPolicy {
     pub base: Duration,
     pub max: Duration,
     pub max_attempts: u32,
+    /// How long a blob just enqueued is taken to be in flight ([`in_flight_guard`]).
+    pub in_flight_guard: Duration,
+}
+
+/// How long a freshly enqueued blob keeps its in-flight marker: five reconciliation passes
+/// (`O365_RECONCILE_INTERVAL`), between 30 s and 30 min. A job that waits longer (a retry, a
+/// deferral, a parked tenant) has its marker renewed for the wait; one that is lost (a purged
+/// queue) is queued again by reconciliation once its marker lapses.
+pub fn in_flight_guard(reconcile_interval: Duration) -> Duration {
+    (reconcile_interval * 5).clamp(Duration::from_secs(30), Duration::from_secs(1800))
 }
 
 /// Backoff for attempt `n` (1-based): `base·2^(n-1)` capped at `max`, with "equal jitter"
@@ -286,7 +297,39 @@ impl WorkQueue {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.broker.publish_batch(out).await
+        self.broker.publish_batch(out).await?;
+        let blobs = items
+            .iter()
+            .map(|i| (i.tenant_id.clone(), i.content_id.clone()))
+            .collect();
+        self.mark_in_flight(blobs, self.policy.in_flight_guard);
+        Ok(())
+    }
+
+    /// Marks blobs in flight for `wait` (and the guard beyond it), so that reconciliation does
+    /// not queue a second copy while one waits in a queue: in the background, after the
+    /// confirm — the marker is an optimisation (a second copy is de-duplicated by the relayed
+    /// marker and the record claims), and the webhook's answer does not wait for it.
+    fn mark_in_flight(&self, blobs: Vec<(TenantId, ContentId)>, wait: Duration) {
+        if blobs.is_empty() {
+            return;
+        }
+        let ttl = wait.saturating_add(self.policy.in_flight_guard);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let marks: Vec<(&TenantId, &ContentId, Duration)> =
+                blobs.iter().map(|(t, c)| (t, c, ttl)).collect();
+            if let Err(e) = store.dedup().mark_enqueued(&marks).await {
+                tracing::debug!(error = %e, "Cannot mark blobs in flight; reconciliation may queue a second copy.");
+            }
+        });
+    }
+
+    fn mark_job_in_flight(&self, job: &Job, wait: Duration) {
+        self.mark_in_flight(
+            vec![(job.item.tenant_id.clone(), job.item.content_id.clone())],
+            wait,
+        );
     }
 
     /// Messages ready in the work queue.
@@ -495,6 +538,7 @@ impl WorkQueue {
         };
         match self.broker.publish_batch(vec![msg]).await {
             Ok(()) => {
+                self.mark_job_in_flight(job, delay);
                 self.metrics.blobs.with_label_values(&["retried"]).inc();
                 tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, code, error = %crate::broker::capped(error, REASON_CAP), "Blob failed; retrying later.");
                 ack(d).await;
@@ -512,12 +556,24 @@ impl WorkQueue {
         if let Some(left) = job.item.expires_in() {
             let left = Duration::from_secs(left.max(0) as u64);
             if left <= delay.saturating_add(EXPIRY_MARGIN) {
-                let why = format!(
-                    "content expires at Microsoft before its tenant's turn ({reason}, {} s away)",
-                    delay.as_secs()
-                );
+                // Named for the cause when it is a consumer's full queue (the operator's fix is
+                // there, not at Microsoft).
+                let (code, why) = if reason == crate::backpressure::DOWNSTREAM_FULL {
+                    (
+                        crate::backpressure::DOWNSTREAM_FULL,
+                        "content expires at Microsoft while a consumer queue still refuses its records (full: x-max-length with reject-publish)".to_string(),
+                    )
+                } else {
+                    (
+                        "expired",
+                        format!(
+                            "content expires at Microsoft before its tenant's turn ({reason}, {} s away)",
+                            delay.as_secs()
+                        ),
+                    )
+                };
                 return self
-                    .dead_letter(d, Some(job), job.attempt, "expired", &why)
+                    .dead_letter(d, Some(job), job.attempt, code, &why)
                     .await;
             }
         }
@@ -545,6 +601,7 @@ impl WorkQueue {
         };
         match self.broker.publish_batch(vec![msg]).await {
             Ok(()) => {
+                self.mark_job_in_flight(job, wait);
                 self.metrics.deferred.with_label_values(&[reason]).inc();
                 tracing::debug!(
                     delay_ms = delay.as_millis() as u64,
@@ -661,6 +718,7 @@ impl WorkQueue {
         };
         match published {
             Ok(()) => {
+                self.mark_job_in_flight(job, ttl);
                 self.metrics
                     .parked_jobs
                     .with_label_values(&["parked"])
@@ -1040,6 +1098,7 @@ fn code_label(code: &str) -> &'static str {
         "truncated" | "malformed_content" | "malformed_record" => "malformed_content",
         "token" => "token",
         "panic" => "panic",
+        crate::backpressure::DOWNSTREAM_FULL => crate::backpressure::DOWNSTREAM_FULL,
         _ => "other",
     }
 }

@@ -11,8 +11,11 @@
 //! not stop the blob: the others are relayed, and the blob then goes to the dead-letter queue
 //! naming the bad record, so nothing is dropped unseen. A blob whose body
 //! does not arrive whole within `O365_FETCH_TIMEOUT` is retried (a drip-fed body cannot hold a
-//! worker for ever).
+//! worker for ever). A record refused by a consumer's full queue (a nack on the audit exchange)
+//! is backpressure, not a failure: the routing key pauses, the job waits without counting an
+//! attempt, and one job per interval probes with a single record ([`crate::backpressure`]).
 
+use crate::backpressure::{Backpressure, Gate, ProbeGuard, DOWNSTREAM_FULL};
 use crate::broker::BrokerError;
 use crate::domain::{parse_ms_time, Source, WorkItem};
 use crate::health::Parking;
@@ -66,6 +69,9 @@ pub enum RelayError {
     Broker(#[from] BrokerError),
     #[error("{0}")]
     Busy(String),
+    /// A consumer queue refused the records (full): wait, see [`crate::backpressure`].
+    #[error("a consumer queue refused the records (full?); waiting {0:?} before the next probe")]
+    Refused(Duration),
 }
 
 impl RelayError {
@@ -77,6 +83,9 @@ impl RelayError {
             RelayError::MalformedRecords { .. } => "malformed_record".into(),
             RelayError::Deadline(_) => "deadline".into(),
             RelayError::Broker(BrokerError::Unroutable(_)) => "unroutable".into(),
+            RelayError::Broker(BrokerError::Nacked(_)) | RelayError::Refused(_) => {
+                DOWNSTREAM_FULL.into()
+            }
             RelayError::Broker(_) => "broker".into(),
             RelayError::Busy(_) => "busy".into(),
         }
@@ -90,6 +99,7 @@ impl RelayError {
             RelayError::MalformedRecords { .. } => Disposition::GiveUp,
             RelayError::Records(_) | RelayError::Deadline(_) => Disposition::Retry(None),
             RelayError::Broker(_) | RelayError::Busy(_) => Disposition::Retry(None),
+            RelayError::Refused(wait) => Disposition::Retry(Some(*wait)),
         }
     }
 }
@@ -119,6 +129,8 @@ pub struct Worker {
     pub record_dedup_ttl: Duration,
     /// `O365_FETCH_TIMEOUT`: a blob's whole fetch, from request to last byte.
     pub fetch_timeout: Duration,
+    /// Routing keys paused by a full consumer queue.
+    pub backpressure: Arc<Backpressure>,
 }
 
 impl Worker {
@@ -195,13 +207,28 @@ impl Worker {
             self.metrics.blobs.with_label_values(&["duplicate"]).inc();
             return Outcome::Done;
         }
+        // A consumer queue refuses this key's records: wait without fetching (no attempt, no
+        // call to Microsoft), unless this job is the key's probe.
+        let probe = match self
+            .backpressure
+            .gate(&RecordSink::routing_key(&item), &item.content_id)
+        {
+            Gate::Open => None,
+            Gate::Probe(guard) => Some(guard),
+            Gate::Wait(delay) => {
+                return Outcome::Defer {
+                    delay,
+                    reason: DOWNSTREAM_FULL,
+                }
+            }
+        };
         // Held until the blob is relayed or failed: its place in the tenant's share.
         let _permit = match self.scheduler.admit(&item.tenant_id, turn).await {
             Admission::Run(permit) => permit,
             Admission::Defer { delay, reason } => return Outcome::Defer { delay, reason },
         };
         let started = Instant::now();
-        match self.relay_blob(&item).await {
+        match self.stream_blob(&item, Publication::Live, probe).await {
             Ok(stats) => {
                 let ttl = relayed_marker_ttl(item.expires_in());
                 let _ = self
@@ -245,6 +272,12 @@ impl Worker {
     /// A failed blob's outcome: its tenant parked when the failure is the tenant's, else
     /// retried or dead-lettered by Microsoft's error code.
     async fn failed(&self, item: &WorkItem, e: RelayError) -> Outcome {
+        if let RelayError::Refused(delay) = e {
+            return Outcome::Defer {
+                delay,
+                reason: DOWNSTREAM_FULL,
+            };
+        }
         if let RelayError::Api(api) = &e {
             if let Some(outcome) = self
                 .parking
@@ -271,7 +304,7 @@ impl Worker {
     /// budget. The whole fetch is bounded by `O365_FETCH_TIMEOUT`; publishing is not cut short
     /// (a batch in flight finishes and is recorded).
     pub async fn relay_blob(&self, item: &WorkItem) -> Result<BlobStats, RelayError> {
-        self.stream_blob(item, Publication::Live).await
+        self.stream_blob(item, Publication::Live, None).await
     }
 
     /// Fetches the blob and publishes every record again as a replay (`o365-replay: true`),
@@ -281,7 +314,7 @@ impl Worker {
         item: &WorkItem,
         routing_prefix: Option<&str>,
     ) -> Result<BlobStats, RelayError> {
-        self.stream_blob(item, Publication::Replay { routing_prefix })
+        self.stream_blob(item, Publication::Replay { routing_prefix }, None)
             .await
     }
 
@@ -289,6 +322,7 @@ impl Worker {
         &self,
         item: &WorkItem,
         publication: Publication<'_>,
+        probe: Option<ProbeGuard<'_>>,
     ) -> Result<BlobStats, RelayError> {
         let deadline = tokio::time::Instant::now() + self.fetch_timeout;
         let late = || RelayError::Deadline(self.fetch_timeout);
@@ -303,11 +337,14 @@ impl Worker {
         let mut splitter = ArraySplitter::new();
         let mut raw = Vec::new();
         let mut batch: Vec<AuditRecord> = Vec::with_capacity(BATCH);
-        let mut seen_here: HashSet<String> = HashSet::new();
-        let mut stats = BlobStats::default();
+        let mut run = Run {
+            seen: HashSet::new(),
+            stats: BlobStats::default(),
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            probe,
+        };
         let mut first_malformed = None;
         let mut index = 0;
-        let owner = uuid::Uuid::new_v4().simple().to_string();
         while let Some(chunk) = tokio::time::timeout_at(deadline, body.next())
             .await
             .map_err(|_| late())?
@@ -318,43 +355,29 @@ impl Worker {
                 match AuditRecord::parse(r, index) {
                     Ok(record) => batch.push(record),
                     Err(e) => {
-                        stats.malformed += 1;
+                        run.stats.malformed += 1;
                         first_malformed.get_or_insert(e);
                     }
                 }
                 index += 1;
                 if batch.len() >= BATCH {
-                    self.publish_batch(
-                        item,
-                        publication,
-                        &mut batch,
-                        &mut seen_here,
-                        &mut stats,
-                        &owner,
-                    )
-                    .await?;
+                    self.publish_batch(item, publication, &mut batch, &mut run)
+                        .await?;
                 }
             }
         }
         splitter.finish()?;
-        self.publish_batch(
-            item,
-            publication,
-            &mut batch,
-            &mut seen_here,
-            &mut stats,
-            &owner,
-        )
-        .await?;
+        self.publish_batch(item, publication, &mut batch, &mut run)
+            .await?;
         if let Some(first) = first_malformed {
-            self.metrics.records_malformed.inc_by(stats.malformed);
+            self.metrics.records_malformed.inc_by(run.stats.malformed);
             return Err(RelayError::MalformedRecords {
-                count: stats.malformed,
+                count: run.stats.malformed,
                 total: index as u64,
                 first,
             });
         }
-        Ok(stats)
+        Ok(run.stats)
     }
 
     async fn publish_batch(
@@ -362,26 +385,21 @@ impl Worker {
         item: &WorkItem,
         publication: Publication<'_>,
         batch: &mut Vec<AuditRecord>,
-        seen_here: &mut HashSet<String>,
-        stats: &mut BlobStats,
-        owner: &str,
+        run: &mut Run<'_>,
     ) -> Result<(), RelayError> {
         match publication {
-            Publication::Live => {
-                self.publish_records(item, batch, seen_here, stats, owner)
-                    .await
-            }
+            Publication::Live => self.publish_records(item, batch, run).await,
             Publication::Replay { .. } => {
                 // Within the blob, a record Microsoft repeated goes out once; nothing else is
                 // de-duplicated (the point of a replay).
-                stats.records += batch.len() as u64;
+                run.stats.records += batch.len() as u64;
                 let todo: Vec<&AuditRecord> = batch
                     .iter()
-                    .filter(|r| seen_here.insert(r.id.clone()))
+                    .filter(|r| run.seen.insert(r.id.clone()))
                     .collect();
-                stats.duplicates += (batch.len() - todo.len()) as u64;
+                run.stats.duplicates += (batch.len() - todo.len()) as u64;
                 self.sink.publish_as(item, &todo, publication).await?;
-                stats.published += todo.len() as u64;
+                run.stats.published += todo.len() as u64;
                 batch.clear();
                 Ok(())
             }
@@ -397,13 +415,18 @@ impl Worker {
         &self,
         item: &WorkItem,
         batch: &mut Vec<AuditRecord>,
-        seen_here: &mut HashSet<String>,
-        stats: &mut BlobStats,
-        owner: &str,
+        run: &mut Run<'_>,
     ) -> Result<(), RelayError> {
         if batch.is_empty() {
             return Ok(());
         }
+        let Run {
+            seen: seen_here,
+            stats,
+            owner,
+            probe,
+        } = run;
+        let owner = owner.as_str();
         stats.records += batch.len() as u64;
         let mut duplicates = 0u64;
         let mut todo: Vec<&AuditRecord> = Vec::with_capacity(batch.len());
@@ -413,6 +436,59 @@ impl Worker {
             } else {
                 duplicates += 1;
             }
+        }
+        // A probe publishes one record first: accepted, the key flows and the rest follows;
+        // refused, the job waits (the one record is the probe's whole cost). A record that
+        // turns out to be a duplicate proves nothing: the next one probes.
+        while probe.is_some() && !todo.is_empty() {
+            let rest = todo.split_off(1);
+            let tried = self.publish_once(item, todo, owner).await;
+            todo = rest;
+            match tried {
+                Ok((0, dups)) => duplicates += dups,
+                Ok((published, dups)) => {
+                    stats.published += published;
+                    duplicates += dups;
+                    if let Some(guard) = probe.take() {
+                        guard.accepted();
+                    }
+                }
+                Err(RelayError::Refused(_)) => {
+                    let wait = probe
+                        .take()
+                        .map_or(crate::backpressure::FIRST_PROBE, |g| g.refused());
+                    return Err(RelayError::Refused(wait));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (published, dups) = match self.publish_once(item, todo, owner).await {
+            Err(RelayError::Refused(_)) => {
+                let key = RecordSink::routing_key(item);
+                return Err(RelayError::Refused(
+                    self.backpressure.refused(&key, &item.content_id),
+                ));
+            }
+            other => other?,
+        };
+        stats.published += published;
+        duplicates += dups;
+        stats.duplicates += duplicates;
+        self.metrics.records_duplicate.inc_by(duplicates);
+        batch.clear();
+        Ok(())
+    }
+
+    /// [`crate::store::dedup::Dedup::publish_once`] of `records`: (published, duplicates). A
+    /// refusal from downstream (a nack) is [`RelayError::Refused`] ([`crate::backpressure`]).
+    async fn publish_once(
+        &self,
+        item: &WorkItem,
+        records: Vec<&AuditRecord>,
+        owner: &str,
+    ) -> Result<(u64, u64), RelayError> {
+        if records.is_empty() {
+            return Ok((0, 0));
         }
         let policy = ClaimPolicy {
             owner,
@@ -425,7 +501,7 @@ impl Worker {
             .dedup()
             .publish_once(
                 &item.tenant_id,
-                todo,
+                records,
                 |r| RecordKey {
                     id: &r.id,
                     created: &r.creation_time,
@@ -442,16 +518,25 @@ impl Worker {
             )
             .await
             .map_err(|e| match e {
+                // The caller pauses the key, or settles its probe.
+                PublishOnceError::Publish(BrokerError::Nacked(_)) => {
+                    RelayError::Refused(Duration::ZERO)
+                }
                 PublishOnceError::Publish(e) => RelayError::Broker(e),
                 busy @ PublishOnceError::Busy(_) => RelayError::Busy(busy.to_string()),
             })?;
-        stats.published += done.published;
-        duplicates += done.duplicates;
-        stats.duplicates += duplicates;
-        self.metrics.records_duplicate.inc_by(duplicates);
-        batch.clear();
-        Ok(())
+        Ok((done.published, done.duplicates))
     }
+}
+
+/// One blob's relay in progress: the record ids seen in it (Microsoft repeats some), its
+/// figures, the owner of its record claims, and its probe when the blob probes a paused routing
+/// key ([`crate::backpressure`]; dropped unsettled with the run when the blob fails first).
+struct Run<'p> {
+    seen: HashSet<String>,
+    stats: BlobStats,
+    owner: String,
+    probe: Option<ProbeGuard<'p>>,
 }
 
 /// How long a relayed blob's marker lives: until the blob's `contentExpiration` (7 days when

@@ -48,6 +48,10 @@ pub fn table(s: &Status) -> String {
             .map(|t| format!("expires {}", relative(t, now)))
             .unwrap_or_else(|| "client secret".into()),
     ));
+    if let Some(paused) = &d.downstream {
+        out.push_str(&paused.line(now).replace(['\n', '\r'], " "));
+        out.push('\n');
+    }
     for p in &d.problems {
         out.push_str(&format!("problem: {p}\n"));
     }

@@ -98,6 +98,9 @@ pub struct Settings {
     pub keeper_interval: Duration,
     /// How often a parked tenant is probed (`O365_PARK_PROBE_INTERVAL`).
     pub park_probe_interval: Duration,
+    /// The longest interval between probes of a routing key paused by a full consumer queue
+    /// (`O365_BACKPRESSURE_PROBE_MAX`, [`crate::backpressure`]).
+    pub backpressure_probe_max: Duration,
     /// A blob's whole fetch, from request to last byte (`O365_FETCH_TIMEOUT`).
     pub fetch_timeout: Duration,
     /// How long a webhook request body may take to arrive (`O365_WEBHOOK_BODY_TIMEOUT`).
@@ -218,6 +221,7 @@ impl Settings {
             record_dedup_ttl: pipeline.record_dedup_ttl,
             keeper_interval: pipeline.keeper_interval,
             park_probe_interval: pipeline.park_probe_interval,
+            backpressure_probe_max: pipeline.backpressure_probe_max,
             fetch_timeout: http.fetch_timeout,
             webhook_body_timeout: http.webhook_body_timeout,
             trusted_proxies: http.trusted_proxies,

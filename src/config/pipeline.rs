@@ -21,6 +21,7 @@ struct Raw {
     reconcile_concurrency: Option<String>,
     keeper_interval: Option<String>,
     park_probe_interval: Option<String>,
+    backpressure_probe_max: Option<String>,
 }
 
 /// Microsoft serves content for 7 days and lists no more than 7 days back (Office 365 Management
@@ -58,6 +59,10 @@ const KEEPER_INTERVAL: Bounds<Duration> = Bounds::new(SECOND, DAY);
 /// once it works again).
 const PARK_PROBE_INTERVAL: Bounds<Duration> =
     Bounds::new(SECOND, HOUR).because("a parked tenant's blobs wait for the probe");
+/// `O365_BACKPRESSURE_PROBE_MAX`: 1s to 10m (records wait at most about this long once a full
+/// consumer queue has room again).
+const BACKPRESSURE_PROBE_MAX: Bounds<Duration> = Bounds::new(SECOND, Duration::from_secs(600))
+    .because("records wait for the probe once the consumer queue has room");
 
 pub(super) struct Pipeline {
     pub worker_concurrency: usize,
@@ -72,6 +77,7 @@ pub(super) struct Pipeline {
     pub reconcile_concurrency: usize,
     pub keeper_interval: Duration,
     pub park_probe_interval: Duration,
+    pub backpressure_probe_max: Duration,
 }
 
 pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Pipeline {
@@ -141,6 +147,12 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Pipeline {
             raw.park_probe_interval,
             "5m",
             PARK_PROBE_INTERVAL,
+        ),
+        backpressure_probe_max: p.duration(
+            "BACKPRESSURE_PROBE_MAX",
+            raw.backpressure_probe_max,
+            "30s",
+            BACKPRESSURE_PROBE_MAX,
         ),
     }
 }

@@ -60,6 +60,7 @@ fn defaults_of_the_additions_match_env_example() {
     assert_eq!(s.consent_starts_per_minute, 10);
     assert_eq!(s.consent_max_pending, 10_000);
     assert_eq!(s.park_probe_interval, Duration::from_secs(5 * 60));
+    assert_eq!(s.backpressure_probe_max, Duration::from_secs(30));
     assert_eq!(s.reconcile_concurrency, 32);
     assert!(
         !s.metrics_per_tenant,
@@ -69,7 +70,7 @@ fn defaults_of_the_additions_match_env_example() {
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound
 /// is zero), and the range as `.env.example` documents it.
-const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 18] = [
+const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 19] = [
     ("WORKER_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("TENANT_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("MAX_ATTEMPTS", Some("0"), "101", "1", "100"),
@@ -83,6 +84,7 @@ const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 18] = [
     ("RECONCILE_CONCURRENCY", Some("0"), "257", "1", "256"),
     ("HTTP_TIMEOUT", Some("999ms"), "11m", "1s", "10m"),
     ("FETCH_TIMEOUT", Some("999ms"), "7h", "1s", "6h"),
+    ("BACKPRESSURE_PROBE_MAX", Some("999ms"), "11m", "1s", "10m"),
     ("WEBHOOK_BODY_TIMEOUT", Some("99ms"), "121s", "100ms", "2m"),
     ("SHUTDOWN_TIMEOUT", None, "3601s", "0s", "1h"),
     ("CONSENT_STARTS_PER_MINUTE", Some("0"), "601", "1", "600"),

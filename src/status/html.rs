@@ -163,6 +163,13 @@ pub fn render(s: &Status) -> String {
         }
         out.push_str("</ul>");
     }
+    if let Some(paused) = &d.downstream {
+        let _ = write!(
+            out,
+            r#"<p class="problems" id="downstream-paused">{}</p>"#,
+            esc(&paused.line(now))
+        );
+    }
     let certificate = d
         .certificate_expires_at
         .map(|at| relative(at, now))

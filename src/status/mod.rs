@@ -13,6 +13,7 @@
 
 pub mod html;
 
+use crate::backpressure::Backpressure;
 use crate::broker::BrokerError;
 use crate::domain::{ContentType, TenantId};
 use crate::store::activity::{Counts, TenantActivity};
@@ -45,6 +46,10 @@ pub struct Deployment {
     pub certificate_expires_at: Option<DateTime<Utc>>,
     pub queues: Queues,
     pub replicas: Vec<ReplicaInfo>,
+    /// A consumer queue refuses records: the relay waits ([`crate::backpressure`]); absent
+    /// when every routing key flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<Downstream>,
     /// The replica id holding each lease, if any.
     pub reconciler_lease: Option<String>,
     pub keeper_lease: Option<String>,
@@ -53,6 +58,67 @@ pub struct Deployment {
     /// What could not be read (the rest of the page is still shown).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+/// "Paused: a consumer queue is full", over the replicas that say so.
+#[derive(Clone, Debug, Serialize)]
+pub struct Downstream {
+    pub exchange: String,
+    /// When the oldest pause began.
+    pub since: DateTime<Utc>,
+    /// Routing keys refused (the most any replica has: each replica probes its own).
+    pub routing_keys: usize,
+    /// One of them.
+    pub example_key: String,
+    /// Blobs waiting, over all replicas.
+    pub waiting_blobs: usize,
+    /// Replicas paused.
+    pub replicas: usize,
+}
+
+impl Downstream {
+    /// Over the replicas' heartbeats, or `None` when none is paused.
+    pub fn over(replicas: &[ReplicaInfo]) -> Option<Downstream> {
+        let paused: Vec<_> = replicas
+            .iter()
+            .filter_map(|r| r.downstream.as_ref())
+            .collect();
+        let oldest = paused.iter().min_by_key(|p| p.since)?;
+        Some(Downstream {
+            exchange: oldest.exchange.clone(),
+            since: oldest.since,
+            routing_keys: paused.iter().map(|p| p.routing_keys).max().unwrap_or(0),
+            example_key: oldest.example_key.clone(),
+            waiting_blobs: paused.iter().map(|p| p.waiting_blobs).sum(),
+            replicas: paused.len(),
+        })
+    }
+
+    /// The status line: which exchange, since when, how many blobs wait.
+    pub fn line(&self, now: DateTime<Utc>) -> String {
+        format!(
+            "paused: a consumer queue is full — exchange '{}' refuses records since {} ({}; {} routing key{}, e.g. {}; {} blob{} waiting on {} replica{}); nothing is lost, records follow once it has room",
+            self.exchange,
+            self.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ago(self.since, now),
+            self.routing_keys,
+            if self.routing_keys == 1 { "" } else { "s" },
+            self.example_key,
+            self.waiting_blobs,
+            if self.waiting_blobs == 1 { "" } else { "s" },
+            self.replicas,
+            if self.replicas == 1 { "" } else { "s" },
+        )
+    }
+}
+
+fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let s = (now - t).num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
 }
 
 /// Messages ready in the work queue, its retry tiers (all together) and the dead-letter queue.
@@ -239,6 +305,7 @@ impl StatusReport {
             deployment: Deployment {
                 certificate_expires_at: self.certificate_expires_at,
                 queues,
+                downstream: Downstream::over(&replicas),
                 replicas,
                 reconciler_lease,
                 keeper_lease,
@@ -290,16 +357,20 @@ pub fn this_replica() -> ReplicaInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         beat_at_ms: 0,
+        downstream: None,
     }
 }
 
-/// Beats every few seconds until `stop`, then leaves.
+/// Beats every few seconds until `stop`, then leaves; each beat carries what a full consumer
+/// queue paused on this replica.
 pub async fn heartbeat(
     store: Arc<Store>,
-    me: ReplicaInfo,
+    mut me: ReplicaInfo,
+    backpressure: Arc<Backpressure>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
+        me.downstream = backpressure.summary();
         let _ = store.replicas().beat(&me).await;
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -5,8 +5,10 @@
 //! - `dead:{tenant}:{contentId}` — the blob was dead-lettered, so reconciliation does not
 //!   enqueue it again and again while Microsoft still lists it (an operator requeues dead
 //!   letters explicitly);
-//! - `reconcile-enqueued:{tenant}:{contentId}` — the blob was enqueued by reconciliation and
-//!   waits in the work or retry queue, so the next passes do not enqueue it again.
+//! - `reconcile-enqueued:{tenant}:{contentId}` — the blob is in flight: enqueued (by the webhook
+//!   or reconciliation), waiting in a retry tier, deferred or parked
+//!   ([`crate::work_queue::WorkQueue`] writes it for as long as each wait lasts), so
+//!   reconciliation does not queue a second copy meanwhile.
 //!
 //! Records: [`Dedup::publish_once`] makes a record Microsoft put in several blobs go out once
 //! across blobs, workers and replicas. While a record is being published it is *claimed* by a
@@ -157,14 +159,19 @@ impl<'a> Dedup<'a> {
         self.0.set_px(&self.dead_key(t, c), "1", ttl).await
     }
 
-    /// Marks the blob enqueued by reconciliation for `ttl`.
+    /// Marks each blob as in flight (in the work queue, a retry tier, or parked) for its
+    /// duration, in one round trip: reconciliation does not queue a second copy meanwhile.
+    /// (The key keeps its first name, `reconcile-enqueued`, from when only reconciliation
+    /// wrote it: a deployment's markers stay valid across the upgrade.)
     pub async fn mark_enqueued(
         &self,
-        t: &TenantId,
-        c: &ContentId,
-        ttl: Duration,
+        blobs: &[(&TenantId, &ContentId, Duration)],
     ) -> StoreResult<()> {
-        self.0.set_px(&self.enqueued_key(t, c), "1", ttl).await
+        let writes: Vec<(String, Duration)> = blobs
+            .iter()
+            .map(|(t, c, ttl)| (self.enqueued_key(t, c), *ttl))
+            .collect();
+        self.0.set_many_px(&writes, "1").await
     }
 
     /// The markers of each blob, in one round trip.
@@ -1001,7 +1008,7 @@ mod tests {
         );
         let ttl = Duration::from_secs(60);
         dedup.mark_relayed(&t, &a, ttl).await.expect("marked");
-        dedup.mark_enqueued(&t, &b, ttl).await.expect("marked");
+        dedup.mark_enqueued(&[(&t, &b, ttl)]).await.expect("marked");
         dedup.mark_dead(&t, &b, ttl).await.expect("marked");
         assert!(dedup.is_relayed(&t, &a).await.expect("answered"));
         assert!(!dedup.is_relayed(&t, &b).await.expect("answered"));

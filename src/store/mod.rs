@@ -343,6 +343,19 @@ impl Store {
 
     // ---- deferred markers --------------------------------------------------------------------
 
+    /// Writes `key = value PX ttl` for each pair, one pipeline per slot; nothing kept when Redis
+    /// is down.
+    async fn set_many_px(&self, writes: &[(String, Duration)], value: &str) -> StoreResult<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (k, ttl) in writes {
+            batch.push(k, set_px_cmd(k, value, *ttl));
+        }
+        self.run::<redis::Value>(batch).await.map(|_| ())
+    }
+
     /// Writes `key = value PX ttl` for each pair; what cannot be written now (Redis down) is
     /// kept in memory and written by [`Store::flush_deferred`] once Redis is back, so markers
     /// of work done during an outage still suppress duplicates afterwards.

@@ -8,6 +8,7 @@
 //! which names the replica.
 
 use super::{Store, StoreResult};
+use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -22,6 +23,24 @@ pub struct ReplicaInfo {
     /// Unix milliseconds of the last beat.
     #[serde(default)]
     pub beat_at_ms: i64,
+    /// Paused by a full consumer queue (absent when everything flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<DownstreamPause>,
+}
+
+/// What a replica says of the routing keys a full consumer queue paused on it
+/// ([`crate::backpressure`]), in its heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownstreamPause {
+    pub exchange: String,
+    /// When the oldest pause began.
+    pub since: DateTime<Utc>,
+    /// Routing keys refused now.
+    pub routing_keys: usize,
+    /// One of them (the oldest), to name in the status line.
+    pub example_key: String,
+    /// Blobs deferred for a refused key and not relayed since.
+    pub waiting_blobs: usize,
 }
 
 /// Heartbeats, see [`Store::replicas`].
@@ -39,7 +58,7 @@ impl<'a> Replicas<'a> {
     /// Says "alive, now".
     pub async fn beat(&self, info: &ReplicaInfo) -> StoreResult<()> {
         let info = ReplicaInfo {
-            beat_at_ms: chrono::Utc::now().timestamp_millis(),
+            beat_at_ms: Utc::now().timestamp_millis(),
             ..info.clone()
         };
         let json = serde_json::to_string(&info).expect("serialisable");
@@ -59,7 +78,7 @@ impl<'a> Replicas<'a> {
     pub async fn alive(&self, alive_for: Duration) -> StoreResult<Vec<ReplicaInfo>> {
         let mut c = self.0.conn().await?;
         let r: Result<Vec<(String, String)>, _> = c.hgetall(self.key()).await;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = Utc::now().timestamp_millis();
         let mut out = Vec::new();
         let mut stale = Vec::new();
         for (id, json) in self.0.observe(r)? {
@@ -91,6 +110,7 @@ mod tests {
         let prefix = format!("o365relay:test:replicas:{}:", uuid::Uuid::new_v4().simple());
         let store = Store::new("redis://127.0.0.1:6379", &prefix).expect("valid URL");
         let info = |id: &str| ReplicaInfo {
+            downstream: None,
             id: id.into(),
             host: format!("pod-{id}"),
             version: "1".into(),

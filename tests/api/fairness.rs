@@ -236,3 +236,118 @@ async fn a_job_deferred_past_its_contents_expiration_is_dead_lettered_as_expired
     assert_eq!(header(&dead[0], "o365-attempt").as_deref(), Some("0"));
     env.cleanup().await;
 }
+
+/// Issue 19: a blob that waited for a consumer's full queue until its content would expire is
+/// dead-lettered with a code naming that cause, not as a plain expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_waiting_for_a_full_consumer_queue_past_expiry_is_dead_lettered_as_downstream_full() {
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let job = item(&env, "defer$3", Some(chrono::Duration::minutes(5)));
+    env.relay.work_queue.enqueue(&[job]).await.unwrap();
+    let stop = CancellationToken::new();
+    let consuming = consume(&env, &stop, |_job| async {
+        Outcome::Defer {
+            delay: Duration::from_secs(600),
+            reason: o365_relay::backpressure::DOWNSTREAM_FULL,
+        }
+    });
+    let dead = env
+        .drain(
+            &format!("{}.dead", env.work_queue),
+            1,
+            Duration::from_secs(10),
+            Duration::from_millis(300),
+        )
+        .await;
+    stop.cancel();
+    consuming.await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "o365-error-code").as_deref(),
+        Some("downstream_full")
+    );
+    assert!(header(&dead[0], "o365-dead-reason")
+        .unwrap()
+        .contains("consumer queue"));
+    assert!(env
+        .metrics()
+        .await
+        .contains(r#"o365_dead_letter_total{reason="downstream_full"} 1"#));
+    env.cleanup().await;
+}
+
+/// Issue 19: every blob the work queue takes — the webhook's as the reconciler's — is marked in
+/// flight, and a deferred one keeps its marker for the whole wait, so reconciliation does not
+/// queue a second copy of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enqueued_or_deferred_blob_is_marked_in_flight_for_as_long_as_it_waits() {
+    let env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let job = item(&env, "inflight$1", None);
+    let (tenant, blob) = (job.tenant_id.clone(), job.content_id.clone());
+    let in_flight = || async {
+        env.relay
+            .store
+            .dedup()
+            .markers(&tenant, &[&blob])
+            .await
+            .unwrap()[0]
+            .enqueued
+    };
+    assert!(!in_flight().await);
+    env.relay.work_queue.enqueue(&[job]).await.unwrap();
+    let mut marked = false;
+    for _ in 0..50 {
+        if in_flight().await {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(marked, "an enqueued blob is marked in flight");
+    // Deferred for an hour: the marker outlives the wait.
+    let stop = CancellationToken::new();
+    let consuming = consume(&env, &stop, |_job| async {
+        Outcome::Defer {
+            delay: Duration::from_secs(3600),
+            reason: o365_relay::backpressure::DOWNSTREAM_FULL,
+        }
+    });
+    let key = format!("{}reconcile-enqueued:{tenant}:{blob}", env.prefix);
+    let mut ttl_ms = 0i64;
+    for _ in 0..100 {
+        ttl_ms = pttl(&key).await;
+        if ttl_ms > 3_600_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    consuming.await.unwrap();
+    assert!(
+        ttl_ms > 3_600_000,
+        "the in-flight marker covers the hour's wait (PTTL {ttl_ms} ms)"
+    );
+    env.cleanup().await;
+}
+
+/// A key's remaining time to live on the machine's Redis, in milliseconds (negative: none).
+async fn pttl(key: &str) -> i64 {
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("URL");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is running on 127.0.0.1:6379");
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .expect("PTTL")
+}

@@ -5,6 +5,7 @@
 //!
 //! `cargo test --release --test reliability -- --nocapture --test-threads 2`
 
+mod backpressure;
 mod faults;
 mod harness;
 mod infrastructure;

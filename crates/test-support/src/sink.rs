@@ -27,6 +27,15 @@ pub enum SinkQueue {
     /// A quorum queue: durable and replicated on every node of a cluster, so it outlives the
     /// node it was declared on.
     Quorum,
+    /// A consumer's length-limited queue: durable, at most `max_length` messages, and
+    /// `x-overflow` = `overflow` (`reject-publish`: RabbitMQ nacks a publish while it is full;
+    /// `reject-publish-dlx`: the same, and the refused copy goes to `dead_letter_queue`, which
+    /// is declared too, through the default exchange).
+    Limited {
+        max_length: i64,
+        overflow: &'static str,
+        dead_letter_queue: Option<&'static str>,
+    },
 }
 
 /// A queue bound to every record (`#`) of a topic exchange, on a connection of its own.
@@ -61,7 +70,10 @@ impl Sink {
             )
             .await?;
         let options = QueueDeclareOptions {
-            durable: matches!(kind, SinkQueue::Durable | SinkQueue::Quorum),
+            durable: matches!(
+                kind,
+                SinkQueue::Durable | SinkQueue::Quorum | SinkQueue::Limited { .. }
+            ),
             exclusive: kind == SinkQueue::Temporary,
             auto_delete: kind == SinkQueue::Temporary,
             ..Default::default()
@@ -72,6 +84,35 @@ impl Sink {
                 "x-queue-type".into(),
                 AMQPValue::LongString("quorum".into()),
             );
+        }
+        if let SinkQueue::Limited {
+            max_length,
+            overflow,
+            dead_letter_queue,
+        } = kind
+        {
+            arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(max_length));
+            arguments.insert("x-overflow".into(), AMQPValue::LongString(overflow.into()));
+            if let Some(dlq) = dead_letter_queue {
+                channel
+                    .queue_declare(
+                        dlq.into(),
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                arguments.insert(
+                    "x-dead-letter-exchange".into(),
+                    AMQPValue::LongString("".into()),
+                );
+                arguments.insert(
+                    "x-dead-letter-routing-key".into(),
+                    AMQPValue::LongString(dlq.into()),
+                );
+            }
         }
         channel
             .queue_declare(queue.into(), options, arguments)

@@ -53,7 +53,7 @@ pub fn rabbit_pid() -> Option<u32> {
 }
 
 /// (busy, total) jiffies of the whole machine from `/proc/stat`.
-fn machine_jiffies() -> (f64, f64) {
+pub fn machine_jiffies() -> (f64, f64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<f64> = s
         .lines()

@@ -1,5 +1,6 @@
 //! The shape of the house, checked: the wiring (`src/app.rs`) is imported only by the entry
-//! points, Redis keys are built only in `src/store/`, and the production package links neither
+//! points, Redis keys are built only in `src/store/` and name a tenant through its hash tag,
+//! and the production package links neither
 //! the simulator nor the test harness unless the `demo` feature asks for them (README, "How it
 //! works").
 
@@ -76,6 +77,35 @@ fn the_redis_client_is_used_only_inside_the_store() {
     assert!(
         offenders.is_empty(),
         "Redis outside src/store/: {offenders:?}"
+    );
+}
+
+/// In a Redis Cluster a script or pipeline may touch the keys of one slot only; the store puts
+/// a tenant's id into its keys through `Store::tenant` (a hash tag in cluster mode). A key
+/// formatted with the bare id would land in another slot and fail there with CROSSSLOT — on a
+/// cluster only, where few tests run — so it is refused here.
+#[test]
+fn store_keys_name_a_tenant_through_its_hash_tag() {
+    let mut offenders = Vec::new();
+    for (f, text) in sources()
+        .into_iter()
+        .filter(|(f, _)| f.starts_with("src/store/"))
+    {
+        // Production code only: the tests below `mod tests` read keys as they are.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (i, l) in code.lines().enumerate() {
+            let builds_key = l.contains("format!(\"") && l.contains(':');
+            let bare = ["{t}", "{t:", "{tenant}", "{tid}", "{t.as_str()}"]
+                .iter()
+                .any(|p| l.contains(p));
+            if builds_key && bare {
+                offenders.push(format!("{f}:{}: {}", i + 1, l.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "keys naming a tenant without Store::tenant: {offenders:#?}"
     );
 }
 

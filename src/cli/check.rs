@@ -25,7 +25,7 @@ pub async fn run() -> Outcome {
         .iter()
         .map(|u| redact_url(u.expose()))
         .collect();
-    let redis = format!("{}, {}", settings.redis.mode.as_str(), redis_urls.join(" "));
+    let redis = redis_urls.join(" ");
     let amqp = redact_url(settings.amqp_url.expose());
     let parts = match Parts::new(settings) {
         Ok(p) => p,

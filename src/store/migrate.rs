@@ -69,14 +69,14 @@ pub fn target_name(rest: &str, mode: &RedisMode) -> Option<String> {
     if tenant.is_empty() || tenant.starts_with('{') {
         return None;
     }
-    let tenant = if *mode == RedisMode::Cluster {
+    let segment = if *mode == RedisMode::Cluster {
         format!("{{{tenant}}}")
     } else {
         tenant.to_string()
     };
     Some(match after {
-        Some(a) => format!("{family}:{tenant}:{a}"),
-        None => format!("{family}:{tenant}"),
+        Some(a) => format!("{family}:{segment}:{a}"),
+        None => format!("{family}:{segment}"),
     })
 }
 

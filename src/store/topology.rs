@@ -288,6 +288,13 @@ impl Target {
     }
 }
 
+/// Why a sentinel did not answer.
+enum Refused {
+    /// It refused the credentials.
+    Auth(String),
+    Other(String),
+}
+
 /// The sentinels of one master.
 pub(super) struct Sentinels {
     sentinels: Vec<ConnectionInfo>,
@@ -325,14 +332,19 @@ impl Sentinels {
 
     async fn ask(&self, sentinel: &ConnectionInfo) -> Result<redis::Client, String> {
         let reply = match self.master_addr(sentinel.clone()).await {
-            Err(e) if e.contains("without any password configured") => {
+            // A sentinel without a password refuses the master's credentials (WRONGPASS for a
+            // user it does not know, "without any password configured" for a bare password).
+            Err(Refused::Auth(_)) => {
                 let mut bare = sentinel.clone();
                 bare.redis.username = None;
                 bare.redis.password = None;
                 self.master_addr(bare).await
             }
             other => other,
-        }?;
+        }
+        .map_err(|e| match e {
+            Refused::Auth(e) | Refused::Other(e) => e,
+        })?;
         let (host, port) = reply.ok_or_else(|| format!("does not know '{}'", self.master))?;
         let addr = match &sentinel.addr {
             ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
@@ -368,8 +380,11 @@ impl Sentinels {
     }
 
     /// `SENTINEL get-master-addr-by-name`: `None` when the sentinel does not monitor it.
-    async fn master_addr(&self, sentinel: ConnectionInfo) -> Result<Option<(String, u16)>, String> {
-        let client = self.client(sentinel)?;
+    async fn master_addr(
+        &self,
+        sentinel: ConnectionInfo,
+    ) -> Result<Option<(String, u16)>, Refused> {
+        let client = self.client(sentinel).map_err(Refused::Other)?;
         let ask = async {
             let mut c = client.get_multiplexed_async_connection().await?;
             redis::cmd("SENTINEL")
@@ -378,10 +393,16 @@ impl Sentinels {
                 .query_async::<Option<(String, u16)>>(&mut c)
                 .await
         };
-        tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, ask)
-            .await
-            .map_err(|_| "did not answer in time".to_string())?
-            .map_err(|e| e.to_string())
+        match tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, ask).await {
+            Err(_) => Err(Refused::Other("did not answer in time".into())),
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || e.to_string().contains("without any password configured") =>
+            {
+                Err(Refused::Auth(e.to_string()))
+            }
+            Ok(r) => r.map_err(|e| Refused::Other(e.to_string())),
+        }
     }
 
     fn client(&self, info: ConnectionInfo) -> Result<redis::Client, String> {

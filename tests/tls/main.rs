@@ -188,7 +188,7 @@ async fn check_shows_the_tls_state_and_a_client_certificate_is_presented_when_co
     assert_eq!(
         line(&table, "redis"),
         format!(
-            "ok      redis (rediss://relay:***@127.0.0.1:{}, TLS, CA {})",
+            "ok      redis (rediss://relay:***@127.0.0.1:{}, TLS, CA {}): standalone (master, 0 replicas attached)",
             redis.port, pki.ca
         )
     );
@@ -288,4 +288,91 @@ fn an_unreadable_ca_file_is_a_configuration_error_at_start() {
         .output();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("O365_REDIS_CA_PATH: cannot read"));
+}
+
+/// Issue 18: a Redis Cluster and a Sentinel-watched master on TLS only, with an ACL user and
+/// the test's private CA — the store works in both modes, and `check` names the topology.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_and_a_tls_sentinel_with_an_acl_user_work_with_a_private_ca() {
+    use o365_relay::config::{PemFile, RedisMode, RedisSettings};
+    use o365_relay::domain::TenantId;
+    use o365_relay::store::Store;
+    use servers::{TlsRedisCluster, TlsSentinel};
+
+    let names = Names::new("tls");
+    let pki = pki(&names);
+    let ca = PemFile {
+        path: pki.ca.clone().into(),
+        pem: std::fs::read(&pki.ca).expect("the CA"),
+    };
+    let cluster = TlsRedisCluster::start(&pki);
+    let sentinel = TlsSentinel::start(&pki);
+    let t = TenantId::parse("0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").expect("tenant");
+    for (mode, urls) in [
+        (RedisMode::Cluster, cluster.seed_urls()),
+        (
+            RedisMode::Sentinel {
+                master: sentinel.master_name.clone(),
+            },
+            sentinel.url(),
+        ),
+    ] {
+        let store = Store::open(&RedisSettings {
+            mode: mode.clone(),
+            urls: urls.split(',').map(|u| u.to_string().into()).collect(),
+            prefix: names.prefix.clone(),
+            ca: Some(ca.clone()),
+        })
+        .expect("settings");
+        store
+            .ping()
+            .await
+            .expect("reached over TLS as the ACL user");
+        // A script (the tenant state's compare-and-set) and a token round trip.
+        store
+            .tenants()
+            .transition(&t, &["healthy"], "parked", r#"{"state":"parked"}"#)
+            .await
+            .expect("script over TLS");
+        store
+            .tokens()
+            .put(&t, "{}", Duration::from_secs(60))
+            .await
+            .expect("write");
+        assert_eq!(
+            store.tokens().get(&t).await.expect("read").as_deref(),
+            Some("{}")
+        );
+        assert_eq!(store.tls(), Some(format!("CA {}", pki.ca).as_str()));
+        store.purge_prefix().await.expect("purged");
+
+        let (_, table) = check(
+            RelayEnv::new(&names, "http://127.0.0.1:9")
+                .client_secret(CLIENT_SECRET)
+                .set("O365_REDIS_MODE", mode.as_str())
+                .set("O365_REDIS_URL", urls.clone())
+                .set("O365_REDIS_SENTINEL_MASTER", sentinel.master_name.clone())
+                .set("O365_REDIS_CA_PATH", &pki.ca)
+                .into_vars(),
+        );
+        let redis = line(&table, "redis");
+        let expected = match mode {
+            RedisMode::Cluster => {
+                "cluster: 3 masters serving 16384 of 16384 slots, 0 replicas, state ok".to_string()
+            }
+            _ => format!(
+                "sentinel: master '{}' (master, 0 replicas attached), 1 sentinels configured",
+                sentinel.master_name
+            ),
+        };
+        assert!(
+            redis.starts_with("ok      redis (rediss://relay:***@127.0.0.1:")
+                && redis.ends_with(&expected)
+                && redis.contains(&format!("TLS, CA {}", pki.ca)),
+            "{table}"
+        );
+        assert!(!table.contains(REDIS_PASSWORD), "{table}");
+    }
+    drop((cluster, sentinel));
+    let _ = std::fs::remove_dir_all(&pki.dir);
 }

@@ -162,3 +162,162 @@ fn which(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
+
+/// The TLS and ACL arguments every TLS Redis node of these tests shares.
+fn tls_node_args(cmd: &mut Command, pki: &Pki, port: u16, dir: &Path, log: &Path) {
+    cmd.args(["--port", "0", "--bind", "127.0.0.1"])
+        .args(["--tls-port", &port.to_string()])
+        .args(["--tls-cert-file", &pki.server_cert])
+        .args(["--tls-key-file", &pki.server_key])
+        .args(["--tls-ca-cert-file", &pki.ca])
+        // The cluster bus and replication are TLS connections from node to node: the nodes
+        // present the client certificate (the server's has no clientAuth usage).
+        .args(["--tls-client-cert-file", &pki.client_cert])
+        .args(["--tls-client-key-file", &pki.client_key])
+        .args(["--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dir", &dir.display().to_string()])
+        .args(["--logfile", &log.display().to_string()])
+        .args(["--user", "default", "off"])
+        .args(["--user", REDIS_USER, "on"])
+        .arg(format!(">{REDIS_PASSWORD}"))
+        .args(["~*", "&*", "+@all"]);
+}
+
+/// `redis-cli` over TLS as the ACL user, for setting up the topologies.
+fn tls_cli(pki: &Pki, port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &pki.ca, "-h", "127.0.0.1"])
+        .args(["-p", &port.to_string()])
+        .args([
+            "--user",
+            REDIS_USER,
+            "--pass",
+            REDIS_PASSWORD,
+            "--no-auth-warning",
+        ])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A Redis Cluster of three masters (no replicas) on TLS only, its bus on TLS too, with the
+/// ACL user [`REDIS_USER`] and no usable `default` user: what a managed cluster-mode offering
+/// with in-transit encryption and RBAC looks like.
+pub struct TlsRedisCluster {
+    _nodes: Vec<Server>,
+    pub ports: Vec<u16>,
+}
+
+impl TlsRedisCluster {
+    pub fn start(pki: &Pki) -> TlsRedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let dir = pki.dir.join(format!("cluster-{port}"));
+            std::fs::create_dir_all(&dir).expect("node dir");
+            let log = dir.join("redis.log");
+            let mut cmd = Command::new("redis-server");
+            tls_node_args(&mut cmd, pki, *port, &dir, &log);
+            cmd.args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
+                .args([
+                    "--cluster-config-file",
+                    &dir.join("nodes.conf").display().to_string(),
+                ])
+                .args(["--cluster-node-timeout", "2000"]);
+            let mut node = Server::spawn("redis-server (TLS cluster node)", &mut cmd, log);
+            node.wait_listening(*port);
+            nodes.push(node);
+        }
+        let mut create = vec!["--cluster", "create"];
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        create.extend(addrs.iter().map(String::as_str));
+        create.push("--cluster-yes");
+        let out = tls_cli(pki, ports[0], &create);
+        assert!(
+            out.contains("All 16384 slots covered"),
+            "cluster create:\n{out}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ports
+            .iter()
+            .all(|p| tls_cli(pki, *p, &["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the TLS cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        TlsRedisCluster {
+            _nodes: nodes,
+            ports,
+        }
+    }
+
+    /// Every node as a seed, `rediss://relay:…@127.0.0.1:<port>`, comma-separated.
+    pub fn seed_urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("rediss://{REDIS_USER}:{REDIS_PASSWORD}@127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A TLS master with the ACL user, and one sentinel watching it over TLS. The sentinel itself
+/// has no password (a common set-up): the relay's credentials are for the master.
+pub struct TlsSentinel {
+    _nodes: Vec<Server>,
+    pub sentinel_port: u16,
+    pub master_name: String,
+}
+
+impl TlsSentinel {
+    pub fn start(pki: &Pki) -> TlsSentinel {
+        let master_port = free_port();
+        let sentinel_port = free_port();
+        let master_name = format!("relay-{master_port}");
+        let dir = pki.dir.join(format!("sentinel-{master_port}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("master.log");
+        let mut cmd = Command::new("redis-server");
+        tls_node_args(&mut cmd, pki, master_port, &dir, &log);
+        let mut master = Server::spawn("redis-server (TLS master)", &mut cmd, log);
+        master.wait_listening(master_port);
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\nbind 127.0.0.1\ntls-port {sentinel_port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\ntls-auth-clients no\ntls-replication yes\ndir {dir}\nlogfile {log}\nsentinel monitor {master_name} 127.0.0.1 {master_port} 1\nsentinel auth-user {master_name} {REDIS_USER}\nsentinel auth-pass {master_name} {REDIS_PASSWORD}\n",
+                cert = pki.server_cert,
+                key = pki.server_key,
+                ca = pki.ca,
+                dir = dir.display(),
+                log = dir.join("sentinel.log").display(),
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut sentinel = Server::spawn(
+            "redis-server --sentinel (TLS)",
+            Command::new("redis-server").arg(&conf).arg("--sentinel"),
+            dir.join("sentinel.log"),
+        );
+        sentinel.wait_listening(sentinel_port);
+        TlsSentinel {
+            _nodes: vec![master, sentinel],
+            sentinel_port,
+            master_name,
+        }
+    }
+
+    /// The sentinel, with the credentials the relay also uses for the master.
+    pub fn url(&self) -> String {
+        format!(
+            "rediss://{REDIS_USER}:{REDIS_PASSWORD}@127.0.0.1:{}",
+            self.sentinel_port
+        )
+    }
+}

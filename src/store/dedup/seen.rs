@@ -105,7 +105,8 @@ pub(super) struct Place {
 /// `CreationTime`, or an id longer than [`MAX_FIELD`]).
 pub(super) fn place(
     prefix: &str,
-    tenant: &dyn std::fmt::Display,
+    // The tenant as its keys carry it (`Store::tenant`: a hash tag in a cluster).
+    segment: &dyn std::fmt::Display,
     id: &str,
     created: &str,
     done_ttl: Duration,
@@ -121,7 +122,7 @@ pub(super) fn place(
     let ahead = hour_end_ms.saturating_sub(now_ms).clamp(0, MAX_AHEAD_MS) as u64;
     let ttl_ms = u64::try_from(done_ttl.as_millis()).unwrap_or(u64::MAX);
     Some(Place {
-        bucket: format!("{prefix}seen:{tenant}:{hour}:{kind}"),
+        bucket: format!("{prefix}seen:{segment}:{hour}:{kind}"),
         field,
         keep_ms: ttl_ms.saturating_add(ahead).clamp(1, MAX_KEEP_MS),
     })

@@ -106,11 +106,6 @@ impl Ctx {
         })
     }
 
-    /// The Redis the relays use unless a section says otherwise (`--redis-url`).
-    pub fn redis_url(&self) -> &str {
-        &self.redis_url
-    }
-
     /// Closes the shared connection and removes the relay logs.
     pub async fn close(&self) {
         let _ = self.amqp.close(200, "bench done".into()).await;

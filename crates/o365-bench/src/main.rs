@@ -79,8 +79,8 @@ struct Args {
     /// Blob size in MB for section 4; default 256 (quick: 8).
     #[arg(long)]
     blob_mb: Option<usize>,
-    /// Blobs of 1,000 records per measurement in section 9 (6 measurements a round); default 80
-    /// (quick: 6).
+    /// Blobs of 1,000 records per measurement in section 9 (6 measurements a round; quick: 2,
+    /// one relay against each Redis); default 80 (quick: 6).
     #[arg(long)]
     scale_blobs: Option<usize>,
     /// Tenants in section 7; default 1,000 (quick: 50).

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Records per simulator blob.
-const PER_BLOB: usize = 1000;
+pub(crate) const PER_BLOB: usize = 1000;
 
 /// A record as the relay publishes it: routing key, body, properties.
-struct Prepared {
+pub(crate) struct Prepared {
     routing_key: String,
     raw: Bytes,
     props: lapin::BasicProperties,
@@ -34,7 +34,7 @@ struct Prepared {
 /// across blobs), grouped per blob, with the relay's properties and headers.
 /// `seen` spans rounds: the simulator repeats records of a round's last blobs in the next
 /// round's first ones, and the relay (rightly) publishes those only once.
-fn prepare(blobs: &[SimBlob], seen: &mut HashSet<String>) -> Vec<Vec<Prepared>> {
+pub(crate) fn prepare(blobs: &[SimBlob], seen: &mut HashSet<String>) -> Vec<Vec<Prepared>> {
     blobs
         .iter()
         .map(|b| {
@@ -69,7 +69,8 @@ fn prepare(blobs: &[SimBlob], seen: &mut HashSet<String>) -> Vec<Vec<Prepared>> 
 /// The ceiling: bare confirmed publish of the same records to the same exchange, batches of
 /// the relay's [`BATCH`] pipelined (publish all, then await all confirms), `concurrency` blobs
 /// at a time on one channel — the relay's structure minus fetching, parsing and Redis.
-async fn bare_record_publish(
+/// Section 9 uses it as its reference line too.
+pub(crate) async fn bare_record_publish(
     ctx: &Ctx,
     exchange: &str,
     blobs: Arc<Vec<Vec<Prepared>>>,
@@ -126,7 +127,7 @@ async fn bare_record_publish(
     Ok(())
 }
 
-fn avg_record_bytes(blobs: &[SimBlob]) -> f64 {
+pub(crate) fn avg_record_bytes(blobs: &[SimBlob]) -> f64 {
     let (n, bytes) = blobs
         .iter()
         .flat_map(|b| &b.records)

@@ -16,6 +16,9 @@
 //!    relay's RSS, token requests per tenant, /metrics size.
 //! 8. [`dedup_memory`]: Redis bytes per record remembered by record de-duplication, 1,000,000
 //!    records in a Redis of its own.
+//! 9. [`scale`]: records/s end to end with 1, 2 and 3 relay processes, against standalone Redis
+//!    and a Redis Cluster of 3 masters with a replica each; CPU per record of the relays, Redis
+//!    and RabbitMQ, and what binds first; section 2's bare publish as the reference line.
 //!
 //! The relay under test runs as a child process ([`serve`]: `o365-bench` re-executes itself as
 //! `o365-bench serve-relay`, the relay's own [`o365_relay::app::Application`], so a
@@ -37,6 +40,7 @@ mod memory;
 mod procfs;
 mod reconcile;
 mod report;
+mod scale;
 mod serve;
 mod soak;
 mod tenants;
@@ -57,8 +61,8 @@ struct Args {
     /// Tiny sizes, seconds in total (CI); no pass/fail on speed.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated, 1-8).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
+    /// Sections to run (comma-separated, 1-9).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9")]
     sections: Vec<u8>,
     /// Run this `o365-relay` binary (`<bin> serve`) instead of re-executing o365-bench.
     #[arg(long)]
@@ -66,7 +70,7 @@ struct Args {
     /// Seconds per ingest measurement (section 1); default 10 (quick: 1).
     #[arg(long)]
     ingest_secs: Option<f64>,
-    /// Rounds of (ceiling, relay) in sections 1 and 2; the best round of each is reported.
+    /// Rounds of (ceiling, relay) in sections 1, 2 and 9; the best round of each is reported.
     #[arg(long)]
     rounds: Option<usize>,
     /// Blobs of 1,000 records in section 2; default 100 (quick: 4).
@@ -75,6 +79,10 @@ struct Args {
     /// Blob size in MB for section 4; default 256 (quick: 8).
     #[arg(long)]
     blob_mb: Option<usize>,
+    /// Blobs of 1,000 records per measurement in section 9 (6 measurements a round; quick: 2,
+    /// one relay against each Redis); default 80 (quick: 6).
+    #[arg(long)]
+    scale_blobs: Option<usize>,
     /// Tenants in section 7; default 1,000 (quick: 50).
     #[arg(long)]
     tenants: Option<usize>,
@@ -190,6 +198,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .dedup_records
                     .unwrap_or(if quick { 20_000 } else { 1_000_000 });
                 dedup_memory::run(n.max(1)).await
+            }
+            9 => {
+                let blobs = args.scale_blobs.unwrap_or(if quick { 6 } else { 80 });
+                scale::run(&ctx, blobs.max(1), rounds).await
             }
             other => Err(anyhow::anyhow!("no section {other}")),
         };

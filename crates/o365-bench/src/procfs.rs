@@ -43,17 +43,69 @@ pub fn memory_kb(pid: u32) -> (u64, u64) {
     )
 }
 
-/// The RabbitMQ server process (`beam.smp`), to account its CPU.
+/// The RabbitMQ server process (`beam.smp`) of the machine's broker (AMQP port 5672), to
+/// account its CPU.
 pub fn rabbit_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "beam.smp").then_some(pid)
+    rabbit_pid_on(5672)
+}
+
+/// The RabbitMQ server process (`beam.smp`) listening on AMQP `port`. When only one `beam.smp`
+/// runs it is that one; when several do (another test's RabbitMQ cluster nodes beside the
+/// machine's broker), the one holding the listening socket.
+pub fn rabbit_pid_on(port: u16) -> Option<u32> {
+    let beams: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "beam.smp").then_some(pid)
+        })
+        .collect();
+    if beams.len() <= 1 {
+        return beams.first().copied();
+    }
+    let inodes = listening_inodes(port);
+    beams.into_iter().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .any(|inode| inodes.contains(&inode))
     })
 }
 
+/// Socket inodes listening (state `0A`) on TCP `port`, from `/proc/net/tcp` and `tcp6`.
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.get(1)?.ends_with(&local) && *f.get(3)? == "0A")
+                        .then(|| f.get(9)?.parse().ok())
+                        .flatten()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
 /// (busy, total) jiffies of the whole machine from `/proc/stat`.
-fn machine_jiffies() -> (f64, f64) {
+pub fn machine_jiffies() -> (f64, f64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<f64> = s
         .lines()

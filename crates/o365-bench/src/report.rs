@@ -39,6 +39,12 @@ impl Row {
         self
     }
 
+    /// The relay / ceiling ratio, with no target (a figure to read, not to meet).
+    pub fn ratio_only(mut self, r: f64) -> Row {
+        self.ratio = format!("{r:.2}");
+        self
+    }
+
     pub fn target(mut self, t: impl Into<String>) -> Row {
         self.target = t.into();
         self

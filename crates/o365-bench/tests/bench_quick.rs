@@ -31,6 +31,7 @@ fn quick_benchmark_prints_its_table_and_exits_zero() {
         "| 6 fairness",
         "| 7 tenants",
         "| 8 dedup-memory",
+        "| 9 scale",
     ] {
         assert!(stdout.contains(section), "no '{section}' row:\n{stdout}");
     }

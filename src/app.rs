@@ -5,6 +5,7 @@
 //! use it the same way. No other module imports this one.
 
 use crate::admin::{self, AdminApi};
+use crate::admin_origin::OriginPolicy;
 use crate::backpressure::Backpressure;
 use crate::broker::Broker;
 use crate::config::{Credential, Settings};
@@ -30,6 +31,7 @@ use crate::tokens::{EntraClient, TokenProvider};
 use crate::webhook::{self, Webhook};
 use crate::work_queue::{Names, RetryPolicy, WorkQueue};
 use crate::worker::Worker;
+use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::net::TcpListener;
@@ -421,9 +423,32 @@ impl Application {
         };
         let admin_port = admin.local_addr()?.port();
         let admin_api = web::Data::new(parts.admin_api());
+        let origin = OriginPolicy::new(&parts.settings.admin_hosts);
+        if parts.settings.admin_token.is_none() {
+            tracing::warn!(
+                listen = %parts.settings.admin_listen,
+                "O365_ADMIN_TOKEN is not set: whoever reaches the admin listener can add, approve and remove tenants, start subscriptions, requeue and purge dead letters, and read the status page. Keep it on loopback or behind a NetworkPolicy, or set the token. (Browsers on other sites and unknown Host names are refused either way.)"
+            );
+        }
         let admin = HttpServer::new(move || {
+            let origin = origin.clone();
             App::new()
                 .app_data(admin_api.clone())
+                .wrap_fn(move |req, srv| {
+                    let call = match origin.check(req.method(), req.headers()) {
+                        Ok(()) => Ok(srv.call(req)),
+                        Err(refusal) => Err(refusal),
+                    };
+                    async move {
+                        match call {
+                            Ok(response) => response.await,
+                            Err(r) => {
+                                Err(actix_web::error::InternalError::new(r.message, r.status)
+                                    .into())
+                            }
+                        }
+                    }
+                })
                 .configure(admin::routes)
         })
         .listen(admin)?

@@ -12,6 +12,7 @@
 //! no other module imports; `main.rs` and its `cli/` are the command line.
 
 pub mod admin;
+pub mod admin_origin;
 pub mod app;
 pub mod backpressure;
 pub mod broker;

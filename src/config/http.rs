@@ -14,6 +14,7 @@ struct Raw {
     admin_listen: Option<String>,
     admin_token: Option<String>,
     admin_allow_unauthenticated: Option<String>,
+    admin_hosts: Option<String>,
     http_timeout: Option<String>,
     fetch_timeout: Option<String>,
     webhook_body_timeout: Option<String>,
@@ -34,6 +35,7 @@ pub(super) struct Http {
     pub admin_listen: String,
     pub admin_token: Option<Secret<String>>,
     pub admin_allow_unauthenticated: bool,
+    pub admin_hosts: Vec<String>,
     pub http_timeout: Duration,
     pub fetch_timeout: Duration,
     pub webhook_body_timeout: Duration,
@@ -66,7 +68,9 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
         raw.admin_allow_unauthenticated,
         false,
     );
+    let admin_hosts = admin_hosts(p, raw.admin_hosts);
     Http {
+        admin_hosts,
         public_url,
         listen,
         admin_listen,
@@ -82,6 +86,29 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
         ),
         trusted_proxies: trusted_proxies(p, raw.trusted_proxies),
     }
+}
+
+/// `O365_ADMIN_HOSTS`: comma-separated host names (no port) the admin listener answers to
+/// besides IP literals and `localhost` ([`crate::admin_origin`]).
+fn admin_hosts(p: &mut Parser, v: Option<String>) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for h in v.as_deref().unwrap_or("").split(',').map(str::trim) {
+        if h.is_empty() {
+            continue;
+        }
+        let valid = h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if valid {
+            hosts.push(h.to_ascii_lowercase());
+        } else {
+            p.fail(
+                "ADMIN_HOSTS",
+                &format!("{h:?} is not a host name (letters, digits, '.' and '-'; no port)"),
+            );
+        }
+    }
+    hosts
 }
 
 /// `O365_TRUSTED_PROXIES`: comma-separated addresses or CIDR blocks of the proxies (the

@@ -53,6 +53,9 @@ pub struct Settings {
     pub manage_url: BaseUrl,
     pub listen: String,
     pub admin_listen: String,
+    /// `O365_ADMIN_HOSTS`: names the admin listener answers to besides IP literals and
+    /// `localhost` ([`crate::admin_origin`]).
+    pub admin_hosts: Vec<String>,
     /// `O365_REDIS_MODE`, `O365_REDIS_URL`, `O365_REDIS_SENTINEL_MASTER`, `O365_REDIS_PREFIX`,
     /// `O365_REDIS_CA_PATH`.
     pub redis: RedisSettings,
@@ -192,6 +195,7 @@ impl Settings {
             manage_url: ms.manage_url,
             listen: http.listen,
             admin_listen: http.admin_listen,
+            admin_hosts: http.admin_hosts,
             redis,
             amqp_endpoints: amqp.endpoints,
             amqp_ca: amqp.ca,

@@ -9,3 +9,4 @@ mod consent;
 mod helpers;
 mod modes;
 mod subscriptions;
+mod webdriver;

@@ -104,7 +104,7 @@ fn admin_hosts(p: &mut Parser, v: Option<String>) -> Vec<String> {
         } else {
             p.fail(
                 "ADMIN_HOSTS",
-                &format!("{h:?} is not a host name (letters, digits, '.' and '-'; no port)"),
+                format!("{h:?} is not a host name (letters, digits, '.' and '-'; no port)"),
             );
         }
     }

@@ -353,6 +353,25 @@ fn trusted_proxies_are_addresses_or_blocks() {
 }
 
 #[test]
+fn admin_hosts_are_host_names_without_ports() {
+    let s = Settings::from_vars(with(
+        "ADMIN_HOSTS",
+        " Relay-Admin.ops.svc , status.example.com,",
+    ))
+    .unwrap();
+    assert_eq!(s.admin_hosts, ["relay-admin.ops.svc", "status.example.com"]);
+    assert!(Settings::from_vars(with("ADMIN_HOSTS", ""))
+        .unwrap()
+        .admin_hosts
+        .is_empty());
+    let err = Settings::from_vars(with("ADMIN_HOSTS", "ok.example,evil.example:9090")).unwrap_err();
+    assert_eq!(
+        err.0,
+        ["O365_ADMIN_HOSTS: \"evil.example:9090\" is not a host name (letters, digits, '.' and '-'; no port)"]
+    );
+}
+
+#[test]
 fn several_amqp_urls_of_one_cluster_are_endpoints_in_order() {
     let s = Settings::from_vars(with(
         "AMQP_URL",

@@ -7,3 +7,6 @@
 mod approval;
 #[path = "../onboarding/helpers.rs"]
 mod helpers;
+/// Outside text (Microsoft's errors, headers, names) shown on a terminal or in a human log
+/// cannot drive the terminal; a wrong-auth flood does not flood the log.
+mod terminal;

@@ -107,7 +107,7 @@ fn cross_site(what: &str) -> Refusal {
 
 /// At most `max` characters of a header value for a message, control characters escaped.
 fn printable(v: &str, max: usize) -> String {
-    v.chars().take(max).flat_map(char::escape_debug).collect()
+    crate::terminal::escape(&v.chars().take(max).collect::<String>()).into_owned()
 }
 
 /// The name in a `Host` value, without its port; an IPv6 literal without its brackets.

@@ -41,6 +41,7 @@ pub mod subscriptions;
 pub mod supervise;
 pub mod telemetry;
 pub mod tenants;
+pub mod terminal;
 pub mod tokens;
 pub mod webhook;
 pub mod work_queue;

@@ -329,22 +329,35 @@ impl Tenants {
         let created = existing.is_none();
         let record = match existing {
             Some(r) => r,
-            None => {
-                let record = TenantRecord {
-                    tenant_id: t.clone(),
-                    added_by: by,
-                    added_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    consented_by,
-                    state: TenantState::Healthy,
-                };
-                let json = serde_json::to_string(&record).expect("serialisable");
-                self.store.tenants().put(t, &json).await?;
-                tracing::info!(tenant_id = %t, added_by = ?by, "Tenant registered.");
-                record
-            }
+            None => TenantRecord {
+                tenant_id: t.clone(),
+                added_by: by,
+                added_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                consented_by,
+                state: TenantState::Healthy,
+            },
         };
+        let json = serde_json::to_string(&record).expect("serialisable");
         match state {
+            NewTenant::Pending if created => {
+                // Record and `pending` state in one write: a record written alone would read
+                // as healthy, i.e. served before anyone approved it (see the store's
+                // `register_pending`). A record that appeared meanwhile keeps its state.
+                let pending = TenantState::Pending { since: Utc::now() };
+                if self
+                    .store
+                    .tenants()
+                    .register_pending(t, &json, &pending.to_stored())
+                    .await?
+                {
+                    tracing::info!(tenant_id = %t, added_by = ?by, "Tenant registered, pending approval.");
+                }
+            }
             NewTenant::Healthy => {
+                if created {
+                    self.store.tenants().put(t, &json).await?;
+                    tracing::info!(tenant_id = %t, added_by = ?by, "Tenant registered.");
+                }
                 let (was, changed) = self
                     .store
                     .tenants()
@@ -360,29 +373,17 @@ impl Tenants {
                 }
             }
             NewTenant::Pending => {
-                let pending = TenantState::Pending { since: Utc::now() };
-                // A record created now has no state yet (healthy); an existing one keeps its
-                // state: an approved tenant consenting again stays approved.
-                let from: &[&str] = if created {
-                    &["healthy", "offboarded"]
-                } else {
-                    &["offboarded"]
-                };
-                self.store
+                // Registered already: it keeps its state (an approved tenant consenting again
+                // stays approved); an approved tenant that was parked is un-parked by its
+                // admin's consent, as in open mode: the consent is what a parking for withdrawn
+                // consent waits for.
+                let (_, unparked) = self
+                    .store
                     .tenants()
-                    .transition(t, from, "pending", &pending.to_stored())
+                    .transition(t, &["parked"], "healthy", &TenantState::Healthy.to_stored())
                     .await?;
-                // An approved tenant that was parked is un-parked by its admin's consent, as
-                // in open mode: the consent is what a parking for withdrawn consent waits for.
-                if !created {
-                    let (_, unparked) = self
-                        .store
-                        .tenants()
-                        .transition(t, &["parked"], "healthy", &TenantState::Healthy.to_stored())
-                        .await?;
-                    if unparked {
-                        tracing::info!(tenant_id = %t, "Tenant un-parked by a new consent.");
-                    }
+                if unparked {
+                    tracing::info!(tenant_id = %t, "Tenant un-parked by a new consent.");
                 }
             }
         }
@@ -406,7 +407,10 @@ impl Tenants {
                 &TenantState::Healthy.to_stored(),
             )
             .await?;
-        if !changed && was != "healthy" {
+        // Approving a tenant that is not pending — healthy already, parked, offboarded — is a
+        // conflict, not a success: the operator may have the wrong tenant (docs/ONBOARDING.md,
+        // "Approval": 409, exit 1).
+        if !changed {
             return Err(TenantError::NotPending(t.clone(), was));
         }
         self.forget_cached(t);

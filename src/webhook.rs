@@ -20,6 +20,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -93,6 +94,43 @@ impl ResponseError for Rejection {
     fn error_response(&self) -> HttpResponse {
         HttpResponse::build(self.status_code())
             .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+/// Wrong-auth warnings: one per [`AuthWarnings::EVERY`], the rest counted.
+static AUTH_WARNINGS: AuthWarnings = AuthWarnings {
+    last: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+/// A log line at most once per interval, saying how many were left out since the last.
+struct AuthWarnings {
+    /// When the last line was written, in milliseconds since the Unix epoch (0: never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl AuthWarnings {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    fn allow(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let before = self.last.load(Ordering::Relaxed);
+        let due = before == 0 || now >= before.saturating_add(Self::EVERY.as_millis() as u64);
+        if due
+            && self
+                .last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -276,6 +314,17 @@ async fn respond(
                 }
                 Rejection::Blob { index, rejection } => {
                     tracing::warn!(blob = index, reason = %rejection.detail, "Notification rejected.")
+                }
+                // Anyone can post without the auth id: a flood must not flood the log too.
+                // The metric counts each one; the log says so at most once per interval.
+                Rejection::Auth => {
+                    if let Some(suppressed) = AUTH_WARNINGS.allow() {
+                        tracing::warn!(
+                            reason = "auth",
+                            suppressed,
+                            "Webhook request rejected: missing or wrong Webhook-AuthID (one line per 10 s at most; suppressed = those not logged since)."
+                        )
+                    }
                 }
                 other => tracing::warn!(reason = other.label(), "Webhook request rejected."),
             }

@@ -4,6 +4,7 @@
 use super::{Failure, Outcome};
 use o365_relay::app::Parts;
 use o365_relay::config::{redact_url, Credential, Settings};
+use o365_relay::terminal::Shown;
 
 pub async fn run() -> Outcome {
     let settings = match Settings::from_env() {
@@ -52,10 +53,13 @@ pub async fn run() -> Outcome {
     // The topology as found: a cluster's masters and replicas, Sentinel's master.
     match parts.store.ping().await.and(Ok(parts.store.report().await)) {
         Ok(Ok(found)) => println!("ok      redis ({redis}): {found}"),
-        Ok(Err(e)) => println!("ok      redis ({redis}): topology not readable: {e}"),
+        Ok(Err(e)) => println!(
+            "ok      redis ({redis}): topology not readable: {}",
+            Shown(e)
+        ),
         Err(e) => {
             ok = false;
-            println!("failed  redis ({redis}): {e}");
+            println!("failed  redis ({redis}): {}", Shown(e));
         }
     }
     match parts.broker.connect().await {
@@ -65,7 +69,7 @@ pub async fn run() -> Outcome {
         }
         Err(e) => {
             ok = false;
-            println!("failed  rabbitmq ({amqp}): {e}");
+            println!("failed  rabbitmq ({amqp}): {}", Shown(e));
         }
     }
     // A token for a served tenant proves the credential; without one, reaching the endpoint
@@ -77,7 +81,7 @@ pub async fn run() -> Outcome {
             Ok(_) => println!("ok      token endpoint ({login}, tenant {t})"),
             Err(e) => {
                 ok = false;
-                println!("failed  token endpoint ({login}, tenant {t}): {e}");
+                println!("failed  token endpoint ({login}, tenant {t}): {}", Shown(e));
             }
         },
         None => println!("skipped token endpoint ({login}): no tenant is served yet"),

@@ -4,6 +4,7 @@
 
 use super::{parts, tenant_arg, Failure, Outcome};
 use o365_relay::dead_letters::{Action, DeadLetter, Filter, Walked};
+use o365_relay::terminal::Shown;
 use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(clap::Args)]
@@ -119,7 +120,10 @@ fn print_table(letters: &[DeadLetter]) {
         "{:<25} {:<36} {:<24} {:<18} {:>3}  {:<40} REASON",
         "DEAD AT", "TENANT", "CONTENT TYPE", "CODE", "TRY", "CONTENT ID"
     );
-    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    // Every cell is outside text (headers of a message anyone with the queue could have put
+    // there, Microsoft's error text): shown escaped, so it cannot drive the terminal, and on
+    // one line (a newline is escaped too).
+    let cell = |v: &Option<String>| Shown(v.as_deref().unwrap_or("-")).to_string();
     for l in letters {
         println!(
             "{:<25} {:<36} {:<24} {:<18} {:>3}  {:<40} {}",
@@ -129,8 +133,7 @@ fn print_table(letters: &[DeadLetter]) {
             cell(&l.code),
             l.attempt.map_or("-".into(), |a| a.to_string()),
             cell(&l.content_id),
-            // One line per letter: a reason never breaks the table.
-            cell(&l.reason).replace(['\n', '\r'], " "),
+            cell(&l.reason),
         );
     }
 }

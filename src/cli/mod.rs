@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use o365_relay::app::Parts;
 use o365_relay::config::Settings;
 use o365_relay::domain::{ContentType, TenantId};
+use o365_relay::terminal::Shown;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -117,7 +118,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Failed(e)) => {
-            eprintln!("o365-relay: {e:#}");
+            // The error chain may carry outside text (Microsoft's, a server's): escaped.
+            eprintln!("o365-relay: {}", Shown(format!("{e:#}")));
             ExitCode::FAILURE
         }
         Err(Failure::Reported) => ExitCode::FAILURE,

@@ -4,6 +4,7 @@
 use super::{content_type_arg, parts, tenant_arg, Failure, Outcome};
 use chrono::{DateTime, Utc};
 use o365_relay::replay::{Progress, ReplayRequest};
+use o365_relay::terminal::Shown;
 use std::io::{IsTerminal, Write};
 
 #[derive(clap::Args)]
@@ -125,7 +126,7 @@ pub async fn run(args: ReplayArgs) -> Outcome {
         );
     }
     for (content_id, error) in &summary.failures {
-        println!("failed {content_id}: {error}");
+        println!("failed {content_id}: {}", Shown(error));
     }
     if p.failed > 0 {
         return Err(Failure::Failed(anyhow::anyhow!(

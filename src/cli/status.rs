@@ -4,6 +4,7 @@
 use super::{parts, Failure, Outcome};
 use o365_relay::status::html::relative;
 use o365_relay::status::Status;
+use o365_relay::terminal::{escape, Shown};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -43,17 +44,17 @@ pub fn table(s: &Status) -> String {
         depth(d.queues.retry),
         depth(d.queues.dead),
         d.replicas.len(),
-        hosts.join(", "),
+        escape(&hosts.join(", ")),
         d.certificate_expires_at
             .map(|t| format!("expires {}", relative(t, now)))
             .unwrap_or_else(|| "client secret".into()),
     ));
     if let Some(paused) = &d.downstream {
-        out.push_str(&paused.line(now).replace(['\n', '\r'], " "));
+        out.push_str(&escape(&paused.line(now)));
         out.push('\n');
     }
     for p in &d.problems {
-        out.push_str(&format!("problem: {p}\n"));
+        out.push_str(&format!("problem: {}\n", Shown(p)));
     }
     out.push_str(&format!(
         "{:<9} {:<36} {:<10} {:>9} {:>9} {:>5} {:>5} {:<12} {:>9}  {}\n",
@@ -73,7 +74,8 @@ pub fn table(s: &Status) -> String {
                 .map(|at| relative(at, now))
                 .unwrap_or_else(|| "-".into()),
             format!("{}/{}", t.quota_used, d.quota_per_minute),
-            t.why.replace(['\n', '\r'], " "),
+            // Microsoft's error text, a parking reason: escaped, on one line.
+            escape(&t.why),
         ));
     }
     if s.tenants.is_empty() {

@@ -2,6 +2,7 @@
 //! content type (all configured ones by default). Exit code 1 when any call failed.
 
 use super::{content_type_arg, parts, tenant_arg, Failure, Outcome};
+use o365_relay::terminal::Shown;
 
 #[derive(clap::Args)]
 pub struct SubsFilter {
@@ -60,13 +61,13 @@ pub async fn run(cmd: SubsCmd) -> Outcome {
                 }
                 Err(e) => {
                     failed = true;
-                    println!("{tid}  error: {e}");
+                    println!("{tid}  error: {}", Shown(e));
                 }
             },
             SubsCmd::Start { force, .. } => {
                 for o in parts.subscriptions.start_all(&tid, only, *force).await {
                     failed |= !o.ok;
-                    println!("{tid}  {:<28} {}", o.content_type, o.detail);
+                    println!("{tid}  {:<28} {}", o.content_type, Shown(&o.detail));
                 }
             }
             SubsCmd::Stop(_) => {
@@ -80,7 +81,7 @@ pub async fn run(cmd: SubsCmd) -> Outcome {
                         Ok(()) => println!("{tid}  {ct:<28} stopped"),
                         Err(e) => {
                             failed = true;
-                            println!("{tid}  {ct:<28} error: {e}");
+                            println!("{tid}  {ct:<28} error: {}", Shown(e));
                         }
                     }
                 }

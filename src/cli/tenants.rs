@@ -4,6 +4,7 @@
 use super::{parts, tenant_arg, Failure, Outcome};
 use anyhow::anyhow;
 use o365_relay::onboarding::AddRequest;
+use o365_relay::terminal::Shown;
 
 #[derive(clap::Subcommand)]
 pub enum TenantsCmd {
@@ -46,7 +47,8 @@ pub async fn run(cmd: TenantsCmd) -> Outcome {
                     } else {
                         &t.added_at
                     },
-                    t.consented_by.unwrap_or_default()
+                    // The consenting admin's name comes from Microsoft's token: escaped.
+                    Shown(t.consented_by.unwrap_or_default())
                 );
             }
         }
@@ -72,7 +74,7 @@ pub async fn run(cmd: TenantsCmd) -> Outcome {
             for s in &removed.stopped {
                 match &s.detail {
                     None => println!("stopped {}", s.content_type),
-                    Some(e) => println!("could not stop {}: {e}", s.content_type),
+                    Some(e) => println!("could not stop {}: {}", s.content_type, Shown(e)),
                 }
             }
             println!(
@@ -95,7 +97,7 @@ pub async fn run(cmd: TenantsCmd) -> Outcome {
                 if s.ok {
                     println!("started {}", s.content_type);
                 } else {
-                    println!("could not start {}: {}", s.content_type, s.detail);
+                    println!("could not start {}: {}", s.content_type, Shown(&s.detail));
                 }
             }
             println!("approved {tid}");

@@ -37,6 +37,27 @@ end
 return {kind, 0}
 "#;
 
+/// Registers a tenant `pending` (`O365_CONSENT_MODE=approval`). KEYS[1] the states hash,
+/// KEYS[2] (standalone and Sentinel) the records hash; ARGV[1] tenant, ARGV[2] the pending
+/// state JSON, ARGV[3] the record JSON. With KEYS[2], a tenant registered already is left as it
+/// is ({'registered', 0}); otherwise its state becomes `pending` (a `since` already pending is
+/// kept) and then its record is written ({previous kind, 1}). The state is written first: a
+/// script that fails half-way (Redis does not roll back) leaves at most a pending state without
+/// a record — not registered, so not served. Never a record without its state, which would read
+/// as healthy.
+const REGISTER_PENDING: &str = r#"
+if #KEYS == 2 and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'registered', 0} end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local kind = 'healthy'
+if cur then
+  local ok, v = pcall(cjson.decode, cur)
+  if ok and type(v) == 'table' and type(v.state) == 'string' then kind = v.state end
+end
+if kind ~= 'pending' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if #KEYS == 2 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+return {kind, 1}
+"#;
+
 /// The tenant registry, see [`Store::tenants`].
 pub struct TenantRegistry<'a>(&'a Store);
 
@@ -113,6 +134,45 @@ impl<'a> TenantRegistry<'a> {
         self.0
             .observe(r)
             .map(|(kind, changed)| (kind, changed == 1))
+    }
+
+    /// Registers a new tenant as `pending`, its record and state together (see
+    /// [`REGISTER_PENDING`]). Returns false when a record existed already (it was left as it
+    /// is, state included).
+    ///
+    /// Standalone and Sentinel: one script over both hashes, so the tenant is registered
+    /// pending or not at all. In a cluster the two deployment-wide hashes lie in different
+    /// slots (their names are kept as earlier versions wrote them, so `redis-migrate` and
+    /// upgrades need nothing) and no script or MULTI may span slots: the state is written first
+    /// and the record after it (`HSETNX`, so a record written meanwhile by another replica or
+    /// the CLI stands). What decides that a tenant is served — a record, and a state that is not
+    /// `pending` — can then never be seen half-written: between the two writes, or after a
+    /// failure between them, the tenant is a pending state without a record, which is not
+    /// registered and not served; the next consent completes it.
+    pub async fn register_pending(
+        &self,
+        t: &TenantId,
+        record: &str,
+        pending: &str,
+    ) -> StoreResult<bool> {
+        let mut c = self.0.conn().await?;
+        let script = redis::Script::new(REGISTER_PENDING);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.states_key());
+        if !self.0.is_cluster() {
+            inv.key(self.key());
+        }
+        inv.arg(t.as_str()).arg(pending).arg(record);
+        let r: Result<(String, i64), _> = inv.invoke_async(&mut c).await;
+        let (kind, _) = self.0.observe(r)?;
+        if kind == "registered" {
+            return Ok(false);
+        }
+        if self.0.is_cluster() {
+            let r: Result<bool, _> = c.hset_nx(self.key(), t.as_str(), record).await;
+            return self.0.observe(r);
+        }
+        Ok(true)
     }
 
     /// Every registered tenant's record JSON, in no particular order.

@@ -190,6 +190,37 @@ async fn every_store_view_works_on_a_cluster_and_a_tenants_keys_share_one_slot()
         store.tenants().states().await.expect("states").len(),
         all.len()
     );
+    // A consent in approval mode: the state and the record, in their two slots (state first).
+    let newcomer = &tenants(25)[24];
+    let pending = r#"{"state":"pending"}"#;
+    for first in [true, false] {
+        assert_eq!(
+            store
+                .tenants()
+                .register_pending(newcomer, "{}", pending)
+                .await
+                .expect("registered"),
+            first
+        );
+    }
+    assert_eq!(
+        store
+            .tenants()
+            .get(newcomer)
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("{}")
+    );
+    assert_eq!(
+        store
+            .tenants()
+            .state(newcomer)
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(pending)
+    );
     // Deployment-wide keys: consent (two keys in one script), allowlist, lease, parking.
     assert!(store
         .consent()

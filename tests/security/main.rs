@@ -1,6 +1,8 @@
 //! Issue 20: the admin and consent surfaces tried as an attacker would. Each module replays one
-//! family of attacks against a relay built in process (`Application`, real Redis and RabbitMQ,
-//! names unique to the test) and asserts the door stays shut.
+//! family of attacks against the real Redis and RabbitMQ — a relay built in process
+//! (`Application`), the relay binary where the attack goes through it, a real Chromium where a
+//! browser is the victim — with names unique to the test, and asserts the door stays shut. The
+//! harness is the onboarding tests' (`tests/onboarding/helpers.rs`, `webdriver.rs`).
 //!
 //! `cargo test --test security`
 
@@ -9,4 +11,11 @@ mod helpers;
 #[path = "../onboarding/webdriver.rs"]
 mod webdriver;
 
+/// Cross-site requests and DNS rebinding against the admin listener, token or not.
 mod admin_origin;
+/// Approval mode: a consenting tenant is never served before an operator approves it, and
+/// approving one that is not pending is refused.
+mod approval;
+/// Outside text (Microsoft's errors, headers, names) shown on a terminal or in a human log
+/// cannot drive the terminal; a wrong-auth flood does not flood the log.
+mod terminal;

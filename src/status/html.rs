@@ -74,7 +74,9 @@ fn content_type_chip(c: &ContentTypeStatus, now: DateTime<Utc>) -> String {
         "bad"
     };
     format!(
-        r#"<span class="ct {class}" title="subscription {sub}, webhook {hook}; last notification {}; last relayed {}">{} · {}</span>"#,
+        r#"<span class="ct {class}" title="subscription {}, webhook {}; last notification {}; last relayed {}">{} · {}</span>"#,
+        esc(sub),
+        esc(hook),
         esc(&when(c.last_notification.as_deref(), now)),
         esc(&when(c.last_relayed.as_deref(), now)),
         esc(c.content_type.as_str()),
@@ -235,6 +237,31 @@ pub fn render(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ContentType;
+
+    /// Issue 20: Microsoft's `subscriptions/list` strings reached a `title="…"` attribute
+    /// unescaped, and a hostile one made the signed-in browser follow an injected refresh.
+    #[test]
+    fn microsofts_subscription_strings_cannot_become_markup_in_a_chip() {
+        let hostile =
+            r#"enabled"><meta http-equiv="refresh" content="0;url=https://evil.example/"><b x=""#;
+        let chip = content_type_chip(
+            &ContentTypeStatus {
+                content_type: ContentType::Exchange,
+                subscription: Some(hostile.into()),
+                webhook: Some(format!("{hostile}'</span></title><script>")),
+                checked_at: None,
+                last_notification: None,
+                last_relayed: None,
+            },
+            Utc::now(),
+        );
+        assert!(!chip.contains("<meta"), "{chip}");
+        assert!(!chip.contains("<script"), "{chip}");
+        assert!(!chip.contains("\"><"), "{chip}");
+        assert!(chip.contains("&lt;meta"), "{chip}");
+        assert_eq!(chip.matches("<span").count(), 1, "{chip}");
+    }
 
     #[test]
     fn relative_times_read_naturally() {

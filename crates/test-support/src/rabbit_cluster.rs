@@ -332,10 +332,13 @@ impl Inner {
     }
 
     /// A command as the nodes' user, with the cluster's `HOME` (its cookie) and nothing of the
-    /// caller's environment but `PATH`.
+    /// caller's environment but `PATH`, run in that `HOME`: Erlang reads its working directory
+    /// at start, and the caller's (a CI clone under `mktemp -d`, mode 0700 and root's) is not
+    /// readable by the `rabbitmq` user — `rabbitmqctl` then fails with `eacces`.
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env_clear()
+        cmd.current_dir(&self.home)
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &self.home)
             .env("LANG", "C.UTF-8")

@@ -509,15 +509,31 @@ async fn status_json(
         .json(status))
 }
 
+const LOGIN_STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f4f6f8;margin:0}\
+form{max-width:24rem;margin:4rem auto;background:#fff;padding:1.5rem;border-radius:10px;box-shadow:0 1px 4px rgba(0,0,0,.1)}\
+input{width:100%;padding:.6rem;margin:.6rem 0;font-size:1rem;box-sizing:border-box}\
+button{padding:.6rem 1rem;font-size:1rem}.err{color:#c50f1f}";
+
 fn login_page(status: StatusCode, message: &str) -> HttpResponse {
+    let body = html::html! {
+        form method="post" action="/admin/login" {
+            h1 { "o365-relay status" }
+            p.err #message { (message) }
+            label {
+                "Admin token (" code { "O365_ADMIN_TOKEN" } ")"
+                input type="password" name="token" autocomplete="current-password" autofocus;
+            }
+            button type="submit" { "Sign in" }
+        }
+    };
     html::page(
         status,
         Forms::SameOrigin,
-        format!(
-            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>o365-relay status: sign in</title>
-<style>body{{font-family:system-ui,sans-serif;background:#f4f6f8;margin:0}}form{{max-width:24rem;margin:4rem auto;background:#fff;padding:1.5rem;border-radius:10px;box-shadow:0 1px 4px rgba(0,0,0,.1)}}input{{width:100%;padding:.6rem;margin:.6rem 0;font-size:1rem;box-sizing:border-box}}button{{padding:.6rem 1rem;font-size:1rem}}.err{{color:#c50f1f}}</style></head>
-<body><form method="post" action="/admin/login"><h1>o365-relay status</h1><p class="err" id="message">{}</p><label>Admin token (<code>O365_ADMIN_TOKEN</code>)<input type="password" name="token" autocomplete="current-password" autofocus></label><button type="submit">Sign in</button></form></body></html>"#,
-            html::esc(message)
+        html::document(
+            "o365-relay status: sign in",
+            LOGIN_STYLE,
+            html::html! {},
+            body,
         ),
     )
 }
@@ -531,7 +547,7 @@ async fn status_page(req: HttpRequest, api: web::Data<AdminApi>) -> HttpResponse
         Ok(status) => html::page(
             StatusCode::OK,
             Forms::SameOrigin,
-            crate::status::html::render(&status),
+            crate::status::html::render(&status, api.admin_token.is_some()),
         ),
         Err(e) => {
             let e = logged(e.into());
@@ -641,6 +657,21 @@ async fn walk_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn outside_text_never_becomes_markup_on_the_sign_in_page() {
+        use test_support::markup::{assert_same_outline, HOSTILE};
+        let body = |text: &str| {
+            let page = login_page(StatusCode::UNAUTHORIZED, text);
+            async move {
+                let bytes = actix_web::body::to_bytes(page.into_body()).await.unwrap();
+                String::from_utf8(bytes.to_vec()).unwrap()
+            }
+        };
+        let hostile = body(HOSTILE).await;
+        assert_same_outline(&body("plain text").await, &hostile);
+        assert!(hostile.contains(r"\u{1b}]0;pwned\u{7}"), "{hostile}");
+    }
 
     fn api(status: u16, code: &str) -> ApiError {
         ApiError::Api {

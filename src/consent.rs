@@ -32,9 +32,9 @@ pub mod admission;
 pub mod limiter;
 mod pages;
 
-pub use pages::{esc, permissions};
+pub use pages::permissions;
 
-use crate::config::{BaseUrl, ConsentMode, IpNet};
+use crate::config::{BaseUrl, IpNet};
 use crate::domain::{ContentType, TenantId};
 use crate::onboarding::{AddRequest, Onboarding};
 use crate::store::consent::Taken;
@@ -188,16 +188,7 @@ impl ResponseError for ConsentError {
 }
 
 async fn page(consent: web::Data<Consent>) -> HttpResponse {
-    let note = match consent.admission.mode() {
-        ConsentMode::Open => "",
-        ConsentMode::Allowlist => {
-            "<p><small>This service connects only the organisations its operator has agreed to serve; any other will be told so after signing in, and nothing is collected from it.</small></p>"
-        }
-        ConsentMode::Approval => {
-            "<p><small>After your consent, the operator of this service approves your tenant before any audit data is collected.</small></p>"
-        }
-    };
-    pages::consent_page(&consent.content_types, note)
+    pages::consent_page(&consent.content_types, consent.admission.mode())
 }
 
 /// The browser's nonce from the `Cookie` header(s), if one is well-formed.

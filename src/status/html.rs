@@ -1,13 +1,12 @@
 //! The status page (`GET /admin/`): server-rendered HTML with its CSS inline — no script, no
 //! external asset (the admin listener is cluster-internal and the page must work from a phone
 //! through a port-forward) — that refreshes itself every 30 seconds. On a narrow screen each
-//! tenant's row becomes a card. Every value from outside (reasons, tenant ids, names) is
-//! escaped.
+//! tenant's row becomes a card. A maud template: every value from outside (reasons, tenant
+//! ids, names, Microsoft's status strings) is escaped by construction.
 
 use super::{ContentTypeStatus, Status, TenantStatus, Verdict};
-use crate::html::esc;
+use crate::html::{document, html, Markup};
 use chrono::{DateTime, Utc};
-use std::fmt::Write;
 
 /// Seconds between the page's own refreshes.
 pub const REFRESH_SECONDS: u32 = 30;
@@ -18,6 +17,7 @@ const STYLE: &str = r#"
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f6f8;color:#1b1f23;font-size:15px}
 header{background:#1b1f23;color:#fff;padding:.8rem 1.2rem;display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:baseline}
 header h1{font-size:1.15rem;margin:0} header small{color:#c9d1d9}
+header form{margin-left:auto} header button{background:none;color:#c9d1d9;border:1px solid #57606a;border-radius:6px;padding:.2rem .6rem;cursor:pointer}
 main{padding:1rem 1.2rem;max-width:90rem;margin:auto}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(11rem,1fr));gap:.8rem;margin-bottom:1rem}
 .card{background:#fff;border-radius:10px;padding:.8rem 1rem;box-shadow:0 1px 4px rgba(0,0,0,.08)}
@@ -63,175 +63,151 @@ fn when(raw: Option<&str>, now: DateTime<Utc>) -> String {
     }
 }
 
-fn content_type_chip(c: &ContentTypeStatus, now: DateTime<Utc>) -> String {
+fn content_type_chip(c: &ContentTypeStatus, now: DateTime<Utc>) -> Markup {
     let sub = c.subscription.as_deref().unwrap_or("?");
     let hook = c.webhook.as_deref().unwrap_or("?");
     let class = if c.subscription.is_none() {
-        ""
+        "ct"
     } else if sub == "enabled" && (hook == "enabled" || c.webhook.is_none()) {
-        "good"
+        "ct good"
     } else {
-        "bad"
+        "ct bad"
     };
-    format!(
-        r#"<span class="ct {class}" title="subscription {}, webhook {}; last notification {}; last relayed {}">{} · {}</span>"#,
-        esc(sub),
-        esc(hook),
-        esc(&when(c.last_notification.as_deref(), now)),
-        esc(&when(c.last_relayed.as_deref(), now)),
-        esc(c.content_type.as_str()),
-        esc(&when(c.last_relayed.as_deref(), now)),
-    )
+    let relayed = when(c.last_relayed.as_deref(), now);
+    let title = format!(
+        "subscription {sub}, webhook {hook}; last notification {}; last relayed {relayed}",
+        when(c.last_notification.as_deref(), now),
+    );
+    html! { span class=(class) title=(title) { (c.content_type.as_str()) " · " (relayed) } }
 }
 
-fn tenant_row(t: &TenantStatus, quota_per_minute: u32, now: DateTime<Utc>) -> String {
-    let verdict = t.verdict.as_str();
-    let why = if t.why.is_empty() {
-        String::new()
-    } else {
-        format!(
-            r#"<div class="why {}">{}</div>"#,
-            if t.verdict == Verdict::Attention {
-                "v-attention-why"
-            } else {
-                ""
-            },
-            esc(&t.why)
-        )
-    };
-    let consented = match &t.consented_by {
-        Some(by) => format!("{} by {}", esc(&t.added_at), esc(by)),
+fn consented(t: &TenantStatus) -> String {
+    match &t.consented_by {
+        Some(by) => format!("{} by {by}", t.added_at),
         None if t.added_at.is_empty() => "configured (O365_TENANTS)".into(),
-        None => format!("{} ({:?})", esc(&t.added_at), t.added_by).to_lowercase(),
-    };
-    let chips: String = t
-        .content_types
-        .iter()
-        .map(|c| content_type_chip(c, now))
-        .collect();
-    let dead = match &t.last_dead {
-        Some(d) => format!(
-            r#"{}<div class="muted">last {} {}: {}</div>"#,
-            t.last_day.dead,
-            esc(&when(d.at.as_deref(), now)),
-            esc(d.code.as_deref().unwrap_or("")),
-            esc(d.reason.as_deref().unwrap_or(""))
-        ),
-        None => t.last_day.dead.to_string(),
-    };
+        None => format!("{} ({:?})", t.added_at, t.added_by).to_lowercase(),
+    }
+}
+
+fn tenant_row(t: &TenantStatus, quota_per_minute: u32, now: DateTime<Utc>) -> Markup {
+    let verdict = t.verdict.as_str();
     let token = t
         .token_expires_at
         .map(|at| relative(at, now))
         .unwrap_or_else(|| "none cached".into());
-    format!(
-        r#"<tr class="tenant" data-tenant="{id}" data-verdict="{verdict}">
-<td data-label="Tenant"><span class="badge v-{verdict}">{verdict}</span> <code>{id}</code> <span class="muted">{state}</span>{why}<div class="muted">{consented}</div></td>
-<td data-label="Content types (last relayed)">{chips}</td>
-<td data-label="Records 1 h / 24 h">{rh} / {rd}</td>
-<td data-label="Recovered 24 h">{rec}</td>
-<td data-label="Dead letters 24 h">{dead}</td>
-<td data-label="Token expires">{token}</td>
-<td data-label="Quota used / min">{quota} / {quota_per_minute}</td>
-</tr>"#,
-        id = esc(t.tenant_id.as_str()),
-        state = esc(t.state.name()),
-        rh = t.last_hour.records,
-        rd = t.last_day.records,
-        rec = t.last_day.recovered,
-        quota = t.quota_used,
-    )
+    html! {
+        tr.tenant data-tenant=(t.tenant_id.as_str()) data-verdict=(verdict) {
+            td data-label="Tenant" {
+                span class={ "badge v-" (verdict) } { (verdict) } " "
+                code { (t.tenant_id.as_str()) } " "
+                span.muted { (t.state.name()) }
+                @if !t.why.is_empty() {
+                    div class={ "why" @if t.verdict == Verdict::Attention { " v-attention-why" } } { (t.why) }
+                }
+                div.muted { (consented(t)) }
+            }
+            td data-label="Content types (last relayed)" {
+                @for c in &t.content_types { (content_type_chip(c, now)) }
+            }
+            td data-label="Records 1 h / 24 h" { (t.last_hour.records) " / " (t.last_day.records) }
+            td data-label="Recovered 24 h" { (t.last_day.recovered) }
+            td data-label="Dead letters 24 h" {
+                (t.last_day.dead)
+                @if let Some(d) = &t.last_dead {
+                    div.muted {
+                        "last " (when(d.at.as_deref(), now)) " " (d.code.as_deref().unwrap_or(""))
+                        ": " (d.reason.as_deref().unwrap_or(""))
+                    }
+                }
+            }
+            td data-label="Token expires" { (token) }
+            td data-label="Quota used / min" { (t.quota_used) " / " (quota_per_minute) }
+        }
+    }
 }
 
-/// The whole page.
-pub fn render(s: &Status) -> String {
+/// The whole page; with a "Sign out" button when the page sits behind a sign-in.
+pub fn render(s: &Status, sign_out: bool) -> Markup {
     let now = s.generated_at;
     let d = &s.deployment;
     let count = |v: Verdict| s.tenants.iter().filter(|t| t.verdict == v).count();
     let depth = |n: Option<u32>| n.map_or("?".to_string(), |n| n.to_string());
-    let mut out = String::with_capacity(8192 + s.tenants.len() * 1500);
-    let _ = write!(
-        out,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
-<title>o365-relay status</title><style>{STYLE}</style></head><body>
-<header><h1>o365-relay</h1><small id="generated">{generated} · refreshes every {REFRESH_SECONDS} s</small></header><main>"#,
-        generated = esc(&now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-    );
-    if !d.problems.is_empty() {
-        out.push_str(r#"<ul class="problems" id="problems">"#);
-        for p in &d.problems {
-            let _ = write!(out, "<li>{}</li>", esc(p));
-        }
-        out.push_str("</ul>");
-    }
-    if let Some(paused) = &d.downstream {
-        let _ = write!(
-            out,
-            r#"<p class="problems" id="downstream-paused">{}</p>"#,
-            esc(&paused.line(now))
-        );
-    }
     let certificate = d
         .certificate_expires_at
         .map(|at| relative(at, now))
         .unwrap_or_else(|| "client secret".into());
-    let replicas: Vec<String> = d.replicas.iter().map(|r| esc(&r.host)).collect();
-    let holder = |h: &Option<String>| {
+    let replicas: Vec<&str> = d.replicas.iter().map(|r| r.host.as_str()).collect();
+    let holder = |h: &Option<String>| -> String {
         h.as_deref()
-            .map(|h| esc(h.rsplit_once('-').map_or(h, |(host, _)| host)))
+            .map(|h| h.rsplit_once('-').map_or(h, |(host, _)| host).to_string())
             .unwrap_or_else(|| "nobody".into())
     };
-    let _ = write!(
-        out,
-        r#"<section class="cards">
-<div class="card" id="tenants-ok"><b>{ok}</b><span>tenants ok</span></div>
-<div class="card" id="tenants-attention"><b>{attention}</b><span>need attention</span></div>
-<div class="card" id="tenants-down"><b>{down}</b><span>down (parked, pending)</span></div>
-<div class="card" id="queues"><b>{work} · {retry} · {dead}</b><span>work · retry · dead queue</span></div>
-<div class="card" id="replicas"><b>{alive}</b><span>replicas alive: {replicas}</span></div>
-<div class="card" id="leases"><b>{rec}</b><span>holds the reconciler lease · keeper: {keeper}</span></div>
-<div class="card" id="certificate"><b>{certificate}</b><span>certificate expires</span></div>
-</section>"#,
-        ok = count(Verdict::Ok),
-        attention = count(Verdict::Attention),
-        down = count(Verdict::Down),
-        work = depth(d.queues.work),
-        retry = depth(d.queues.retry),
-        dead = depth(d.queues.dead),
-        alive = d.replicas.len(),
-        replicas = replicas.join(", "),
-        rec = holder(&d.reconciler_lease),
-        keeper = holder(&d.keeper_lease),
-    );
-    out.push_str(
-        r#"<table id="tenants"><thead><tr><th>Tenant</th><th>Content types (last relayed)</th><th>Records 1 h / 24 h</th><th>Recovered 24 h</th><th>Dead letters 24 h</th><th>Token expires</th><th>Quota / min</th></tr></thead><tbody>"#,
-    );
-    if s.tenants.is_empty() {
-        out.push_str(r#"<tr><td colspan="7">No tenant yet: share the consent link (<code>o365-relay consent-url</code>).</td></tr>"#);
-    }
-    for t in &s.tenants {
-        out.push_str(&tenant_row(t, d.quota_per_minute, now));
-    }
-    out.push_str("</tbody></table>");
-    if !s.offboarded.is_empty() {
-        out.push_str(r#"<p class="muted" id="offboarded">Offboarded: "#);
-        let list: Vec<String> = s
-            .offboarded
-            .iter()
-            .map(|o| {
-                format!(
-                    "<code>{}</code> {}",
-                    esc(o.tenant_id.as_str()),
-                    o.since.map(|t| relative(t, now)).unwrap_or_default()
-                )
-            })
-            .collect();
-        out.push_str(&list.join(", "));
-        out.push_str("</p>");
-    }
-    out.push_str(r#"<p class="muted">JSON: <code>/admin/status</code> · terminal: <code>o365-relay status</code> · dead letters: <code>o365-relay dead-letters list</code></p></main></body></html>"#);
-    out
+    let refresh = html! { meta http-equiv="refresh" content=(REFRESH_SECONDS); };
+    let body = html! {
+        header {
+            h1 { "o365-relay" }
+            small #generated {
+                (now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                " · refreshes every " (REFRESH_SECONDS) " s"
+            }
+            @if sign_out {
+                form method="post" action="/admin/logout" { button #logout type="submit" { "Sign out" } }
+            }
+        }
+        main {
+            @if !d.problems.is_empty() {
+                ul.problems #problems { @for p in &d.problems { li { (p) } } }
+            }
+            @if let Some(paused) = &d.downstream {
+                p.problems #downstream-paused { (paused.line(now)) }
+            }
+            section.cards {
+                div.card #tenants-ok { b { (count(Verdict::Ok)) } span { "tenants ok" } }
+                div.card #tenants-attention { b { (count(Verdict::Attention)) } span { "need attention" } }
+                div.card #tenants-down { b { (count(Verdict::Down)) } span { "down (parked, pending)" } }
+                div.card #queues {
+                    b { (depth(d.queues.work)) " · " (depth(d.queues.retry)) " · " (depth(d.queues.dead)) }
+                    span { "work · retry · dead queue" }
+                }
+                div.card #replicas { b { (d.replicas.len()) } span { "replicas alive: " (replicas.join(", ")) } }
+                div.card #leases {
+                    b { (holder(&d.reconciler_lease)) }
+                    span { "holds the reconciler lease · keeper: " (holder(&d.keeper_lease)) }
+                }
+                div.card #certificate { b { (certificate) } span { "certificate expires" } }
+            }
+            table #tenants {
+                thead { tr {
+                    th { "Tenant" } th { "Content types (last relayed)" } th { "Records 1 h / 24 h" }
+                    th { "Recovered 24 h" } th { "Dead letters 24 h" } th { "Token expires" }
+                    th { "Quota / min" }
+                } }
+                tbody {
+                    @if s.tenants.is_empty() {
+                        tr { td colspan="7" {
+                            "No tenant yet: share the consent link (" code { "o365-relay consent-url" } ")."
+                        } }
+                    }
+                    @for t in &s.tenants { (tenant_row(t, d.quota_per_minute, now)) }
+                }
+            }
+            @if !s.offboarded.is_empty() {
+                p.muted #offboarded {
+                    "Offboarded: "
+                    @for (i, o) in s.offboarded.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        code { (o.tenant_id.as_str()) } " "
+                        (o.since.map(|t| relative(t, now)).unwrap_or_default())
+                    }
+                }
+            }
+            p.muted {
+                "JSON: " code { "/admin/status" } " · terminal: " code { "o365-relay status" }
+                " · dead letters: " code { "o365-relay dead-letters list" }
+            }
+        }
+    };
+    document("o365-relay status", STYLE, refresh, body)
 }
 
 #[cfg(test)]
@@ -255,7 +231,8 @@ mod tests {
                 last_relayed: None,
             },
             Utc::now(),
-        );
+        )
+        .into_string();
         assert!(!chip.contains("<meta"), "{chip}");
         assert!(!chip.contains("<script"), "{chip}");
         assert!(!chip.contains("\"><"), "{chip}");

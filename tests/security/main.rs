@@ -16,6 +16,8 @@ mod admin_origin;
 /// Approval mode: a consenting tenant is never served before an operator approves it, and
 /// approving one that is not pending is refused.
 mod approval;
+/// Outside text on the pages the relay serves (status, sign-in, consent) stays text.
+mod pages;
 /// Outside text (Microsoft's errors, headers, names) shown on a terminal or in a human log
 /// cannot drive the terminal; a wrong-auth flood does not flood the log.
 mod terminal;

@@ -8,6 +8,7 @@
 //! - [`cert`]: a fresh client certificate written to disk, and a private PKI for TLS tests;
 //! - [`sink`]: a queue bound `#` to the relay's exchange, read back as deliveries or messages,
 //!   or counted;
+//! - [`markup`]: a page's outline of tags, to show hostile text did not become markup;
 //! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
 //! - [`process`]: the relay as a child process (readiness, SIGTERM, SIGKILL, logs);
 //! - [`proxy`]: a TCP proxy a test can cut, in front of RabbitMQ or Redis;
@@ -22,6 +23,7 @@
 pub mod cert;
 pub mod env;
 pub mod guard;
+pub mod markup;
 pub mod names;
 pub mod process;
 pub mod proxy;

@@ -113,16 +113,12 @@ impl Backpressure {
                 settled: false,
             });
         }
-        if p.waiting.len() < MAX_WAITING {
-            p.waiting.insert(blob.clone());
-        }
+        self.note_waiting(p, blob);
         let wait = if p.probing {
             p.interval
         } else {
             p.next_probe - now
         };
-        drop(paused);
-        self.update_gauges();
         Gate::Wait(spread(wait))
     }
 
@@ -133,6 +129,7 @@ impl Backpressure {
         let now = Instant::now();
         let wait = {
             let mut paused = self.paused.lock().expect("poisoned");
+            let before = paused.len();
             let p = paused.entry(key.to_string()).or_insert_with(|| {
                 tracing::warn!(exchange = %self.exchange, routing_key = key, "A consumer queue refused records (full?): pausing the routing key until a probe is accepted.");
                 Pause {
@@ -143,12 +140,13 @@ impl Backpressure {
                     waiting: HashSet::new(),
                 }
             });
-            if p.waiting.len() < MAX_WAITING {
-                p.waiting.insert(blob.clone());
+            self.note_waiting(p, blob);
+            let wait = p.next_probe.saturating_duration_since(now).max(FIRST_PROBE);
+            if paused.len() != before {
+                self.keys_changed(&paused);
             }
-            p.next_probe.saturating_duration_since(now).max(FIRST_PROBE)
+            wait
         };
-        self.update_gauges();
         spread(wait)
     }
 
@@ -179,6 +177,10 @@ impl Backpressure {
             let mut paused = self.paused.lock().expect("poisoned");
             if accepted {
                 if let Some(p) = paused.remove(key) {
+                    self.metrics
+                        .downstream_waiting_blobs
+                        .sub(p.waiting.len() as i64);
+                    self.keys_changed(&paused);
                     let secs = (Utc::now() - p.since).num_milliseconds() as f64 / 1000.0;
                     tracing::info!(exchange = %self.exchange, routing_key = key, paused_s = secs, waiting_blobs = p.waiting.len(), "A probe was accepted: the routing key flows again.");
                 }
@@ -192,21 +194,25 @@ impl Backpressure {
                 FIRST_PROBE
             }
         };
-        self.update_gauges();
         spread(wait)
     }
 
-    fn update_gauges(&self) {
-        let s = self.summary();
-        self.metrics
-            .downstream_paused_keys
-            .set(s.as_ref().map_or(0, |s| s.routing_keys) as i64);
-        self.metrics
-            .downstream_waiting_blobs
-            .set(s.as_ref().map_or(0, |s| s.waiting_blobs) as i64);
+    /// `blob` waits on `p` (counted once, up to [`MAX_WAITING`] a key).
+    fn note_waiting(&self, p: &mut Pause, blob: &ContentId) {
+        if p.waiting.len() < MAX_WAITING && p.waiting.insert(blob.clone()) {
+            self.metrics.downstream_waiting_blobs.inc();
+        }
+    }
+
+    /// A key was paused or released: the gauges that depend on the set of keys. Deferrals of
+    /// a paused key change only the waiting count ([`Self::note_waiting`]), so a flood of them
+    /// costs nothing here.
+    fn keys_changed(&self, paused: &HashMap<String, Pause>) {
+        self.metrics.downstream_paused_keys.set(paused.len() as i64);
+        let oldest = paused.values().map(|p| p.since).min();
         self.metrics
             .downstream_paused_since
-            .set(s.as_ref().map_or(0, |s| s.since.timestamp()));
+            .set(oldest.map_or(0, |t| t.timestamp()));
     }
 }
 
@@ -279,6 +285,19 @@ mod tests {
         let s = bp.summary().expect("paused");
         assert_eq!((s.routing_keys, s.waiting_blobs), (1, 2));
         assert_eq!(s.example_key, "Audit.General.t");
+        // The gauges follow, kept as the events happen; a blob deferred twice counts once.
+        assert!(matches!(
+            bp.gate("Audit.General.t", &blob(3)),
+            Gate::Wait(_)
+        ));
+        let gauges = |bp: &Backpressure| {
+            (
+                bp.metrics.downstream_paused_keys.get(),
+                bp.metrics.downstream_waiting_blobs.get(),
+                bp.metrics.downstream_paused_since.get() == s.since.timestamp(),
+            )
+        };
+        assert_eq!(gauges(&bp), (1, 2, true));
         tokio::time::advance(FIRST_PROBE).await;
         let Gate::Probe(probe) = bp.gate("Audit.General.t", &blob(3)) else {
             panic!("the first job after the interval probes");
@@ -290,6 +309,14 @@ mod tests {
         ));
         probe.accepted();
         assert!(bp.summary().is_none());
+        assert_eq!(
+            (
+                bp.metrics.downstream_paused_keys.get(),
+                bp.metrics.downstream_waiting_blobs.get(),
+                bp.metrics.downstream_paused_since.get()
+            ),
+            (0, 0, 0)
+        );
         assert!(matches!(bp.gate("Audit.General.t", &blob(4)), Gate::Open));
     }
 

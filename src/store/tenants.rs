@@ -13,17 +13,27 @@ use super::{Store, StoreResult};
 use crate::domain::TenantId;
 use redis::AsyncCommands;
 
-/// KEYS[1] the states hash; ARGV[1] tenant, ARGV[2] new kind, ARGV[3] new JSON, ARGV[4..] the
-/// kinds it may change from. Returns {current kind, 1 if changed}. An unreadable value counts as
-/// `healthy` (it can only have been written by us; a broken one must not wedge the tenant).
-const TRANSITION: &str = r#"
+/// The Lua that reads a tenant's current state kind into `kind`: KEYS[1] the states hash,
+/// ARGV[1] the tenant. An unreadable value counts as `healthy` (it can only have been written
+/// by us; a broken one must not wedge the tenant).
+macro_rules! current_kind {
+    () => {
+        r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local kind = 'healthy'
 if cur then
   local ok, v = pcall(cjson.decode, cur)
   if ok and type(v) == 'table' and type(v.state) == 'string' then kind = v.state end
 end
-if kind == ARGV[2] then return {kind, 0} end
+"#
+    };
+}
+
+/// KEYS[1] the states hash; ARGV[1] tenant, ARGV[2] new kind, ARGV[3] new JSON, ARGV[4..] the
+/// kinds it may change from. Returns {current kind, 1 if changed}.
+const TRANSITION: &str = concat!(
+    current_kind!(),
+    r#"if kind == ARGV[2] then return {kind, 0} end
 for i = 4, #ARGV do
   if ARGV[i] == kind then
     if ARGV[2] == 'healthy' then
@@ -35,7 +45,8 @@ for i = 4, #ARGV do
   end
 end
 return {kind, 0}
-"#;
+"#
+);
 
 /// Registers a tenant `pending` (`O365_CONSENT_MODE=approval`). KEYS[1] the states hash,
 /// KEYS[2] (standalone and Sentinel) the records hash; ARGV[1] tenant, ARGV[2] the pending
@@ -45,18 +56,15 @@ return {kind, 0}
 /// script that fails half-way (Redis does not roll back) leaves at most a pending state without
 /// a record — not registered, so not served. Never a record without its state, which would read
 /// as healthy.
-const REGISTER_PENDING: &str = r#"
-if #KEYS == 2 and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'registered', 0} end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local kind = 'healthy'
-if cur then
-  local ok, v = pcall(cjson.decode, cur)
-  if ok and type(v) == 'table' and type(v.state) == 'string' then kind = v.state end
-end
-if kind ~= 'pending' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+const REGISTER_PENDING: &str = concat!(
+    r#"
+if #KEYS == 2 and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'registered', 0} end"#,
+    current_kind!(),
+    r#"if kind ~= 'pending' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 if #KEYS == 2 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
 return {kind, 1}
-"#;
+"#
+);
 
 /// The tenant registry, see [`Store::tenants`].
 pub struct TenantRegistry<'a>(&'a Store);

@@ -58,18 +58,10 @@ pub fn page(status: StatusCode, forms: Forms, document: Markup) -> HttpResponse 
 /// — an invisible one can hide or reorder what the reader sees.
 fn visible_controls(page: String) -> String {
     let hidden = |c: char| crate::terminal::is_unsafe(c) && !matches!(c, '\n' | '\r' | '\t');
-    if !page.chars().any(hidden) {
-        return page;
+    match crate::terminal::escape_where(&page, hidden) {
+        std::borrow::Cow::Borrowed(_) => page,
+        std::borrow::Cow::Owned(shown) => shown,
     }
-    let mut out = String::with_capacity(page.len() + 16);
-    for c in page.chars() {
-        if hidden(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,12 +18,17 @@ pub fn is_unsafe(c: char) -> bool {
 /// `s` with every unsafe character (see [`is_unsafe`]) written as `\u{…}` (its code point in
 /// hex); borrowed when there is none.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_unsafe) {
+    escape_where(s, is_unsafe)
+}
+
+/// `s` with every character `hidden` picks written as `\u{…}`; borrowed when there is none.
+pub fn escape_where(s: &str, hidden: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(&hidden) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if is_unsafe(c) {
+        if hidden(c) {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);

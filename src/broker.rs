@@ -35,7 +35,7 @@
 //!
 //! **Frames.** The whole content header (properties and headers table) must fit in one frame
 //! (`frame_max`, 128 KiB by default) or RabbitMQ closes the *connection*. Header values are
-//! therefore capped ([`MAX_HEADER_VALUE`], with [`TRUNCATION_MARKER`]), and AMQP short strings
+//! therefore capped ([`MAX_HEADER_VALUE`], with [`crate::text::TRUNCATION_MARKER`]), and AMQP short strings
 //! (message ids, names) are never built from unchecked data ([`short_string`]).
 
 use crate::config::{AmqpEndpoint, ClientIdentity, PemFile};
@@ -47,7 +47,6 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,8 +57,6 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest header value the relay writes, in bytes. Far below `frame_max` even with every
 /// header at its cap.
 pub const MAX_HEADER_VALUE: usize = 1024;
-/// Ends a header value that was cut to its cap.
-pub const TRUNCATION_MARKER: &str = "…[truncated]";
 /// AMQP short strings (message id, routing key, names) hold at most 255 bytes.
 pub const SHORT_STRING_MAX: usize = 255;
 
@@ -662,7 +659,7 @@ impl Broker {
     /// to look at.
     fn connect_error(&self, e: String) -> BrokerError {
         match self.tls() {
-            Some(trust) if crate::store::is_tls_failure(&e) => BrokerError::Unavailable(format!(
+            Some(trust) if crate::config::is_tls_failure(&e) => BrokerError::Unavailable(format!(
                 "TLS handshake with RabbitMQ failed: {e} (verified against: {trust}; check O365_AMQP_CA_PATH, O365_AMQP_CLIENT_CERT_PATH / O365_AMQP_CLIENT_KEY_PATH, and that the host name in O365_AMQP_URL is one the certificate names)"
             )),
             _ => BrokerError::Unavailable(e),
@@ -903,22 +900,9 @@ pub fn json_properties(message_id: &str) -> BasicProperties {
         .with_app_id("o365-relay".into())
 }
 
-/// `value` cut to at most `cap` bytes (at a character boundary), ending with
-/// [`TRUNCATION_MARKER`] when it was cut.
-pub fn capped(value: &str, cap: usize) -> Cow<'_, str> {
-    if value.len() <= cap {
-        return Cow::Borrowed(value);
-    }
-    let mut end = cap.saturating_sub(TRUNCATION_MARKER.len());
-    while end > 0 && !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}{TRUNCATION_MARKER}", &value[..end]))
-}
-
 /// Adds a string header, capped at `cap` bytes (never above [`MAX_HEADER_VALUE`]).
 pub fn header(table: &mut FieldTable, key: &'static str, value: &str, cap: usize) {
-    let v = capped(value, cap.min(MAX_HEADER_VALUE));
+    let v = crate::text::capped(value, cap.min(MAX_HEADER_VALUE));
     table.insert(
         ShortString::from(key),
         AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
@@ -940,15 +924,6 @@ pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_values_are_capped_at_a_character_boundary_with_a_marker() {
-        let v = "é".repeat(1000);
-        let c = capped(&v, 101);
-        assert!(c.len() <= 101, "{} bytes", c.len());
-        assert!(c.ends_with(TRUNCATION_MARKER));
-        assert_eq!(capped("short", 101), "short");
-    }
 
     #[test]
     fn short_strings_never_exceed_255_bytes() {

@@ -91,7 +91,7 @@ impl DeadLetter {
             content_type: header_str(&d.properties, "o365-content-type"),
             code: header_str(&d.properties, "o365-error-code"),
             reason: header_str(&d.properties, "o365-dead-reason")
-                .map(|r| crate::broker::capped(&r, REASON_SHOWN).into_owned()),
+                .map(|r| crate::text::capped(&r, REASON_SHOWN).into_owned()),
             dead_at: header_str(&d.properties, "o365-dead-at"),
             attempt,
         }

@@ -52,7 +52,7 @@
 //! — parking it would make the probe (which succeeds) and the DLP blobs (which fail) take turns.
 
 use crate::domain::{ContentType, TenantId};
-use crate::management::{ApiError, ManagementClient};
+use crate::management::{ApiError, ManagementClient, TenantFailure};
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
 use crate::store::{Lease, Store};
@@ -79,64 +79,6 @@ const RECONCILE_PER_TICK: usize = 32;
 /// A checkpoint written for an un-parked tenant lives as long as the reconciler's own (8 days).
 const CHECKPOINT_TTL: Duration = Duration::from_secs(8 * 86_400);
 
-/// A failure that is the tenant's, not the blob's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantFailure {
-    /// Microsoft's error code, or `token` for a refused token: a bounded word.
-    pub code: String,
-    /// What failed, for the operator.
-    pub reason: String,
-}
-
-/// Whether `e` is a tenant-level failure: a token Entra refuses for a reason retrying will not
-/// fix (not a network error, a 5xx or throttling); a 401 from the Management API (the client
-/// already fetched a fresh token and retried once); AF10001 (role missing); AF20010–AF20013
-/// (tenant mismatch, missing, misconfigured, not a GUID). Content-level codes (AF20050–AF20052)
-/// and everything transient are not.
-pub fn tenant_failure(e: &ApiError) -> Option<TenantFailure> {
-    match e {
-        ApiError::Token(t) if !t.is_transient() => Some(TenantFailure {
-            code: "token".into(),
-            reason: format!("no token for the tenant: {t}"),
-        }),
-        ApiError::Api {
-            status,
-            code,
-            message,
-            ..
-        } => {
-            let tenant_code = matches!(
-                code.as_str(),
-                "AF10001" | "AF20010" | "AF20011" | "AF20012" | "AF20013"
-            );
-            let content_code = matches!(code.as_str(), "AF20050" | "AF20051" | "AF20052");
-            if tenant_code {
-                Some(TenantFailure {
-                    code: code.clone(),
-                    reason: format!("Management API answered {code}: {message}"),
-                })
-            } else if *status == 401 && !content_code {
-                Some(TenantFailure {
-                    code: "token".into(),
-                    reason: format!(
-                        "the Management API refused a fresh token (HTTP 401 {code}): {message}"
-                    ),
-                })
-            } else {
-                None
-            }
-        }
-        _ => None,
-    }
-}
-
-/// [`tenant_failure`] of a call about `content_type`, leaving out AF10001 on `DLP.All`: that
-/// one may be the DLP role alone (see the module doc); a caller without a cheap way to tell
-/// (the reconciler) lets the tenant's other content types decide.
-pub fn tenant_failure_for(e: &ApiError, content_type: ContentType) -> Option<TenantFailure> {
-    tenant_failure(e).filter(|f| !(f.code == "AF10001" && content_type == ContentType::Dlp))
-}
-
 /// Parking and un-parking, shared by the workers, onboarding and the health loop.
 pub struct Parking {
     pub tenants: Arc<Tenants>,
@@ -157,12 +99,12 @@ impl Parking {
         content_type: ContentType,
         e: &ApiError,
     ) -> Option<Outcome> {
-        let mut failure = tenant_failure(e)?;
+        let mut failure = e.tenant_failure()?;
         if failure.code == "AF10001" && content_type == ContentType::Dlp {
             // Only the DLP role may be missing: ask for something that needs the other one.
             match self.management.list_subscriptions(tenant).await {
                 Ok(_) => return None,
-                Err(other) => match tenant_failure(&other) {
+                Err(other) => match other.tenant_failure() {
                     Some(f) => failure = f,
                     None => return Some(Outcome::retry(None, e.code(), e)),
                 },
@@ -385,7 +327,7 @@ impl HealthLoop {
         self.tokens.forget(tenant).await;
         match self.management.list_subscriptions(tenant).await {
             Ok(_) => Probe::Healthy,
-            Err(e) => match tenant_failure(&e) {
+            Err(e) => match e.tenant_failure() {
                 Some(f) => Probe::StillParked(f),
                 None => Probe::Inconclusive(e.to_string()),
             },
@@ -445,73 +387,5 @@ impl HealthLoop {
             }
             tracing::info!(tenant_id = %tenant, enqueued, "Reconciled the un-parked tenant.");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tokens::TokenError;
-
-    fn api(status: u16, code: &str) -> ApiError {
-        ApiError::Api {
-            status,
-            code: code.into(),
-            message: "m".into(),
-            retry_after: None,
-        }
-    }
-
-    #[test]
-    fn tenant_level_failures_are_told_from_the_blobs_own() {
-        for code in ["AF10001", "AF20010", "AF20011", "AF20012", "AF20013"] {
-            let status = if code == "AF20010" || code == "AF10001" {
-                401
-            } else {
-                400
-            };
-            assert_eq!(
-                tenant_failure(&api(status, code)).map(|f| f.code),
-                Some(code.to_string())
-            );
-        }
-        // A token refused after the retry with a fresh one.
-        assert_eq!(
-            tenant_failure(&api(401, "")).map(|f| f.code),
-            Some("token".into())
-        );
-        let refused = ApiError::Token(TokenError::Rejected {
-            status: 400,
-            error: "invalid_client".into(),
-            description: "AADSTS7000229: missing service principal".into(),
-        });
-        assert_eq!(
-            tenant_failure(&refused).map(|f| f.code),
-            Some("token".into())
-        );
-        // Content-level, throttling, Microsoft's own trouble and a busy Entra are not.
-        for e in [
-            api(400, "AF20050"),
-            api(400, "AF20051"),
-            api(400, "AF20052"),
-            api(429, "AF429"),
-            api(403, "AF429"),
-            api(500, "AF50000"),
-            api(400, "AF20022"),
-            ApiError::Token(TokenError::Rejected {
-                status: 503,
-                error: "temporarily_unavailable".into(),
-                description: String::new(),
-            }),
-        ] {
-            assert_eq!(tenant_failure(&e), None, "{e}");
-        }
-        // AF10001 on DLP.All alone may be the DLP role only.
-        assert_eq!(
-            tenant_failure_for(&api(401, "AF10001"), ContentType::Dlp),
-            None
-        );
-        assert!(tenant_failure_for(&api(401, "AF10001"), ContentType::Exchange).is_some());
-        assert!(tenant_failure_for(&api(401, "AF20011"), ContentType::Dlp).is_some());
     }
 }

@@ -42,6 +42,7 @@ pub mod supervise;
 pub mod telemetry;
 pub mod tenants;
 pub mod terminal;
+pub mod text;
 pub mod tokens;
 pub mod webhook;
 pub mod work_queue;

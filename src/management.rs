@@ -312,12 +312,12 @@ impl ManagementClient {
             // headers, and a 64 KiB message must not reach either whole.
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(b) => (
-                    crate::broker::capped(&b.error.code, 64).into_owned(),
-                    crate::broker::capped(&b.error.message, MAX_ERROR_MESSAGE).into_owned(),
+                    crate::text::capped(&b.error.code, 64).into_owned(),
+                    crate::text::capped(&b.error.message, MAX_ERROR_MESSAGE).into_owned(),
                 ),
                 Err(_) => (
                     scan_error_code(&bytes),
-                    crate::broker::capped(&String::from_utf8_lossy(&bytes), MAX_ERROR_MESSAGE)
+                    crate::text::capped(&String::from_utf8_lossy(&bytes), MAX_ERROR_MESSAGE)
                         .into_owned(),
                 ),
             };
@@ -523,6 +523,67 @@ async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// A failure that is the tenant's, not the blob's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantFailure {
+    /// Microsoft's error code, or `token` for a refused token: a bounded word.
+    pub code: String,
+    /// What failed, for the operator.
+    pub reason: String,
+}
+
+impl ApiError {
+    /// Whether this is a tenant-level failure: a token Entra refuses for a reason retrying will not
+    /// fix (not a network error, a 5xx or throttling); a 401 from the Management API (the client
+    /// already fetched a fresh token and retried once); AF10001 (role missing); AF20010–AF20013
+    /// (tenant mismatch, missing, misconfigured, not a GUID). Content-level codes (AF20050–AF20052)
+    /// and everything transient are not.
+    pub fn tenant_failure(&self) -> Option<TenantFailure> {
+        match self {
+            ApiError::Token(t) if !t.is_transient() => Some(TenantFailure {
+                code: "token".into(),
+                reason: format!("no token for the tenant: {t}"),
+            }),
+            ApiError::Api {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                let tenant_code = matches!(
+                    code.as_str(),
+                    "AF10001" | "AF20010" | "AF20011" | "AF20012" | "AF20013"
+                );
+                let content_code = matches!(code.as_str(), "AF20050" | "AF20051" | "AF20052");
+                if tenant_code {
+                    Some(TenantFailure {
+                        code: code.clone(),
+                        reason: format!("Management API answered {code}: {message}"),
+                    })
+                } else if *status == 401 && !content_code {
+                    Some(TenantFailure {
+                        code: "token".into(),
+                        reason: format!(
+                            "the Management API refused a fresh token (HTTP 401 {code}): {message}"
+                        ),
+                    })
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Self::tenant_failure`] of a call about `content_type`, leaving out AF10001 on `DLP.All`: that
+    /// one may be the DLP role alone (see [`crate::health`]); a caller without a cheap way to tell
+    /// (the reconciler) lets the tenant's other content types decide.
+    pub fn tenant_failure_for(&self, content_type: ContentType) -> Option<TenantFailure> {
+        self.tenant_failure()
+            .filter(|f| !(f.code == "AF10001" && content_type == ContentType::Dlp))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,5 +634,62 @@ mod tests {
             .disposition(),
             Disposition::Retry(None)
         );
+    }
+
+    #[test]
+    fn tenant_level_failures_are_told_from_the_blobs_own() {
+        for code in ["AF10001", "AF20010", "AF20011", "AF20012", "AF20013"] {
+            let status = if code == "AF20010" || code == "AF10001" {
+                401
+            } else {
+                400
+            };
+            assert_eq!(
+                api(status, code).tenant_failure().map(|f| f.code),
+                Some(code.to_string())
+            );
+        }
+        // A token refused after the retry with a fresh one.
+        assert_eq!(
+            api(401, "").tenant_failure().map(|f| f.code),
+            Some("token".into())
+        );
+        let refused = ApiError::Token(TokenError::Rejected {
+            status: 400,
+            error: "invalid_client".into(),
+            description: "AADSTS7000229: missing service principal".into(),
+        });
+        assert_eq!(
+            refused.tenant_failure().map(|f| f.code),
+            Some("token".into())
+        );
+        // Content-level, throttling, Microsoft's own trouble and a busy Entra are not.
+        for e in [
+            api(400, "AF20050"),
+            api(400, "AF20051"),
+            api(400, "AF20052"),
+            api(429, "AF429"),
+            api(403, "AF429"),
+            api(500, "AF50000"),
+            api(400, "AF20022"),
+            ApiError::Token(TokenError::Rejected {
+                status: 503,
+                error: "temporarily_unavailable".into(),
+                description: String::new(),
+            }),
+        ] {
+            assert_eq!(e.tenant_failure(), None, "{e}");
+        }
+        // AF10001 on DLP.All alone may be the DLP role only.
+        assert_eq!(
+            api(401, "AF10001").tenant_failure_for(ContentType::Dlp),
+            None
+        );
+        assert!(api(401, "AF10001")
+            .tenant_failure_for(ContentType::Exchange)
+            .is_some());
+        assert!(api(401, "AF20011")
+            .tenant_failure_for(ContentType::Dlp)
+            .is_some());
     }
 }

@@ -372,9 +372,12 @@ impl Reconciler {
 }
 
 /// A listing failure that is the tenant's own (the tenant is then parked).
-fn tenant_failure_of(e: &ReconcileError, ct: ContentType) -> Option<crate::health::TenantFailure> {
+fn tenant_failure_of(
+    e: &ReconcileError,
+    ct: ContentType,
+) -> Option<crate::management::TenantFailure> {
     match e {
-        ReconcileError::Listing(api) => crate::health::tenant_failure_for(api, ct),
+        ReconcileError::Listing(api) => api.tenant_failure_for(ct),
         ReconcileError::Enqueue(_) => None,
     }
 }

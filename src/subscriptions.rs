@@ -374,7 +374,7 @@ impl Keeper {
                     Err(e) => {
                         tracing::warn!(tenant_id = %tenant, error = %e, "Could not list subscriptions.");
                         // The tenant's own failure: park it.
-                        if let Some(f) = crate::health::tenant_failure(e) {
+                        if let Some(f) = e.tenant_failure() {
                             let _ = self.tenants.park(&tenant, &f.code, &f.reason).await;
                         }
                     }

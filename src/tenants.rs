@@ -425,8 +425,8 @@ impl Tenants {
     /// false when it was parked already (its `since` kept) or is pending or offboarded.
     pub async fn park(&self, t: &TenantId, code: &str, reason: &str) -> Result<bool, StoreError> {
         let parked = TenantState::Parked {
-            code: crate::broker::capped(code, 64).into_owned(),
-            reason: crate::broker::capped(reason, 512).into_owned(),
+            code: crate::text::capped(code, 64).into_owned(),
+            reason: crate::text::capped(reason, 512).into_owned(),
             since: Utc::now(),
         };
         let (_, changed) = self

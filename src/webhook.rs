@@ -53,7 +53,7 @@ pub enum Rejection {
     TooLarge,
     #[error("request body did not arrive in time")]
     SlowBody,
-    #[error("malformed body: {}", crate::broker::capped(.0, 300))]
+    #[error("malformed body: {}", crate::text::capped(.0, 300))]
     Malformed(String),
     #[error("blob {index}: {}", .rejection.detail)]
     Blob {

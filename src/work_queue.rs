@@ -540,7 +540,7 @@ impl WorkQueue {
             Ok(()) => {
                 self.mark_job_in_flight(job, delay);
                 self.metrics.blobs.with_label_values(&["retried"]).inc();
-                tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, code, error = %crate::broker::capped(error, REASON_CAP), "Blob failed; retrying later.");
+                tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, code, error = %crate::text::capped(error, REASON_CAP), "Blob failed; retrying later.");
                 ack(d).await;
             }
             Err(e) => {
@@ -651,8 +651,8 @@ impl WorkQueue {
                     .inc();
                 tracing::error!(
                     content_id = job.map(|j| j.item.content_id.as_str()).unwrap_or(""),
-                    code = %crate::broker::capped(code, 64),
-                    reason = %crate::broker::capped(reason, REASON_CAP),
+                    code = %crate::text::capped(code, 64),
+                    reason = %crate::text::capped(reason, REASON_CAP),
                     "Blob sent to the dead-letter queue."
                 );
                 if let Some(job) = job {
@@ -1081,7 +1081,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    crate::broker::capped(&text, 512).into_owned()
+    crate::text::capped(&text, 512).into_owned()
 }
 
 /// Bounded label values for the dead-letter metric.

@@ -1,8 +1,7 @@
-//! The shape of the house, checked: the wiring (`src/app.rs`) is imported only by the entry
-//! points, Redis keys are built only in `src/store/` and name a tenant through its hash tag,
-//! and the production package links neither
-//! the simulator nor the test harness unless the `demo` feature asks for them (README, "How it
-//! works").
+//! The shape of the house, checked: no import circle among the relay's modules, the wiring
+//! (`src/app.rs`) imported only by the entry points, Redis keys built only in `src/store/` and
+//! naming a tenant through its hash tag, and neither the simulator nor the test harness linked
+//! into the production package unless the `demo` feature asks for them (README, "How it works").
 
 use std::path::{Path, PathBuf};
 
@@ -161,4 +160,139 @@ mod toml_like {
                 .unwrap_or("")
         }
     }
+}
+
+/// The top-level module a source file belongs to (`src/store/dedup.rs` → `store`); `None` for
+/// the crate roots.
+fn top_module(file: &str) -> Option<String> {
+    let rest = file.strip_prefix("src/")?;
+    let first = rest.split('/').next()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (name != "lib" && name != "main").then(|| name.to_string())
+}
+
+/// The top-level modules `text` names through `crate::` paths — `use crate::a::b`,
+/// `crate::a::f(…)` in code, `use crate::{a, b::c}` — outside comments and unit tests.
+fn imports(text: &str) -> std::collections::BTreeSet<String> {
+    let code: String = text
+        .split("#[cfg(test)]")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for (i, _) in code.match_indices("crate::") {
+        let after = &code[i + "crate::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            // Only the first segment of each entry (`b::c` → `b`), up to the matching brace.
+            let mut depth = 0;
+            let mut entry_start = true;
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => entry_start = true,
+                    c if entry_start && (c.is_ascii_alphabetic() || c == '_') => {
+                        out.insert(ident(&group[j..]));
+                        entry_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            let name = ident(after);
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// A cycle in `graph`, as the modules along it (first repeated at the end), if there is one.
+fn find_cycle(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    // Depth-first search; a module met again while still on the path closes a cycle.
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|start| visit(start, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_import_circle_among_the_relays_modules() {
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (file, text) in sources() {
+        let Some(module) = top_module(&file) else {
+            continue;
+        };
+        let entry = graph.entry(module.clone()).or_default();
+        entry.extend(imports(&text).into_iter().filter(|m| *m != module));
+    }
+    assert!(
+        graph.get("store").is_some_and(|s| s.contains("config")),
+        "the graph was read: {graph:?}"
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!(
+            "modules import each other in a circle: {} — move what both need to a module \
+             below them",
+            cycle.join(" → ")
+        );
+    }
+}
+
+#[test]
+fn the_circle_check_reads_every_form_of_path_and_names_the_circle() {
+    let found = imports(
+        "use crate::a::b;\nuse crate::{c, d::{e, f}, g};\n// crate::commented\nlet x = crate::h::f();\n#[cfg(test)]\nuse crate::tested;",
+    );
+    assert_eq!(found, ["a", "c", "d", "g", "h"].map(String::from).into());
+    let graph = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
+        .collect();
+    assert_eq!(
+        find_cycle(&graph),
+        Some(["a", "b", "c", "a"].map(String::from).to_vec())
+    );
+    let acyclic = [("a", "b"), ("b", "c"), ("d", "a")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
+        .collect();
+    assert_eq!(find_cycle(&acyclic), None);
 }

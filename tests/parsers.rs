@@ -5,10 +5,11 @@
 //! shrinks any failing case to a minimal input and stores it under `proptest-regressions/`.
 
 use bytes::Bytes;
-use o365_relay::broker::{capped, sha256_id, short_string, TRUNCATION_MARKER};
+use o365_relay::broker::{sha256_id, short_string};
 use o365_relay::domain::{ContentType, Source, TenantId, WorkItem};
 use o365_relay::notification::{parse_notification_body, ContentRules};
 use o365_relay::records::{ArraySplitter, AuditRecord, RecordsError};
+use o365_relay::text::{capped, TRUNCATION_MARKER};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::FileFailurePersistence;
@@ -1074,7 +1075,7 @@ proptest! {
         }
     }
 
-    // ----- broker::capped / short_string -----
+    // ----- text::capped / broker::short_string -----
 
     #[test]
     fn a_capped_value_fits_its_cap_and_ends_with_the_marker_when_cut(

@@ -25,7 +25,7 @@ pub use consent::ConsentMode;
 pub use microsoft::Credential;
 pub use net::IpNet;
 pub use process::LogFormat;
-pub use tls::{ClientIdentity, PemFile};
+pub use tls::{is_tls_failure, ClientIdentity, PemFile};
 
 use crate::domain::{ContentType, TenantId};
 use crate::secret::Secret;

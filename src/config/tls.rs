@@ -127,6 +127,15 @@ pub(super) fn client_identity(
     })
 }
 
+/// Whether a connection error is the TLS layer refusing (an unknown issuer, a name mismatch, a
+/// handshake alert) rather than the network.
+pub fn is_tls_failure(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "alert", "ssl"]
+        .iter()
+        .any(|w| e.contains(w))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Settings;

@@ -56,15 +56,6 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Whether a connection error is the TLS layer refusing (an unknown issuer, a name mismatch, a
-/// handshake alert) rather than the network.
-pub(crate) fn is_tls_failure(error: &str) -> bool {
-    let e = error.to_ascii_lowercase();
-    ["certificate", "tls", "handshake", "alert", "ssl"]
-        .iter()
-        .any(|w| e.contains(w))
-}
-
 /// Bound on marker writes kept in memory during a Redis outage (about 100 bytes each).
 const MAX_DEFERRED: usize = 500_000;
 
@@ -167,7 +158,7 @@ impl Store {
     /// to look at instead of passing on rustls' words alone.
     fn connect_error(&self, e: String) -> StoreError {
         match &self.tls {
-            Some(trust) if is_tls_failure(&e) => StoreError::Unavailable(format!(
+            Some(trust) if crate::config::is_tls_failure(&e) => StoreError::Unavailable(format!(
                 "TLS handshake with Redis failed: {e} (verified against: {trust}; check O365_REDIS_CA_PATH, and that the host name in O365_REDIS_URL is one the certificate names)"
             )),
             _ => StoreError::Unavailable(e),

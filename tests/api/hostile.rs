@@ -164,7 +164,7 @@ async fn a_huge_record_field_is_relayed_whole_with_its_header_capped() {
         "{}",
         op.len()
     );
-    assert!(op.ends_with(o365_relay::broker::TRUNCATION_MARKER));
+    assert!(op.ends_with(o365_relay::text::TRUNCATION_MARKER));
     assert_replica_unharmed(&env, &good, &got, 0).await;
     env.cleanup().await;
 }
@@ -355,7 +355,7 @@ async fn a_64_kib_error_message_is_cut_in_logs_and_headers_and_closes_no_connect
     );
     let reason = header(&dead[0], "o365-dead-reason").unwrap();
     assert!(reason.len() <= o365_relay::work_queue::REASON_CAP);
-    assert!(reason.ends_with(o365_relay::broker::TRUNCATION_MARKER));
+    assert!(reason.ends_with(o365_relay::text::TRUNCATION_MARKER));
     assert!(reason.starts_with("gave up after 4 attempts"), "{reason}");
     assert_eq!(env.sim.content_gets_for(&bad.content_id), 4);
     let got = records_until(&env, ids_of(&good).len()).await;

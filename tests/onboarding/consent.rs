@@ -674,7 +674,7 @@ async fn a_parked_tenant_whose_admin_consents_again_is_unparked_at_once() {
     assert_eq!(finish(&env, &flow).await.0, 200);
     // The admin withdraws consent; the relay finds out and parks the tenant.
     env.sim.withdraw_consent(TENANT_A);
-    let failure = o365_relay::health::TenantFailure {
+    let failure = o365_relay::management::TenantFailure {
         code: "token".into(),
         reason: "AADSTS7000229: missing service principal".into(),
     };

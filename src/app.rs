@@ -250,6 +250,7 @@ impl Parts {
             management: self.management.clone(),
             subscriptions: self.subscriptions.clone(),
             tenants: self.tenants.clone(),
+            parking: self.parking.clone(),
             work_queue: self.work_queue.clone(),
             rules: self.rules.clone(),
             metrics: self.metrics.clone(),
@@ -264,14 +265,14 @@ impl Parts {
         Keeper {
             subscriptions: self.subscriptions.clone(),
             tenants: self.tenants.clone(),
+            parking: self.parking.clone(),
             store: self.store.clone(),
             interval: self.settings.keeper_interval,
             concurrency: self.settings.reconcile_concurrency,
         }
     }
 
-    /// The health loop: probes parked tenants, releases their jobs, reconciles them once
-    /// un-parked (at once only where this process reconciles).
+    /// The health loop: probes parked tenants and releases their jobs.
     pub fn health(&self) -> HealthLoop {
         HealthLoop {
             parking: self.parking.clone(),
@@ -281,10 +282,6 @@ impl Parts {
             work_queue: self.work_queue.clone(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
-            reconciler: self
-                .settings
-                .enable_reconciler
-                .then(|| Arc::new(self.reconciler())),
             interval: self.settings.park_probe_interval,
         }
     }

@@ -19,7 +19,8 @@
 //! consent flow again ([`crate::onboarding::Onboarding::add`]).
 //!
 //! **What un-parking does** ([`Parking::released`]): the health loop moves the tenant's jobs from
-//! the parked queue back to the work queue, and reconciles the tenant at once. The reconciler
+//! the parked queue back to the work queue, and the reconciler, under its own lease, reconciles
+//! the tenant at its next turn (seconds). The reconciler
 //! did not list a parked tenant, so its checkpoint is still the end of the last window listed
 //! before parking, and a pass starts at `checkpoint - O365_RECONCILE_LOOKBACK` (at most 7 days
 //! back): the whole parked period is listed whatever the look-back. A tenant without a
@@ -54,11 +55,10 @@
 use crate::domain::{ContentType, TenantId};
 use crate::management::{ApiError, ManagementClient, TenantFailure};
 use crate::metrics::Metrics;
-use crate::reconciler::Reconciler;
 use crate::store::{Lease, Store};
 use crate::tenants::{TenantState, Tenants};
 use crate::tokens::TokenProvider;
-use crate::work_queue::{Outcome, WorkQueue};
+use crate::work_queue::WorkQueue;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -74,8 +74,6 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 /// A sweep at least this often while the parked queue is not empty (a request lost with Redis,
 /// a replica that died between un-parking and sweeping).
 pub const SAFETY_SWEEP: Duration = Duration::from_secs(3600);
-/// Tenants reconciled per tick after their un-parking.
-const RECONCILE_PER_TICK: usize = 32;
 /// A checkpoint written for an un-parked tenant lives as long as the reconciler's own (8 days).
 const CHECKPOINT_TTL: Duration = Duration::from_secs(8 * 86_400);
 
@@ -89,33 +87,51 @@ pub struct Parking {
     pub content_types: Vec<ContentType>,
 }
 
+/// Whose a failed call's error is ([`Parking::whose`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whose {
+    /// The tenant's: park it.
+    Tenants(TenantFailure),
+    /// The call's own (or a blob's): the caller's error handling applies.
+    Calls,
+    /// Cannot be told now (the check that would tell failed): try the call again later.
+    Unknown,
+}
+
+/// What [`Parking::park`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parked {
+    /// The tenant is parked (now, or already by another replica), for this reason.
+    Parked { reason: String },
+    /// It is healthy: un-parked meanwhile, so the failure is worth another try.
+    Healthy,
+    /// It is no longer served (offboarded, pending).
+    NotServed,
+    /// Redis cannot tell or keep the state now.
+    Unavailable,
+}
+
 impl Parking {
-    /// After fetching a blob of `tenant` failed with `e`: `Some` outcome when the failure is
-    /// the tenant's (the tenant is parked and the job waits), or when that cannot be told yet;
-    /// `None` when the blob's own error handling applies.
-    pub async fn blob_failed(
-        &self,
-        tenant: &TenantId,
-        content_type: ContentType,
-        e: &ApiError,
-    ) -> Option<Outcome> {
-        let mut failure = e.tenant_failure()?;
-        if failure.code == "AF10001" && content_type == ContentType::Dlp {
-            // Only the DLP role may be missing: ask for something that needs the other one.
-            match self.management.list_subscriptions(tenant).await {
-                Ok(_) => return None,
-                Err(other) => match other.tenant_failure() {
-                    Some(f) => failure = f,
-                    None => return Some(Outcome::retry(None, e.code(), e)),
-                },
-            }
+    /// Whose the failure `e` of a call about `tenant`'s `content_type` is. AF10001 on
+    /// `DLP.All` may be the DLP role alone: a call that needs the other role tells.
+    pub async fn whose(&self, tenant: &TenantId, content_type: ContentType, e: &ApiError) -> Whose {
+        let Some(failure) = e.tenant_failure() else {
+            return Whose::Calls;
+        };
+        if failure.code != "AF10001" || content_type != ContentType::Dlp {
+            return Whose::Tenants(failure);
         }
-        Some(self.park(tenant, &failure).await)
+        match self.management.list_subscriptions(tenant).await {
+            Ok(_) => Whose::Calls,
+            Err(other) => other
+                .tenant_failure()
+                .map_or(Whose::Unknown, Whose::Tenants),
+        }
     }
 
-    /// Parks `tenant` (or finds it parked already) and returns what its job should do: wait,
-    /// with the reason the tenant is parked.
-    pub async fn park(&self, tenant: &TenantId, failure: &TenantFailure) -> Outcome {
+    /// Parks `tenant` for `failure` — the one way every part of the relay parks a tenant — and
+    /// says what came of it.
+    pub async fn park(&self, tenant: &TenantId, failure: &TenantFailure) -> Parked {
         match self
             .tenants
             .park(tenant, &failure.code, &failure.reason)
@@ -123,16 +139,17 @@ impl Parking {
         {
             Ok(true) => {
                 self.refresh_gauge().await;
-                return Outcome::park(&failure.reason);
+                return Parked::Parked {
+                    reason: failure.reason.clone(),
+                };
             }
             Ok(false) => {}
-            // Without Redis the tenant cannot be parked: retry the blob as before.
-            Err(_) => return Outcome::retry(None, &failure.code, &failure.reason),
+            Err(_) => return Parked::Unavailable,
         }
         match self.tenants.state_now(tenant).await {
-            Some(TenantState::Parked { reason, .. }) => Outcome::park(reason),
-            Some(TenantState::Healthy) => Outcome::retry(None, &failure.code, &failure.reason),
-            _ => Outcome::dead("tenant_not_served", "tenant is no longer served"),
+            Some(TenantState::Parked { reason, .. }) => Parked::Parked { reason },
+            Some(TenantState::Healthy) => Parked::Healthy,
+            _ => Parked::NotServed,
         }
     }
 
@@ -197,9 +214,9 @@ impl Parking {
     }
 }
 
-/// The health loop: probes parked tenants, sweeps the parked queue, reconciles un-parked
-/// tenants. Probing and sweeping run on one replica at a time (a lease); every replica keeps
-/// its `o365_tenants` gauge fresh.
+/// The health loop: probes parked tenants and sweeps the parked queue, on one replica at a time
+/// (a lease); every replica keeps its `o365_tenants` gauge fresh. Un-parked tenants are
+/// reconciled by the reconciler, under its own lease ([`Parking::released`] asks it).
 pub struct HealthLoop {
     pub parking: Arc<Parking>,
     pub tenants: Arc<Tenants>,
@@ -208,9 +225,6 @@ pub struct HealthLoop {
     pub work_queue: Arc<WorkQueue>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
-    /// Reconciles un-parked tenants at once; `None` when this process does not reconcile
-    /// (`O365_ENABLE_RECONCILER=false`: the next pass elsewhere covers them from the checkpoint).
-    pub reconciler: Option<Arc<Reconciler>>,
     /// `O365_PARK_PROBE_INTERVAL`.
     pub interval: Duration,
 }
@@ -276,7 +290,6 @@ impl HealthLoop {
                         }
                     }
                 }
-                self.reconcile_released().await;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => { lease.release().await; return; }
@@ -357,35 +370,5 @@ impl HealthLoop {
             self.metrics.parked_queue_depth.set(i64::from(n));
         }
         Ok(())
-    }
-
-    /// Reconciles the tenants un-parked since the last look, over their whole parked period.
-    async fn reconcile_released(&self) {
-        let Some(reconciler) = &self.reconciler else {
-            return;
-        };
-        let Ok(tenants) = self
-            .store
-            .parking()
-            .take_reconcile_requests(RECONCILE_PER_TICK)
-            .await
-        else {
-            return;
-        };
-        for tenant in tenants {
-            if self.tenants.state_now(&tenant).await != Some(TenantState::Healthy) {
-                continue;
-            }
-            let mut enqueued = 0;
-            for &ct in &reconciler.content_types {
-                match reconciler.reconcile_one(&tenant, ct).await {
-                    Ok(s) => enqueued += s.enqueued,
-                    Err(e) => {
-                        tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciling the un-parked tenant failed; the next pass covers it from its checkpoint.")
-                    }
-                }
-            }
-            tracing::info!(tenant_id = %tenant, enqueued, "Reconciled the un-parked tenant.");
-        }
     }
 }

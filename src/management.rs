@@ -76,6 +76,31 @@ impl ApiError {
         }
     }
 
+    /// AF20030/AF20055: the listing window is outside what Microsoft accepts (more than 24
+    /// hours wide, or beyond 7 days back): recompute it rather than retry it as it is.
+    pub fn is_window_error(&self) -> bool {
+        matches!(self, ApiError::Api { code, .. } if code == "AF20030" || code == "AF20055")
+    }
+
+    /// AF20021: Microsoft could not validate the webhook when starting a subscription.
+    pub fn is_webhook_unvalidated(&self) -> bool {
+        matches!(self, ApiError::Api { code, .. } if code == "AF20021")
+    }
+
+    /// A bounded metric label for one of Microsoft's error codes: the codes a dead letter
+    /// commonly carries by name, the tenant-level ones as `tenant`; `None` for any other.
+    pub fn code_label(code: &str) -> Option<&'static str> {
+        Some(match code {
+            "AF20050" => "AF20050",
+            "AF20051" => "AF20051",
+            "AF20052" => "AF20052",
+            "AF10001" => "AF10001",
+            "AF20010" | "AF20011" | "AF20012" | "AF20013" => "tenant",
+            "AF429" => "AF429",
+            _ => return None,
+        })
+    }
+
     pub fn is_throttle(&self) -> bool {
         matches!(self, ApiError::Api { code, status, .. } if code == "AF429" || (*status == 429 && code.is_empty()))
     }
@@ -634,6 +659,18 @@ mod tests {
             .disposition(),
             Disposition::Retry(None)
         );
+    }
+
+    #[test]
+    fn window_validation_and_label_codes_are_named_in_one_place() {
+        assert!(api(400, "AF20030").is_window_error());
+        assert!(api(400, "AF20055").is_window_error());
+        assert!(!api(400, "AF20051").is_window_error());
+        assert!(api(400, "AF20021").is_webhook_unvalidated());
+        assert!(!api(400, "AF20022").is_webhook_unvalidated());
+        assert_eq!(ApiError::code_label("AF20012"), Some("tenant"));
+        assert_eq!(ApiError::code_label("AF20051"), Some("AF20051"));
+        assert_eq!(ApiError::code_label("AF99999"), None);
     }
 
     #[test]

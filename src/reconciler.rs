@@ -42,13 +42,14 @@
 //! being relayed (its message was lost, say, with a purged queue) is enqueued again.
 
 use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
+use crate::health::Parking;
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::{Metrics, TenantPass};
 use crate::notification::{ContentRules, RawContent};
 use crate::store::dedup::BlobMarkers;
 use crate::store::{Lease, Store};
 use crate::subscriptions::Subscriptions;
-use crate::tenants::Tenants;
+use crate::tenants::{TenantState, Tenants};
 use crate::work_queue::WorkQueue;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -64,6 +65,8 @@ const MAX_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 pub const SKEW: chrono::Duration = chrono::Duration::minutes(5);
 /// Microsoft serves content for 7 days.
 pub const RETENTION: chrono::Duration = chrono::Duration::days(7);
+/// Un-parked tenants reconciled per turn of the loop (the rest wait for the next turn).
+const REQUESTS_PER_TURN: usize = 32;
 /// Window recomputations (AF20030/AF20055) allowed per tenant and content type in one pass.
 const MAX_WINDOW_RETRIES: u32 = 4;
 
@@ -132,6 +135,8 @@ pub struct Reconciler {
     pub management: Arc<ManagementClient>,
     pub subscriptions: Arc<Subscriptions>,
     pub tenants: Arc<Tenants>,
+    /// Parks a tenant whose listing fails for its own reason.
+    pub parking: Arc<Parking>,
     pub work_queue: Arc<WorkQueue>,
     /// The checks every listed blob passes, as a notified one does.
     pub rules: ContentRules,
@@ -191,7 +196,7 @@ impl Reconciler {
         while let Some((ws, we)) = queue.pop_front() {
             let entries = match self.management.list_content(tenant, ct, ws, we).await {
                 Ok(e) => e,
-                Err(e) if is_window_error(&e) && window_retries < MAX_WINDOW_RETRIES => {
+                Err(e) if e.is_window_error() && window_retries < MAX_WINDOW_RETRIES => {
                     window_retries += 1;
                     // Microsoft's clock disagrees with ours (or the window is off): recompute with
                     // a fresh now and a growing margin from the 7-day edge; split long windows.
@@ -319,7 +324,7 @@ impl Reconciler {
                     tracing::warn!(tenant_id = %tenant, content_type = %ct, error = %e, "Reconciliation failed; the next pass retries.");
                     // The tenant's own failure: park it (crate::health) and stop listing it.
                     if let Some(f) = tenant_failure_of(&e, ct) {
-                        let _ = self.tenants.park(tenant, &f.code, &f.reason).await;
+                        self.parking.park(tenant, &f).await;
                         break;
                     }
                 }
@@ -382,10 +387,6 @@ fn tenant_failure_of(
     }
 }
 
-fn is_window_error(e: &ApiError) -> bool {
-    matches!(e, ApiError::Api { code, .. } if code == "AF20030" || code == "AF20055")
-}
-
 /// The lease's time to live: short enough that a replica that died (SIGKILL, OOM) is taken
 /// over within seconds, renewed by the holder every third of it, also during a long pass.
 pub fn lease_ttl(interval: Duration) -> Duration {
@@ -393,8 +394,30 @@ pub fn lease_ttl(interval: Duration) -> Duration {
 }
 
 impl Reconciler {
+    /// Reconciles the tenants un-parked since the last look ([`Parking::released`] asks), at
+    /// once and over their whole parked period (their checkpoint is where it began), under the
+    /// lease this replica already holds.
+    async fn reconcile_requested(&self) {
+        let Ok(tenants) = self
+            .store
+            .parking()
+            .take_reconcile_requests(REQUESTS_PER_TURN)
+            .await
+        else {
+            return;
+        };
+        for tenant in tenants {
+            if self.tenants.state_now(&tenant).await != Some(TenantState::Healthy) {
+                continue;
+            }
+            let (stats, _) = self.reconcile_tenant(&tenant).await;
+            tracing::info!(tenant_id = %tenant, enqueued = stats.enqueued, "Reconciled the un-parked tenant.");
+        }
+    }
+
     /// The reconciler loop: one replica at a time (a Redis lease, renewed by its holder every
-    /// third of its TTL and taken over when it lapses), a pass every `O365_RECONCILE_INTERVAL`.
+    /// third of its TTL and taken over when it lapses), a pass every `O365_RECONCILE_INTERVAL`,
+    /// and the tenants un-parked since the last turn at every turn.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let interval = self.interval;
         let ttl = lease_ttl(interval);
@@ -403,6 +426,9 @@ impl Reconciler {
         let mut next_pass = tokio::time::Instant::now();
         loop {
             let held = lease.try_hold().await;
+            if held {
+                self.reconcile_requested().await;
+            }
             if held && tokio::time::Instant::now() >= next_pass {
                 let pass = self.pass();
                 tokio::pin!(pass);

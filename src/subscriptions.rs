@@ -140,7 +140,7 @@ impl Subscriptions {
                 tracing::info!(tenant_id = %tenant, content_type = %ct, "Subscription started.");
                 Ok(())
             }
-            Err(ApiError::Api { code, .. }) if code == "AF20021" => {
+            Err(e) if e.is_webhook_unvalidated() => {
                 self.metrics
                     .subscription_changes
                     .with_label_values(&["validation_failed"])
@@ -332,6 +332,8 @@ pub fn keeper_lease_ttl(interval: Duration) -> Duration {
 pub struct Keeper {
     pub subscriptions: Arc<Subscriptions>,
     pub tenants: Arc<Tenants>,
+    /// Parks a tenant whose subscriptions cannot be listed for its own reason.
+    pub parking: Arc<crate::health::Parking>,
     pub store: Arc<Store>,
     pub interval: Duration,
     /// `O365_RECONCILE_CONCURRENCY`: tenants checked at once.
@@ -375,7 +377,7 @@ impl Keeper {
                         tracing::warn!(tenant_id = %tenant, error = %e, "Could not list subscriptions.");
                         // The tenant's own failure: park it.
                         if let Some(f) = e.tenant_failure() {
-                            let _ = self.tenants.park(&tenant, &f.code, &f.reason).await;
+                            self.parking.park(&tenant, &f).await;
                         }
                     }
                 }

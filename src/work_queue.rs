@@ -1084,15 +1084,15 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     crate::text::capped(&text, 512).into_owned()
 }
 
-/// Bounded label values for the dead-letter metric.
+/// Bounded label values for the dead-letter metric: Microsoft's codes as the API error type
+/// labels them, and the relay's own.
 fn code_label(code: &str) -> &'static str {
+    if let Some(label) = crate::management::ApiError::code_label(code) {
+        return label;
+    }
     match code {
-        "AF20050" => "AF20050",
-        "AF20051" | "expired" => "AF20051",
-        "AF20052" => "AF20052",
-        "AF10001" => "AF10001",
-        "AF20010" | "AF20011" | "AF20012" | "AF20013" => "tenant",
-        "AF429" => "AF429",
+        // Content that expired at Microsoft while it waited here is counted as AF20051.
+        "expired" => "AF20051",
         "tenant_not_served" => "tenant_not_served",
         "malformed_work_item" => "malformed_work_item",
         "truncated" | "malformed_content" | "malformed_record" => "malformed_content",

@@ -18,7 +18,7 @@
 use crate::backpressure::{Backpressure, Gate, ProbeGuard, DOWNSTREAM_FULL};
 use crate::broker::BrokerError;
 use crate::domain::{parse_ms_time, Source, WorkItem};
-use crate::health::Parking;
+use crate::health::{Parked, Parking, Whose};
 use crate::management::{ApiError, Disposition, ManagementClient};
 use crate::metrics::Metrics;
 use crate::records::{ArraySplitter, AuditRecord, RecordsError};
@@ -279,12 +279,26 @@ impl Worker {
             };
         }
         if let RelayError::Api(api) = &e {
-            if let Some(outcome) = self
+            match self
                 .parking
-                .blob_failed(&item.tenant_id, item.content_type, api)
+                .whose(&item.tenant_id, item.content_type, api)
                 .await
             {
-                return outcome;
+                Whose::Calls => {}
+                Whose::Unknown => return Outcome::retry(None, e.code(), &e),
+                Whose::Tenants(failure) => {
+                    return match self.parking.park(&item.tenant_id, &failure).await {
+                        // The job waits in the parked queue without counting an attempt.
+                        Parked::Parked { reason } => Outcome::park(reason),
+                        // Un-parked meanwhile, or Redis cannot keep the state: as before parking.
+                        Parked::Healthy | Parked::Unavailable => {
+                            Outcome::retry(None, &failure.code, &failure.reason)
+                        }
+                        Parked::NotServed => {
+                            Outcome::dead("tenant_not_served", "tenant is no longer served")
+                        }
+                    };
+                }
             }
         }
         match e.disposition() {

@@ -337,22 +337,26 @@ impl Parts {
         ))
     }
 
-    pub fn consent(&self) -> Consent {
-        Consent {
+    pub fn consent(&self) -> anyhow::Result<Consent> {
+        Ok(Consent {
             store: self.store.clone(),
+            keys: consent::state::Keys::new(
+                self.settings.consent_state_key.as_ref(),
+                self.store.clone(),
+            )
+            .context("the consent state key")?,
             tokens: self.tokens.clone(),
             onboarding: self.onboarding.clone(),
             admission: self.admission(),
             limiter: RateLimiter::new(self.settings.consent_starts_per_minute),
             trusted_proxies: self.settings.trusted_proxies.clone(),
-            max_pending: self.settings.consent_max_pending,
             content_types: self.settings.content_types.clone(),
             login_url: self.settings.login_url.clone(),
             manage_url: self.settings.manage_url.clone(),
             client_id: self.settings.client_id.clone(),
             redirect_uri: self.settings.consent_redirect_uri(),
             public_url: self.settings.public_url.clone(),
-        }
+        })
     }
 }
 
@@ -401,7 +405,7 @@ impl Application {
             Some(listener) => {
                 let port = listener.local_addr()?.port();
                 let webhook = web::Data::new(parts.webhook());
-                let consent = web::Data::new(parts.consent());
+                let consent = web::Data::new(parts.consent()?);
                 let server = HttpServer::new(move || {
                     App::new()
                         .app_data(webhook.clone())

@@ -1,43 +1,26 @@
-//! Tenant onboarding through admin consent (Get started with Office 365 Management APIs, "Get
-//! Office 365 tenant admin consent" and "Request an access token using the authorization code";
-//! docs/ONBOARDING.md, "3. Onboard a customer tenant"). `GET /consent` shows a page with a
-//! button; `GET /consent/start` creates a single-use `state` bound to the browser and redirects
-//! to Entra's authorize URL; `GET /consent/callback` verifies and consumes the state, exchanges
-//! the code at the `common` endpoint, reads `tid` from the token (never from the query string)
-//! and, as `O365_CONSENT_MODE` says ([`admission`]), registers the tenant and starts its
-//! subscriptions, registers it pending approval, or registers nothing.
+//! Tenant onboarding through admin consent (docs/ONBOARDING.md, "3. Onboard a customer
+//! tenant"): `GET /consent` shows the button, `/consent/start` redirects to Entra's authorize
+//! URL, `/consent/callback` redeems the code, reads `tid` from the token (never the query) and
+//! registers the tenant as `O365_CONSENT_MODE` says ([`admission`]).
 //!
-//! **The state is bound to the browser that started the flow** (RFC 6749 §10.12): the start
-//! sets a random nonce in a cookie and keeps only its SHA-256 beside the state; the callback is
-//! honoured only when the same browser brings the nonce back. A callback replayed from another
-//! browser — e.g. an attacker's own `code` and `state` planted on a victim — is refused before
-//! the code is redeemed, and leaves the state for its own browser. The cookie is `HttpOnly`
-//! (no script reads it), `Path={public path}/consent` (sent nowhere else), `Max-Age` the
-//! state's 10 minutes, `Secure` when `O365_PUBLIC_URL` is https, and `SameSite=Lax`: the
-//! callback is a top-level GET navigation that arrives from Entra's site, and `Strict` cookies
-//! are withheld from any request a cross-site page started, so with `Strict` the callback would
-//! never see the nonce; `Lax` sends it on exactly that kind of request (top-level, safe method)
-//! and still withholds it from cross-site subrequests and POSTs. A browser that starts twice
-//! (two tabs) keeps one nonce, so both flows complete.
-//!
-//! **Starts are bounded**: per client ([`limiter`]: `O365_CONSENT_STARTS_PER_MINUTE`, 429 with
-//! `Retry-After`) and in total (`O365_CONSENT_MAX_PENDING` states in progress across all
-//! replicas, kept in Redis; beyond it 503 with `Retry-After`), so a flood of unauthenticated
-//! starts cannot hold unbounded memory.
-//!
-//! `o365-relay consent-url` prints `{O365_PUBLIC_URL}/consent/start`: a state minted on the
-//! operator's terminal could not be bound to the admin's browser.
+//! **A start costs the server nothing**: the `state` is signed, not stored ([`state`]: id,
+//! expiry, SHA-256 of a nonce we put in a fresh cookie at every start), so no flood of starts
+//! can crowd out a real admin ([`limiter`] is only a courtesy). The callback checks MAC, expiry
+//! and the browser's nonce (RFC 6749 §10.12) before Redis or Entra see anything, then uses the
+//! state once (`SET NX`); another browser's callback uses nothing up. The cookie is
+//! `__Host-o365_consent` over https (no sibling host can plant or shadow it), `HttpOnly` and
+//! `SameSite=Lax` (the callback is a top-level GET from Entra's site, which `Strict` misses).
 
 pub mod admission;
 pub mod limiter;
 mod pages;
+pub mod state;
 
 pub use pages::permissions;
 
 use crate::config::{BaseUrl, IpNet};
 use crate::domain::{ContentType, TenantId};
 use crate::onboarding::{AddRequest, Onboarding};
-use crate::store::consent::Taken;
 use crate::store::{Store, StoreError};
 use crate::tenants::{AddedBy, TenantError, TenantState};
 use crate::tokens::{TokenError, TokenProvider};
@@ -49,37 +32,24 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use limiter::{Admit, RateLimiter};
 use serde::Deserialize;
+use state::{Claims, Keys, Refused};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-const STATE_TTL: Duration = Duration::from_secs(600);
-/// The cookie holding the browser's nonce.
+/// The cookie holding the browser's nonce over http.
 pub const COOKIE: &str = "o365_consent";
+/// The same over https: the `__Host-` prefix makes browsers accept it only `Secure`, with
+/// `Path=/` and no `Domain`.
+pub const HOST_COOKIE: &str = "__Host-o365_consent";
 /// A nonce: 32 random bytes, base64url without padding.
 const NONCE_LEN: usize = 43;
-/// What a browser refused for the cap on pending states is told to wait.
-const BUSY_RETRY_AFTER: u64 = 60;
-/// When (Unix seconds) the cap on pending states was last logged, so a flood logs once a minute.
-static CAP_WARNED: AtomicU64 = AtomicU64::new(0);
-
-/// True at most once a minute per `last` (which it updates).
-fn once_a_minute(last: &AtomicU64) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let before = last.load(Ordering::Relaxed);
-    now >= before.saturating_add(60)
-        && last
-            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
 
 /// What the consent pages need.
 pub struct Consent {
-    /// Keeps the single-use `state`s.
+    /// Marks states used.
     pub store: Arc<Store>,
+    /// Signs and verifies states (`O365_CONSENT_STATE_KEY`, or one shared through Redis).
+    pub keys: Keys,
     /// Exchanges the authorization code at Entra ID.
     pub tokens: Arc<TokenProvider>,
     pub onboarding: Arc<Onboarding>,
@@ -89,8 +59,6 @@ pub struct Consent {
     pub limiter: RateLimiter,
     /// `O365_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<IpNet>,
-    /// `O365_CONSENT_MAX_PENDING`.
-    pub max_pending: u32,
     /// `O365_CONTENT_TYPES`, listed on the page.
     pub content_types: Vec<ContentType>,
     /// `O365_LOGIN_URL` (Entra ID's authorize endpoint lives under it).
@@ -100,7 +68,7 @@ pub struct Consent {
     pub client_id: String,
     /// `{O365_PUBLIC_URL}/consent/callback`; `None` without a public URL.
     pub redirect_uri: Option<String>,
-    /// `O365_PUBLIC_URL` (the cookie's path and whether it is `Secure`).
+    /// `O365_PUBLIC_URL` (the cookie's name, path and whether it is `Secure`).
     pub public_url: Option<BaseUrl>,
 }
 
@@ -118,10 +86,12 @@ pub enum ConsentError {
     NoPublicUrl,
     #[error("Temporarily unavailable. Please try again in a minute.")]
     StateStore(#[source] StoreError),
+    #[error("Temporarily unavailable. Please try again in a minute.")]
+    StateKey(#[source] state::KeyError),
+    #[error("Temporarily unavailable. Please try again in a minute.")]
+    Signing(#[source] openssl::error::ErrorStack),
     #[error("Too many attempts from your network. Please wait a moment and try again.")]
     TooManyStarts { retry_after: u64 },
-    #[error("Too many sign-ins are in progress right now. Please try again in a few minutes.")]
-    TooManyPending,
     #[error("This sign-in link is invalid, expired or was already used. Start again from the consent page.")]
     InvalidState,
     #[error("This sign-in was started in another browser, or your browser did not keep our cookie. Start again from the consent page in this browser.")]
@@ -147,7 +117,7 @@ pub enum ConsentError {
 impl ResponseError for ConsentError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ConsentError::StateStore(_) | ConsentError::TooManyPending => {
+            ConsentError::StateStore(_) | ConsentError::StateKey(_) | ConsentError::Signing(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ConsentError::TooManyStarts { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -161,25 +131,18 @@ impl ResponseError for ConsentError {
             Some(cause) => {
                 tracing::warn!(error = %self, cause = %cause, "Consent step failed.")
             }
-            // A flood is not worth a line per request: one client over its budget is debug;
-            // the cap on pending states reached is worth a warning, at most once a minute.
+            // A flood is not worth a line per request: one client over its budget is debug.
             None if matches!(self, ConsentError::TooManyStarts { .. }) => {
                 tracing::debug!(error = %self, "Consent step refused.")
-            }
-            None if matches!(self, ConsentError::TooManyPending) => {
-                if once_a_minute(&CAP_WARNED) {
-                    tracing::warn!("O365_CONSENT_MAX_PENDING consents are in progress: new starts are refused (503) until some complete or expire.")
-                }
             }
             None => tracing::info!(error = %self, "Consent step refused."),
         }
         match self {
-            ConsentError::StateStore(_) => pages::unavailable(),
+            ConsentError::StateStore(_) | ConsentError::StateKey(_) | ConsentError::Signing(_) => {
+                pages::unavailable()
+            }
             ConsentError::TooManyStarts { retry_after } => {
                 pages::try_later(self.status_code(), &self.to_string(), *retry_after)
-            }
-            ConsentError::TooManyPending => {
-                pages::try_later(self.status_code(), &self.to_string(), BUSY_RETRY_AFTER)
             }
             ConsentError::NotServed(tenant) => pages::not_served(tenant),
             other => pages::error_page(other.status_code(), &other.to_string()),
@@ -191,15 +154,24 @@ async fn page(consent: web::Data<Consent>) -> HttpResponse {
     pages::consent_page(&consent.content_types, consent.admission.mode())
 }
 
-/// The browser's nonce from the `Cookie` header(s), if one is well-formed.
-fn nonce_of(req: &HttpRequest) -> Option<String> {
+/// The name of the nonce cookie: `__Host-` prefixed over https.
+fn cookie_name(public_url: Option<&BaseUrl>) -> &'static str {
+    if public_url.is_some_and(BaseUrl::is_https) {
+        HOST_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
+/// The browser's nonce from the `Cookie` header(s): the cookie `name`, if well-formed.
+fn nonce_of(req: &HttpRequest, name: &str) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| {
-            *name == COOKIE
+        .find(|(n, value)| {
+            *n == name
                 && value.len() == NONCE_LEN
                 && value
                     .bytes()
@@ -208,28 +180,20 @@ fn nonce_of(req: &HttpRequest) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-/// Hex SHA-256 of a nonce: what is kept beside the state.
-fn nonce_hash(nonce: &str) -> String {
-    openssl::sha::sha256(nonce.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// `Set-Cookie` for `nonce`; see the module doc for each attribute.
 fn set_cookie(public_url: Option<&BaseUrl>, nonce: &str) -> String {
-    let (path, secure) = match public_url {
-        Some(u) => (
-            format!("{}/consent", u.url().path().trim_end_matches('/')),
-            u.is_https(),
+    let max_age = state::LIFETIME.as_secs();
+    match public_url {
+        Some(u) if u.is_https() => format!(
+            "{HOST_COOKIE}={nonce}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax; Secure"
         ),
-        None => ("/consent".to_string(), false),
-    };
-    format!(
-        "{COOKIE}={nonce}; Path={path}; Max-Age={}; HttpOnly; SameSite=Lax{}",
-        STATE_TTL.as_secs(),
-        if secure { "; Secure" } else { "" }
-    )
+        _ => {
+            let base = public_url.map_or("", |u| u.url().path().trim_end_matches('/'));
+            format!(
+                "{COOKIE}={nonce}; Path={base}/consent; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+            )
+        }
+    }
 }
 
 impl Consent {
@@ -276,18 +240,15 @@ async fn start(
         .redirect_uri
         .as_deref()
         .ok_or(ConsentError::NoPublicUrl)?;
-    let nonce =
-        nonce_of(&req).unwrap_or_else(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
-    let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    let issued = consent
-        .store
-        .consent()
-        .issue(&state, &nonce_hash(&nonce), STATE_TTL, consent.max_pending)
+    let key = consent
+        .keys
+        .current()
         .await
-        .map_err(ConsentError::StateStore)?;
-    if !issued {
-        return Err(ConsentError::TooManyPending);
-    }
+        .map_err(ConsentError::StateKey)?;
+    // Always a nonce of ours: one the client sent may have been planted by someone else.
+    let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let state =
+        state::sign(&key, &Claims::new(&nonce, state::now())).map_err(ConsentError::Signing)?;
     let mut response = HttpResponse::Found()
         .insert_header((
             header::LOCATION,
@@ -322,24 +283,48 @@ async fn callback(
     q: web::Query<Callback>,
     consent: web::Data<Consent>,
 ) -> Result<HttpResponse, ConsentError> {
-    // The state (and the browser it is bound to) is checked before anything else, errors
-    // included; it is consumed only by its own browser.
-    let state = q
+    // The state, and the browser it is bound to, are checked before anything else (errors
+    // included) and before Redis is asked anything about it; it is used up only by its own
+    // browser.
+    let parsed = q
         .state
         .as_deref()
-        .filter(|s| !s.is_empty() && s.len() <= 128)
-        .ok_or(ConsentError::InvalidState)?;
-    let presented = nonce_of(&req).map(|n| nonce_hash(&n)).unwrap_or_default();
-    match consent
+        .ok_or(Refused::Malformed)
+        .and_then(state::parse);
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            tracing::debug!(reason = %why, "Consent state refused.");
+            return Err(ConsentError::InvalidState);
+        }
+    };
+    let key = consent
+        .keys
+        .current()
+        .await
+        .map_err(ConsentError::StateKey)?;
+    let now = state::now();
+    let verified = match parsed.verify(&key, now) {
+        Ok(claims) => claims,
+        Err(Refused::Crypto(e)) => return Err(ConsentError::Signing(e)),
+        Err(why) => {
+            tracing::debug!(reason = %why, "Consent state refused.");
+            return Err(ConsentError::InvalidState);
+        }
+    };
+    let cookie = cookie_name(consent.public_url.as_ref());
+    if !verified.is_bound_to(nonce_of(&req, cookie).as_deref()) {
+        return Err(ConsentError::OtherBrowser);
+    }
+    if !consent
         .store
         .consent()
-        .take(state, &presented)
+        .use_once(&verified.id_hex(), verified.remaining(now))
         .await
         .map_err(ConsentError::StateStore)?
     {
-        Taken::Consumed => {}
-        Taken::Unknown => return Err(ConsentError::InvalidState),
-        Taken::OtherBrowser => return Err(ConsentError::OtherBrowser),
+        tracing::debug!("Consent state refused: already used.");
+        return Err(ConsentError::InvalidState);
     }
     if let Some(err) = &q.error {
         if err == "access_denied" {
@@ -430,13 +415,20 @@ mod tests {
     fn the_nonce_is_read_only_from_a_well_formed_cookie_of_ours() {
         let nonce = "A".repeat(NONCE_LEN);
         assert_eq!(
-            nonce_of(&request(&[&format!("other=1; {COOKIE}={nonce}; x=y")])),
+            nonce_of(
+                &request(&[&format!("other=1; {COOKIE}={nonce}; x=y")]),
+                COOKIE
+            ),
             Some(nonce.clone())
         );
         assert_eq!(
-            nonce_of(&request(&["a=b", &format!("{COOKIE}={nonce}")])),
+            nonce_of(&request(&["a=b", &format!("{COOKIE}={nonce}")]), COOKIE),
             Some(nonce.clone()),
             "several Cookie headers (HTTP/2)"
+        );
+        assert_eq!(
+            nonce_of(&request(&[&format!("{HOST_COOKIE}={nonce}")]), HOST_COOKIE),
+            Some(nonce.clone())
         );
         for bad in [
             format!("{COOKIE}=short"),
@@ -444,32 +436,34 @@ mod tests {
             format!("x{COOKIE}={nonce}"),
             String::new(),
         ] {
-            assert_eq!(nonce_of(&request(&[&bad])), None, "{bad}");
+            assert_eq!(nonce_of(&request(&[&bad]), COOKIE), None, "{bad}");
         }
-        assert_eq!(nonce_hash("abc").len(), 64);
-        assert_ne!(nonce_hash("abc"), nonce_hash("abd"));
+        // Over https only the __Host- cookie counts (a sibling host can set the other one).
+        assert_eq!(
+            nonce_of(&request(&[&format!("{COOKIE}={nonce}")]), HOST_COOKIE),
+            None
+        );
     }
 
     #[test]
-    fn the_cookie_is_httponly_lax_limited_to_the_consent_path_and_secure_over_https() {
+    fn over_https_the_cookie_is_host_prefixed_secure_and_on_the_whole_site() {
         let https = BaseUrl::parse("https://relay.example.com/o365/").unwrap();
+        assert_eq!(cookie_name(Some(&https)), HOST_COOKIE);
         assert_eq!(
             set_cookie(Some(&https), "n"),
-            "o365_consent=n; Path=/o365/consent; Max-Age=600; HttpOnly; SameSite=Lax; Secure"
+            "__Host-o365_consent=n; Path=/; Max-Age=600; HttpOnly; SameSite=Lax; Secure"
         );
         let http = BaseUrl::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(cookie_name(Some(&http)), COOKIE);
         assert_eq!(
             set_cookie(Some(&http), "n"),
             "o365_consent=n; Path=/consent; Max-Age=600; HttpOnly; SameSite=Lax"
         );
-    }
-
-    #[test]
-    fn the_cap_warning_is_logged_at_most_once_a_minute() {
-        let last = AtomicU64::new(0);
-        assert!(once_a_minute(&last));
-        assert!(!once_a_minute(&last));
-        last.store(last.load(Ordering::Relaxed) - 61, Ordering::Relaxed);
-        assert!(once_a_minute(&last));
+        let http = BaseUrl::parse("http://127.0.0.1:8080/o365").unwrap();
+        assert_eq!(
+            set_cookie(Some(&http), "n"),
+            "o365_consent=n; Path=/o365/consent; Max-Age=600; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(cookie_name(None), COOKIE);
     }
 }

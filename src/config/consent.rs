@@ -1,9 +1,11 @@
-//! Who may onboard through the consent flow, and the bounds on that flow: `O365_CONSENT_MODE`
-//! and its allowlist, how often one client may start a consent, and how many started consents
-//! may be in progress at once (each holds a `state` in Redis for 10 minutes).
+//! Who may onboard through the consent flow, and its settings: `O365_CONSENT_MODE` and its
+//! allowlist, how often one client may start a consent, and the key that signs the consent
+//! `state` (`src/consent/state.rs`).
 
 use super::parse::{Bounds, Parser};
+use crate::consent::state::MIN_KEY_LEN;
 use crate::domain::TenantId;
+use crate::secret::Secret;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -11,7 +13,7 @@ struct Raw {
     consent_mode: Option<String>,
     consent_allowed_tenants: Option<String>,
     consent_starts_per_minute: Option<String>,
-    consent_max_pending: Option<String>,
+    consent_state_key: Option<String>,
 }
 
 /// `O365_CONSENT_MODE`: which tenants a completed consent registers.
@@ -39,15 +41,12 @@ impl ConsentMode {
 
 /// `O365_CONSENT_STARTS_PER_MINUTE`, per client and replica: 1 to 600.
 const STARTS_PER_MINUTE: Bounds<u32> = Bounds::new(1, 600);
-/// `O365_CONSENT_MAX_PENDING`: 1 to 100,000 (each pending state holds about 350 bytes of Redis
-/// for 10 minutes, measured: so at most about 35 MB).
-const MAX_PENDING: Bounds<u32> = Bounds::new(1, 100_000);
 
 pub(super) struct Consent {
     pub mode: ConsentMode,
     pub allowed_tenants: Vec<TenantId>,
     pub starts_per_minute: u32,
-    pub max_pending: u32,
+    pub state_key: Option<Secret<String>>,
 }
 
 pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Consent {
@@ -84,11 +83,22 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Consent {
             10,
             STARTS_PER_MINUTE,
         ),
-        max_pending: p.number(
-            "CONSENT_MAX_PENDING",
-            raw.consent_max_pending,
-            10_000,
-            MAX_PENDING,
-        ),
+        state_key: state_key(p, raw.consent_state_key),
     }
+}
+
+/// `O365_CONSENT_STATE_KEY`: the HMAC key of consent states, its bytes as given (surrounding
+/// whitespace, e.g. a file's newline, dropped); unset = one shared through Redis.
+fn state_key(p: &mut Parser, v: Option<String>) -> Option<Secret<String>> {
+    let key = v
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)?;
+    if key.expose().len() < MIN_KEY_LEN {
+        p.fail(
+            "CONSENT_STATE_KEY",
+            format!("is shorter than {MIN_KEY_LEN} bytes; use a long random value, e.g. `openssl rand -base64 48`"),
+        );
+    }
+    Some(key)
 }

@@ -116,8 +116,9 @@ pub struct Settings {
     pub consent_allowed_tenants: Vec<TenantId>,
     /// `O365_CONSENT_STARTS_PER_MINUTE`: consent starts per client and replica.
     pub consent_starts_per_minute: u32,
-    /// `O365_CONSENT_MAX_PENDING`: started consents in progress at once, all replicas.
-    pub consent_max_pending: u32,
+    /// `O365_CONSENT_STATE_KEY`: the key that signs consent states; `None` = one shared
+    /// through Redis.
+    pub consent_state_key: Option<Secret<String>>,
 }
 
 /// Every configuration problem found, one line each (`O365_X: what is wrong; what is expected`).
@@ -232,7 +233,7 @@ impl Settings {
             consent_mode: consent.mode,
             consent_allowed_tenants: consent.allowed_tenants,
             consent_starts_per_minute: consent.starts_per_minute,
-            consent_max_pending: consent.max_pending,
+            consent_state_key: consent.state_key,
         })
     }
 

@@ -58,7 +58,10 @@ fn defaults_of_the_additions_match_env_example() {
     assert_eq!(s.consent_mode, ConsentMode::Open);
     assert!(s.consent_allowed_tenants.is_empty() && s.trusted_proxies.is_empty());
     assert_eq!(s.consent_starts_per_minute, 10);
-    assert_eq!(s.consent_max_pending, 10_000);
+    assert!(
+        s.consent_state_key.is_none(),
+        "the state key is shared through Redis"
+    );
     assert_eq!(s.park_probe_interval, Duration::from_secs(5 * 60));
     assert_eq!(s.backpressure_probe_max, Duration::from_secs(30));
     assert_eq!(s.reconcile_concurrency, 32);
@@ -70,7 +73,7 @@ fn defaults_of_the_additions_match_env_example() {
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound
 /// is zero), and the range as `.env.example` documents it.
-const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 19] = [
+const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 18] = [
     ("WORKER_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("TENANT_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("MAX_ATTEMPTS", Some("0"), "101", "1", "100"),
@@ -88,7 +91,6 @@ const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 19] = [
     ("WEBHOOK_BODY_TIMEOUT", Some("99ms"), "121s", "100ms", "2m"),
     ("SHUTDOWN_TIMEOUT", None, "3601s", "0s", "1h"),
     ("CONSENT_STARTS_PER_MINUTE", Some("0"), "601", "1", "600"),
-    ("CONSENT_MAX_PENDING", Some("0"), "100001", "1", "100000"),
     (
         "WORKER_CONCURRENCY",
         None,
@@ -446,6 +448,10 @@ fn secrets_do_not_show_in_debug_output() {
     let mut v = base();
     v.push(("O365_ADMIN_TOKEN", "admin-token-0123456789".into()));
     v.push((
+        "O365_CONSENT_STATE_KEY",
+        "consent-state-key-0123456789abcdef0123".into(),
+    ));
+    v.push((
         "O365_AMQP_URL",
         "amqp://user:amqp-password@rabbit-0:5672/%2f,amqp://user:amqp-password@rabbit-1:5672/%2f"
             .into(),
@@ -456,6 +462,7 @@ fn secrets_do_not_show_in_debug_output() {
         "s3cret-value-for-tests",
         "0123456789abcdef0123",
         "admin-token-0123456789",
+        "consent-state-key-0123456789abcdef0123",
         "amqp-password",
     ] {
         assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
@@ -568,4 +575,27 @@ fn the_redis_topology_is_read_and_every_wrong_combination_named() {
         errors(&[("REDIS_MODE", "cluster"), ("REDIS_URL", "rediss://a:1/#insecure")]),
         ["O365_REDIS_URL: must not have a '#' fragment ('#insecure' would switch certificate verification off; give a private CA with O365_REDIS_CA_PATH instead)"]
     );
+}
+
+#[test]
+fn the_consent_state_key_is_at_least_32_bytes() {
+    let err = Settings::from_vars(with("CONSENT_STATE_KEY", &"k".repeat(31))).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{:?}", err.0);
+    assert!(
+        err.0[0].starts_with("O365_CONSENT_STATE_KEY: is shorter than 32 bytes"),
+        "{}",
+        err.0[0]
+    );
+    assert!(
+        !err.0[0].contains(&"k".repeat(31)),
+        "the value is not shown"
+    );
+    let s =
+        Settings::from_vars(with("CONSENT_STATE_KEY", &format!(" {}\n", "k".repeat(32)))).unwrap();
+    assert_eq!(
+        s.consent_state_key.as_ref().map(|k| k.expose().as_str()),
+        Some(&*"k".repeat(32))
+    );
+    let s = Settings::from_vars(with("CONSENT_STATE_KEY", "")).unwrap();
+    assert!(s.consent_state_key.is_none());
 }

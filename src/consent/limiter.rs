@@ -13,12 +13,12 @@
 //!
 //! **The bucket.** Each client may start `per_minute` consents at once and regains one every
 //! `60 / per_minute` seconds; a refused start learns how long to wait (`Retry-After`). The
-//! table is per replica (replicas multiply the budget; the cap on pending states in Redis is
-//! what bounds the whole deployment) and holds at most [`MAX_CLIENTS`] entries: when it is
-//! full, clients whose bucket has refilled are forgotten (they lose nothing), and if that is
-//! not enough, the one seen longest ago. So memory stays bounded whatever number of addresses
-//! a flood comes from; a client forgotten under such a flood gets a fresh bucket, which the
-//! Redis cap still limits.
+//! table is per replica (replicas multiply the budget) and holds at most [`MAX_CLIENTS`]
+//! entries: when it is full, clients whose bucket has refilled are forgotten (they lose
+//! nothing), and if that is not enough, the one seen longest ago. So memory stays bounded
+//! whatever number of addresses a flood comes from; a client forgotten under such a flood gets
+//! a fresh bucket. This is a courtesy, not a defence: a start stores nothing (the `state` is
+//! signed, not kept), so no number of them can crowd out a real admin.
 
 use crate::config::IpNet;
 use std::collections::HashMap;

@@ -52,8 +52,8 @@ pub(super) fn unavailable() -> HttpResponse {
     )
 }
 
-/// 429 for a client starting too many consents, or 503 when too many are in progress
-/// overall; either way the browser is told when to come back (`Retry-After`, seconds).
+/// 429 for a client starting too many consents: the browser is told when to come back
+/// (`Retry-After`, seconds).
 pub(super) fn try_later(status: StatusCode, message: &str, retry_after: u64) -> HttpResponse {
     let mut page = html_page(
         status,

@@ -9,8 +9,9 @@
 //! de-duplication (compact buckets and `d` markers) — so nothing already relayed is relayed
 //! again after the move — and the tokens, activity and quota logs (which save requests and keep
 //! the status page's history). What belongs to a running replica is not copied: leases, token
-//! refresh locks, record claims in progress, replica heartbeats, consent states in progress
-//! (an admin mid-consent starts again), parking requests.
+//! refresh locks, record claims in progress, replica heartbeats, the consent states' signing key
+//! and used-state markers (a replica on the target makes a new key: an admin mid-consent starts
+//! again), parking requests.
 //!
 //! A key that already exists on the target is left as it is (`RESTORE` without `REPLACE`), so
 //! a second run, or a run after the relay started on the target, overwrites nothing.
@@ -186,8 +187,8 @@ mod tests {
         for transient in [
             "lease:keeper".to_string(),
             format!("token-lock:{T}"),
-            "consent-state:abc".to_string(),
-            "consent-states".to_string(),
+            "consent-used:abc".to_string(),
+            "consent-state-key".to_string(),
             "replicas".to_string(),
             "parking:sweep".to_string(),
             format!("token:{{{T}}}"),

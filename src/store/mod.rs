@@ -8,8 +8,8 @@
 //! - [`Lease`] — "one replica at a time" ([`leases`]);
 //! - [`Store::quota`] — the per-tenant request budget shared by replicas ([`quota`]);
 //! - [`Store::checkpoints`] — reconciliation checkpoints ([`checkpoints`]);
-//! - [`Store::consent`] — single-use consent states, bound to a browser and bounded in
-//!   number, and [`Store::consent_allowlist`] — who may onboard ([`consent`]);
+//! - [`Store::consent`] — the single use of consent states and the key that signs them, and
+//!   [`Store::consent_allowlist`] — who may onboard ([`consent`]);
 //! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]);
 //! - [`Store::parking`] — requests to release parked jobs and reconcile un-parked tenants
 //!   ([`parking`]).
@@ -297,7 +297,7 @@ impl Store {
         checkpoints::Checkpoints::new(self)
     }
 
-    /// Single-use consent states.
+    /// Consent states' single use, and their signing key.
     pub fn consent(&self) -> consent::ConsentStates<'_> {
         consent::ConsentStates::new(self)
     }
@@ -786,11 +786,11 @@ mod tests {
             .set(&t, ct, end, min)
             .await
             .expect("set");
-        assert!(store
-            .consent()
-            .issue("s1", "hash-of-a-nonce", min, 10)
-            .await
-            .expect("issue"));
+        assert!(store.consent().use_once("s1", min).await.expect("used"));
+        assert_eq!(
+            store.consent().state_key("a-key").await.expect("read"),
+            Some("a-key".to_string())
+        );
         assert!(store.consent_allowlist().add(&t).await.expect("allowed"));
         assert!(store
             .start_guards()
@@ -812,8 +812,8 @@ mod tests {
             vec![
                 format!("checkpoint:{t}:Audit.Exchange"),
                 "consent-allowed".to_string(),
-                "consent-state:s1".to_string(),
-                "consent-states".to_string(),
+                "consent-state-key".to_string(),
+                "consent-used:s1".to_string(),
                 "lease:keeper".to_string(),
                 format!("quota:{t}:0"),
                 format!("sub-start:{t}:Audit.Exchange"),
@@ -829,7 +829,8 @@ mod tests {
                 format!("checkpoint:{t}:Audit.Exchange"),
                 "2024-05-01T10:00:00+00:00",
             ),
-            ("consent-state:s1".to_string(), "hash-of-a-nonce"),
+            ("consent-used:s1".to_string(), "1"),
+            ("consent-state-key".to_string(), "a-key"),
         ] {
             let got = store.get(&format!("{}{key}", store.prefix())).await;
             assert_eq!(got.expect("read").as_deref(), Some(value), "{key}");
@@ -871,91 +872,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_consent_state_is_taken_once_and_only_by_its_browser() {
-        use consent::Taken;
+    async fn a_consent_state_is_used_once_until_it_expires() {
         let store = store();
-        let ttl = Duration::from_secs(60);
-        assert!(store
-            .consent()
-            .issue("s1", "h1", ttl, 10)
+        let states = store.consent();
+        assert!(states
+            .use_once("s1", Duration::from_secs(60))
             .await
-            .expect("issued"));
-        // Another browser (or none) cannot use it, and does not burn it either.
-        for other in ["h2", ""] {
-            assert_eq!(
-                store.consent().take("s1", other).await.expect("answered"),
-                Taken::OtherBrowser
-            );
-        }
-        assert_eq!(
-            store.consent().take("s1", "h1").await.expect("answered"),
-            Taken::Consumed
-        );
-        assert_eq!(
-            store.consent().take("s1", "h1").await.expect("answered"),
-            Taken::Unknown
-        );
-        assert_eq!(
-            store
-                .consent()
-                .take("never-issued", "h1")
-                .await
-                .expect("answered"),
-            Taken::Unknown
-        );
-        assert_eq!(store.consent().in_progress().await.expect("answered"), 0);
+            .expect("answered"));
+        assert!(!states
+            .use_once("s1", Duration::from_secs(60))
+            .await
+            .expect("answered"));
+        assert!(states
+            .use_once("s2", Duration::from_millis(50))
+            .await
+            .expect("answered"));
+        let mut c = store.conn().await.expect("Redis answers");
+        let ttl: i64 = c
+            .pttl(format!("{}consent-used:s1", store.prefix()))
+            .await
+            .expect("answered");
+        assert!((59_000..=60_000).contains(&ttl), "{ttl}");
+        // The marker lives as long as the state could: after that, the state itself is refused.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(keys(&store).await, vec!["consent-used:s1".to_string()]);
         store.purge_prefix().await.expect("purged");
     }
 
     #[tokio::test]
-    async fn consent_states_in_progress_are_capped_and_free_up_when_used_or_expired() {
+    async fn the_state_key_is_made_by_the_first_replica_and_read_by_the_others() {
         let store = store();
-        let long = Duration::from_secs(60);
-        for s in ["a", "b", "c"] {
-            assert!(store
-                .consent()
-                .issue(s, "h", long, 3)
-                .await
-                .expect("issued"));
-        }
-        assert!(!store
-            .consent()
-            .issue("d", "h", long, 3)
-            .await
-            .expect("answered"));
+        let other = Store::new("redis://127.0.0.1:6379", store.prefix()).expect("valid URL");
+        assert_eq!(
+            store.consent().state_key("first").await.expect("answered"),
+            Some("first".to_string())
+        );
+        assert_eq!(
+            other.consent().state_key("second").await.expect("answered"),
+            Some("first".to_string()),
+            "SET NX: the first write wins for everyone"
+        );
         let mut c = store.conn().await.expect("Redis answers");
-        let d: bool = c
-            .exists(format!("{}consent-state:d", store.prefix()))
+        let ttl: i64 = c
+            .pttl(format!("{}consent-state-key", store.prefix()))
             .await
             .expect("answered");
-        assert!(!d, "nothing is written above the cap");
-        // Using one frees its place at once.
-        store.consent().take("a", "h").await.expect("answered");
-        assert!(store
-            .consent()
-            .issue("d", "h", long, 3)
-            .await
-            .expect("issued"));
-        assert_eq!(store.consent().in_progress().await.expect("answered"), 3);
-        // Expired ones are trimmed on the next issue (a state lives milliseconds here).
-        let store2 = self::store();
-        let short = Duration::from_millis(50);
-        for s in ["x", "y"] {
-            assert!(store2
-                .consent()
-                .issue(s, "h", short, 2)
-                .await
-                .expect("issued"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(store2
-            .consent()
-            .issue("z", "h", long, 2)
-            .await
-            .expect("issued"));
-        assert_eq!(store2.consent().in_progress().await.expect("answered"), 1);
+        assert_eq!(ttl, -1, "the key does not expire");
         store.purge_prefix().await.expect("purged");
-        store2.purge_prefix().await.expect("purged");
     }
 
     #[tokio::test]

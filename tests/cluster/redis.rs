@@ -221,21 +221,28 @@ async fn every_store_view_works_on_a_cluster_and_a_tenants_keys_share_one_slot()
             .as_deref(),
         Some(pending)
     );
-    // Deployment-wide keys: consent (two keys in one script), allowlist, lease, parking.
+    // Deployment-wide keys: consent (a used state, the signing key in a pipeline), allowlist,
+    // lease, parking.
+    assert!(store.consent().use_once("s1", minute).await.expect("used"));
+    assert!(!store
+        .consent()
+        .use_once("s1", minute)
+        .await
+        .expect("answered"));
     assert!(store
         .consent()
-        .issue("s1", "h", minute, 10)
+        .use_once("x{evil}", minute)
         .await
-        .expect("issued"));
+        .expect("used"));
     assert_eq!(
-        store.consent().take("s1", "h").await.expect("taken"),
-        o365_relay::store::consent::Taken::Consumed
+        store
+            .consent()
+            .state_key("k")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("k")
     );
-    assert!(store
-        .consent()
-        .issue("x{evil}", "h", minute, 10)
-        .await
-        .expect("issued"));
     assert!(store
         .consent_allowlist()
         .add(&all[0])

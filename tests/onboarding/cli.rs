@@ -2,7 +2,7 @@
 //! `cert new` / `cert show` (checked independently with the `openssl` command), and
 //! configuration errors.
 
-use crate::consent::states_in_redis;
+use crate::consent::consent_keys_in_redis;
 use crate::helpers::*;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -169,8 +169,8 @@ async fn consent_url_prints_the_link_that_starts_the_consent_in_the_admins_brows
     assert_eq!(out.trim(), format!("{}/consent/start", env.public_url));
     assert!(stderr(&o).contains(&format!("{}/consent ", env.public_url)));
     assert_eq!(
-        states_in_redis(&env).await,
-        0,
+        consent_keys_in_redis(&env).await,
+        Vec::<String>::new(),
         "no state is minted on the terminal: it could not be bound to the admin's browser"
     );
 

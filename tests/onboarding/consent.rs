@@ -1,7 +1,9 @@
 //! Admin consent over HTTP, every hop asserted (no redirects followed automatically, cookies
 //! carried by hand): `/consent` → `/consent/start` (state + the browser's cookie) → the
 //! simulator's authorize page → its decision form → our `/consent/callback`. Also the binding
-//! of the state to the browser, the rate limit on starts and the cap on states in progress.
+//! of the signed state to the browser, its single use, the rate limit on starts, and that
+//! starts write nothing to Redis however many there are (the attacks themselves are replayed
+//! in `tests/security/consent_state.rs`).
 
 use crate::helpers::*;
 use redis::AsyncCommands;
@@ -58,7 +60,11 @@ pub async fn begin_with(env: &TestEnv, cookie: Option<&str>) -> (url::Url, Strin
         Some(format!("{}/consent/callback", env.public_url))
     );
     let state = query_param(&location, "state").expect("a state");
-    assert!(state.len() >= 32, "state is long and random: {state}");
+    assert_eq!(
+        state.len(),
+        o365_relay::consent::state::ENCODED_LEN,
+        "a signed state: {state}"
+    );
     (location, state, pair.to_string())
 }
 
@@ -165,12 +171,80 @@ pub async fn assert_nothing_registered(env: &TestEnv) {
     }
 }
 
-/// How many consent states the relay keeps in Redis right now.
-pub async fn states_in_redis(env: &TestEnv) -> usize {
+/// Every key the relay keeps under the test's prefix (prefix removed), sorted.
+pub async fn keys_in_redis(env: &TestEnv) -> Vec<String> {
     let mut r = redis().await;
-    let keys: Vec<String> = r.keys(env.redis_key("consent-state:*")).await.unwrap();
-    keys.len()
+    let mut keys: Vec<String> = r.keys(env.redis_key("*")).await.unwrap();
+    for k in keys.iter_mut() {
+        *k = k[env.prefix.len()..].to_string();
+    }
+    keys.sort();
+    keys
 }
+
+/// The consent keys under the test's prefix: the signing key (when the relay made one) and a
+/// marker per state used.
+pub async fn consent_keys_in_redis(env: &TestEnv) -> Vec<String> {
+    keys_in_redis(env)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("consent-"))
+        .collect()
+}
+
+/// What a state says (its layout: version, 16-byte id, expiry in Unix seconds big-endian,
+/// SHA-256 of the nonce, MAC), read without the key: (id in hex, expiry, nonce hash).
+pub fn read_state(state: &str) -> (String, u64, [u8; 32]) {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(state)
+        .unwrap();
+    assert_eq!((raw.len(), raw[0]), (89, 1), "version 1, 89 bytes");
+    let id = raw[1..17].iter().map(|b| format!("{b:02x}")).collect();
+    let expires = u64::from_be_bytes(raw[17..25].try_into().unwrap());
+    (id, expires, raw[25..57].try_into().unwrap())
+}
+
+/// The nonce in a `name=nonce` cookie pair.
+pub fn nonce_in(cookie: &str) -> &str {
+    cookie.split_once('=').unwrap().1
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A consent state signed with `key` (`O365_CONSENT_STATE_KEY` of the relay, or another).
+pub fn forge_state(key: &str, nonce: &str, expires: u64) -> String {
+    use o365_relay::consent::state::{nonce_hash, sign, Claims, StateKey};
+    let claims = Claims {
+        id: rand::random(),
+        expires,
+        nonce_hash: nonce_hash(nonce),
+    };
+    sign(&StateKey::new(key.as_bytes()).unwrap(), &claims).unwrap()
+}
+
+/// `callback` with its `state` replaced.
+pub fn with_state(callback: &url::Url, state: &str) -> url::Url {
+    let mut url = callback.clone();
+    let pairs: Vec<(String, String)> = callback
+        .query_pairs()
+        .filter(|(k, _)| k != "state")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair("state", state);
+    url
+}
+
+/// The relay's key in these tests, when one is configured.
+pub const STATE_KEY: &str = "consent-state-key-for-tests-0123456789abcdef";
 
 fn env_with(vars: &[(&str, &str)]) -> Options {
     Options {
@@ -217,26 +291,35 @@ async fn consent_page_offers_the_connect_button_and_names_the_permissions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn consent_start_keeps_a_single_use_state_in_redis_for_ten_minutes() {
+async fn consent_start_signs_a_state_bound_to_the_browser_for_ten_minutes_and_keeps_nothing() {
     let env = TestEnv::start(Options::default()).await;
-    let (_, s1, _) = begin(&env).await;
-    let (_, s2, _) = begin(&env).await;
-    assert_ne!(s1, s2, "every start issues a new state");
-    let mut r = redis().await;
-    let ttl: i64 = r
-        .pttl(env.redis_key(&format!("consent-state:{s1}")))
-        .await
-        .unwrap();
-    assert!(
-        (590_000..=600_000).contains(&ttl),
-        "state lives 10 minutes, PTTL {ttl}"
+    let (_, s1, c1) = begin(&env).await;
+    // The first start made the deployment's signing key; nothing else is kept.
+    let after_first = keys_in_redis(&env).await;
+    assert_eq!(
+        consent_keys_in_redis(&env).await,
+        vec!["consent-state-key".to_string()]
     );
-    let kept: String = r
-        .get(env.redis_key(&format!("consent-state:{s1}")))
-        .await
-        .unwrap();
-    assert_eq!(kept.len(), 64, "only a hash of the browser's nonce is kept");
-    assert_eq!(states_in_redis(&env).await, 2);
+    let (_, s2, c2) = begin(&env).await;
+    assert_ne!(s1, s2, "every start issues a new state");
+    assert_ne!(c1, c2, "and a new nonce");
+    assert_eq!(
+        keys_in_redis(&env).await,
+        after_first,
+        "a start writes nothing"
+    );
+    let (id, expires, hash) = read_state(&s1);
+    assert_eq!(id.len(), 32, "a 16-byte random id");
+    let now = unix_now();
+    assert!(
+        (now + 590..=now + 600).contains(&expires),
+        "valid 10 minutes: {expires} at {now}"
+    );
+    assert_eq!(
+        hash,
+        o365_relay::consent::state::nonce_hash(nonce_in(&c1)),
+        "bound to the nonce in the browser's cookie"
+    );
     env.cleanup().await;
 }
 
@@ -269,16 +352,18 @@ async fn accepted_consent_registers_the_tenant_from_the_token_and_starts_its_sub
     assert_subscribed(&env.sim, TENANT_A, &env.public_url, &env.auth_id);
     // Served from now on: its notifications are accepted.
     assert_eq!(env.notify_for(TENANT_A).await.status(), 200);
-    // The state was consumed.
+    // The state was used: its id is marked until the state would have expired anyway.
+    let (id, expires, _) = read_state(&flow.state);
     let mut r = redis().await;
-    let left: bool = r
-        .exists(env.redis_key(&format!("consent-state:{}", flow.state)))
+    let ttl: i64 = r
+        .pttl(env.redis_key(&format!("consent-used:{id}")))
         .await
         .unwrap();
-    assert!(!left, "state consumed");
-    let mut r = redis().await;
-    let in_index: i64 = r.zcard(env.redis_key("consent-states")).await.unwrap();
-    assert_eq!(in_index, 0, "and no longer counted as in progress");
+    let left = (expires - unix_now()) as i64 * 1000;
+    assert!(
+        (left - 2_000..=left + 1_000).contains(&ttl),
+        "marked used until the state expires: PTTL {ttl}, {left} ms left"
+    );
     env.cleanup().await;
 }
 
@@ -339,19 +424,32 @@ async fn a_forged_or_missing_state_is_refused_before_the_code_is_redeemed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_state_is_refused_with_400_and_nothing_registered() {
-    let env = TestEnv::start(Options::default()).await;
+    let env = TestEnv::start(env_with(&[("O365_CONSENT_STATE_KEY", STATE_KEY)])).await;
     let flow = consent_until_callback(&env, "accept").await;
-    // Ten minutes pass: Redis expires the state.
-    let mut r = redis().await;
-    let n: i64 = r
-        .del(env.redis_key(&format!("consent-state:{}", flow.state)))
-        .await
-        .unwrap();
-    assert_eq!(n, 1, "the state was stored under the relay's prefix");
-    let (status, html) = finish(&env, &flow).await;
+    // The same browser, the same code, a state signed with the relay's own key whose ten
+    // minutes are over.
+    let expired = forge_state(STATE_KEY, nonce_in(&flow.cookie), unix_now() - 1);
+    let url = with_state(&flow.callback, &expired);
+    let (status, html) = get_as(&env, url.as_str(), Some(&flow.cookie)).await;
     assert_eq!(status, 400);
-    assert!(html.contains("Start again"), "{html}");
+    assert!(
+        html.contains("invalid, expired or was already used") && html.contains("Start again"),
+        "{html}"
+    );
     assert_nothing_registered(&env).await;
+    assert!(
+        consent_keys_in_redis(&env).await.is_empty(),
+        "a configured key: nothing in Redis, not even a used marker"
+    );
+    // A state the relay's key signed, still valid, is accepted (the forgery above was sound).
+    let fresh = forge_state(STATE_KEY, nonce_in(&flow.cookie), unix_now() + 60);
+    let (status, html) = get_as(
+        &env,
+        with_state(&flow.callback, &fresh).as_str(),
+        Some(&flow.cookie),
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
     env.cleanup().await;
 }
 
@@ -464,19 +562,24 @@ async fn a_callback_from_another_browser_is_refused_before_the_code_is_redeemed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_browser_that_starts_twice_keeps_one_nonce_and_completes_both() {
+async fn every_start_sets_a_fresh_nonce_and_a_browser_finishes_its_latest_start() {
     let env = TestEnv::start(Options::default()).await;
     let (first, _, cookie) = begin(&env).await;
+    // The browser starts again (a second tab): its well-formed cookie is not adopted, a fresh
+    // nonce replaces it.
     let (second, _, again) = begin_with(&env, Some(&cookie)).await;
-    assert_eq!(again, cookie, "the browser's nonce is kept");
-    // A malformed cookie is not adopted: a fresh nonce replaces it.
+    assert_ne!(again, cookie, "never the nonce the client sent");
     let (_, _, fresh) = begin_with(&env, Some("o365_consent=chosen-by-someone")).await;
     assert_ne!(fresh, "o365_consent=chosen-by-someone");
-    for authorize in [first, second] {
-        let callback = decide(&env, &authorize, "accept", None).await;
-        let (status, html) = get_as(&env, callback.as_str(), Some(&cookie)).await;
-        assert_eq!(status, 200, "{html}");
-    }
+    // The first tab's state is bound to the nonce the browser no longer holds: refused.
+    let first_callback = decide(&env, &first, "accept", None).await;
+    let (status, html) = get_as(&env, first_callback.as_str(), Some(&again)).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("started in another browser"), "{html}");
+    // The latest start completes.
+    let callback = decide(&env, &second, "accept", None).await;
+    let (status, html) = get_as(&env, callback.as_str(), Some(&again)).await;
+    assert_eq!(status, 200, "{html}");
     env.cleanup().await;
 }
 
@@ -508,9 +611,9 @@ async fn starts_are_limited_per_client_and_a_forwarded_for_header_is_not_believe
     let html = r.text().await.unwrap();
     assert!(html.contains("Too many attempts"), "{html}");
     assert_eq!(
-        states_in_redis(&env).await,
-        3,
-        "nothing kept for a refused start"
+        consent_keys_in_redis(&env).await,
+        vec!["consent-state-key".to_string()],
+        "nothing kept for a start, refused or not"
     );
     // The page itself and the callback are not limited.
     let page = env.http.get(format!("{}/consent", env.public_url)).send();
@@ -550,119 +653,107 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_states_in_progress_are_capped_and_a_completed_consent_frees_its_place() {
-    let env = TestEnv::start(env_with(&[
-        ("O365_CONSENT_STARTS_PER_MINUTE", "600"),
-        ("O365_CONSENT_MAX_PENDING", "3"),
-    ]))
-    .await;
-    let flow = consent_until_callback(&env, "accept").await;
-    begin(&env).await;
-    begin(&env).await;
-    // A flood: every further start is refused and keeps nothing.
-    for _ in 0..50 {
-        let r = env
-            .http
-            .get(format!("{}/consent/start", env.public_url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 503);
-        assert_eq!(r.headers()["retry-after"], "60");
-        assert!(r.headers().get("set-cookie").is_none());
-        assert!(r.text().await.unwrap().contains("Too many sign-ins"));
-    }
-    assert_eq!(states_in_redis(&env).await, 3, "bounded");
-    // The consent in progress completes, and its place is free again.
-    assert_eq!(finish(&env, &flow).await.0, 200);
-    begin(&env).await;
-    assert_eq!(states_in_redis(&env).await, 3);
-    env.cleanup().await;
+/// `/consent/start` from `client` (an `X-Forwarded-For` the relay believes: the test plays
+/// the ingress, `O365_TRUSTED_PROXIES=127.0.0.1`) → its status.
+async fn start_from(env: &TestEnv, client: &str) -> u16 {
+    env.http
+        .get(format!("{}/consent/start", env.public_url))
+        .header("X-Forwarded-For", client)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
-/// Not a regular test: the figures behind the design (run with `--ignored --nocapture`).
-/// Floods `/consent/start` from many clients (distinct `X-Forwarded-For` behind a trusted
-/// proxy) and from one, and prints what Redis holds afterwards. It asserts only the bounds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore]
-async fn consent_flood_figures() {
+/// The `i`-th of many client addresses (distinct up to 2^24).
+fn address(i: u32) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+}
+
+/// Starts from each of `clients`, 64 at once → the statuses, and prints the rate.
+async fn flood(env: &TestEnv, clients: Vec<String>) -> Vec<u16> {
     use futures_util::StreamExt;
-    let cap = 10_000usize;
-    let env = TestEnv::start(env_with(&[("O365_TRUSTED_PROXIES", "127.0.0.1")])).await;
-    // One client, as in the issue: its budget, then 429s, and nothing more held.
-    let one: Vec<u16> = futures_util::stream::iter(0..2_000)
-        .map(|_| {
-            let http = env.http.clone();
-            let url = format!("{}/consent/start", env.public_url);
-            async move {
-                http.get(url)
-                    .header("X-Forwarded-For", "203.0.113.50")
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    println!(
-        "one client: 2000 starts: 429 {}, others {}; states held {}",
-        one.iter().filter(|s| **s == 429).count(),
-        one.iter().filter(|s| **s != 429).count(),
-        states_in_redis(&env).await
-    );
-    let held_before = states_in_redis(&env).await;
-    let total = 30_000u32;
     let started = std::time::Instant::now();
-    let statuses: Vec<u16> = futures_util::stream::iter(0..total)
-        .map(|i| {
-            let http = env.http.clone();
-            let url = format!("{}/consent/start", env.public_url);
-            async move {
-                http.get(url)
-                    .header(
-                        "X-Forwarded-For",
-                        format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
-                    )
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            }
-        })
+    let total = clients.len();
+    let statuses: Vec<u16> = futures_util::stream::iter(clients)
+        .map(|c| async move { start_from(env, &c).await })
         .buffer_unordered(64)
         .collect()
         .await;
     let secs = started.elapsed().as_secs_f64();
     let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
-    let held = states_in_redis(&env).await;
-    let mut r = redis().await;
-    let keys: Vec<String> = r.keys(env.redis_key("consent-state:*")).await.unwrap();
-    let state_bytes: i64 = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg(&keys[0])
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let index_bytes: i64 = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg(env.redis_key("consent-states"))
-        .query_async(&mut r)
-        .await
-        .unwrap();
     println!(
-        "many clients: {total} starts in {secs:.1} s ({:.0}/s): 302 {}, 503 {}, 429 {}; states held {held} (cap {cap}); one state key {state_bytes} B, index {index_bytes} B ({:.0} B per state), so about {:.1} MB at the cap",
-        f64::from(total) / secs,
+        "  {total} starts in {secs:.1} s ({:.0}/s): 302 {}, 429 {}, other {}",
+        total as f64 / secs,
         count(302),
-        count(503),
         count(429),
-        index_bytes as f64 / held as f64,
-        (state_bytes as f64 + index_bytes as f64 / held as f64) * cap as f64 / 1e6,
+        total - count(302) - count(429)
     );
-    assert_eq!(held, cap);
-    assert_eq!(count(302) + held_before, cap);
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starts_from_many_addresses_never_fail_a_legitimate_start_and_write_nothing_to_redis() {
+    let env = TestEnv::start(env_with(&[("O365_TRUSTED_PROXIES", "127.0.0.1")])).await;
+    // The first start of the deployment makes its signing key; measure from there.
+    assert_eq!(start_from(&env, "192.0.2.1").await, 302);
+    let before = keys_in_redis(&env).await;
+    let statuses = flood(&env, (0..1_000u32).map(address).collect()).await;
+    assert!(
+        statuses.iter().all(|s| *s == 302),
+        "every start of every client is answered: {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != 302)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        keys_in_redis(&env).await,
+        before,
+        "1,000 starts wrote nothing to Redis"
+    );
+    // A tenant admin arriving now, from an address of their own, connects the tenant.
+    let flow = consent_until_callback(&env, "accept").await;
+    assert_eq!(finish(&env, &flow).await.0, 200);
+    assert!(env.tenant_ids().await.contains(&TENANT_A.to_string()));
+    let (id, _, _) = read_state(&flow.state);
+    assert_eq!(
+        consent_keys_in_redis(&env).await,
+        vec![
+            "consent-state-key".to_string(),
+            format!("consent-used:{id}")
+        ],
+        "what Redis holds for consents: the key, and the one state used"
+    );
+    env.cleanup().await;
+}
+
+/// Not a regular test: the figures behind the design (run with `--ignored --nocapture`).
+/// Floods `/consent/start` from one client and from many (distinct `X-Forwarded-For` behind a
+/// trusted proxy), prints the rates and what Redis holds afterwards, then completes a real
+/// consent. It asserts what the design promises: nothing written, and the admin gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn consent_flood_figures() {
+    let env = TestEnv::start(env_with(&[("O365_TRUSTED_PROXIES", "127.0.0.1")])).await;
+    assert_eq!(start_from(&env, "192.0.2.1").await, 302);
+    let before = keys_in_redis(&env).await;
+    println!("one client (as in the issue):");
+    let one = flood(&env, vec!["203.0.113.50".to_string(); 2_000]).await;
+    assert_eq!(one.iter().filter(|s| **s == 302).count(), 10, "its budget");
+    println!("many clients (each within its budget; the limiter's table stays bounded):");
+    let many = flood(&env, (0..30_000u32).map(address).collect()).await;
+    assert!(many.iter().all(|s| *s == 302));
+    let after = keys_in_redis(&env).await;
+    println!(
+        "keys under the prefix: {} before, {} after: {after:?}",
+        before.len(),
+        after.len()
+    );
+    assert_eq!(after, before, "no start wrote anything");
+    let flow = consent_until_callback(&env, "accept").await;
+    assert_eq!(finish(&env, &flow).await.0, 200, "the admin gets through");
     env.cleanup().await;
 }
 

@@ -16,6 +16,9 @@ mod admin_origin;
 /// Approval mode: a consenting tenant is never served before an operator approves it, and
 /// approving one that is not pending is refused.
 mod approval;
+/// The consent `state`: a flood of starts costs nothing and fails no admin; planted nonces,
+/// forged, expired, replayed and cross-browser states are refused before the code is redeemed.
+mod consent_state;
 /// Outside text on the pages the relay serves (status, sign-in, consent) stays text.
 mod pages;
 /// Outside text (Microsoft's errors, headers, names) shown on a terminal or in a human log

@@ -16,6 +16,9 @@ mod admin_origin;
 /// Approval mode: a consenting tenant is never served before an operator approves it, and
 /// approving one that is not pending is refused.
 mod approval;
+/// Signing in: failed sign-ins throttled per client, sessions that live in Redis, end at
+/// logout and with a new admin token, and carry nothing of the token.
+mod sign_in;
 /// Outside text (Microsoft's errors, headers, names) shown on a terminal or in a human log
 /// cannot drive the terminal; a wrong-auth flood does not flood the log.
 mod terminal;

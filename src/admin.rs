@@ -2,9 +2,15 @@
 //! (tenants, their approval and subscriptions, the consent allowlist; OPERATIONS.md, "Admin
 //! API").
 //!
+//! Who may use it: [`session`] (the status page's sign-in sessions) and [`throttle`] (failed
+//! sign-ins per client); browsers on other sites are refused by [`crate::admin_origin`].
+//!
 //! Errors are [`AdminError`]s: each names the status a client gets and a message written for
 //! that client. What Redis, RabbitMQ or Microsoft said stays in the error's `source`, which is
 //! logged, never sent: the body names the failing dependency and, for Microsoft, its error code.
+
+pub mod session;
+pub mod throttle;
 
 use crate::broker::Broker;
 use crate::certs::ClientCertificate;
@@ -22,12 +28,15 @@ use crate::subscriptions::Subscriptions;
 use crate::supervise::Supervisor;
 use crate::tenants::{TenantError, Tenants};
 use crate::work_queue::WorkQueue;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
+use session::SessionId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use throttle::{Route, SignInThrottle, Verdict};
 
 /// What the admin listener needs.
 pub struct AdminApi {
@@ -41,6 +50,8 @@ pub struct AdminApi {
     pub metrics: Arc<Metrics>,
     /// `O365_ADMIN_TOKEN`: when set, the admin API asks for it as a bearer token.
     pub admin_token: Option<Secret<String>>,
+    /// Failed sign-ins per client (`O365_ADMIN_LOGIN_FAILURES_PER_MINUTE`).
+    pub sign_in: SignInThrottle,
     /// `O365_CONSENT_MODE` and its allowlist (`/admin/consent/allowed`).
     pub admission: Arc<Admission>,
     /// The client certificate, for its expiry metric.
@@ -69,6 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/", web::get().to(status_page))
         .route("/admin", web::get().to(status_page))
         .route("/admin/login", web::post().to(login))
+        .route("/admin/logout", web::post().to(logout))
         .route("/admin/status", web::get().to(status_json))
         .route("/admin/dead-letters", web::get().to(list_dead_letters))
         .route(
@@ -96,6 +108,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub enum AdminError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The client sent too many wrong tokens: its token was not compared.
+    #[error("too many failed sign-ins from this client; retry in {retry_after} s")]
+    Throttled { retry_after: u64 },
     #[error("{0}")]
     BadRequest(String),
     #[error("tenant {0} is not registered")]
@@ -141,6 +156,7 @@ impl ResponseError for AdminError {
     fn status_code(&self) -> StatusCode {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NotRegistered(_) | AdminError::NotAllowed(_) => StatusCode::NOT_FOUND,
             AdminError::Static(_) | AdminError::Conflict(_) => StatusCode::CONFLICT,
@@ -154,7 +170,11 @@ impl ResponseError for AdminError {
         if let Some(code) = self.code() {
             body["code"] = code.into();
         }
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if let AdminError::Throttled { retry_after } = self {
+            response.insert_header((header::RETRY_AFTER, *retry_after));
+        }
+        response.json(body)
     }
 }
 
@@ -271,59 +291,70 @@ async fn metrics(api: web::Data<AdminApi>) -> HttpResponse {
         .body(api.metrics.render())
 }
 
-/// `Authorization: Bearer {O365_ADMIN_TOKEN}` when that variable is set.
+/// The bearer token of `req`, if it sent one.
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// `Authorization: Bearer {O365_ADMIN_TOKEN}` when that variable is set. A wrong or missing
+/// token counts against its client, and a client over its budget is refused (429) without its
+/// token being compared ([`throttle`]).
 fn authorise(req: &HttpRequest, api: &AdminApi) -> Result<(), AdminError> {
     let Some(expected) = &api.admin_token else {
         return Ok(());
     };
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-        Ok(())
-    } else {
-        Err(AdminError::Unauthorized)
+    let verdict = api.sign_in.attempt(req, Route::Api, || {
+        bearer(req)
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.expose().as_bytes()))
+    });
+    match verdict {
+        Verdict::Passed => Ok(()),
+        Verdict::Failed => Err(AdminError::Unauthorized),
+        Verdict::Throttled(wait) => Err(AdminError::Throttled {
+            retry_after: wait.as_secs(),
+        }),
     }
 }
 
-/// The status page's session cookie: a browser cannot send a bearer token on a plain page load,
-/// so `/admin/login` exchanges the admin token for this cookie (HttpOnly, SameSite=Strict, path
-/// `/admin`). Its value is derived from the token, so rotating the token ends every session. It
-/// authorises only the read-only pages (`GET /admin/`, `GET /admin/status`): every request that
-/// changes something still needs the bearer token, so a cross-site form cannot act through it.
-const SESSION_COOKIE: &str = "o365_admin";
-/// How long a status-page session lasts (seconds).
-const SESSION_SECONDS: u32 = 12 * 3600;
-
-fn session_value(token: &str) -> String {
-    crate::broker::sha256_id(format!("o365-relay admin session v1\n{token}").as_bytes())
+/// Who asks for a read-only page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// A browser loading the status page: without any credential it gets the sign-in form,
+    /// which is no failed sign-in.
+    Page,
+    /// `GET /admin/status`: the admin API, where a missing token is a failure.
+    Api,
 }
 
-/// A read-only request: the bearer token, or the status page's session cookie.
-fn authorise_read(req: &HttpRequest, api: &AdminApi) -> Result<(), AdminError> {
-    if authorise(req, api).is_ok() {
-        return Ok(());
-    }
+/// A read-only request: the status page's session ([`session`]), or the bearer token. A
+/// session cookie that opens nothing (ended, expired, revoked) is refused without counting as
+/// a failure: a session id is not a guess at the token. Redis unreachable is a 503, never a
+/// session.
+async fn authorise_read(
+    req: &HttpRequest,
+    api: &AdminApi,
+    reader: Reader,
+) -> Result<(), AdminError> {
     let Some(expected) = &api.admin_token else {
-        return Err(AdminError::Unauthorized);
+        return Ok(());
     };
-    let want = session_value(expected.expose());
-    let given = req
-        .headers()
-        .get_all(actix_web::http::header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value);
-    if given.is_some_and(|v| constant_time_eq(v.as_bytes(), want.as_bytes())) {
-        Ok(())
-    } else {
-        Err(AdminError::Unauthorized)
+    let cookie = SessionId::of(req);
+    if let Some(id) = &cookie {
+        let open = session::is_open(&api.store, id, expected)
+            .await
+            .map_err(|e| logged(e.into()))?;
+        if open {
+            return Ok(());
+        }
     }
+    let nothing_to_compare = bearer(req).is_none() && (cookie.is_some() || reader == Reader::Page);
+    if nothing_to_compare {
+        return Err(AdminError::Unauthorized);
+    }
+    authorise(req, api)
 }
 
 fn tenant_param(tid: &str) -> Result<TenantId, AdminError> {
@@ -502,7 +533,7 @@ async fn status_json(
     req: HttpRequest,
     api: web::Data<AdminApi>,
 ) -> Result<HttpResponse, AdminError> {
-    authorise_read(&req, &api)?;
+    authorise_read(&req, &api, Reader::Api).await?;
     let status = api.status.collect().await.map_err(|e| logged(e.into()))?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
@@ -540,8 +571,16 @@ fn login_page(status: StatusCode, message: &str) -> HttpResponse {
 
 /// The status page; a sign-in form when the admin token is required and not given.
 async fn status_page(req: HttpRequest, api: web::Data<AdminApi>) -> HttpResponse {
-    if authorise_read(&req, &api).is_err() {
-        return login_page(StatusCode::UNAUTHORIZED, "");
+    match authorise_read(&req, &api, Reader::Page).await {
+        Ok(()) => {}
+        Err(AdminError::Store(_)) => {
+            return login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis, which keeps the sessions, is unavailable: nobody is signed in until it is back. Retry later.",
+            )
+        }
+        Err(AdminError::Throttled { retry_after }) => return throttled_page(retry_after),
+        Err(_) => return login_page(StatusCode::UNAUTHORIZED, ""),
     }
     match api.status.collect().await {
         Ok(status) => html::page(
@@ -561,24 +600,87 @@ struct LoginForm {
     token: String,
 }
 
-/// Exchanges the admin token for the status page's session cookie.
-async fn login(form: web::Form<LoginForm>, api: web::Data<AdminApi>) -> HttpResponse {
-    let Some(expected) = &api.admin_token else {
-        return HttpResponse::SeeOther()
-            .insert_header(("Location", "/admin/"))
-            .finish();
-    };
-    if !constant_time_eq(form.token.as_bytes(), expected.expose().as_bytes()) {
-        return login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.");
-    }
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/admin; Max-Age={SESSION_SECONDS}; HttpOnly; SameSite=Strict",
-        session_value(expected.expose())
+/// The sign-in form again, for a client over its budget of failures.
+fn throttled_page(retry_after: u64) -> HttpResponse {
+    let mut page = login_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too many wrong tokens from this address: try again in {retry_after} s."),
     );
+    page.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    page
+}
+
+/// 303 to the status page.
+fn to_status_page() -> HttpResponse {
     HttpResponse::SeeOther()
-        .insert_header(("Location", "/admin/"))
-        .insert_header(("Set-Cookie", cookie))
+        .insert_header((header::LOCATION, "/admin/"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish()
+}
+
+/// Exchanges the admin token for a session ([`session`]): a new random id in the cookie.
+async fn login(
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+    api: web::Data<AdminApi>,
+) -> HttpResponse {
+    let Some(expected) = &api.admin_token else {
+        return to_status_page();
+    };
+    let verdict = api.sign_in.attempt(&req, Route::Login, || {
+        constant_time_eq(form.token.as_bytes(), expected.expose().as_bytes())
+    });
+    match verdict {
+        Verdict::Passed => {}
+        Verdict::Failed => {
+            return login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.")
+        }
+        Verdict::Throttled(wait) => return throttled_page(wait.as_secs()),
+    }
+    match session::open(&api.store, expected).await {
+        Ok(id) => {
+            let mut response = to_status_page();
+            let cookie = session::set_cookie(&id, session::is_https(&req));
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&cookie).expect("a cookie is header-safe"),
+            );
+            response
+        }
+        Err(e) => {
+            logged(e.into());
+            login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot sign in now: Redis, which keeps the sessions, is unavailable. Retry later.",
+            )
+        }
+    }
+}
+
+/// Ends the browser's session, and tells the browser to forget its cookie. A state change,
+/// so [`crate::admin_origin`] refuses it from other sites like every other.
+async fn logout(req: HttpRequest, api: web::Data<AdminApi>) -> HttpResponse {
+    let ended = match SessionId::of(&req) {
+        Some(id) => session::end(&api.store, &id).await,
+        None => Ok(()),
+    };
+    let mut response = match ended {
+        Ok(()) => to_status_page(),
+        Err(e) => {
+            logged(e.into());
+            login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signed out in this browser, but the session store (Redis) is unavailable: the session could not be ended on the server, where it expires by itself within 12 hours. Sign in and out again once Redis is back.",
+            )
+        }
+    };
+    let cookie = session::clear_cookie(session::is_https(&req));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("a cookie is header-safe"),
+    );
+    response
 }
 
 /// `?tenant=&reason=&limit=` of the dead-letter endpoints (`confirm=yes` for a purge).

@@ -4,6 +4,7 @@
 //! listeners and starts the background loops; `main.rs` (through `cli/`), `demo` and every test
 //! use it the same way. No other module imports this one.
 
+use crate::admin::throttle::SignInThrottle;
 use crate::admin::{self, AdminApi};
 use crate::admin_origin::OriginPolicy;
 use crate::backpressure::Backpressure;
@@ -297,6 +298,11 @@ impl Parts {
             supervisor: self.supervisor.clone(),
             metrics: self.metrics.clone(),
             admin_token: self.settings.admin_token.clone(),
+            sign_in: SignInThrottle::new(
+                self.settings.admin_login_failures_per_minute,
+                self.settings.trusted_proxies.clone(),
+                self.metrics.clone(),
+            ),
             admission: self.admission(),
             certificate: self.certificate(),
             stopping: self.stopping.clone(),

@@ -33,7 +33,7 @@ use base64::Engine;
 use limiter::{Admit, RateLimiter};
 use serde::Deserialize;
 use state::{Claims, Keys, Refused};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The cookie holding the browser's nonce over http.
@@ -197,20 +197,9 @@ fn set_cookie(public_url: Option<&BaseUrl>, nonce: &str) -> String {
 }
 
 impl Consent {
-    /// Who a request is attributed to for the rate limit (every request without a peer
-    /// address shares one budget).
+    /// Who a request is attributed to for the rate limit ([`crate::client_address`]).
     fn client(&self, req: &HttpRequest) -> IpAddr {
-        let forwarded: Vec<&str> = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        limiter::client_address(
-            req.peer_addr().map(|a| a.ip()),
-            &forwarded,
-            &self.trusted_proxies,
-        )
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        crate::client_address::of_request(req, &self.trusted_proxies)
     }
 
     /// `{login}/common/oauth2/authorize?response_type=code&resource=…&client_id=…&redirect_uri=…&state=…`.

@@ -17,6 +17,7 @@ pub mod app;
 pub mod backpressure;
 pub mod broker;
 pub mod certs;
+pub mod client_address;
 pub mod config;
 pub mod consent;
 pub mod dead_letters;

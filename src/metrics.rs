@@ -82,6 +82,12 @@ pub struct Metrics {
     pub downstream_waiting_blobs: IntGauge,
     /// When the oldest pause began (Unix seconds; 0 when nothing is paused).
     pub downstream_paused_since: IntGauge,
+    /// Wrong or missing admin tokens on the admin listener: route = login (`POST /admin/login`)
+    /// | api (a bearer token the admin API asked for).
+    pub admin_auth_failures: IntCounterVec,
+    /// Sign-ins and admin API requests refused (429) without their token being compared,
+    /// because their client had used up its budget of failures ([`crate::admin`]).
+    pub admin_auth_throttled: IntCounter,
 }
 
 impl Metrics {
@@ -335,9 +341,29 @@ impl Metrics {
                 "When the oldest pause of a routing key began (Unix seconds; 0 when none is paused)"
             )
             .unwrap()),
+            admin_auth_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_admin_auth_failures_total",
+                    "Wrong or missing admin tokens on the admin listener, by route (login | api)"
+                ),
+                &["route"]
+            )
+            .unwrap()),
+            admin_auth_throttled: reg!(IntCounter::new(
+                "o365_admin_auth_throttled_total",
+                "Admin sign-ins and API requests refused (429) because their client failed too often"
+            )
+            .unwrap()),
             registry,
             names,
         };
+        // Both routes exist from the start, so `rate()` over them has a beginning.
+        for route in ["login", "api"] {
+            metrics
+                .admin_auth_failures
+                .with_label_values(&[route])
+                .inc_by(0);
+        }
         if !per_tenant {
             // The aggregate exists from the start, so `rate()` over it has a beginning.
             metrics

@@ -6,11 +6,60 @@
 //! log or forge a line of its own.
 
 use crate::config::LogFormat;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+/// A warning that anyone outside can trigger (a wrong webhook auth id, a wrong admin token) is
+/// written at most once per [`LimitedWarnings::EVERY`]: a flood must not flood the log too.
+/// The line written says how many were left out since the previous one (its metric counts
+/// every one). One `static` per kind of warning.
+pub struct LimitedWarnings {
+    /// When the last line was written, in milliseconds since the Unix epoch (0: never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LimitedWarnings {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    pub const fn new() -> LimitedWarnings {
+        LimitedWarnings {
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let before = self.last.load(Ordering::Relaxed);
+        let due = before == 0 || now >= before.saturating_add(Self::EVERY.as_millis() as u64);
+        if due
+            && self
+                .last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Default for LimitedWarnings {
+    fn default() -> Self {
+        LimitedWarnings::new()
+    }
+}
 
 /// Installs the global subscriber once; later calls are no-ops (tests build many relays).
 pub fn init(format: LogFormat) {
@@ -60,5 +109,23 @@ impl<'writer> FormatFields<'writer> for EscapedFields {
         let mut plain = String::new();
         DefaultFields::new().format_fields(Writer::new(&mut plain), fields)?;
         writer.write_str(&crate::terminal::escape(&plain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limited_warning_is_written_once_per_interval_and_counts_the_rest() {
+        let w = LimitedWarnings::new();
+        assert_eq!(w.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(w.allow(), None);
+        }
+        // The interval has passed: the next line says how many were left out.
+        w.last.store(1, Ordering::Relaxed);
+        assert_eq!(w.allow(), Some(5));
+        assert_eq!(w.allow(), None);
     }
 }

@@ -14,13 +14,13 @@ use crate::metrics::Metrics;
 use crate::notification::{parse_notification_body, BlobRejection, ContentRules};
 use crate::secret::{constant_time_eq, Secret};
 use crate::store::Store;
+use crate::telemetry::LimitedWarnings;
 use crate::tenants::Tenants;
 use crate::work_queue::WorkQueue;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -97,42 +97,8 @@ impl ResponseError for Rejection {
     }
 }
 
-/// Wrong-auth warnings: one per [`AuthWarnings::EVERY`], the rest counted.
-static AUTH_WARNINGS: AuthWarnings = AuthWarnings {
-    last: AtomicU64::new(0),
-    suppressed: AtomicU64::new(0),
-};
-
-/// A log line at most once per interval, saying how many were left out since the last.
-struct AuthWarnings {
-    /// When the last line was written, in milliseconds since the Unix epoch (0: never).
-    last: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl AuthWarnings {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    /// `Some(lines left out since the last one)` when a line may be written now.
-    fn allow(&self) -> Option<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let before = self.last.load(Ordering::Relaxed);
-        let due = before == 0 || now >= before.saturating_add(Self::EVERY.as_millis() as u64);
-        if due
-            && self
-                .last
-                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
+/// Wrong-auth warnings: one per [`LimitedWarnings::EVERY`], the rest counted.
+static AUTH_WARNINGS: LimitedWarnings = LimitedWarnings::new();
 
 fn authorised(req: &HttpRequest, webhook: &Webhook) -> bool {
     match req.headers().get("Webhook-AuthID") {

@@ -1,5 +1,6 @@
 //! HTTP on both sides: the two listeners, the public URL Microsoft calls back on, the proxies
-//! in front of the public listener, the admin token, and the time limits on requests in and out.
+//! in front of the listeners, the admin token and its budget of failed sign-ins, and the time
+//! limits on requests in and out.
 
 use super::parse::{Bounds, Parser, SECOND};
 use super::{BaseUrl, IpNet};
@@ -15,12 +16,15 @@ struct Raw {
     admin_token: Option<String>,
     admin_allow_unauthenticated: Option<String>,
     admin_hosts: Option<String>,
+    admin_login_failures_per_minute: Option<String>,
     http_timeout: Option<String>,
     fetch_timeout: Option<String>,
     webhook_body_timeout: Option<String>,
     trusted_proxies: Option<String>,
 }
 
+/// `O365_ADMIN_LOGIN_FAILURES_PER_MINUTE`, per client and replica: 1 to 1000.
+const LOGIN_FAILURES_PER_MINUTE: Bounds<u32> = Bounds::new(1, 1000);
 /// `O365_HTTP_TIMEOUT`, connecting to and each read from Microsoft: 1s to 10m.
 const HTTP_TIMEOUT: Bounds<Duration> = Bounds::new(SECOND, Duration::from_secs(600));
 /// `O365_FETCH_TIMEOUT`, a blob's whole fetch: 1s to 6h.
@@ -36,6 +40,7 @@ pub(super) struct Http {
     pub admin_token: Option<Secret<String>>,
     pub admin_allow_unauthenticated: bool,
     pub admin_hosts: Vec<String>,
+    pub admin_login_failures_per_minute: u32,
     pub http_timeout: Duration,
     pub fetch_timeout: Duration,
     pub webhook_body_timeout: Duration,
@@ -69,8 +74,15 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
         false,
     );
     let admin_hosts = admin_hosts(p, raw.admin_hosts);
+    let admin_login_failures_per_minute = p.number(
+        "ADMIN_LOGIN_FAILURES_PER_MINUTE",
+        raw.admin_login_failures_per_minute,
+        5,
+        LOGIN_FAILURES_PER_MINUTE,
+    );
     Http {
         admin_hosts,
+        admin_login_failures_per_minute,
         public_url,
         listen,
         admin_listen,
@@ -112,7 +124,7 @@ fn admin_hosts(p: &mut Parser, v: Option<String>) -> Vec<String> {
 }
 
 /// `O365_TRUSTED_PROXIES`: comma-separated addresses or CIDR blocks of the proxies (the
-/// ingress) whose `X-Forwarded-For` the public listener believes; empty = nobody's.
+/// ingress) whose `X-Forwarded-For` the listeners believe; empty = nobody's.
 fn trusted_proxies(p: &mut Parser, v: Option<String>) -> Vec<IpNet> {
     let mut nets = Vec::new();
     for s in v

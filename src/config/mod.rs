@@ -86,6 +86,9 @@ pub struct Settings {
     /// `O365_ADMIN_ALLOW_UNAUTHENTICATED`: serve the admin API without a token on a
     /// non-loopback address (see [`Settings::check_serve`]).
     pub admin_allow_unauthenticated: bool,
+    /// `O365_ADMIN_LOGIN_FAILURES_PER_MINUTE`: wrong or missing admin tokens one client may
+    /// send per minute (per replica) before its attempts are refused uncompared (429).
+    pub admin_login_failures_per_minute: u32,
     pub log_format: LogFormat,
     pub enable_webhook: bool,
     pub enable_workers: bool,
@@ -108,7 +111,8 @@ pub struct Settings {
     pub fetch_timeout: Duration,
     /// How long a webhook request body may take to arrive (`O365_WEBHOOK_BODY_TIMEOUT`).
     pub webhook_body_timeout: Duration,
-    /// `O365_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client (consent rate limit).
+    /// `O365_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client (consent rate limit,
+    /// failed admin sign-ins).
     pub trusted_proxies: Vec<IpNet>,
     /// `O365_CONSENT_MODE`: who may onboard through the consent flow.
     pub consent_mode: ConsentMode,
@@ -212,6 +216,7 @@ impl Settings {
             metrics_per_tenant: process.metrics_per_tenant,
             admin_token: http.admin_token,
             admin_allow_unauthenticated: http.admin_allow_unauthenticated,
+            admin_login_failures_per_minute: http.admin_login_failures_per_minute,
             log_format: process.log_format,
             enable_webhook: process.enable_webhook,
             enable_workers: process.enable_workers,

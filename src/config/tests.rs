@@ -62,6 +62,7 @@ fn defaults_of_the_additions_match_env_example() {
         s.consent_state_key.is_none(),
         "the state key is shared through Redis"
     );
+    assert_eq!(s.admin_login_failures_per_minute, 5);
     assert_eq!(s.park_probe_interval, Duration::from_secs(5 * 60));
     assert_eq!(s.backpressure_probe_max, Duration::from_secs(30));
     assert_eq!(s.reconcile_concurrency, 32);
@@ -73,7 +74,7 @@ fn defaults_of_the_additions_match_env_example() {
 
 /// Every bounded variable, a value just below and just above its range (`None` when the bound
 /// is zero), and the range as `.env.example` documents it.
-const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 18] = [
+const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 19] = [
     ("WORKER_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("TENANT_CONCURRENCY", Some("0"), "1025", "1", "1024"),
     ("MAX_ATTEMPTS", Some("0"), "101", "1", "100"),
@@ -91,6 +92,13 @@ const BOUNDED: [(&str, Option<&str>, &str, &str, &str); 18] = [
     ("WEBHOOK_BODY_TIMEOUT", Some("99ms"), "121s", "100ms", "2m"),
     ("SHUTDOWN_TIMEOUT", None, "3601s", "0s", "1h"),
     ("CONSENT_STARTS_PER_MINUTE", Some("0"), "601", "1", "600"),
+    (
+        "ADMIN_LOGIN_FAILURES_PER_MINUTE",
+        Some("0"),
+        "1001",
+        "1",
+        "1000",
+    ),
     (
         "WORKER_CONCURRENCY",
         None,

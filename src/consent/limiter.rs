@@ -1,15 +1,8 @@
 //! How often one client may start a consent: a token bucket per client address, in memory,
 //! in a table of bounded size.
 //!
-//! **Who the client is.** The peer address of the connection, unless that peer is one of
-//! `O365_TRUSTED_PROXIES` (the ingress): then the `X-Forwarded-For` chain is read from the
-//! right — each proxy appends the address it received the request from — skipping trusted
-//! proxies, and the first address that is not one is the client. Anything further left was
-//! written by the client itself and is never believed, and a header from an untrusted peer is
-//! ignored altogether: without the variable, every request is keyed by its peer (behind an
-//! ingress that is the ingress itself, so all clients share one budget — safe, only coarse).
-//! IPv6 clients are keyed by their /64, the block one subscriber usually holds, so that
-//! rotating addresses inside it does not buy more starts.
+//! **Who the client is**: [`crate::client_address`] (the peer, or the client a trusted proxy
+//! names; IPv6 clients by their /64, so rotating addresses inside it does not buy more starts).
 //!
 //! **The bucket.** Each client may start `per_minute` consents at once and regains one every
 //! `60 / per_minute` seconds; a refused start learns how long to wait (`Retry-After`). The
@@ -20,65 +13,14 @@
 //! a fresh bucket. This is a courtesy, not a defence: a start stores nothing (the `state` is
 //! signed, not kept), so no number of them can crowd out a real admin.
 
-use crate::config::IpNet;
+use crate::client_address::budget_key;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Clients remembered per replica (about 64 bytes each).
 pub const MAX_CLIENTS: usize = 10_000;
-
-/// The address a request is attributed to; see the module doc. `forwarded_for` holds the
-/// `X-Forwarded-For` header values in the order received. `None` without a peer address.
-pub fn client_address(
-    peer: Option<IpAddr>,
-    forwarded_for: &[&str],
-    trusted: &[IpNet],
-) -> Option<IpAddr> {
-    let mut client = peer?.to_canonical();
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(client) {
-        return Some(client);
-    }
-    let hops = forwarded_for
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for hop in hops.into_iter().rev() {
-        // Written by a trusted proxy, so well-formed unless the proxy passes on what it got:
-        // then stop at the last address known to be real.
-        let Some(ip) = parse_hop(hop) else { break };
-        client = ip;
-        if !is_trusted(ip) {
-            break;
-        }
-    }
-    Some(client)
-}
-
-/// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5678`,
-/// `[2001:db8::1]:443`).
-fn parse_hop(hop: &str) -> Option<IpAddr> {
-    if let Ok(ip) = hop.parse::<IpAddr>() {
-        return Some(ip.to_canonical());
-    }
-    hop.parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|s| s.ip().to_canonical())
-}
-
-/// The bucket key: the address, or its /64 for IPv6.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & (u128::MAX << 64);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-        v4 => v4,
-    }
-}
 
 /// Whether a start may go ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +70,7 @@ impl RateLimiter {
     }
 
     fn check_at(&self, client: IpAddr, now: Instant) -> Admit {
-        let key = key(client);
+        let key = budget_key(client);
         let mut buckets = self.buckets.lock().expect("poisoned");
         if !buckets.contains_key(&key) && buckets.len() >= self.max_clients {
             self.make_room(&mut buckets, now);
@@ -175,57 +117,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|s| IpNet::parse(s).unwrap()).collect()
-    }
-
-    #[test]
-    fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
-        let peer = Some(ip("198.51.100.7"));
-        assert_eq!(
-            client_address(peer, &["203.0.113.1"], &[]),
-            Some(ip("198.51.100.7"))
-        );
-        assert_eq!(
-            client_address(peer, &["203.0.113.1"], &nets(&["10.0.0.0/8"])),
-            Some(ip("198.51.100.7")),
-            "the peer is not the ingress: its header is its own invention"
-        );
-        assert_eq!(client_address(None, &["203.0.113.1"], &[]), None);
-    }
-
-    #[test]
-    fn behind_trusted_proxies_the_rightmost_untrusted_hop_is_the_client() {
-        let trusted = nets(&["10.0.0.0/8", "192.168.0.1"]);
-        let ingress = Some(ip("10.2.3.4"));
-        // The client wrote a fake entry first; the ingress appended the real peer.
-        assert_eq!(
-            client_address(ingress, &["1.1.1.1, 203.0.113.9"], &trusted),
-            Some(ip("203.0.113.9"))
-        );
-        // Two proxies (a load balancer in front of the ingress), header split over two lines.
-        assert_eq!(
-            client_address(ingress, &["6.6.6.6, 203.0.113.9", "192.168.0.1"], &trusted),
-            Some(ip("203.0.113.9"))
-        );
-        // No header: the proxy itself.
-        assert_eq!(client_address(ingress, &[], &trusted), Some(ip("10.2.3.4")));
-        // Garbage where a trusted proxy's entry should be: the last real address.
-        assert_eq!(
-            client_address(ingress, &["203.0.113.9, not-an-ip"], &trusted),
-            Some(ip("10.2.3.4"))
-        );
-        // Ports and IPv4-mapped IPv6 are understood.
-        assert_eq!(
-            client_address(
-                Some(ip("::ffff:10.0.0.1")),
-                &["[2001:db8::5]:443"],
-                &trusted
-            ),
-            Some(ip("2001:db8::5"))
-        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   [`Store::consent_allowlist`] — who may onboard ([`consent`]);
 //! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]);
 //! - [`Store::parking`] — requests to release parked jobs and reconcile un-parked tenants
-//!   ([`parking`]).
+//!   ([`parking`]);
+//! - [`Store::admin_sessions`] — the status page's sign-in sessions ([`admin_sessions`]).
 //!
 //! This module keeps the connection, the outage bookkeeping and the generic commands; they are
 //! private to the store.
@@ -22,6 +23,7 @@
 //! is logged once when it starts and once when it ends.
 
 pub mod activity;
+pub mod admin_sessions;
 pub mod checkpoints;
 pub mod consent;
 pub mod dedup;
@@ -325,6 +327,11 @@ impl Store {
     /// Requests to release parked jobs and reconcile un-parked tenants.
     pub fn parking(&self) -> parking::ParkingRequests<'_> {
         parking::ParkingRequests::new(self)
+    }
+
+    /// The status page's sign-in sessions.
+    pub fn admin_sessions(&self) -> admin_sessions::AdminSessions<'_> {
+        admin_sessions::AdminSessions::new(self)
     }
 
     /// Tenants the subscription keeper found healthy.
@@ -807,9 +814,15 @@ mod tests {
             store.quota().hit(&t, 5).await.expect("answered"),
             quota::Admission::Admitted
         );
+        store
+            .admin_sessions()
+            .open("hash-of-a-session-id", "fingerprint", min)
+            .await
+            .expect("opened");
         assert_eq!(
             keys(&store).await,
             vec![
+                "admin-session:hash-of-a-session-id".to_string(),
                 format!("checkpoint:{t}:Audit.Exchange"),
                 "consent-allowed".to_string(),
                 "consent-state-key".to_string(),
@@ -831,6 +844,10 @@ mod tests {
             ),
             ("consent-used:s1".to_string(), "1"),
             ("consent-state-key".to_string(), "a-key"),
+            (
+                "admin-session:hash-of-a-session-id".to_string(),
+                "fingerprint",
+            ),
         ] {
             let got = store.get(&format!("{}{key}", store.prefix())).await;
             assert_eq!(got.expect("read").as_deref(), Some(value), "{key}");
@@ -867,6 +884,37 @@ mod tests {
             checks.still_healthy(&both).await.expect("read"),
             [false, false]
         );
+        assert_eq!(keys(&store).await, Vec::<String>::new());
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn an_admin_session_lives_until_it_expires_or_ends() {
+        let store = store();
+        let sessions = store.admin_sessions();
+        sessions
+            .open("a", "fp-a", Duration::from_secs(60))
+            .await
+            .expect("opened");
+        sessions
+            .open("b", "fp-b", Duration::from_millis(50))
+            .await
+            .expect("opened");
+        assert_eq!(
+            sessions.fingerprint("a").await.expect("read").as_deref(),
+            Some("fp-a")
+        );
+        let mut c = store.conn().await.expect("Redis answers");
+        let ttl: i64 = c
+            .pttl(format!("{}admin-session:a", store.prefix()))
+            .await
+            .expect("answered");
+        assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(sessions.fingerprint("b").await.expect("read"), None);
+        sessions.end("a").await.expect("ended");
+        sessions.end("never-opened").await.expect("nothing to end");
+        assert_eq!(sessions.fingerprint("a").await.expect("read"), None);
         assert_eq!(keys(&store).await, Vec::<String>::new());
         store.purge_prefix().await.expect("purged");
     }

@@ -21,6 +21,9 @@ mod approval;
 mod consent_state;
 /// Outside text on the pages the relay serves (status, sign-in, consent) stays text.
 mod pages;
+/// Signing in: failed sign-ins throttled per client, sessions that live in Redis, end at
+/// logout and with a new admin token, and carry nothing of the token.
+mod sign_in;
 /// Outside text (Microsoft's errors, headers, names) shown on a terminal or in a human log
 /// cannot drive the terminal; a wrong-auth flood does not flood the log.
 mod terminal;

@@ -3,10 +3,14 @@
 //! `state` (`src/consent/state.rs`).
 
 use super::parse::{Bounds, Parser};
-use crate::consent::state::MIN_KEY_LEN;
 use crate::domain::TenantId;
 use crate::secret::Secret;
 use serde::Deserialize;
+
+/// The shortest consent state key accepted, in bytes (`O365_CONSENT_STATE_KEY`, or the one
+/// the replicas share through Redis).
+pub const MIN_CONSENT_KEY_LEN: usize = 32;
+use MIN_CONSENT_KEY_LEN as MIN_KEY_LEN;
 
 #[derive(Debug, Default, Deserialize)]
 struct Raw {

@@ -21,7 +21,7 @@ mod tls;
 pub use self::redis::{RedisMode, RedisSettings};
 pub use amqp::{AmqpEndpoint, QueueType};
 pub use base_url::BaseUrl;
-pub use consent::ConsentMode;
+pub use consent::{ConsentMode, MIN_CONSENT_KEY_LEN};
 pub use microsoft::Credential;
 pub use net::IpNet;
 pub use process::LogFormat;

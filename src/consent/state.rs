@@ -31,8 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a started consent may take.
 pub const LIFETIME: Duration = Duration::from_secs(600);
-/// The shortest key accepted, in bytes (`O365_CONSENT_STATE_KEY`, or the one in Redis).
-pub const MIN_KEY_LEN: usize = 32;
+pub use crate::config::MIN_CONSENT_KEY_LEN as MIN_KEY_LEN;
 /// How far ahead of this replica's clock another replica's may be.
 const CLOCK_SKEW: u64 = 60;
 /// How often a key shared through Redis is read again.

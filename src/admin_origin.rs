@@ -16,6 +16,8 @@
 //! frame or a redirect, included). The CLI, curl and scripts send neither header and pass. Reads
 //! need no check: the browser's same-origin policy keeps their answers from the other site.
 
+use crate::metrics::Metrics;
+use crate::telemetry::LimitedWarnings;
 use actix_web::http::header::{HeaderMap, HOST, ORIGIN};
 use actix_web::http::{Method, StatusCode};
 use std::net::IpAddr;
@@ -26,11 +28,34 @@ pub struct OriginPolicy {
     hosts: Vec<String>,
 }
 
-/// Why a request was refused: its status and a message for the client.
+/// Why a request was refused: its status, a message for the client, and the reason's metric
+/// label (`host`, `cross_site`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
     pub message: String,
+    pub reason: &'static str,
+}
+
+/// Refusals are logged at most once per [`LimitedWarnings::EVERY`]; the metric counts each.
+static REFUSAL_WARNINGS: LimitedWarnings = LimitedWarnings::new();
+
+impl Refusal {
+    /// Counts the refusal and logs it (rate-limited; the message is escaped already).
+    pub fn record(&self, metrics: &Metrics) {
+        metrics
+            .admin_refused
+            .with_label_values(&[self.reason])
+            .inc();
+        if let Some(suppressed) = REFUSAL_WARNINGS.allow() {
+            tracing::warn!(
+                reason = self.reason,
+                suppressed,
+                "Admin listener refused a request: {}",
+                self.message
+            );
+        }
+    }
 }
 
 impl OriginPolicy {
@@ -54,6 +79,7 @@ impl OriginPolicy {
         if !self.host_allowed(host) {
             return Err(Refusal {
                 status: StatusCode::MISDIRECTED_REQUEST,
+                reason: "host",
                 message: format!(
                     "Host {:?} is not a name of this listener: use its address, localhost, or a name listed in O365_ADMIN_HOSTS.",
                     printable(host, 100)
@@ -99,6 +125,7 @@ impl OriginPolicy {
 fn cross_site(what: &str) -> Refusal {
     Refusal {
         status: StatusCode::FORBIDDEN,
+        reason: "cross_site",
         message: format!(
             "Cross-site request refused ({what}): the admin API changes state only for requests from its own pages or from clients that are not browsers."
         ),

@@ -437,14 +437,19 @@ impl Application {
                 "O365_ADMIN_TOKEN is not set: whoever reaches the admin listener can add, approve and remove tenants, start subscriptions, requeue and purge dead letters, and read the status page. Keep it on loopback or behind a NetworkPolicy, or set the token. (Browsers on other sites and unknown Host names are refused either way.)"
             );
         }
+        let admin_metrics = parts.metrics.clone();
         let admin = HttpServer::new(move || {
             let origin = origin.clone();
+            let metrics = admin_metrics.clone();
             App::new()
                 .app_data(admin_api.clone())
                 .wrap_fn(move |req, srv| {
                     let call = match origin.check(req.method(), req.headers()) {
                         Ok(()) => Ok(srv.call(req)),
-                        Err(refusal) => Err(refusal),
+                        Err(refusal) => {
+                            refusal.record(&metrics);
+                            Err(refusal)
+                        }
                     };
                     async move {
                         match call {

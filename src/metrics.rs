@@ -88,6 +88,9 @@ pub struct Metrics {
     /// Sign-ins and admin API requests refused (429) without their token being compared,
     /// because their client had used up its budget of failures ([`crate::admin`]).
     pub admin_auth_throttled: IntCounter,
+    /// Requests the admin listener refused before any route saw them, by reason: `host` (a
+    /// name it does not answer to: DNS rebinding) or `cross_site` ([`crate::admin_origin`]).
+    pub admin_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -354,9 +357,20 @@ impl Metrics {
                 "Admin sign-ins and API requests refused (429) because their client failed too often"
             )
             .unwrap()),
+            admin_refused: reg!(IntCounterVec::new(
+                Opts::new(
+                    "o365_admin_refused_total",
+                    "Admin listener requests refused for their Host or as cross-site, by reason (host | cross_site)"
+                ),
+                &["reason"]
+            )
+            .unwrap()),
             registry,
             names,
         };
+        for reason in ["host", "cross_site"] {
+            metrics.admin_refused.with_label_values(&[reason]).inc_by(0);
+        }
         // Both routes exist from the start, so `rate()` over them has a beginning.
         for route in ["login", "api"] {
             metrics

@@ -19,8 +19,11 @@ fn metric_words(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(at) = text[i..].find("o365_") {
         let start = i + at;
-        let preceded_by_word =
-            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        // A word's tail (`x_o365_…`) or a cookie's name (`__Host-o365_consent`) is no metric.
+        let preceded_by_word = start > 0
+            && (bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b'-');
         let mut end = start + "o365_".len();
         while end < bytes.len()
             && (bytes[end].is_ascii_lowercase()
@@ -93,8 +96,9 @@ fn every_alert_has_a_promtool_unit_test() {
 
 #[test]
 fn the_word_scanner_finds_metrics_and_their_histogram_series() {
-    let words =
-        metric_words("rate(o365_fetch_duration_seconds_bucket[5m]) / x_o365_not a O365_ENV");
+    let words = metric_words(
+        "rate(o365_fetch_duration_seconds_bucket[5m]) / x_o365_not a O365_ENV __Host-o365_cookie",
+    );
     assert_eq!(
         words.into_iter().collect::<Vec<_>>(),
         vec!["o365_fetch_duration_seconds_bucket".to_string()]

@@ -95,8 +95,22 @@ async fn unroutable_records_are_retried_uncounted_and_arrive_once_a_queue_binds(
     );
     assert_eq!(got_ids.into_iter().collect::<HashSet<_>>(), exchange_ids);
 
-    // Let the other records bounce a few times.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every other blob has bounced (been put back for a retry) at least once.
+    let other_blobs = blobs.len()
+        - blobs
+            .iter()
+            .filter(|b| b.content_type == "Audit.Exchange")
+            .count();
+    let bounced = eventually(Duration::from_secs(30), || async {
+        let m = env.metrics().await;
+        let retried = m
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"o365_blobs_total{result="retried"} "#))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        retried >= other_blobs
+    })
+    .await;
+    assert!(bounced, "the unroutable blobs were put back for a retry");
     let m = env.metrics().await;
     for ct in TYPES.iter().filter(|ct| **ct != "Audit.Exchange") {
         assert_eq!(

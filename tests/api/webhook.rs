@@ -271,19 +271,28 @@ async fn every_failing_blob_check_is_400_enqueues_nothing_and_reaches_no_server(
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        env.depth(&env.work_queue.clone()).await,
-        0,
-        "nothing may be enqueued"
+    // A barrier, not a pause: the good blob alone, accepted and relayed by the workers. Every
+    // refused request above was answered before it was sent, so had any of them been enqueued,
+    // the workers (running) would have taken it by the time this one is relayed.
+    let r = env.notify(&serde_json::json!([base.clone()])).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(env.records(2).await.len(), 2, "the good blob was relayed");
+    let m = env.metrics().await;
+    assert!(
+        m.contains(r#"o365_notifications_total{reason="ok",result="accepted"} 1"#),
+        "only the last request was accepted: {m}"
     );
     assert_eq!(
         hits.load(Ordering::SeqCst),
         0,
         "no request may reach a foreign server"
     );
-    assert_eq!(env.sim.content_gets(), 0, "nothing was fetched");
-    let m = env.metrics().await;
+    assert_eq!(env.sim.content_gets(), 1, "only the good blob was fetched");
+    assert_eq!(
+        env.depth_or_zero(&format!("{}.dead", env.work_queue)).await,
+        0,
+        "nothing was dead-lettered"
+    );
     assert!(
         m.contains(r#"o365_notifications_total{reason="content_uri",result="rejected"} 8"#),
         "{m}"
@@ -371,8 +380,13 @@ async fn a_validation_header_with_a_notification_array_is_400_and_enqueues_nothi
         .await
         .unwrap();
     assert_eq!(r.status(), 400, "neither a validation nor to be dropped");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The handler has finished with the request once it answered (an accepted blob is queued
+    // with confirms before the answer): the queue shows whatever it did.
     assert_eq!(env.depth(&env.work_queue.clone()).await, 0);
+    // The same body without the header is accepted, and the queue shows it.
+    let r = env.notify(&env.notification(&blobs)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(env.depth(&env.work_queue.clone()).await, 1);
     env.cleanup().await;
 }
 

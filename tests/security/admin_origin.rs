@@ -236,8 +236,24 @@ fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include"}})
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(browser.title().await, "sent", "the attack page ran");
-    // Let the form's request land.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Both requests (the fetch and the form) reached the listener and were refused.
+    let refused = eventually(std::time::Duration::from_secs(20), || async {
+        let metrics = env
+            .http
+            .get(format!("{}/metrics", env.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"o365_admin_refused_total{reason="cross_site"} "#))
+            .is_some_and(|n| n.trim().parse::<u64>().unwrap() >= 2)
+    })
+    .await;
+    assert!(refused, "the fetch and the form were refused as cross-site");
     assert!(
         !tenant_registered(&env, TENANT_B).await,
         "a page on another site registered a tenant through the operator's browser"

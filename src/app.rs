@@ -403,7 +403,16 @@ impl Application {
         admin: TcpListener,
     ) -> anyhow::Result<Application> {
         if settings.public_url_is_insecure() {
-            tracing::warn!("O365_PUBLIC_URL is not https: Microsoft refuses such webhooks (AF20021). Fine for the simulator only.");
+            let local = settings.public_url.as_ref().is_some_and(|u| {
+                matches!(u.url().host(), Some(url::Host::Domain("localhost")))
+                    || matches!(u.url().host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                    || matches!(u.url().host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+            });
+            if local {
+                tracing::info!("O365_PUBLIC_URL is plain http on this machine: fine for a local simulator (Microsoft itself refuses such webhooks, AF20021).");
+            } else {
+                tracing::warn!("O365_PUBLIC_URL is not https: Microsoft refuses such webhooks (AF20021). Fine for the simulator only.");
+            }
         }
         let parts = Parts::new(settings)?;
         let shutdown_timeout = parts.settings.shutdown_timeout.as_secs();
@@ -433,7 +442,7 @@ impl Application {
         let origin = OriginPolicy::new(&parts.settings.admin_hosts);
         if parts.settings.admin_token.is_none() {
             tracing::warn!(
-                listen = %parts.settings.admin_listen,
+                listen = %admin.local_addr()?,
                 "O365_ADMIN_TOKEN is not set: whoever reaches the admin listener can add, approve and remove tenants, start subscriptions, requeue and purge dead letters, and read the status page. Keep it on loopback or behind a NetworkPolicy, or set the token. (Browsers on other sites and unknown Host names are refused either way.)"
             );
         }

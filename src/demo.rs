@@ -155,6 +155,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             dir.join("demo.key").display().to_string(),
         ),
         ("O365_WEBHOOK_AUTH_ID", auth_id),
+        // The demo uses no admin endpoint: a random token keeps its admin listener closed.
+        (
+            "O365_ADMIN_TOKEN",
+            uuid::Uuid::new_v4().simple().to_string(),
+        ),
         ("O365_PUBLIC_URL", public_url.clone()),
         ("O365_TENANTS", tenants.join(",")),
         ("O365_LOGIN_URL", sim.url()),

@@ -60,11 +60,24 @@ use crate::tenants::{TenantState, Tenants};
 use crate::tokens::TokenProvider;
 use crate::work_queue::WorkQueue;
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// A newly parked tenant is probed this long after parking; then the gap between its probes
+/// grows with its time parked ([`probe_gap`]) up to `O365_PARK_PROBE_INTERVAL`, so consent
+/// restored within minutes is found within about a minute, and a tenant parked for days costs
+/// one token request per interval.
+pub const FIRST_PROBE: Duration = Duration::from_secs(15);
+
+/// How long after its last probe a tenant parked for `parked_for` is probed again: as long as
+/// it has been parked (so probes come at 15 s, 30 s, 1 min, 2 min, … after parking), at least
+/// [`FIRST_PROBE`], at most `interval` (`O365_PARK_PROBE_INTERVAL`).
+pub fn probe_gap(parked_for: Duration, interval: Duration) -> Duration {
+    parked_for.max(FIRST_PROBE).min(interval)
+}
 
 /// How often the health loop looks for requests (sweeps, reconciliations), at most.
 const TICK: Duration = Duration::from_secs(5);
@@ -202,15 +215,7 @@ impl Parking {
 
     /// The parked tenants, with since when; `None` when Redis cannot answer.
     async fn parked(&self) -> Option<Vec<(TenantId, DateTime<Utc>)>> {
-        let list = self.tenants.list().await.ok()?;
-        Some(
-            list.into_iter()
-                .filter_map(|r| match r.state {
-                    TenantState::Parked { since, .. } => Some((r.tenant_id, since)),
-                    _ => None,
-                })
-                .collect(),
-        )
+        self.tenants.parked().await.ok()
     }
 }
 
@@ -248,20 +253,20 @@ impl HealthLoop {
             "tenant-health",
             (tick * 3).clamp(Duration::from_secs(15), Duration::from_secs(60)),
         );
-        let mut next_probe = Instant::now();
+        let mut next_gauge = Instant::now();
         let mut next_safety_sweep = Instant::now() + SAFETY_SWEEP;
         let mut follow_up: Option<Instant> = None;
+        // When this replica last probed each parked tenant (a new lease holder starts afresh:
+        // at most one early probe each).
+        let mut probed: HashMap<TenantId, Instant> = HashMap::new();
         loop {
             let now = Instant::now();
-            let probe_due = now >= next_probe;
-            if probe_due {
+            if now >= next_gauge {
                 self.parking.refresh_gauge().await;
-                next_probe = now + self.interval;
+                next_gauge = now + self.interval;
             }
             if lease.try_hold().await {
-                if probe_due {
-                    self.probe_all().await;
-                }
+                self.probe_due(&mut probed).await;
                 let requested = self
                     .store
                     .parking()
@@ -298,11 +303,40 @@ impl HealthLoop {
         }
     }
 
+    /// Probes the parked tenants whose turn it is ([`probe_gap`]); `probed` remembers when
+    /// each was probed last.
+    async fn probe_due(&self, probed: &mut HashMap<TenantId, Instant>) {
+        let Some(parked) = self.parking.parked().await else {
+            return;
+        };
+        probed.retain(|t, _| parked.iter().any(|(p, _)| p == t));
+        let now = Instant::now();
+        let due: Vec<(TenantId, DateTime<Utc>)> = parked
+            .into_iter()
+            .filter(|(t, since)| {
+                let parked_for = (Utc::now() - *since).to_std().unwrap_or_default();
+                let gap = probe_gap(parked_for, self.interval);
+                match probed.get(t) {
+                    Some(last) => now.duration_since(*last) >= gap,
+                    None => parked_for >= FIRST_PROBE.min(self.interval),
+                }
+            })
+            .collect();
+        for (t, _) in &due {
+            probed.insert(t.clone(), now);
+        }
+        self.probe_each(due).await;
+    }
+
     /// Probes every parked tenant once.
     pub async fn probe_all(&self) {
         let Some(parked) = self.parking.parked().await else {
             return;
         };
+        self.probe_each(parked).await;
+    }
+
+    async fn probe_each(&self, parked: Vec<(TenantId, DateTime<Utc>)>) {
         if !parked.is_empty() {
             if let Ok(n) = self.work_queue.parked_depth().await {
                 self.metrics.parked_queue_depth.set(i64::from(n));
@@ -370,5 +404,31 @@ impl HealthLoop {
             self.metrics.parked_queue_depth.set(i64::from(n));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_tenant_is_probed_soon_then_less_often_up_to_the_interval() {
+        let interval = Duration::from_secs(300);
+        let s = Duration::from_secs;
+        assert_eq!(probe_gap(s(0), interval), FIRST_PROBE);
+        assert_eq!(probe_gap(s(20), interval), s(20));
+        assert_eq!(probe_gap(s(60), interval), s(60));
+        assert_eq!(probe_gap(s(240), interval), s(240));
+        assert_eq!(probe_gap(s(3600), interval), interval);
+        // An interval shorter than the first probe wins (tests and impatient operators).
+        assert_eq!(probe_gap(s(0), s(1)), s(1));
+        // Probes in the first quarter hour: at 15, 30, 60, 120 and 240 s, then every 5 min.
+        let (mut t, mut probes) = (FIRST_PROBE, vec![FIRST_PROBE.as_secs()]);
+        while t < s(600) {
+            t += probe_gap(t, interval);
+            probes.push(t.as_secs());
+        }
+        assert_eq!(probes, [15, 30, 60, 120, 240, 480, 780]);
+        assert_eq!(probe_gap(s(480), interval), interval);
     }
 }

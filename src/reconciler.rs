@@ -318,6 +318,14 @@ impl Reconciler {
                     total.add(&s);
                     outcome.lag = Some(outcome.lag.unwrap_or(0.0).max(s.lag));
                 }
+                Err(ReconcileError::Listing(api))
+                    if api.disposition() == Disposition::StartSubscription =>
+                {
+                    // Expected while a new tenant's subscriptions start (AF20022/AF20023;
+                    // reconcile_one asked for the start): not a failure to warn about.
+                    outcome.complete = false;
+                    tracing::info!(tenant_id = %tenant, content_type = %ct, code = api.code(), "Not subscribed to this content type yet: the subscription is being started; the next pass lists it.");
+                }
                 Err(e) => {
                     outcome.complete = false;
                     total.errors += 1;

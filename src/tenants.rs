@@ -232,6 +232,22 @@ impl Tenants {
         Ok(out)
     }
 
+    /// Parked tenants and since when, from the states alone (one small read: only tenants
+    /// that are not healthy have a state).
+    pub async fn parked(&self) -> Result<Vec<(TenantId, DateTime<Utc>)>, StoreError> {
+        Ok(self
+            .store
+            .tenants()
+            .states()
+            .await?
+            .into_iter()
+            .filter_map(|(t, j)| match TenantState::from_stored(Some(&j)) {
+                TenantState::Parked { since, .. } => Some((TenantId::parse(&t).ok()?, since)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Tenants no longer registered whose offboarding is remembered, with when.
     pub async fn offboarded(&self) -> Result<Vec<(TenantId, TenantState)>, StoreError> {
         let mut out: Vec<(TenantId, TenantState)> = self

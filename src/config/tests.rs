@@ -485,7 +485,7 @@ fn urls_are_redacted_for_messages() {
     );
 }
 
-/// `O365_REDIS_MODE` with its URLs (issue 18): every mode read, each wrong combination named.
+/// `O365_REDIS_MODE` with its URLs: every mode read, each wrong combination named.
 #[test]
 fn the_redis_topology_is_read_and_every_wrong_combination_named() {
     let with_all = |pairs: &[(&str, &str)]| {

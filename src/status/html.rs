@@ -215,7 +215,7 @@ mod tests {
     use super::*;
     use crate::domain::ContentType;
 
-    /// Issue 20: Microsoft's `subscriptions/list` strings reached a `title="…"` attribute
+    /// Microsoft's `subscriptions/list` strings reached a `title="…"` attribute
     /// unescaped, and a hostile one made the signed-in browser follow an injected refresh.
     #[test]
     fn microsofts_subscription_strings_cannot_become_markup_in_a_chip() {

@@ -1,5 +1,5 @@
 //! Section 8, de-duplication memory (`dedup-memory`): how many bytes of Redis each published
-//! record costs while [`Dedup::publish_once`] remembers it (issue 12, target ≤ 32 B), and the
+//! record costs while [`Dedup::publish_once`] remembers it (target ≤ 32 B), and the
 //! Redis CPU it costs.
 //!
 //! The section starts a Redis of its own (the soak's [`SoakRedis`]: a free loopback port,
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 /// Records per `publish_once` call: the worker's batch.
 const BATCH: usize = 500;
 
-/// Target, bytes of Redis per record remembered (issue 12).
+/// Target, bytes of Redis per record remembered.
 const TARGET_BYTES: f64 = 32.0;
 
 const TENANTS: [&str; 4] = [

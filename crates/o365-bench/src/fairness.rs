@@ -1,4 +1,4 @@
-//! Section 6, fairness between tenants (issue 12): tenant A's backlog far above its quota is
+//! Section 6, fairness between tenants: tenant A's backlog far above its quota is
 //! in the work queue when tenant B starts notifying one blob a second. Measured: B's latency
 //! from its notification (the POST to the webhook) to its blob's last record on the exchange,
 //! and A's blobs relayed per minute against A's quota — the relay must serve B within seconds

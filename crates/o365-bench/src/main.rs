@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(
     name = "o365-bench",
-    about = "Benchmarks o365-relay against the machine's ceiling (issue 5)"
+    about = "Benchmarks o365-relay against the machine's ceiling"
 )]
 struct Args {
     /// Tiny sizes, seconds in total (CI); no pass/fail on speed.

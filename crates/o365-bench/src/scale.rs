@@ -1,4 +1,4 @@
-//! Section 9, the scale curve (issue 18): records/s end to end — simulator blobs of 1,000 records
+//! Section 9, the scale curve: records/s end to end — simulator blobs of 1,000 records
 //! notified round-robin to the relays' webhooks, until every distinct record (by message id) is
 //! on a sink queue bound to the exchange — with 1, 2 and 3 relay processes, each against a
 //! standalone redis-server of the section's own and against a Redis Cluster of three masters with

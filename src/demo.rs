@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use test_support::sink::{Sink, SinkQueue};
 use test_support::SimBuilder;
+use test_support::{Names, RelayEnv};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -142,47 +143,43 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let public = TcpListener::bind("127.0.0.1:0")?;
     let admin = TcpListener::bind("127.0.0.1:0")?;
     let public_url = format!("http://127.0.0.1:{}", public.local_addr()?.port());
-    let auth_id = format!("demo-{}", uuid::Uuid::new_v4().simple());
-    let prefix = format!("o365relay:demo:{run_id}:");
-    let vars = vec![
-        ("O365_CLIENT_ID", client_id),
-        (
-            "O365_CLIENT_CERT_PATH",
+    // The relay's settings, built as the tests build theirs (test_support::RelayEnv).
+    let names = Names {
+        id: run_id.clone(),
+        exchange: exchange.clone(),
+        work_queue: work_queue.clone(),
+        sink: format!("o365.demo.{run_id}"),
+        prefix: format!("o365relay:demo:{run_id}:"),
+        auth_id: format!("demo-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let vars = RelayEnv::new(&names, &sim.url())
+        .set("O365_CLIENT_ID", client_id)
+        .client_certificate(
             dir.join("demo.crt").display().to_string(),
-        ),
-        (
-            "O365_CLIENT_KEY_PATH",
             dir.join("demo.key").display().to_string(),
-        ),
-        ("O365_WEBHOOK_AUTH_ID", auth_id),
+        )
         // The demo uses no admin endpoint: a random token keeps its admin listener closed.
-        (
+        .set(
             "O365_ADMIN_TOKEN",
             uuid::Uuid::new_v4().simple().to_string(),
-        ),
-        ("O365_PUBLIC_URL", public_url.clone()),
-        ("O365_TENANTS", tenants.join(",")),
-        ("O365_LOGIN_URL", sim.url()),
-        ("O365_MANAGE_URL", sim.url()),
-        ("O365_REDIS_URL", redis_url),
-        ("O365_REDIS_PREFIX", prefix.clone()),
-        ("O365_AMQP_URL", amqp_url.clone()),
-        ("O365_AMQP_EXCHANGE", exchange.clone()),
-        ("O365_AMQP_WORK_QUEUE", work_queue.clone()),
-        (
+        )
+        .public_url(&public_url)
+        .tenants(&tenants)
+        .redis_url(redis_url)
+        .amqp_url(amqp_url.clone())
+        .set(
             "O365_AMQP_QUEUE_TYPE",
             env_or("O365_AMQP_QUEUE_TYPE", "quorum"),
-        ),
-        ("O365_RECONCILE_INTERVAL", "3s".into()),
-        ("O365_RECONCILE_LOOKBACK", "1h".into()),
-        ("O365_ENABLE_KEEPER", "false".into()),
-        ("O365_RETRY_BASE", "500ms".into()),
-        ("O365_RETRY_MAX", "5s".into()),
-    ];
+        )
+        .set("O365_RECONCILE_INTERVAL", "3s")
+        .set("O365_RECONCILE_LOOKBACK", "1h")
+        .set("O365_ENABLE_KEEPER", "false")
+        .retries("500ms", "5s")
+        .into_vars();
     let settings = Settings::from_vars(vars).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The demo queue exists before anything is published (records are published mandatory).
-    let demo_queue = format!("o365.demo.{run_id}");
+    let demo_queue = names.sink.clone();
     let sink = Sink::bind(
         &first_amqp_url,
         &exchange,

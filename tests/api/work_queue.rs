@@ -160,8 +160,8 @@ async fn a_stop_keeps_to_one_shutdown_budget_and_leaves_the_blob_in_flight_queue
         .await
     );
     let started = Instant::now();
-    env.stop.cancel();
-    let app = env.app_task.take().unwrap();
+    env.main.stop.cancel();
+    let app = env.main.task.take().unwrap();
     tokio::time::timeout(Duration::from_secs(20), app)
         .await
         .expect("the relay stopped")

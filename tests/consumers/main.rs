@@ -1,0 +1,5 @@
+//! What consumers receive: the relay's messages against docs/asyncapi.yaml. The relay runs in
+//! process against the simulator, the local RabbitMQ and Redis, with names unique to each test.
+
+mod asyncapi;
+mod helpers;

@@ -10,6 +10,7 @@
 //!   or counted;
 //! - [`pipeline`]: everything around a relay under test but the relay: a simulator subscribed
 //!   to its webhook, its environment and listeners, a sink, the clean-up;
+//! - [`consumer`]: the example consumers as child processes, and the scenarios they must pass;
 //! - [`markup`]: a page's outline of tags, to show hostile text did not become markup;
 //! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
 //! - [`process`]: the relay as a child process (readiness, SIGTERM, SIGKILL, logs);
@@ -23,6 +24,7 @@
 //! the relay knows, such as the queues derived from its work queue, the tests pass in.
 
 pub mod cert;
+pub mod consumer;
 pub mod env;
 pub mod guard;
 pub mod markup;
@@ -37,6 +39,7 @@ pub mod sim;
 pub mod sink;
 
 pub use cert::{write_cert, Pki};
+pub use consumer::{ConsumerArgs, ConsumerProcess};
 pub use env::RelayEnv;
 pub use guard::ResourceGuard;
 pub use names::{unique, Names};

@@ -21,16 +21,17 @@ WORKDIR /build
 # 1. Dependencies only: compile them against stub targets, so that this (slow) layer is
 #    reused as long as the manifests and Cargo.lock do not change. Every `path = "....rs"`
 #    target declared in a manifest gets a stub, so the manifests load (those stubs stay: only
-#    the two binaries are built from here on; the benchmark, crates/o365-bench, is a workspace
-#    member whose manifest must load, but it is never built here). The relay is built without
-#    its `demo` feature: the production binary does not contain the simulator, which is its
-#    own binary.
+#    the two binaries are built from here on; the benchmark, crates/o365-bench, and the example
+#    consumer, examples/consumer-rust, are workspace members whose manifests must load, but they
+#    are never built here). The relay is built without its `demo` feature: the production
+#    binary does not contain the simulator, which is its own binary.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/o365-sim/Cargo.toml ./crates/o365-sim/
 COPY crates/o365-bench/Cargo.toml ./crates/o365-bench/
 COPY crates/test-support/Cargo.toml ./crates/test-support/
+COPY examples/consumer-rust/Cargo.toml ./examples/consumer-rust/
 RUN set -eux; \
-    for dir in . crates/o365-sim crates/o365-bench crates/test-support; do \
+    for dir in . crates/o365-sim crates/o365-bench crates/test-support examples/consumer-rust; do \
         sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$dir/Cargo.toml" \
             > /tmp/targets; \
         while IFS= read -r p; do \

@@ -1,7 +1,8 @@
 //! The shape of the house, checked: no import circle among the relay's modules, the wiring
 //! (`src/app.rs`) imported only by the entry points, Redis keys built only in `src/store/` and
-//! naming a tenant through its hash tag, and neither the simulator nor the test harness linked
-//! into the production package unless the `demo` feature asks for them (README, "How it works").
+//! naming a tenant through its hash tag, neither the simulator nor the test harness linked
+//! into the production package unless the `demo` feature asks for them, and no other workspace
+//! member (the example consumer) linked at all (README, "How it works").
 
 use std::path::{Path, PathBuf};
 
@@ -127,6 +128,27 @@ fn the_production_package_links_the_simulator_and_the_harness_only_for_the_demo(
     }
 }
 
+#[test]
+fn no_other_workspace_member_is_linked_into_the_production_package() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = toml_like::read(&root.join("Cargo.toml"));
+    let members = manifest.members();
+    assert!(
+        members.iter().any(|m| m == "examples/consumer-rust"),
+        "read the members: {members:?}"
+    );
+    for member in members {
+        let name = toml_like::read(&root.join(&member).join("Cargo.toml")).package_name();
+        if name == "o365-sim" || name == "test-support" {
+            continue; // the demo's, checked above
+        }
+        assert!(
+            manifest.dependency(&name).is_none(),
+            "{member} ({name}) must not be a dependency of the relay"
+        );
+    }
+}
+
 /// Just enough of the manifest's text for the checks above (no TOML parser in the tests).
 mod toml_like {
     use std::path::Path;
@@ -134,7 +156,11 @@ mod toml_like {
     pub struct Manifest(String);
 
     pub fn read(path: &Path) -> Manifest {
-        Manifest(std::fs::read_to_string(path).expect("Cargo.toml"))
+        // A newline first, so that a section on the first line is found like any other.
+        Manifest(format!(
+            "\n{}",
+            std::fs::read_to_string(path).expect("Cargo.toml")
+        ))
     }
 
     impl Manifest {
@@ -151,6 +177,30 @@ mod toml_like {
             self.section("dependencies")
                 .lines()
                 .find(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}.")))
+        }
+
+        /// `[workspace] members`, written on one line.
+        pub fn members(&self) -> Vec<String> {
+            let line = self
+                .section("workspace")
+                .lines()
+                .find(|l| l.starts_with("members = ["))
+                .expect("members = [...] on one line");
+            line.split('"')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        }
+
+        /// `[package] name`.
+        pub fn package_name(&self) -> String {
+            self.section("package")
+                .lines()
+                .find_map(|l| l.strip_prefix("name = "))
+                .expect("[package] name")
+                .trim_matches('"')
+                .to_string()
         }
 
         pub fn feature(&self, name: &str) -> &str {

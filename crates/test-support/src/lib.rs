@@ -8,6 +8,9 @@
 //! - [`cert`]: a fresh client certificate written to disk, and a private PKI for TLS tests;
 //! - [`sink`]: a queue bound `#` to the relay's exchange, read back as deliveries or messages,
 //!   or counted;
+//! - [`pipeline`]: everything around a relay under test but the relay: a simulator subscribed
+//!   to its webhook, its environment and listeners, a sink, the clean-up;
+//! - [`consumer`]: the example consumers as child processes, and the scenarios they must pass;
 //! - [`markup`]: a page's outline of tags, to show hostile text did not become markup;
 //! - [`guard`]: deletes a test's queues, exchange and Redis keys on drop or on request;
 //! - [`process`]: the relay as a child process (readiness, SIGTERM, SIGKILL, logs);
@@ -21,10 +24,12 @@
 //! the relay knows, such as the queues derived from its work queue, the tests pass in.
 
 pub mod cert;
+pub mod consumer;
 pub mod env;
 pub mod guard;
 pub mod markup;
 pub mod names;
+pub mod pipeline;
 pub mod process;
 pub mod proxy;
 pub mod rabbit_cluster;
@@ -34,9 +39,11 @@ pub mod sim;
 pub mod sink;
 
 pub use cert::{write_cert, Pki};
+pub use consumer::{ConsumerArgs, ConsumerProcess};
 pub use env::RelayEnv;
 pub use guard::ResourceGuard;
 pub use names::{unique, Names};
+pub use pipeline::Pipeline;
 pub use process::{RelayCommand, RelayProcess};
 pub use proxy::Proxy;
 pub use redis_topology::{RedisCluster, RedisSentinel};

@@ -359,6 +359,12 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The value of one series (`name{labels}`, as written) on the first relay's `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        metric_value(&text, series).unwrap_or_else(|| panic!("no {series} on /metrics:\n{text}"))
+    }
+
     /// Stops every relay and the simulator, deletes the queues, the exchange and every Redis key.
     pub async fn cleanup(mut self) {
         self.main.shutdown().await;
@@ -422,6 +428,13 @@ async fn wait_ready(relay: &Arc<RelayParts>) {
 pub fn relay_resources(names: &Names) -> ResourceGuard {
     let q = o365_relay::work_queue::Names::new(&names.work_queue);
     ResourceGuard::for_relay(names, [q.dead, q.parked].into_iter().chain(q.retry))
+}
+
+/// The value of one series (`name{labels}`, as written) in a `/metrics` text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A header of a delivery as text.

@@ -785,15 +785,7 @@ async fn a_parked_tenant_whose_admin_consents_again_is_unparked_at_once() {
     );
     env.relay.tokens.forget(&tenant).await;
     assert!(env.relay.tokens.get(&tenant).await.is_ok());
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("o365_tenants{state=\"parked\"} 0"),
         "{metrics}"

@@ -91,23 +91,6 @@ fn retry_after(r: &reqwest::Response) -> u64 {
         .unwrap()
 }
 
-/// The value of one series on `/metrics`.
-async fn metric(env: &TestEnv, series: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", env.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} on /metrics"))
-        .parse()
-        .unwrap()
-}
-
 const LOGIN_FAILURES: &str = r#"o365_admin_auth_failures_total{route="login"}"#;
 const API_FAILURES: &str = r#"o365_admin_auth_failures_total{route="api"}"#;
 const THROTTLED: &str = "o365_admin_auth_throttled_total";
@@ -145,9 +128,9 @@ async fn guessing_at_the_sign_in_form_is_throttled_per_client_and_the_operator_s
         read_with(&env.admin_url, "/admin/status", &cookie).await.0,
         200
     );
-    assert_eq!(metric(&env, LOGIN_FAILURES).await, 5.0);
-    assert_eq!(metric(&env, THROTTLED).await, 16.0);
-    assert_eq!(metric(&env, API_FAILURES).await, 0.0);
+    assert_eq!(env.metric(LOGIN_FAILURES).await, 5.0);
+    assert_eq!(env.metric(THROTTLED).await, 16.0);
+    assert_eq!(env.metric(API_FAILURES).await, 0.0);
     env.cleanup().await;
 }
 
@@ -210,9 +193,9 @@ async fn guessing_the_bearer_token_on_the_admin_api_is_throttled_the_same_way() 
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(metric(&env, API_FAILURES).await, 5.0);
-    assert_eq!(metric(&env, LOGIN_FAILURES).await, 0.0);
-    assert_eq!(metric(&env, THROTTLED).await, 4.0);
+    assert_eq!(env.metric(API_FAILURES).await, 5.0);
+    assert_eq!(env.metric(LOGIN_FAILURES).await, 0.0);
+    assert_eq!(env.metric(THROTTLED).await, 4.0);
     env.cleanup().await;
 }
 
@@ -357,7 +340,7 @@ async fn logout_ends_the_session_on_the_server_and_a_replayed_cookie_opens_nothi
             401
         );
     }
-    assert_eq!(metric(&env, API_FAILURES).await, 0.0);
+    assert_eq!(env.metric(API_FAILURES).await, 0.0);
     env.cleanup().await;
 }
 

@@ -5,23 +5,21 @@
 //! unacknowledged, then hand them all back — counts a delivery on every message each time on
 //! quorum queues, and RabbitMQ 4 drops a quorum queue's message after 20 deliveries by default
 //! (the dead queue has no dead-letter exchange of its own): a few dozen listings would silently
-//! delete dead letters. So a walk *rotates* the queue instead: it takes the messages present when
-//! it starts (the depth then; later arrivals are left alone), one batch at a time, and for each
-//! either publishes a copy back to the dead queue's tail (kept), publishes the work item to the
-//! work queue (requeued) or drops it (purged) — and acknowledges the original only after
-//! RabbitMQ confirmed the copy. A walk cut short by a crash leaves at worst a duplicate dead
-//! letter, never a lost one. The order of the dead queue changes; nothing depends on it.
+//! delete dead letters. So a walk *rotates* the queue instead ([`Broker::rotate`], the same
+//! routine as the parked sweep): it takes the messages present when it starts (the depth then;
+//! later arrivals are left alone), one batch at a time, and for each either publishes a copy
+//! back to the dead queue's tail (kept), publishes the work item to the work queue (requeued)
+//! or drops it (purged) — and acknowledges the original only after RabbitMQ confirmed the copy.
+//! A walk cut short by a crash leaves at worst a duplicate dead letter, never a lost one. The
+//! order of the dead queue changes; nothing depends on it.
 //!
 //! **Requeued** blobs go back as fresh work items (attempt 0, no error headers): the worker
 //! fetches them again and de-duplicates their records as for any blob. A dead letter whose body
 //! is not a readable work item cannot be requeued and stays (counted as `unreadable`).
 
-use crate::broker::{header_str, short_string, Broker, BrokerError, OutMessage};
+use crate::broker::{header_i64, short_string, Broker, BrokerError, Fate, Message, OutMessage};
 use crate::domain::{TenantId, WorkItem};
 use crate::work_queue::{encode, Names};
-use futures_util::future::join_all;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -74,26 +72,17 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn read(d: &Delivery) -> DeadLetter {
-        let attempt = d
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("o365-attempt"))
-            .and_then(|v| match v {
-                lapin::types::AMQPValue::LongLongInt(n) => Some(*n),
-                lapin::types::AMQPValue::LongInt(n) => Some(i64::from(*n)),
-                _ => None,
-            });
+    fn read(m: &Message) -> DeadLetter {
         DeadLetter {
-            content_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
-            tenant_id: header_str(&d.properties, "o365-tenant-id"),
-            content_type: header_str(&d.properties, "o365-content-type"),
-            code: header_str(&d.properties, "o365-error-code"),
-            reason: header_str(&d.properties, "o365-dead-reason")
+            content_id: m.message_id(),
+            tenant_id: m.header("o365-tenant-id"),
+            content_type: m.header("o365-content-type"),
+            code: m.header("o365-error-code"),
+            reason: m
+                .header("o365-dead-reason")
                 .map(|r| crate::text::capped(&r, REASON_SHOWN).into_owned()),
-            dead_at: header_str(&d.properties, "o365-dead-at"),
-            attempt,
+            dead_at: m.header("o365-dead-at"),
+            attempt: header_i64(&m.properties, "o365-attempt"),
         }
     }
 }
@@ -140,81 +129,46 @@ impl DeadLetters {
     /// selects; a listing rotates the queue, it never empties it.
     pub async fn walk(&self, filter: &Filter, action: Action) -> Result<Walked, BrokerError> {
         let mut walked = Walked::default();
-        let mut left = u64::from(self.broker.queue_depth(&self.names.dead).await?);
-        let channel = self.broker.channel().await?;
-        let dead = short_string(&self.names.dead);
-        while left > 0 {
-            let mut batch = Vec::with_capacity(BATCH);
-            while (batch.len() as u64) < left.min(BATCH as u64) {
-                match channel
-                    .basic_get(dead.clone(), BasicGetOptions { no_ack: false })
-                    .await?
-                {
-                    Some(m) => batch.push(m.delivery),
-                    None => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            left -= batch.len() as u64;
-            walked.examined += batch.len() as u64;
-            let mut copies = Vec::with_capacity(batch.len());
-            for d in &batch {
+        self.broker
+            .rotate(&self.names.dead, BATCH, &mut (), |m, ()| {
+                walked.examined += 1;
                 let selected = filter.limit.is_none_or(|n| walked.matched < n as u64)
-                    && filter.matches(&DeadLetter::read(d));
+                    && filter.matches(&DeadLetter::read(m));
                 if selected {
                     walked.matched += 1;
                 }
                 match (selected, action) {
                     (true, Action::List) => {
-                        walked.letters.push(DeadLetter::read(d));
-                        copies.push(self.back_to_dead(d));
+                        walked.letters.push(DeadLetter::read(m));
+                        Fate::Keep
                     }
-                    (true, Action::Purge) => walked.moved += 1,
-                    (true, Action::Requeue) => match self.to_work(d) {
-                        Some(m) => {
+                    (true, Action::Purge) => {
+                        walked.moved += 1;
+                        Fate::Drop
+                    }
+                    (true, Action::Requeue) => match self.to_work(m) {
+                        Some(copy) => {
                             walked.moved += 1;
-                            copies.push(m);
+                            Fate::Publish(Box::new(copy))
                         }
                         None => {
                             walked.unreadable += 1;
-                            copies.push(self.back_to_dead(d));
+                            Fate::Keep
                         }
                     },
-                    (false, _) => copies.push(self.back_to_dead(d)),
+                    (false, _) => Fate::Keep,
                 }
-            }
-            // Copies first, confirmed; only then are the originals acknowledged. On failure the
-            // channel closes with the batch unacknowledged, and RabbitMQ keeps the originals.
-            self.broker.publish_batch(copies).await?;
-            let acks = batch
-                .iter()
-                .map(|d| d.acker.ack(BasicAckOptions::default()));
-            for r in join_all(acks).await {
-                r.map_err(|e| BrokerError::Amqp(e.to_string()))?;
-            }
-        }
-        let _ = channel.close(200, "bye".into()).await;
+            })
+            .await?;
         if action != Action::List && walked.moved > 0 {
             tracing::info!(action = ?action, examined = walked.examined, moved = walked.moved, "Dead letters handled by an operator.");
         }
         Ok(walked)
     }
 
-    /// The same message, back at the dead queue's tail.
-    fn back_to_dead(&self, d: &Delivery) -> OutMessage {
-        OutMessage {
-            exchange: "".into(),
-            routing_key: short_string(&self.names.dead),
-            body: d.data.clone().into(),
-            properties: d.properties.clone(),
-        }
-    }
-
     /// The work item as a fresh job on the work queue; `None` when the body is not one.
-    fn to_work(&self, d: &Delivery) -> Option<OutMessage> {
-        let item: WorkItem = serde_json::from_slice(&d.data).ok()?;
+    fn to_work(&self, m: &Message) -> Option<OutMessage> {
+        let item: WorkItem = serde_json::from_slice(&m.body).ok()?;
         let (body, properties) = encode(&item).ok()?;
         Some(OutMessage {
             exchange: "".into(),

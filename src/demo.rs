@@ -66,10 +66,8 @@ async fn preflight(redis_url: &str, amqp_url: &str) -> Result<(), String> {
         problems.push(format!("O365_AMQP_URL: {why}"));
         return Err(problems.join("\n"));
     }
-    match tokio::time::timeout(Duration::from_secs(5), lapin::Connection::connect(amqp_url, Default::default())).await {
-        Ok(Ok(c)) => {
-            let _ = c.close(200, "preflight".into()).await;
-        }
+    match tokio::time::timeout(Duration::from_secs(5), crate::broker::probe(amqp_url)).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => problems.push(format!(
             "RabbitMQ is not reachable at {} ({e}).\n  Start it: rabbitmq-server -detached && rabbitmqctl await_startup",
             redact_url(amqp_url)

@@ -14,10 +14,12 @@
 //! values are short, and a huge one must not make the header frame exceed `frame_max` (which
 //! closes the connection). The body is never cut.
 
-use crate::broker::{header, json_properties, short_string, Broker, BrokerError, OutMessage};
+use crate::broker::{
+    header, json_properties, short_string, BasicProperties, Broker, BrokerError, FieldTable,
+    OutMessage,
+};
 use crate::domain::WorkItem;
 use crate::records::AuditRecord;
-use lapin::types::FieldTable;
 use std::sync::Arc;
 
 /// Cap of each header value copied from a record field (bytes).
@@ -74,7 +76,7 @@ impl RecordSink {
     }
 
     /// The properties of one record's message.
-    pub fn properties(blob: &WorkItem, record: &AuditRecord) -> lapin::BasicProperties {
+    pub fn properties(blob: &WorkItem, record: &AuditRecord) -> BasicProperties {
         let mut h = FieldTable::default();
         for (k, v) in blob.header_pairs() {
             header(&mut h, k, v, RECORD_HEADER_CAP);

@@ -1,8 +1,9 @@
 //! The shape of the house, checked: no import circle among the relay's modules, the wiring
 //! (`src/app.rs`) imported only by the entry points, Redis keys built only in `src/store/` and
-//! naming a tenant through its hash tag, neither the simulator nor the test harness linked
-//! into the production package unless the `demo` feature asks for them, and no other workspace
-//! member (the example consumer) linked at all (README, "How it works").
+//! naming a tenant through its hash tag, RabbitMQ spoken only by `src/broker/`, neither the
+//! simulator nor the test harness linked into the production package unless the `demo` feature
+//! asks for them, and no other workspace member (the example consumer) linked at all (README,
+//! "How it works").
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +78,85 @@ fn the_redis_client_is_used_only_inside_the_store() {
     assert!(
         offenders.is_empty(),
         "Redis outside src/store/: {offenders:?}"
+    );
+}
+
+/// The lapin calls that talk to RabbitMQ: channels, declarations, publishes, gets, consumers
+/// and acknowledgements.
+const AMQP_OPERATIONS: [&str; 20] = [
+    "create_channel(",
+    ".confirm_select(",
+    ".basic_get(",
+    ".basic_publish(",
+    ".basic_consume(",
+    ".basic_cancel(",
+    ".basic_qos(",
+    ".basic_ack(",
+    ".basic_nack(",
+    ".basic_reject(",
+    ".queue_declare(",
+    ".queue_bind(",
+    ".queue_unbind(",
+    ".queue_delete(",
+    ".queue_purge(",
+    ".exchange_declare(",
+    ".exchange_bind(",
+    ".exchange_delete(",
+    ".acker.",
+    "Connection::connect",
+];
+
+/// The lines of `text` outside comments that call lapin or name it, as `(line number, line)`.
+fn amqp_lines(text: &str) -> Vec<(usize, String)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .filter(|(_, l)| {
+            l.contains("lapin::")
+                || l.trim_start().starts_with("use lapin")
+                || AMQP_OPERATIONS.iter().any(|op| l.contains(op))
+        })
+        .map(|(i, l)| (i + 1, l.trim().to_string()))
+        .collect()
+}
+
+/// The broker owns lapin: every channel, declaration, publish, get and acknowledgement is in
+/// `src/broker/`, where the confirms, the return ledger and the "ack only after the copy was
+/// confirmed" rule live once. Elsewhere the relay calls the broker (`publish_batch`, `consume`,
+/// `rotate`, `declare_queue`) and names message types through it. The one exception is the
+/// configuration, which checks `O365_AMQP_URL` with lapin's own URL parser (so that a URL
+/// accepted at start cannot fail to parse at a reconnect).
+#[test]
+fn only_the_broker_speaks_to_rabbitmq() {
+    let allowed = |f: &str, line: &str| {
+        f.starts_with("src/broker/") || (f == "src/config/amqp.rs" && line.contains("AMQPUri"))
+    };
+    let mut offenders = Vec::new();
+    let mut broker_calls = 0;
+    for (f, text) in sources() {
+        for (n, line) in amqp_lines(&text) {
+            if allowed(&f, &line) {
+                broker_calls += usize::from(f.starts_with("src/broker/"));
+            } else {
+                offenders.push(format!("{f}:{n}: {line}"));
+            }
+        }
+    }
+    assert!(broker_calls > 10, "the broker's own calls were found");
+    assert!(
+        offenders.is_empty(),
+        "RabbitMQ outside src/broker/ (add what is needed to the broker instead): {offenders:#?}"
+    );
+}
+
+#[test]
+fn the_rabbitmq_check_finds_calls_and_names_but_not_comments() {
+    let found = amqp_lines(
+        "let ch = conn.create_channel().await?;\n// ch.basic_get(q)\nch.basic_get(q, o).await?;\nd.acker.ack(o);\nuse lapin::options::X;\nfn f() -> lapin::BasicProperties {}\nbroker.rotate(q);",
+    );
+    assert_eq!(
+        found.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [1, 3, 4, 5, 6]
     );
 }
 

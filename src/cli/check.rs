@@ -64,8 +64,8 @@ pub async fn run() -> Outcome {
     }
     match parts.broker.connect().await {
         Ok(c) => {
-            let _ = c.connection.close(200, "check".into()).await;
             println!("ok      rabbitmq ({amqp}): connected to {}", c.endpoint);
+            c.close("check").await;
         }
         Err(e) => {
             ok = false;

@@ -195,6 +195,8 @@ pub struct Job {
     pub attempt: u32,
     /// When it was deferred ([`Outcome::Defer`]): the turn it was deferred to.
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The trace context its message carried ([`crate::trace_context`]; empty when off).
+    pub trace: crate::trace_context::Carried,
 }
 
 /// How a job ended.
@@ -286,18 +288,26 @@ impl WorkQueue {
     /// Publishes work items to the work queue and waits for every confirm.
     pub async fn enqueue(&self, items: &[WorkItem]) -> Result<(), BrokerError> {
         let work = short_string(&self.names.work);
+        // One span per blob (tracing on), its context in the blob's headers; they end at the
+        // confirm.
+        let spans: Vec<tracing::Span> = items
+            .iter()
+            .map(crate::trace_context::enqueue_span)
+            .collect();
         let out = items
             .iter()
-            .map(|item| {
+            .zip(&spans)
+            .map(|(item, span)| {
                 encode(item).map(|(body, properties)| OutMessage {
                     exchange: "".into(),
                     routing_key: work.clone(),
                     body: body.into(),
-                    properties,
+                    properties: crate::trace_context::with_trace_context(properties, span),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.broker.publish_batch(out).await?;
+        drop(spans);
         let blobs = items
             .iter()
             .map(|i| (i.tenant_id.clone(), i.content_id.clone()))
@@ -462,6 +472,7 @@ impl WorkQueue {
             item,
             attempt,
             not_before,
+            trace: crate::trace_context::Carried::from_properties(&d.properties),
         })
     }
 

@@ -117,7 +117,7 @@ pub fn tracing_configured() -> bool {
 
 /// OTLP/HTTP (protobuf) through a batch processor; the exporter reads the endpoint, headers
 /// and timeout, the SDK the sampler and the batch settings from the `OTEL_*` variables.
-fn tracer_provider() -> SdkTracerProvider {
+pub(crate) fn tracer_provider() -> SdkTracerProvider {
     let mut resource = Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name("o365-relay");

@@ -123,6 +123,12 @@ impl Carried {
         }
         Carried(map)
     }
+
+    /// Puts the carried context back into `headers` (a retry, deferred or parked copy of the
+    /// work item); nothing when it carried none.
+    pub fn put(&self, headers: &mut FieldTable) {
+        insert(headers, &self.0);
+    }
 }
 
 /// Makes `span` (the worker's `blob.fetch`) a child of the context the work item carried; a
@@ -148,4 +154,69 @@ pub fn publish_span(blob: &WorkItem, records: usize) -> Span {
         content_id = %blob.content_id,
         records,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
+
+    #[test]
+    fn off_nothing_is_added_or_read() {
+        // No subscriber with the OpenTelemetry layer in the unit tests: tracing is off.
+        assert!(!enabled());
+        let span = tracing::info_span!("record.publish");
+        let props = with_trace_context(crate::broker::json_properties("id"), &span);
+        assert!(props.headers().is_none());
+        let mut headers = FieldTable::default();
+        inject(&mut headers, &span);
+        assert!(headers.inner().is_empty());
+        let mut carrying = FieldTable::default();
+        header(
+            &mut carrying,
+            TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            CAP,
+        );
+        let props = crate::broker::json_properties("id").with_headers(carrying);
+        assert_eq!(Carried::from_properties(&props), Carried::default());
+    }
+
+    #[test]
+    fn a_carried_context_is_put_back_as_it_came() {
+        let mut map = HashMap::new();
+        map.insert(
+            TRACEPARENT.to_string(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+        );
+        map.insert(TRACESTATE.to_string(), "vendor=x".to_string());
+        let mut headers = FieldTable::default();
+        Carried(map).put(&mut headers);
+        let props = crate::broker::json_properties("id").with_headers(headers);
+        assert_eq!(
+            header_str(&props, TRACEPARENT).as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        assert_eq!(header_str(&props, TRACESTATE).as_deref(), Some("vendor=x"));
+        let mut none = FieldTable::default();
+        Carried::default().put(&mut none);
+        assert!(none.inner().is_empty());
+    }
+
+    /// The sampler is the SDK's, read from `OTEL_TRACES_SAMPLER` when the relay builds its
+    /// provider (the only test here that sets an `OTEL_*` variable).
+    #[test]
+    fn the_standard_sampler_variable_is_honoured() {
+        std::env::set_var("OTEL_TRACES_SAMPLER", "always_off");
+        let provider = crate::telemetry::tracer_provider();
+        std::env::remove_var("OTEL_TRACES_SAMPLER");
+        let span = provider.tracer("test").start("x");
+        assert!(
+            !span.span_context().is_sampled(),
+            "always_off samples nothing"
+        );
+        let cx = opentelemetry::Context::current_with_span(span);
+        assert!(!cx.span().span_context().is_sampled());
+        let _ = provider.shutdown();
+    }
 }

@@ -1053,6 +1053,8 @@ fn forwarded_properties(
             job.item.source.as_str(),
             REASON_CAP,
         );
+        // A retried, deferred or parked blob stays in the trace it started in.
+        job.trace.put(&mut headers);
     }
     headers.insert(
         ATTEMPT_HEADER.into(),

@@ -45,6 +45,7 @@ pub mod tenants;
 pub mod terminal;
 pub mod text;
 pub mod tokens;
+pub mod trace_context;
 pub mod webhook;
 pub mod work_queue;
 pub mod worker;

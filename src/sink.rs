@@ -21,6 +21,7 @@ use crate::broker::{
 use crate::domain::WorkItem;
 use crate::records::AuditRecord;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Cap of each header value copied from a record field (bytes).
 pub const RECORD_HEADER_CAP: usize = 256;
@@ -134,13 +135,18 @@ impl RecordSink {
         let routing_key = short_string(&routing_key);
         let exchange = short_string(&self.exchange);
         let replay = matches!(publication, Publication::Replay { .. });
+        // Tracing on: one span for the batch, its context in every record (`traceparent`).
+        let span = crate::trace_context::publish_span(blob, records.len());
         let messages = records
             .iter()
             .map(|r| {
                 let mut properties = Self::properties(blob, r);
-                if replay {
+                if replay || !span.is_none() {
                     let mut headers = properties.headers().clone().unwrap_or_default();
-                    header(&mut headers, REPLAY_HEADER, "true", RECORD_HEADER_CAP);
+                    if replay {
+                        header(&mut headers, REPLAY_HEADER, "true", RECORD_HEADER_CAP);
+                    }
+                    crate::trace_context::inject(&mut headers, &span);
                     properties = properties.with_headers(headers);
                 }
                 OutMessage {
@@ -151,7 +157,7 @@ impl RecordSink {
                 }
             })
             .collect();
-        self.broker.publish_batch(messages).await
+        self.broker.publish_batch(messages).instrument(span).await
     }
 }
 

@@ -4,15 +4,28 @@
 //! reason): the JSON format escapes control characters itself; the pretty one writes every
 //! field through [`EscapedFields`], so a crafted value cannot drive the terminal that shows the
 //! log or forge a line of its own.
+//!
+//! Traces: OpenTelemetry, off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; then spans are exported over OTLP/HTTP
+//! (protobuf) by a batch processor, configured by OpenTelemetry's standard variables
+//! (`OTEL_SERVICE_NAME`, default `o365-relay`; `OTEL_TRACES_SAMPLER` / `_ARG`;
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `…_TIMEOUT`, `OTEL_BSP_*` — the SDK reads them), and flushed by
+//! [`shutdown`]. The spans and the trace context they carry: [`crate::trace_context`].
 
 use crate::config::LogFormat;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// A warning that anyone outside can trigger (a wrong webhook auth id, a wrong admin token) is
 /// written at most once per [`LimitedWarnings::EVERY`]: a flood must not flood the log too.
@@ -62,11 +75,80 @@ impl Default for LimitedWarnings {
 }
 
 /// Installs the global subscriber once; later calls are no-ops (tests build many relays).
+/// With an OTLP endpoint configured ([`tracing_configured`]) it also exports spans.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,actix_server=warn"));
+    let mut layers = vec![log_layer(format, filter, std::io::stderr)];
+    let provider = tracing_configured().then(tracer_provider);
+    if let Some(provider) = &provider {
+        // The relay's own spans only, whatever `RUST_LOG` says about the log.
+        let tracer = provider.tracer("o365-relay");
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(Targets::new().with_target("o365_relay", tracing::Level::INFO))
+                .boxed(),
+        );
+    }
     // `try_init` also forwards the `log` crate's records, as the builder's did.
-    let _ = subscriber(format, filter, std::io::stderr).try_init();
+    if Registry::default().with(layers).try_init().is_ok() {
+        if let Some(provider) = provider {
+            let _ = PROVIDER.set(provider);
+            crate::trace_context::enable();
+        }
+    } else if let Some(provider) = provider {
+        let _ = provider.shutdown();
+    }
+}
+
+/// The exporter of this process, when tracing is on.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Whether spans are exported: an OTLP endpoint is set (OpenTelemetry's variables).
+pub fn tracing_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+}
+
+/// OTLP/HTTP (protobuf) through a batch processor; the exporter reads the endpoint, headers
+/// and timeout, the SDK the sampler and the batch settings from the `OTEL_*` variables.
+pub(crate) fn tracer_provider() -> SdkTracerProvider {
+    let mut resource = Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name("o365-relay");
+    }
+    let builder = SdkTracerProvider::builder().with_resource(resource.build());
+    match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(exporter) => builder.with_batch_exporter(exporter).build(),
+        Err(e) => {
+            eprintln!("o365-relay: cannot export traces ({e}); tracing is off.");
+            builder.build()
+        }
+    }
+}
+
+/// Exports the spans still waiting and stops the exporter (at the end of `serve`). Blocks
+/// while the last batch is sent (bounded by `OTEL_EXPORTER_OTLP_TIMEOUT`).
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+        let _ = provider.shutdown();
+    }
+}
+
+/// Exports the spans ended so far now (tests; [`shutdown`] does it at the end).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+    }
 }
 
 /// The subscriber for `format`, writing to `writer` (stderr in production; a buffer in tests).
@@ -78,19 +160,32 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    Box::new(Registry::default().with(log_layer(format, filter, writer)))
+}
+
+/// The log: JSON lines or the pretty format, filtered by `filter` (`RUST_LOG`).
+fn log_layer<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        LogFormat::Json => Box::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .finish(),
-        ),
-        LogFormat::Pretty => Box::new(builder.compact().fmt_fields(EscapedFields).finish()),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => builder
+            .compact()
+            .fmt_fields(EscapedFields)
+            .with_filter(filter)
+            .boxed(),
     }
 }
 

@@ -257,7 +257,7 @@ pub async fn webhook(
     webhook: web::Data<Webhook>,
 ) -> HttpResponse {
     // A random id (thread-local generator: no system call per request, unlike a UUID).
-    let span = tracing::info_span!("webhook", request_id = %format_args!("{:016x}", rand::random::<u64>()));
+    let span = tracing::info_span!("webhook", otel.name = "webhook.receive", request_id = %format_args!("{:016x}", rand::random::<u64>()));
     respond(req, payload, webhook).instrument(span).await
 }
 

@@ -177,7 +177,8 @@ impl Worker {
     /// One job: the blob's outcome.
     pub async fn handle(&self, job: Job) -> Outcome {
         let item = job.item;
-        let span = tracing::info_span!("blob", tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id);
+        let span = tracing::info_span!("blob", otel.name = "blob.fetch", tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id);
+        crate::trace_context::continue_trace(&span, &job.trace);
         self.process(item, job.not_before).instrument(span).await
     }
 

@@ -18,7 +18,10 @@ pub async fn run() -> Outcome {
         wait_for_signal().await;
         token.cancel();
     });
-    app.run_until_stopped().await.map_err(|e| {
+    let stopped = app.run_until_stopped().await;
+    // The last spans (tracing on): exported before the process ends.
+    let _ = tokio::task::spawn_blocking(o365_relay::telemetry::shutdown).await;
+    stopped.map_err(|e| {
         tracing::error!(error = %e, "Stopped with an error.");
         Failure::Failed(e)
     })

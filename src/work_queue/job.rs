@@ -12,6 +12,8 @@ pub struct Job {
     pub attempt: u32,
     /// When it was deferred ([`Outcome::Defer`]): the turn it was deferred to.
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The trace context its message carried ([`crate::trace_context`]; empty when off).
+    pub trace: crate::trace_context::Carried,
 }
 
 /// How a job ended.

@@ -54,6 +54,7 @@ impl WorkQueue {
             item,
             attempt,
             not_before,
+            trace: crate::trace_context::Carried::from_properties(&m.properties),
         })
     }
 }
@@ -78,6 +79,8 @@ pub(super) fn forwarded_properties(
             job.item.source.as_str(),
             REASON_CAP,
         );
+        // A retried, deferred or parked blob stays in the trace it started in.
+        job.trace.put(&mut headers);
     }
     header_int(&mut headers, ATTEMPT_HEADER, i64::from(attempt));
     for (k, v) in extra {

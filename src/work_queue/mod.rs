@@ -93,18 +93,26 @@ impl WorkQueue {
     /// Publishes work items to the work queue and waits for every confirm.
     pub async fn enqueue(&self, items: &[WorkItem]) -> Result<(), BrokerError> {
         let work = short_string(&self.names.work);
+        // One span per blob (tracing on), its context in the blob's headers; they end at the
+        // confirm.
+        let spans: Vec<tracing::Span> = items
+            .iter()
+            .map(crate::trace_context::enqueue_span)
+            .collect();
         let out = items
             .iter()
-            .map(|item| {
+            .zip(&spans)
+            .map(|(item, span)| {
                 encode(item).map(|(body, properties)| OutMessage {
                     exchange: "".into(),
                     routing_key: work.clone(),
                     body: body.into(),
-                    properties,
+                    properties: crate::trace_context::with_trace_context(properties, span),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.broker.publish_batch(out).await?;
+        drop(spans);
         let blobs = items
             .iter()
             .map(|i| (i.tenant_id.clone(), i.content_id.clone()))

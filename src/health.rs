@@ -309,7 +309,8 @@ impl HealthLoop {
         let Some(parked) = self.parking.parked().await else {
             return;
         };
-        probed.retain(|t, _| parked.iter().any(|(p, _)| p == t));
+        let still: HashSet<&TenantId> = parked.iter().map(|(t, _)| t).collect();
+        probed.retain(|t, _| still.contains(t));
         let now = Instant::now();
         let due: Vec<(TenantId, DateTime<Utc>)> = parked
             .into_iter()

@@ -259,6 +259,30 @@ impl TestEnv {
         relay_with(&self.vars, overrides)
     }
 
+    /// The relay binary serving this environment's settings with `extra`, on ports of its
+    /// own, its log in the pretty format at info into `log` (under the test's folder): the
+    /// process once ready, its public URL and its admin URL.
+    pub async fn serve_binary(
+        &self,
+        extra: &[(&str, &str)],
+        log: &str,
+    ) -> (RelayProcess, String, String) {
+        let (public_port, admin_port) = (free_port(), free_port());
+        let vars = RelayEnv::default()
+            .overrides(self.vars.iter().cloned())
+            .listen_on(public_port, admin_port)
+            .set("O365_LOG_FORMAT", "pretty")
+            .overrides(extra.iter().copied())
+            .into_vars();
+        let admin_url = format!("http://127.0.0.1:{admin_port}");
+        let mut relay = relay_command(&["serve"])
+            .envs(vars)
+            .env("RUST_LOG", "info")
+            .spawn(self.dir.join(log));
+        relay.wait_ready(&admin_url, Duration::from_secs(30)).await;
+        (relay, format!("http://127.0.0.1:{public_port}"), admin_url)
+    }
+
     /// A key under the test's Redis prefix.
     pub fn redis_key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)

@@ -471,22 +471,9 @@ async fn a_session_expires_on_the_server_within_twelve_hours_and_redis_keeps_no_
 async fn a_flood_of_wrong_admin_tokens_writes_a_few_warnings_and_never_a_token() {
     // The real binary, its log as an operator reads it, on ports of its own.
     let env = TestEnv::start(Options::default()).await;
-    let (public_port, admin_port) = (free_port(), free_port());
-    let mut vars = env.vars.clone();
-    vars.retain(|(k, _)| !matches!(k.as_str(), "O365_LISTEN" | "O365_ADMIN_LISTEN"));
-    vars.push(("O365_LISTEN".into(), format!("127.0.0.1:{public_port}")));
-    vars.push((
-        "O365_ADMIN_LISTEN".into(),
-        format!("127.0.0.1:{admin_port}"),
-    ));
-    vars.push(("O365_ADMIN_TOKEN".into(), TOKEN.into()));
-    vars.push(("O365_LOG_FORMAT".into(), "pretty".into()));
-    let admin_url = format!("http://127.0.0.1:{admin_port}");
-    let mut relay = relay_command(&["serve"])
-        .envs(vars)
-        .env("RUST_LOG", "info")
-        .spawn(env.dir.join("sign-in-flood.log"));
-    relay.wait_ready(&admin_url, Duration::from_secs(30)).await;
+    let (mut relay, _, admin_url) = env
+        .serve_binary(&[("O365_ADMIN_TOKEN", TOKEN)], "sign-in-flood.log")
+        .await;
     let attacker = client_from("127.0.0.2");
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..100 {

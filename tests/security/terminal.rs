@@ -187,26 +187,12 @@ fn the_pretty_log_shows_hostile_field_values_escaped_on_one_line() {
 async fn a_flood_of_wrong_auth_webhook_posts_writes_a_few_warnings_and_counts_every_post() {
     // The real binary, its log as an operator reads it (pretty), on ports of its own.
     let env = TestEnv::start(Options::default()).await;
-    let (public_port, admin_port) = (free_port(), free_port());
-    let mut vars = env.vars.clone();
-    vars.retain(|(k, _)| !matches!(k.as_str(), "O365_LISTEN" | "O365_ADMIN_LISTEN"));
-    vars.push(("O365_LISTEN".into(), format!("127.0.0.1:{public_port}")));
-    vars.push((
-        "O365_ADMIN_LISTEN".into(),
-        format!("127.0.0.1:{admin_port}"),
-    ));
-    vars.push(("O365_LOG_FORMAT".into(), "pretty".into()));
-    let admin_url = format!("http://127.0.0.1:{admin_port}");
-    let mut relay = relay_command(&["serve"])
-        .envs(vars)
-        .env("RUST_LOG", "info")
-        .spawn(env.dir.join("flood.log"));
-    relay.wait_ready(&admin_url, Duration::from_secs(30)).await;
+    let (mut relay, public_url, admin_url) = env.serve_binary(&[], "flood.log").await;
 
     let http = client();
     for i in 0..200 {
         let r = http
-            .post(format!("http://127.0.0.1:{public_port}/webhook"))
+            .post(format!("{public_url}/webhook"))
             .header("Webhook-AuthID", format!("guess-{i}"))
             .header("Content-Type", "application/json")
             .body("[]")

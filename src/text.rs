@@ -1,5 +1,5 @@
-//! Text from outside cut to a bound before it is kept or passed on: header values, dead-letter
-//! reasons, Microsoft's error text.
+//! Text from outside cut to a bound before it is kept or passed on (header values, dead-letter
+//! reasons, Microsoft's error text), and bytes written as hex text (digests, ids).
 
 use std::borrow::Cow;
 
@@ -19,6 +19,16 @@ pub fn capped(value: &str, cap: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}{TRUNCATION_MARKER}", &value[..end]))
 }
 
+/// `bytes` as lower-case hex, two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +40,11 @@ mod tests {
         assert!(c.len() <= 101, "{} bytes", c.len());
         assert!(c.ends_with(TRUNCATION_MARKER));
         assert_eq!(capped("short", 101), "short");
+    }
+
+    #[test]
+    fn hex_writes_two_lower_case_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(hex(&[]), "");
     }
 }

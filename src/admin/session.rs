@@ -76,7 +76,7 @@ impl SessionId {
 
     /// What Redis knows the session by: the hex SHA-256 of the id.
     fn hash(&self) -> String {
-        hex(&openssl::sha::sha256(self.0.as_bytes()))
+        crate::text::hex(&openssl::sha::sha256(self.0.as_bytes()))
     }
 
     /// The fingerprint of `token` for this session: HMAC-SHA256 keyed by the id.
@@ -85,12 +85,8 @@ impl SessionId {
         let mut signer = Signer::new(MessageDigest::sha256(), &key).expect("HMAC-SHA256");
         let mut message = b"o365-relay admin session v2\n".to_vec();
         message.extend_from_slice(token.expose().as_bytes());
-        hex(&signer.sign_oneshot_to_vec(&message).expect("HMAC-SHA256"))
+        crate::text::hex(&signer.sign_oneshot_to_vec(&message).expect("HMAC-SHA256"))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Opens a session for whoever just gave `token` (the admin token in force).

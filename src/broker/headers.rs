@@ -30,14 +30,7 @@ pub fn short_string(s: &str) -> ShortString {
 
 /// `sha256:` and the lower-case hex SHA-256 of `bytes` (71 bytes).
 pub fn sha256_id(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = openssl::sha::sha256(bytes);
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!("sha256:{}", crate::text::hex(&openssl::sha::sha256(bytes)))
 }
 
 /// Persistent JSON message properties shared by every message the relay sends.

@@ -70,7 +70,7 @@ impl Claims {
 
     /// The id as the single-use marker names it (hex).
     pub fn id_hex(&self) -> String {
-        self.id.iter().map(|b| format!("{b:02x}")).collect()
+        crate::text::hex(&self.id)
     }
 
     /// Whether the browser presenting `nonce` (none: no cookie) is the one the state is bound

@@ -403,12 +403,11 @@ impl Application {
         admin: TcpListener,
     ) -> anyhow::Result<Application> {
         if settings.public_url_is_insecure() {
-            let local = settings.public_url.as_ref().is_some_and(|u| {
-                matches!(u.url().host(), Some(url::Host::Domain("localhost")))
-                    || matches!(u.url().host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-                    || matches!(u.url().host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
-            });
-            if local {
+            if settings
+                .public_url
+                .as_ref()
+                .is_some_and(|u| u.is_loopback())
+            {
                 tracing::info!("O365_PUBLIC_URL is plain http on this machine: fine for a local simulator (Microsoft itself refuses such webhooks, AF20021).");
             } else {
                 tracing::warn!("O365_PUBLIC_URL is not https: Microsoft refuses such webhooks (AF20021). Fine for the simulator only.");

@@ -54,6 +54,16 @@ impl BaseUrl {
     pub fn is_https(&self) -> bool {
         self.url.scheme() == "https"
     }
+
+    /// Whether the host is this machine (`localhost` or a loopback address).
+    pub fn is_loopback(&self) -> bool {
+        match self.url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
+    }
 }
 
 impl Deref for BaseUrl {
@@ -119,6 +129,24 @@ mod tests {
         assert_eq!(u.as_str(), "http://127.0.0.1:8090/entra");
         assert_eq!(format!("{u}/common"), "http://127.0.0.1:8090/entra/common");
         assert!(u.has_path() && !u.is_https());
+    }
+
+    #[test]
+    fn loopback_hosts_are_this_machine() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:2",
+        ] {
+            assert!(BaseUrl::parse(url).unwrap().is_loopback(), "{url}");
+        }
+        for url in [
+            "https://relay.example.com",
+            "http://10.0.0.1",
+            "http://localhost.evil",
+        ] {
+            assert!(!BaseUrl::parse(url).unwrap().is_loopback(), "{url}");
+        }
     }
 
     #[test]

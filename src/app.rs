@@ -4,34 +4,35 @@
 //! listeners and starts the background loops; `main.rs` (through `cli/`), `demo` and every test
 //! use it the same way. No other module imports this one.
 
-use crate::admin::throttle::SignInThrottle;
-use crate::admin::{self, AdminApi};
-use crate::admin_origin::OriginPolicy;
-use crate::backpressure::Backpressure;
 use crate::broker::Broker;
 use crate::config::{Credential, Settings};
-use crate::consent::admission::Admission;
-use crate::consent::limiter::RateLimiter;
-use crate::consent::{self, Consent};
-use crate::dead_letters::DeadLetters;
-use crate::health::{HealthLoop, Parking};
-use crate::management::ManagementClient;
-use crate::metrics::Metrics;
-use crate::notification::ContentRules;
-use crate::onboarding::Onboarding;
-use crate::reconciler::Reconciler;
-use crate::replay::Replayer;
-use crate::scheduling::Scheduler;
-use crate::sink::RecordSink;
-use crate::status::{self, StatusReport};
+use crate::http::admin::origin::OriginPolicy;
+use crate::http::admin::throttle::SignInThrottle;
+use crate::http::admin::{self, AdminApi};
+use crate::http::consent::admission::Admission;
+use crate::http::consent::limiter::RateLimiter;
+use crate::http::consent::{self, Consent};
+use crate::http::status::{self, StatusReport};
+use crate::microsoft::management::ManagementClient;
+use crate::microsoft::notification::ContentRules;
+use crate::microsoft::tokens::{EntraClient, TokenProvider};
+use crate::ops::metrics::Metrics;
+use crate::ops::supervise::Supervisor;
+use crate::pipeline::backpressure::Backpressure;
+use crate::pipeline::dead_letters::DeadLetters;
+use crate::pipeline::parked::HealthLoop;
+use crate::pipeline::reconciler::Reconciler;
+use crate::pipeline::replay::Replayer;
+use crate::pipeline::scheduling::Scheduler;
+use crate::pipeline::sink::RecordSink;
+use crate::pipeline::webhook::{self, Webhook};
+use crate::pipeline::work_queue::{Names, RetryPolicy, WorkQueue};
+use crate::pipeline::worker::Worker;
 use crate::store::Store;
-use crate::subscriptions::{Keeper, Subscriptions, WebhookTarget};
-use crate::supervise::Supervisor;
-use crate::tenants::Tenants;
-use crate::tokens::{EntraClient, TokenProvider};
-use crate::webhook::{self, Webhook};
-use crate::work_queue::{Names, RetryPolicy, WorkQueue};
-use crate::worker::Worker;
+use crate::tenancy::onboarding::Onboarding;
+use crate::tenancy::parking::Parking;
+use crate::tenancy::subscriptions::{Keeper, Subscriptions, WebhookTarget};
+use crate::tenancy::tenants::Tenants;
 use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -53,7 +54,7 @@ pub struct Parts {
     pub tenants: Arc<Tenants>,
     pub subscriptions: Arc<Subscriptions>,
     pub onboarding: Arc<Onboarding>,
-    /// Parks and un-parks tenants ([`crate::health`]).
+    /// Parks and un-parks tenants ([`crate::tenancy::health`]).
     pub parking: Arc<Parking>,
     /// The checks every blob announced from outside passes.
     pub rules: ContentRules,
@@ -132,7 +133,9 @@ impl Parts {
                 base: settings.retry_base,
                 max: settings.retry_max,
                 max_attempts: settings.max_attempts,
-                in_flight_guard: crate::work_queue::in_flight_guard(settings.reconcile_interval),
+                in_flight_guard: crate::pipeline::work_queue::in_flight_guard(
+                    settings.reconcile_interval,
+                ),
             },
             metrics.clone(),
         ));
@@ -210,7 +213,7 @@ impl Parts {
         }))
     }
 
-    fn certificate(&self) -> Option<crate::certs::ClientCertificate> {
+    fn certificate(&self) -> Option<crate::domain::certs::ClientCertificate> {
         match &self.settings.credential {
             Credential::Certificate(c) => Some(c.clone()),
             Credential::Secret(_) => None,

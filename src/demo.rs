@@ -97,7 +97,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         // Progress goes to stdout; only problems are logged.
         std::env::set_var("RUST_LOG", "warn,lapin=error");
     }
-    crate::telemetry::init(crate::config::LogFormat::Pretty);
+    crate::ops::telemetry::init(crate::config::LogFormat::Pretty);
     let started = Instant::now();
     let redis_url = env_or("O365_REDIS_URL", "redis://127.0.0.1:6379");
     let amqp_url = env_or("O365_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
@@ -125,7 +125,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     // An X.509 credential, made the way an operator would (`o365-relay cert new`).
     let dir = std::env::temp_dir().join(format!("o365-relay-demo-{run_id}"));
     std::fs::create_dir_all(&dir)?;
-    let (key, cert) = crate::certs::generate("o365-relay demo", 365, 2048)?;
+    let (key, cert) = crate::domain::certs::generate("o365-relay demo", 365, 2048)?;
     std::fs::write(dir.join("demo.crt"), &cert)?;
     std::fs::write(dir.join("demo.key"), &key)?;
 

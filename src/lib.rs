@@ -1,51 +1,29 @@
 //! o365-relay: collects the Office 365 unified audit log through the Management Activity API
-//! and relays every record into a RabbitMQ topic exchange.
-//!
-//! The data path reads top to bottom: [`webhook`] (source; blobs checked by [`notification`])
-//! → [`work_queue`] → [`worker`] (admitted by [`scheduling`], fetch through [`management`] with
-//! [`tokens`], split by [`records`]) → [`sink`] (the topic exchange). [`reconciler`] is a second source into the same
-//! queue; [`broker`] owns the RabbitMQ connection and confirms; [`tenants`], [`subscriptions`],
-//! [`onboarding`] and [`store`] are services they use; [`supervise`] keeps the background loops
-//! alive; [`health`] parks tenants whose failures are their own. The components — [`webhook::Webhook`], [`worker::Worker`],
-//! [`reconciler::Reconciler`], [`subscriptions::Keeper`], [`admin::AdminApi`],
-//! [`consent::Consent`] — each name what they need and are built in one place, [`app`], which
-//! no other module imports; `main.rs` and its `cli/` are the command line.
+//! and relays every record into a RabbitMQ topic exchange. One room per concern; README.md,
+//! "How it works", draws how they connect.
 
-pub mod admin;
-pub mod admin_origin;
+/// Wiring: builds the components from the settings; only the entry points import it.
 pub mod app;
-pub mod backpressure;
+/// RabbitMQ: the connection, confirms, topology and every AMQP call.
 pub mod broker;
-pub mod certs;
-pub mod client_address;
+/// `O365_*` settings, read and checked once.
 pub mod config;
-pub mod consent;
-pub mod dead_letters;
+/// `o365-relay demo`: the simulator and the relay in one process.
 #[cfg(feature = "demo")]
 pub mod demo;
+/// Validated values every room shares: tenants, content, work items, secrets, bounded text.
 pub mod domain;
-pub mod health;
-pub mod html;
-pub mod management;
-pub mod metrics;
-pub mod notification;
-pub mod onboarding;
-pub mod reconciler;
-pub mod records;
-pub mod replay;
-pub mod scheduling;
-pub mod secret;
-pub mod sink;
-pub mod status;
+/// The admin listener: probes, metrics, the admin API and status page, and who may use them.
+pub mod http;
+/// Microsoft's side: Entra tokens and certificates, the Management API client and its error
+/// vocabulary, the parser for the blobs Microsoft announces.
+pub mod microsoft;
+/// Running it: metrics, logs and traces, supervision of the loops, the status report.
+pub mod ops;
+/// The data path: webhook → work queue → worker → record sink, the reconciler beside the
+/// webhook, fairness between tenants, backpressure, replay and dead letters.
+pub mod pipeline;
+/// Redis: every key and script.
 pub mod store;
-pub mod subscriptions;
-pub mod supervise;
-pub mod telemetry;
-pub mod tenants;
-pub mod terminal;
-pub mod text;
-pub mod tokens;
-pub mod trace_context;
-pub mod webhook;
-pub mod work_queue;
-pub mod worker;
+/// The tenants served: the registry, onboarding and consent, subscriptions, parking.
+pub mod tenancy;

@@ -292,18 +292,91 @@ mod toml_like {
     }
 }
 
-/// The top-level module a source file belongs to (`src/store/dedup.rs` → `store`); `None` for
-/// the crate roots.
-fn top_module(file: &str) -> Option<String> {
-    let rest = file.strip_prefix("src/")?;
-    let first = rest.split('/').next()?;
-    let name = first.strip_suffix(".rs").unwrap_or(first);
-    (name != "lib" && name != "main").then(|| name.to_string())
+/// The rooms of `src/` (README.md, "How it works"), lowest first, each with the rooms it may
+/// import. A room imports only rooms below it, so the folders read as layers: Microsoft's side
+/// knows nothing of tenants, tenancy nothing of the data path, the data path nothing of the
+/// admin listener. The entry points (`app`, `cli`, `demo`, `main`) import anything.
+const ROOMS: [(&str, &[&str]); 9] = [
+    ("domain", &[]),
+    ("config", &["domain"]),
+    ("store", &["domain", "config"]),
+    ("broker", &["domain", "config"]),
+    ("ops", &["domain", "config", "broker"]),
+    ("microsoft", &["domain", "config", "store", "ops"]),
+    (
+        "tenancy",
+        &["domain", "config", "store", "ops", "microsoft"],
+    ),
+    (
+        "pipeline",
+        &[
+            "domain",
+            "config",
+            "store",
+            "broker",
+            "ops",
+            "microsoft",
+            "tenancy",
+        ],
+    ),
+    (
+        "http",
+        &[
+            "domain",
+            "config",
+            "store",
+            "broker",
+            "ops",
+            "microsoft",
+            "tenancy",
+            "pipeline",
+        ],
+    ),
+];
+
+/// The rooms whose folder holds modules of their own standing, each a node of the import
+/// graph (`pipeline::worker`); elsewhere (`store`, `broker`, `config`, `cli`) the folder is one
+/// module whose files are its parts.
+const ROOMS_OF_MODULES: [&str; 6] = ["domain", "microsoft", "tenancy", "pipeline", "http", "ops"];
+
+/// The module named by `path` (its `::` segments from the crate root): `pipeline::worker` for
+/// `pipeline::worker::Worker` or `src/pipeline/worker.rs`, `store` for `store::dedup::Dedup`,
+/// `domain` for `domain::TenantId` (an item of the room itself).
+fn module_of(path: &[&str]) -> Option<String> {
+    let first = *path.first()?;
+    if first.is_empty() || first == "lib" || first == "main" {
+        return None;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    match path.get(1) {
+        Some(second)
+            if ROOMS_OF_MODULES.contains(&first)
+                && (src.join(first).join(format!("{second}.rs")).is_file()
+                    || src.join(first).join(second).join("mod.rs").is_file()) =>
+        {
+            Some(format!("{first}::{second}"))
+        }
+        _ => Some(first.to_string()),
+    }
 }
 
-/// The top-level modules `text` names through `crate::` paths — `use crate::a::b`,
-/// `crate::a::f(…)` in code, `use crate::{a, b::c}` — outside comments and unit tests.
-fn imports(text: &str) -> std::collections::BTreeSet<String> {
+/// The module a source file belongs to (`src/store/dedup/mod.rs` → `store`,
+/// `src/pipeline/work_queue/settle.rs` → `pipeline::work_queue`); `None` for the crate roots.
+fn module_of_file(file: &str) -> Option<String> {
+    let rest = file.strip_prefix("src/")?.strip_suffix(".rs")?;
+    let segments: Vec<&str> = rest.split('/').filter(|s| *s != "mod").collect();
+    module_of(&segments)
+}
+
+/// The room of a module (`pipeline::worker` → `pipeline`).
+fn room(module: &str) -> &str {
+    module.split("::").next().unwrap_or(module)
+}
+
+/// The modules `text` names through `crate::` paths — `use crate::a::b`, `crate::a::f(…)` in
+/// code, `use crate::{a, b::c}` — outside comments and unit tests, as their first two
+/// segments (`module_of` decides how many name the module).
+fn imports(text: &str) -> std::collections::BTreeSet<Vec<String>> {
     let code: String = text
         .split("#[cfg(test)]")
         .next()
@@ -317,34 +390,84 @@ fn imports(text: &str) -> std::collections::BTreeSet<String> {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect()
     };
+    // The entries of a `{…}` group that starts `s` (just after the brace): each entry's text.
+    let entries = |group: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let (mut depth, mut start) = (0, 0);
+        for (j, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    out.push(group[start..j].trim().to_string());
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push(group[start..j].trim().to_string());
+                    start = j + 1;
+                }
+                _ => {}
+            }
+        }
+        out.retain(|e| e.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'));
+        out
+    };
+    // `a::b…` → [["a", "b"]]; `a` → [["a"]]; `a::{b, c::d}` → [["a", "b"], ["a", "c"]].
+    let paths = |s: &str| -> Vec<Vec<String>> {
+        let first = ident(s);
+        if first.is_empty() {
+            return Vec::new();
+        }
+        let rest = s[first.len()..].strip_prefix("::").unwrap_or("");
+        if let Some(group) = rest.strip_prefix('{') {
+            let seconds: Vec<Vec<String>> = entries(group)
+                .iter()
+                .map(|e| vec![first.clone(), ident(e)])
+                .collect();
+            return if seconds.is_empty() {
+                vec![vec![first]]
+            } else {
+                seconds
+            };
+        }
+        let second = ident(rest);
+        if second.is_empty() {
+            vec![vec![first]]
+        } else {
+            vec![vec![first, second]]
+        }
+    };
     let mut out = std::collections::BTreeSet::new();
     for (i, _) in code.match_indices("crate::") {
         let after = &code[i + "crate::".len()..];
-        if let Some(group) = after.strip_prefix('{') {
-            // Only the first segment of each entry (`b::c` → `b`), up to the matching brace.
-            let mut depth = 0;
-            let mut entry_start = true;
-            for (j, c) in group.char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => entry_start = true,
-                    c if entry_start && (c.is_ascii_alphabetic() || c == '_') => {
-                        out.insert(ident(&group[j..]));
-                        entry_start = false;
-                    }
-                    _ => {}
+        match after.strip_prefix('{') {
+            Some(group) => {
+                for entry in entries(group) {
+                    out.extend(paths(&entry));
                 }
             }
-        } else {
-            let name = ident(after);
-            if !name.is_empty() {
-                out.insert(name);
-            }
+            None => out.extend(paths(after)),
         }
     }
     out
+}
+
+/// The module graph of `src/`: each module and the modules it imports (itself left out).
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (file, text) in sources() {
+        let Some(module) = module_of_file(&file) else {
+            continue;
+        };
+        let imported: Vec<String> = imports(&text)
+            .iter()
+            .filter_map(|p| module_of(&p.iter().map(String::as_str).collect::<Vec<_>>()))
+            .filter(|m| *m != module)
+            .collect();
+        graph.entry(module).or_default().extend(imported);
+    }
+    graph
 }
 
 /// A cycle in `graph`, as the modules along it (first repeated at the end), if there is one.
@@ -384,17 +507,12 @@ fn find_cycle(
 
 #[test]
 fn no_import_circle_among_the_relays_modules() {
-    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
-    for (file, text) in sources() {
-        let Some(module) = top_module(&file) else {
-            continue;
-        };
-        let entry = graph.entry(module.clone()).or_default();
-        entry.extend(imports(&text).into_iter().filter(|m| *m != module));
-    }
+    let graph = module_graph();
     assert!(
-        graph.get("store").is_some_and(|s| s.contains("config")),
+        graph.get("store").is_some_and(|s| s.contains("config"))
+            && graph
+                .get("pipeline::worker")
+                .is_some_and(|s| s.contains("pipeline::work_queue")),
         "the graph was read: {graph:?}"
     );
     if let Some(cycle) = find_cycle(&graph) {
@@ -411,7 +529,8 @@ fn the_circle_check_reads_every_form_of_path_and_names_the_circle() {
     let found = imports(
         "use crate::a::b;\nuse crate::{c, d::{e, f}, g};\n// crate::commented\nlet x = crate::h::f();\n#[cfg(test)]\nuse crate::tested;",
     );
-    assert_eq!(found, ["a", "c", "d", "g", "h"].map(String::from).into());
+    let found: Vec<String> = found.iter().map(|p| p.join("::")).collect();
+    assert_eq!(found, ["a::b", "c", "d::e", "d::f", "g", "h::f"]);
     let graph = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
@@ -425,4 +544,72 @@ fn the_circle_check_reads_every_form_of_path_and_names_the_circle() {
         .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
         .collect();
     assert_eq!(find_cycle(&acyclic), None);
+}
+
+/// Each room imports only the rooms below it ([`ROOMS`]); a new import across the layers fails
+/// here, naming the file and what it imports.
+#[test]
+fn each_room_imports_only_the_rooms_below_it() {
+    let entry_points = ["app", "cli", "demo"];
+    let mut offenders = Vec::new();
+    let mut checked = 0;
+    for (file, text) in sources() {
+        let Some(module) = module_of_file(&file) else {
+            continue;
+        };
+        let here = room(&module).to_string();
+        if entry_points.contains(&here.as_str()) {
+            continue;
+        }
+        let Some((_, allowed)) = ROOMS.iter().find(|(r, _)| *r == here) else {
+            offenders.push(format!(
+                "{file}: {here} is not a room of ROOMS (add it, with what it may import)"
+            ));
+            continue;
+        };
+        for path in imports(&text) {
+            let Some(imported) = module_of(&path.iter().map(String::as_str).collect::<Vec<_>>())
+            else {
+                continue;
+            };
+            let there = room(&imported);
+            checked += 1;
+            if there != here && !allowed.contains(&there) {
+                offenders.push(format!("{file} ({here}) imports {}", path.join("::")));
+            }
+        }
+    }
+    assert!(checked > 100, "the imports were read ({checked})");
+    assert!(
+        offenders.is_empty(),
+        "imports against the layers (a room imports only the rooms below it; move what both need \
+         down): {offenders:#?}"
+    );
+}
+
+#[test]
+fn the_layer_check_places_files_and_paths_in_their_modules() {
+    assert_eq!(
+        module_of_file("src/pipeline/worker.rs").as_deref(),
+        Some("pipeline::worker")
+    );
+    assert_eq!(
+        module_of_file("src/pipeline/work_queue/settle.rs").as_deref(),
+        Some("pipeline::work_queue")
+    );
+    assert_eq!(
+        module_of_file("src/store/dedup/mod.rs").as_deref(),
+        Some("store")
+    );
+    assert_eq!(module_of_file("src/lib.rs"), None);
+    assert_eq!(
+        module_of(&["domain", "TenantId"]).as_deref(),
+        Some("domain")
+    );
+    assert_eq!(
+        module_of(&["domain", "secret"]).as_deref(),
+        Some("domain::secret")
+    );
+    assert_eq!(module_of(&["store", "dedup"]).as_deref(), Some("store"));
+    assert_eq!(room("http::admin"), "http");
 }

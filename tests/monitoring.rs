@@ -3,7 +3,7 @@
 //! `.ci/ops-check`; this test is what ties them to the code, so renaming a metric without
 //! updating the dashboard, the rules or docs/OPERATIONS.md fails here.)
 
-use o365_relay::metrics::Metrics;
+use o365_relay::ops::metrics::Metrics;
 use std::collections::BTreeSet;
 use std::path::Path;
 

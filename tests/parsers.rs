@@ -6,10 +6,10 @@
 
 use bytes::Bytes;
 use o365_relay::broker::{sha256_id, short_string};
+use o365_relay::domain::text::{capped, TRUNCATION_MARKER};
 use o365_relay::domain::{ContentType, Source, TenantId, WorkItem};
-use o365_relay::notification::{parse_notification_body, ContentRules};
-use o365_relay::records::{ArraySplitter, AuditRecord, RecordsError};
-use o365_relay::text::{capped, TRUNCATION_MARKER};
+use o365_relay::microsoft::notification::{parse_notification_body, ContentRules};
+use o365_relay::pipeline::records::{ArraySplitter, AuditRecord, RecordsError};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::FileFailurePersistence;

@@ -10,7 +10,7 @@
 
 use super::{Broker, BrokerError};
 use crate::config::{AmqpEndpoint, ClientIdentity, PemFile};
-use crate::secret::Secret;
+use crate::domain::secret::Secret;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::sync::atomic::Ordering;

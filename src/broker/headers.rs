@@ -3,7 +3,7 @@
 //!
 //! The whole content header (properties and headers table) must fit in one frame
 //! (`frame_max`, 128 KiB by default) or RabbitMQ closes the *connection*. Header values are
-//! therefore capped ([`MAX_HEADER_VALUE`], with [`crate::text::TRUNCATION_MARKER`]), and AMQP
+//! therefore capped ([`MAX_HEADER_VALUE`], with [`crate::domain::text::TRUNCATION_MARKER`]), and AMQP
 //! short strings (message ids, names) are never built from unchecked data ([`short_string`]).
 //! The lapin types a message is made of are re-exported from [`crate::broker`], so the rest of
 //! the relay names them through the broker.
@@ -30,7 +30,10 @@ pub fn short_string(s: &str) -> ShortString {
 
 /// `sha256:` and the lower-case hex SHA-256 of `bytes` (71 bytes).
 pub fn sha256_id(bytes: &[u8]) -> String {
-    format!("sha256:{}", crate::text::hex(&openssl::sha::sha256(bytes)))
+    format!(
+        "sha256:{}",
+        crate::domain::text::hex(&openssl::sha::sha256(bytes))
+    )
 }
 
 /// Persistent JSON message properties shared by every message the relay sends.
@@ -45,7 +48,7 @@ pub fn json_properties(message_id: &str) -> BasicProperties {
 
 /// Adds a string header, capped at `cap` bytes (never above [`MAX_HEADER_VALUE`]).
 pub fn header(table: &mut FieldTable, key: &'static str, value: &str, cap: usize) {
-    let v = crate::text::capped(value, cap.min(MAX_HEADER_VALUE));
+    let v = crate::domain::text::capped(value, cap.min(MAX_HEADER_VALUE));
     table.insert(
         ShortString::from(key),
         AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),

@@ -1,6 +1,6 @@
 //! Rotation: the one way the relay rewrites a queue in place — the parked sweep
-//! ([`crate::work_queue::WorkQueue::sweep_parked`]) and the dead-letter tools
-//! ([`crate::dead_letters`]) both use it.
+//! ([`crate::pipeline::work_queue::WorkQueue::sweep_parked`]) and the dead-letter tools
+//! ([`crate::pipeline::dead_letters`]) both use it.
 //!
 //! AMQP cannot browse or edit a queue. A rotation takes each message that is in the queue when
 //! it starts — as many as its depth then, so a copy it puts back at the tail (and anything that

@@ -3,7 +3,7 @@
 
 use super::{Failure, Outcome};
 use anyhow::Context;
-use o365_relay::certs::{generate, CertInfo};
+use o365_relay::domain::certs::{generate, CertInfo};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand)]

@@ -4,7 +4,7 @@
 use super::{Failure, Outcome};
 use o365_relay::app::Parts;
 use o365_relay::config::{redact_url, Credential, Settings};
-use o365_relay::terminal::Shown;
+use o365_relay::ops::terminal::Shown;
 
 pub async fn run() -> Outcome {
     let settings = match Settings::from_env() {

@@ -1,10 +1,10 @@
 //! `o365-relay dead-letters list | requeue | purge [--tenant] [--reason] [--limit]`: the dead-letter
 //! queue without shovels (the same walks as `/admin/dead-letters`, see
-//! [`o365_relay::dead_letters`]).
+//! [`o365_relay::pipeline::dead_letters`]).
 
 use super::{parts, tenant_arg, Failure, Outcome};
-use o365_relay::dead_letters::{Action, DeadLetter, Filter, Walked};
-use o365_relay::terminal::Shown;
+use o365_relay::ops::terminal::Shown;
+use o365_relay::pipeline::dead_letters::{Action, DeadLetter, Filter, Walked};
 use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(clap::Args)]

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use o365_relay::app::Parts;
 use o365_relay::config::Settings;
 use o365_relay::domain::{ContentType, TenantId};
-use o365_relay::terminal::Shown;
+use o365_relay::ops::terminal::Shown;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -140,7 +140,7 @@ fn invalid_configuration(errors: o365_relay::config::ConfigErrors) -> Failure {
 /// The relay's parts, for a command that talks to Redis, RabbitMQ or Microsoft.
 fn parts() -> Result<Arc<Parts>, Failure> {
     let settings = settings()?;
-    o365_relay::telemetry::init(o365_relay::config::LogFormat::Pretty);
+    o365_relay::ops::telemetry::init(o365_relay::config::LogFormat::Pretty);
     Ok(Parts::new(settings)?)
 }
 

@@ -1,10 +1,10 @@
 //! `o365-relay replay --tenant T --since 3d [--until …] [--content-type …] [--routing-prefix …]`:
-//! re-publishes what Microsoft still holds for a tenant (see [`o365_relay::replay`]).
+//! re-publishes what Microsoft still holds for a tenant (see [`o365_relay::pipeline::replay`]).
 
 use super::{content_type_arg, parts, tenant_arg, Failure, Outcome};
 use chrono::{DateTime, Utc};
-use o365_relay::replay::{Progress, ReplayRequest};
-use o365_relay::terminal::Shown;
+use o365_relay::ops::terminal::Shown;
+use o365_relay::pipeline::replay::{Progress, ReplayRequest};
 use std::io::{IsTerminal, Write};
 
 #[derive(clap::Args)]
@@ -63,7 +63,7 @@ pub async fn run(args: ReplayArgs) -> Outcome {
     }
     let content_type = content_type_arg(args.content_type.as_deref())?;
     if let Some(p) = &args.routing_prefix {
-        o365_relay::sink::check_routing_prefix(p)
+        o365_relay::pipeline::sink::check_routing_prefix(p)
             .map_err(|e| Failure::usage(format!("--routing-prefix: {e}")))?;
     }
     let parts = parts()?;

@@ -6,7 +6,7 @@ use o365_relay::app::Application;
 pub async fn run() -> Outcome {
     let settings = settings()?;
     settings.check_serve().map_err(invalid_configuration)?;
-    o365_relay::telemetry::init(settings.log_format);
+    o365_relay::ops::telemetry::init(settings.log_format);
     let app = Application::build(settings).await?;
     tracing::info!(
         public_port = app.public_port(),
@@ -20,7 +20,7 @@ pub async fn run() -> Outcome {
     });
     let stopped = app.run_until_stopped().await;
     // The last spans (tracing on): exported before the process ends.
-    let _ = tokio::task::spawn_blocking(o365_relay::telemetry::shutdown).await;
+    let _ = tokio::task::spawn_blocking(o365_relay::ops::telemetry::shutdown).await;
     stopped.map_err(|e| {
         tracing::error!(error = %e, "Stopped with an error.");
         Failure::Failed(e)

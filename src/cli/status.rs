@@ -1,10 +1,10 @@
 //! `o365-relay status [--json]`: the status page as a table in the terminal (the same
-//! [`o365_relay::status::StatusReport`] as `/admin/status`).
+//! [`o365_relay::http::status::StatusReport`] as `/admin/status`).
 
 use super::{parts, Failure, Outcome};
-use o365_relay::status::html::relative;
-use o365_relay::status::Status;
-use o365_relay::terminal::{escape, Shown};
+use o365_relay::http::status::html::relative;
+use o365_relay::http::status::Status;
+use o365_relay::ops::terminal::{escape, Shown};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {

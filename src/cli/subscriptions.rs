@@ -2,7 +2,7 @@
 //! content type (all configured ones by default). Exit code 1 when any call failed.
 
 use super::{content_type_arg, parts, tenant_arg, Failure, Outcome};
-use o365_relay::terminal::Shown;
+use o365_relay::ops::terminal::Shown;
 
 #[derive(clap::Args)]
 pub struct SubsFilter {

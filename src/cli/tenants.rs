@@ -3,8 +3,8 @@
 
 use super::{parts, tenant_arg, Failure, Outcome};
 use anyhow::anyhow;
-use o365_relay::onboarding::AddRequest;
-use o365_relay::terminal::Shown;
+use o365_relay::ops::terminal::Shown;
+use o365_relay::tenancy::onboarding::AddRequest;
 
 #[derive(clap::Subcommand)]
 pub enum TenantsCmd {

@@ -3,7 +3,7 @@
 
 use super::parse::Parser;
 use super::tls::{self, ClientIdentity, PemFile};
-use crate::secret::Secret;
+use crate::domain::secret::Secret;
 use lapin::uri::AMQPUri;
 use serde::Deserialize;
 

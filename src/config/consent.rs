@@ -3,8 +3,8 @@
 //! `state` (`src/consent/state.rs`).
 
 use super::parse::{Bounds, Parser};
+use crate::domain::secret::Secret;
 use crate::domain::TenantId;
-use crate::secret::Secret;
 use serde::Deserialize;
 
 /// The shortest consent state key accepted, in bytes (`O365_CONSENT_STATE_KEY`, or the one

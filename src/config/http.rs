@@ -4,7 +4,7 @@
 
 use super::parse::{Bounds, Parser, SECOND};
 use super::{BaseUrl, IpNet};
-use crate::secret::Secret;
+use crate::domain::secret::Secret;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -101,7 +101,7 @@ pub(super) fn read(vars: &[(String, String)], p: &mut Parser) -> Http {
 }
 
 /// `O365_ADMIN_HOSTS`: comma-separated host names (no port) the admin listener answers to
-/// besides IP literals and `localhost` ([`crate::admin_origin`]).
+/// besides IP literals and `localhost` ([`crate::http::admin::origin`]).
 fn admin_hosts(p: &mut Parser, v: Option<String>) -> Vec<String> {
     let mut hosts = Vec::new();
     for h in v.as_deref().unwrap_or("").split(',').map(str::trim) {

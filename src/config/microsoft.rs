@@ -4,9 +4,9 @@
 
 use super::parse::Parser;
 use super::BaseUrl;
-use crate::certs::ClientCertificate;
+use crate::domain::certs::ClientCertificate;
+use crate::domain::secret::Secret;
 use crate::domain::{ContentType, TenantId};
-use crate::secret::Secret;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,8 +27,8 @@ pub use net::IpNet;
 pub use process::LogFormat;
 pub use tls::{is_tls_failure, ClientIdentity, PemFile};
 
+use crate::domain::secret::Secret;
 use crate::domain::{ContentType, TenantId};
-use crate::secret::Secret;
 use std::time::Duration;
 use url::Url;
 
@@ -54,7 +54,7 @@ pub struct Settings {
     pub listen: String,
     pub admin_listen: String,
     /// `O365_ADMIN_HOSTS`: names the admin listener answers to besides IP literals and
-    /// `localhost` ([`crate::admin_origin`]).
+    /// `localhost` ([`crate::http::admin::origin`]).
     pub admin_hosts: Vec<String>,
     /// `O365_REDIS_MODE`, `O365_REDIS_URL`, `O365_REDIS_SENTINEL_MASTER`, `O365_REDIS_PREFIX`,
     /// `O365_REDIS_CA_PATH`.
@@ -72,7 +72,7 @@ pub struct Settings {
     pub amqp_queue_type: QueueType,
     pub worker_concurrency: usize,
     /// `O365_TENANT_CONCURRENCY`: a tenant's share of this replica's workers while the replica
-    /// is busy ([`crate::scheduling`]).
+    /// is busy ([`crate::pipeline::scheduling`]).
     pub tenant_concurrency: usize,
     pub reconcile_interval: Duration,
     pub reconcile_lookback: Duration,
@@ -105,7 +105,7 @@ pub struct Settings {
     /// How often a parked tenant is probed (`O365_PARK_PROBE_INTERVAL`).
     pub park_probe_interval: Duration,
     /// The longest interval between probes of a routing key paused by a full consumer queue
-    /// (`O365_BACKPRESSURE_PROBE_MAX`, [`crate::backpressure`]).
+    /// (`O365_BACKPRESSURE_PROBE_MAX`, [`crate::pipeline::backpressure`]).
     pub backpressure_probe_max: Duration,
     /// A blob's whole fetch, from request to last byte (`O365_FETCH_TIMEOUT`).
     pub fetch_timeout: Duration,

@@ -4,7 +4,7 @@
 
 use super::parse::Parser;
 use super::tls::{self, PemFile};
-use crate::secret::Secret;
+use crate::domain::secret::Secret;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]

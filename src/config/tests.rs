@@ -184,7 +184,7 @@ fn a_client_secret_alone_is_the_credential() {
 fn a_client_secret_beside_a_certificate_is_accepted_and_the_certificate_used() {
     let dir = std::env::temp_dir().join(format!("o365-config-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (key, cert) = crate::certs::generate("config test", 1, 2048).unwrap();
+    let (key, cert) = crate::domain::certs::generate("config test", 1, 2048).unwrap();
     let (crt_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&crt_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();

@@ -5,7 +5,7 @@
 //! failure at the first connection. docs/OPERATIONS.md, "Managed Redis and RabbitMQ (TLS)".
 
 use super::parse::Parser;
-use crate::secret::Secret;
+use crate::domain::secret::Secret;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
 use std::fmt;

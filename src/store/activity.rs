@@ -165,11 +165,11 @@ impl<'a> Activity<'a> {
                 ("dead_at".into(), now),
                 (
                     "dead_code".into(),
-                    crate::text::capped(code, 64).into_owned(),
+                    crate::domain::text::capped(code, 64).into_owned(),
                 ),
                 (
                     "dead_reason".into(),
-                    crate::text::capped(reason, REASON_CAP).into_owned(),
+                    crate::domain::text::capped(reason, REASON_CAP).into_owned(),
                 ),
             ],
         )

@@ -1,4 +1,4 @@
-//! The status page's sign-in sessions ([`crate::admin::session`]).
+//! The status page's sign-in sessions ([`crate::http::admin::session`]).
 //!
 //! One key per session, `admin-session:{hash}`: `hash` is the hex SHA-256 of the session id
 //! the browser holds in its cookie (Redis never sees the id itself, so reading Redis does not

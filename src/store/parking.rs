@@ -1,4 +1,4 @@
-//! Parking requests shared by every replica (see [`crate::health`]):
+//! Parking requests shared by every replica (see [`crate::tenancy::health`]):
 //!
 //! - `parking:sweep` — set when a tenant stops being parked (probe, consent): the parked
 //!   queue holds jobs that may now run, and whichever replica runs the health loop moves them

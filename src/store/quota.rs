@@ -8,7 +8,7 @@
 //! that latency (and small clock differences between replicas) so no 60-second window *as
 //! Microsoft counts it* ever sees more.
 //!
-//! Content fetches ask through [`Quota::book`] instead of waiting ([`crate::scheduling`] says
+//! Content fetches ask through [`Quota::book`] instead of waiting ([`crate::pipeline::scheduling`] says
 //! why): the same log decides, and when it says no, the fetch is *booked* on the tenant's
 //! calendar (`quota:{tenant}:calendar`, one number: the next free slot) — one slot per booking,
 //! `61 s / O365_QUOTA_PER_MINUTE` apart, so the tenant's waiting blobs come back spread over the

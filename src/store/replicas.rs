@@ -29,7 +29,7 @@ pub struct ReplicaInfo {
 }
 
 /// What a replica says of the routing keys a full consumer queue paused on it
-/// ([`crate::backpressure`]), in its heartbeat.
+/// ([`crate::pipeline::backpressure`]), in its heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownstreamPause {
     pub exchange: String,

@@ -1,5 +1,5 @@
 //! The tenant registry: one Redis hash (`tenants`), field = tenant id, value = the tenant's
-//! record as JSON (written and read by [`crate::tenants`]).
+//! record as JSON (written and read by [`crate::tenancy::tenants`]).
 //!
 //! Tenant states live beside it in a second hash (`tenant-states`), field = tenant id, value =
 //! the state as JSON (`{"state":"parked",…}`); a tenant without a field is healthy. They are

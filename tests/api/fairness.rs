@@ -7,7 +7,7 @@
 
 use crate::helpers::*;
 use o365_relay::domain::{ContentId, ContentType, Source, TenantId, WorkItem};
-use o365_relay::work_queue::Outcome;
+use o365_relay::pipeline::work_queue::Outcome;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,7 +134,7 @@ fn consume<H, Fut>(
     handler: H,
 ) -> tokio::task::JoinHandle<()>
 where
-    H: Fn(o365_relay::work_queue::Job) -> Fut + Send + Sync + 'static,
+    H: Fn(o365_relay::pipeline::work_queue::Job) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Outcome> + Send + 'static,
 {
     let queue = env.relay.work_queue.clone();
@@ -248,8 +248,11 @@ async fn a_job_deferred_past_its_contents_expiration_is_dead_lettered_as_expired
 /// dead-lettered with a code naming that cause, not as a plain expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_waiting_for_a_full_consumer_queue_past_expiry_is_dead_lettered_as_downstream_full() {
-    let (env, dead) =
-        deferred_past_expiry("defer$3", o365_relay::backpressure::DOWNSTREAM_FULL).await;
+    let (env, dead) = deferred_past_expiry(
+        "defer$3",
+        o365_relay::pipeline::backpressure::DOWNSTREAM_FULL,
+    )
+    .await;
     assert_eq!(
         header(&dead, "o365-error-code").as_deref(),
         Some("downstream_full")
@@ -301,7 +304,7 @@ async fn an_enqueued_or_deferred_blob_is_marked_in_flight_for_as_long_as_it_wait
     let consuming = consume(&env, &stop, |_job| async {
         Outcome::Defer {
             delay: Duration::from_secs(3600),
-            reason: o365_relay::backpressure::DOWNSTREAM_FULL,
+            reason: o365_relay::pipeline::backpressure::DOWNSTREAM_FULL,
         }
     });
     let key = format!("{}reconcile-enqueued:{tenant}:{blob}", env.prefix);

@@ -82,7 +82,7 @@ async fn assert_replica_unharmed(
         assert_eq!(r.status(), 200, "{path}");
     }
     let mut waiting = env.depth(&env.work_queue.clone()).await;
-    for q in o365_relay::work_queue::retry_queue_names(&env.work_queue) {
+    for q in o365_relay::pipeline::work_queue::retry_queue_names(&env.work_queue) {
         waiting += env.depth(&q).await;
     }
     assert_eq!(waiting as usize, parked, "no work item was duplicated");
@@ -160,11 +160,11 @@ async fn a_huge_record_field_is_relayed_whole_with_its_header_capped() {
     assert_eq!(relayed.data, huge.as_bytes(), "the body is never cut");
     let op = header(relayed, "o365-operation").unwrap();
     assert!(
-        op.len() <= o365_relay::sink::RECORD_HEADER_CAP,
+        op.len() <= o365_relay::pipeline::sink::RECORD_HEADER_CAP,
         "{}",
         op.len()
     );
-    assert!(op.ends_with(o365_relay::text::TRUNCATION_MARKER));
+    assert!(op.ends_with(o365_relay::domain::text::TRUNCATION_MARKER));
     assert_replica_unharmed(&env, &good, &got, 0).await;
     env.cleanup().await;
 }
@@ -354,8 +354,8 @@ async fn a_64_kib_error_message_is_cut_in_logs_and_headers_and_closes_no_connect
         Some("AF50000")
     );
     let reason = header(&dead[0], "o365-dead-reason").unwrap();
-    assert!(reason.len() <= o365_relay::work_queue::REASON_CAP);
-    assert!(reason.ends_with(o365_relay::text::TRUNCATION_MARKER));
+    assert!(reason.len() <= o365_relay::pipeline::work_queue::REASON_CAP);
+    assert!(reason.ends_with(o365_relay::domain::text::TRUNCATION_MARKER));
     assert!(reason.starts_with("gave up after 4 attempts"), "{reason}");
     assert_eq!(env.sim.content_gets_for(&bad.content_id), 4);
     let got = records_until(&env, ids_of(&good).len()).await;

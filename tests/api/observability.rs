@@ -223,7 +223,7 @@ async fn no_secret_appears_in_the_logs_of_a_full_run() {
     // memory (re-encoded to PKCS#8). Lines shorter than 16 characters (a PEM body's last line
     // can be a few characters) could match by chance and are left out.
     let file_pem = std::fs::read_to_string(&key_path).unwrap();
-    let loaded = o365_relay::certs::ClientCertificate::load(&cert_path, &key_path).unwrap();
+    let loaded = o365_relay::domain::certs::ClientCertificate::load(&cert_path, &key_path).unwrap();
     let memory_pem = String::from_utf8(loaded.key_pem.expose().clone()).unwrap();
     let mut key_lines: Vec<&str> = file_pem
         .lines()

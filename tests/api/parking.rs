@@ -6,8 +6,8 @@
 use crate::helpers::*;
 use lapin::types::AMQPValue;
 use o365_relay::domain::{ContentType, TenantId};
-use o365_relay::onboarding::AddRequest;
-use o365_relay::tenants::{AddedBy, NewTenant, TenantState};
+use o365_relay::tenancy::onboarding::AddRequest;
+use o365_relay::tenancy::tenants::{AddedBy, NewTenant, TenantState};
 use o365_sim::{Faults, SimBlob};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

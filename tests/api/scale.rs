@@ -173,7 +173,7 @@ async fn the_reconciler_lease_is_renewed_while_a_long_pass_runs_and_released_at_
     });
     let mut reconciler = env.relay.reconciler();
     reconciler.interval = Duration::from_secs(5);
-    let ttl = o365_relay::reconciler::lease_ttl(reconciler.interval);
+    let ttl = o365_relay::pipeline::reconciler::lease_ttl(reconciler.interval);
     assert_eq!(ttl, Duration::from_secs(15));
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(std::sync::Arc::new(reconciler).run(stop.clone()));

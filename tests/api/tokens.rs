@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use o365_relay::domain::TenantId;
-use o365_relay::tokens::TokenError;
+use o365_relay::microsoft::tokens::TokenError;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

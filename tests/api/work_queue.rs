@@ -3,8 +3,8 @@
 
 use crate::helpers::*;
 use o365_relay::domain::{ContentId, ContentType, Source, TenantId, WorkItem};
-use o365_relay::supervise::Policy;
-use o365_relay::work_queue::Outcome;
+use o365_relay::ops::supervise::Policy;
+use o365_relay::pipeline::work_queue::Outcome;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 

@@ -3,8 +3,8 @@
 
 use crate::harness::*;
 use o365_relay::config::{RedisMode, RedisSettings};
+use o365_relay::domain::secret::Secret;
 use o365_relay::domain::{ContentId, ContentType, TenantId};
-use o365_relay::secret::Secret;
 use o365_relay::store::dedup::{ClaimPolicy, RecordKey};
 use o365_relay::store::{Lease, Store, TopologyReport};
 use redis::AsyncCommands;

@@ -221,9 +221,9 @@ async fn the_status_page_shows_every_tenant_at_a_glance_in_a_real_browser() {
             .tenants
             .add(
                 t,
-                o365_relay::tenants::AddedBy::Consent,
+                o365_relay::tenancy::tenants::AddedBy::Consent,
                 Some("admin@contoso.example".into()),
-                o365_relay::tenants::NewTenant::Healthy,
+                o365_relay::tenancy::tenants::NewTenant::Healthy,
             )
             .await
             .unwrap();

@@ -325,7 +325,7 @@ async fn the_simulator_accepts_client_assertions_signed_with_a_key_from_cert_new
     };
     let token = |login: String| async move {
         let settings = o365_relay::config::Settings::from_vars(vars(&login)).unwrap();
-        o365_relay::tokens::EntraClient::new(&settings, client())
+        o365_relay::microsoft::tokens::EntraClient::new(&settings, client())
             .app_token(&TenantId::parse(TENANT_A).unwrap())
             .await
     };
@@ -344,7 +344,7 @@ async fn the_simulator_accepts_client_assertions_signed_with_a_key_from_cert_new
     sim.stop().await;
 
     // Not registered (another certificate): refused.
-    let (_, other_cert) = o365_relay::certs::generate("other", 1, 2048).unwrap();
+    let (_, other_cert) = o365_relay::domain::certs::generate("other", 1, 2048).unwrap();
     let sim = start_sim(&[TENANT_A.into()], vec![other_cert]).await;
     let r = token(sim.url()).await;
     assert!(r.is_err(), "an unregistered certificate is refused: {r:?}");

@@ -62,7 +62,7 @@ pub async fn begin_with(env: &TestEnv, cookie: Option<&str>) -> (url::Url, Strin
     let state = query_param(&location, "state").expect("a state");
     assert_eq!(
         state.len(),
-        o365_relay::consent::state::ENCODED_LEN,
+        o365_relay::http::consent::state::ENCODED_LEN,
         "a signed state: {state}"
     );
     (location, state, pair.to_string())
@@ -219,7 +219,7 @@ pub fn unix_now() -> u64 {
 
 /// A consent state signed with `key` (`O365_CONSENT_STATE_KEY` of the relay, or another).
 pub fn forge_state(key: &str, nonce: &str, expires: u64) -> String {
-    use o365_relay::consent::state::{nonce_hash, sign, Claims, StateKey};
+    use o365_relay::http::consent::state::{nonce_hash, sign, Claims, StateKey};
     let claims = Claims {
         id: rand::random(),
         expires,
@@ -317,7 +317,7 @@ async fn consent_start_signs_a_state_bound_to_the_browser_for_ten_minutes_and_ke
     );
     assert_eq!(
         hash,
-        o365_relay::consent::state::nonce_hash(nonce_in(&c1)),
+        o365_relay::http::consent::state::nonce_hash(nonce_in(&c1)),
         "bound to the nonce in the browser's cookie"
     );
     env.cleanup().await;
@@ -347,7 +347,10 @@ async fn accepted_consent_registers_the_tenant_from_the_token_and_starts_its_sub
         .into_iter()
         .find(|r| r.tenant_id.as_str() == TENANT_A)
         .expect("tenant registered");
-    assert_eq!(record.added_by, o365_relay::tenants::AddedBy::Consent);
+    assert_eq!(
+        record.added_by,
+        o365_relay::tenancy::tenants::AddedBy::Consent
+    );
     assert_eq!(record.consented_by.as_deref(), Some(CONSENT_UPN));
     assert_subscribed(&env.sim, TENANT_A, &env.public_url, &env.auth_id);
     // Served from now on: its notifications are accepted.
@@ -765,7 +768,7 @@ async fn a_parked_tenant_whose_admin_consents_again_is_unparked_at_once() {
     assert_eq!(finish(&env, &flow).await.0, 200);
     // The admin withdraws consent; the relay finds out and parks the tenant.
     env.sim.withdraw_consent(TENANT_A);
-    let failure = o365_relay::management::TenantFailure {
+    let failure = o365_relay::microsoft::management::TenantFailure {
         code: "token".into(),
         reason: "AADSTS7000229: missing service principal".into(),
     };
@@ -781,7 +784,7 @@ async fn a_parked_tenant_whose_admin_consents_again_is_unparked_at_once() {
     assert_eq!(status, 200, "{html}");
     assert_eq!(
         env.relay.tenants.state_now(&tenant).await,
-        Some(o365_relay::tenants::TenantState::Healthy)
+        Some(o365_relay::tenancy::tenants::TenantState::Healthy)
     );
     env.relay.tokens.forget(&tenant).await;
     assert!(env.relay.tokens.get(&tenant).await.is_ok());

@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use o365_relay::domain::{ContentType, TenantId};
-use o365_relay::subscriptions::StartError;
+use o365_relay::tenancy::subscriptions::StartError;
 use redis::AsyncCommands;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use o365_relay::domain::TenantId;
-use o365_relay::tenants::{AddedBy, NewTenant, TenantState};
+use o365_relay::tenancy::tenants::{AddedBy, NewTenant, TenantState};
 use redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::Value;

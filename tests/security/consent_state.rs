@@ -11,7 +11,7 @@ use crate::helpers::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures_util::StreamExt;
-use o365_relay::consent::state::{nonce_hash, sign, Claims, StateKey, ENCODED_LEN};
+use o365_relay::http::consent::state::{nonce_hash, sign, Claims, StateKey, ENCODED_LEN};
 use redis::AsyncCommands;
 
 /// The relay's `O365_CONSENT_STATE_KEY` where a test configures one.
@@ -118,7 +118,7 @@ fn with_state(callback: &url::Url, state: &str) -> url::Url {
 }
 
 fn now() -> u64 {
-    o365_relay::consent::state::now()
+    o365_relay::http::consent::state::now()
 }
 
 fn nonce_of(cookie: &str) -> &str {

@@ -10,14 +10,14 @@ use crate::webdriver::{Browser, Driver};
 use actix_web::http::StatusCode;
 use chrono::Utc;
 use o365_relay::domain::{ContentType, TenantId};
-use o365_relay::html::{page, Forms};
-use o365_relay::status::{
+use o365_relay::http::html::{page, Forms};
+use o365_relay::http::status::{
     ContentTypeStatus, DeadLetterSeen, Deployment, Downstream, Offboarded, Queues, Status,
     TenantStatus, Verdict,
 };
 use o365_relay::store::activity::Counts;
 use o365_relay::store::replicas::ReplicaInfo;
-use o365_relay::tenants::{AddedBy, NewTenant, TenantState};
+use o365_relay::tenancy::tenants::{AddedBy, NewTenant, TenantState};
 use test_support::markup::{assert_same_outline, HOSTILE};
 
 fn tid(s: &str) -> TenantId {
@@ -105,7 +105,7 @@ async fn served(status: &Status) -> String {
     let response = page(
         StatusCode::OK,
         Forms::SameOrigin,
-        o365_relay::status::html::render(status, true),
+        o365_relay::http::status::html::render(status, true),
     );
     let bytes = actix_web::body::to_bytes(response.into_body())
         .await

@@ -8,7 +8,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use o365_relay::domain::TenantId;
-use o365_relay::tenants::{AddedBy, NewTenant};
+use o365_relay::tenancy::tenants::{AddedBy, NewTenant};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ const SHOWN: &str =
 fn assert_inert(out: &str) {
     let bad: Vec<char> = out
         .chars()
-        .filter(|&c| c != '\n' && o365_relay::terminal::is_unsafe(c))
+        .filter(|&c| c != '\n' && o365_relay::ops::terminal::is_unsafe(c))
         .collect();
     assert!(bad.is_empty(), "raw {bad:?} in:\n{out}");
     assert!(
@@ -165,7 +165,7 @@ fn without_colours(log: &str) -> String {
 #[test]
 fn the_pretty_log_shows_hostile_field_values_escaped_on_one_line() {
     let log = Captured::default();
-    let subscriber = o365_relay::telemetry::subscriber(
+    let subscriber = o365_relay::ops::telemetry::subscriber(
         o365_relay::config::LogFormat::Pretty,
         tracing_subscriber::EnvFilter::new("info"),
         log.clone(),

@@ -95,8 +95,8 @@ async fn one_notification_is_one_trace_ending_at_the_publish_and_its_records_car
     std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
     std::env::set_var("OTEL_TRACES_SAMPLER", "always_on");
     std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
-    o365_relay::telemetry::init(o365_relay::config::LogFormat::Json);
-    assert!(o365_relay::trace_context::enabled(), "tracing is on");
+    o365_relay::ops::telemetry::init(o365_relay::config::LogFormat::Json);
+    assert!(o365_relay::ops::trace_context::enabled(), "tracing is on");
 
     let relay = Relay::start(&[TENANT_A]).await;
     let p = &relay.pipeline;
@@ -120,7 +120,7 @@ async fn one_notification_is_one_trace_ending_at_the_publish_and_its_records_car
     // The spans of that blob, once exported.
     let content_id = blob.content_id.clone();
     let complete = eventually(Duration::from_secs(20), || {
-        o365_relay::telemetry::flush();
+        o365_relay::ops::telemetry::flush();
         let spans = received.spans();
         let content_id = content_id.clone();
         async move {
@@ -202,5 +202,5 @@ async fn one_notification_is_one_trace_ending_at_the_publish_and_its_records_car
     }
 
     relay.stop().await;
-    o365_relay::telemetry::shutdown();
+    o365_relay::ops::telemetry::shutdown();
 }

@@ -189,7 +189,7 @@ async fn bare_work_publish(
                     source: Source::Webhook,
                 };
                 let t0 = Instant::now();
-                let ok = match o365_relay::work_queue::encode(&item) {
+                let ok = match o365_relay::pipeline::work_queue::encode(&item) {
                     Ok((body, props)) => match ch
                         .basic_publish(
                             "".into(),

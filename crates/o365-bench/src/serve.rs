@@ -19,7 +19,7 @@ pub async fn serve_relay() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    o365_relay::telemetry::init(settings.log_format);
+    o365_relay::ops::telemetry::init(settings.log_format);
     let app = match Application::build(settings).await {
         Ok(a) => a,
         Err(e) => {

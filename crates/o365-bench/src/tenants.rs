@@ -26,7 +26,7 @@ use crate::soak::{run_cmd, SoakRedis};
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use o365_relay::domain::TenantId;
-use o365_relay::tenants::{AddedBy, NewTenant};
+use o365_relay::tenancy::tenants::{AddedBy, NewTenant};
 use o365_sim::{Faults, PresetWebhook, Route, Simulator, CONTENT_TYPES};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

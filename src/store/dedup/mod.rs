@@ -1,0 +1,1042 @@
+//! De-duplication: blob markers and record claims.
+//!
+//! Blob markers, each `"1"` with an expiry:
+//! - `relayed:{tenant}:{contentId}` — every record of the blob was published;
+//! - `dead:{tenant}:{contentId}` — the blob was dead-lettered, so reconciliation does not
+//!   enqueue it again and again while Microsoft still lists it (an operator requeues dead
+//!   letters explicitly);
+//! - `reconcile-enqueued:{tenant}:{contentId}` — the blob is in flight: enqueued (by the webhook
+//!   or reconciliation), waiting in a retry tier, deferred or parked
+//!   ([`crate::pipeline::work_queue::WorkQueue`] writes it for as long as each wait lasts), so
+//!   reconciliation does not queue a second copy meanwhile.
+//!
+//! Records: [`Dedup::publish_once`] makes a record Microsoft put in several blobs go out once
+//! across blobs, workers and replicas. While a record is being published it is *claimed* by a
+//! key of its own, `rec:{tenant}:{recordId}` = `p:{owner}` (a few seconds, with an expiry in
+//! case the owner dies). Once published it is *remembered* for `O365_RECORD_DEDUP_TTL` in a
+//! compact form: a field of a small hash per tenant and `CreationTime` hour
+//! (`seen:{tenant}:{hour}:{kind}:{path}`), about 24 bytes of Redis per record where a key per
+//! record cost about 200 (BENCHMARKS.md, "Record de-duplication memory"). The layout, why it
+//! is exact (no record that is not a duplicate is ever skipped) and how it coexists with the
+//! previous version's `rec:` = `d` markers: [`seen`].
+
+mod seen;
+
+use super::{Store, StoreResult, RELEASE};
+use crate::domain::{ContentId, TenantId};
+use redis::AsyncCommands;
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(seen::CLAIM));
+static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(seen::FINISH));
+
+/// The value of a published record's own key (records without a compact marker, and the
+/// previous version's markers).
+const DONE: &str = "d";
+
+/// How often records another owner is publishing are asked about again.
+const PENDING_POLL: Duration = Duration::from_millis(100);
+
+/// What [`Dedup::publish_once`] knows a record by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordKey<'r> {
+    /// The record's id (its `message_id`), compared exactly.
+    pub id: &'r str,
+    /// The record's `CreationTime` as Microsoft wrote it (empty when absent): every copy of a
+    /// record carries the same, so it picks the bucket the record is remembered in.
+    pub created: &'r str,
+}
+
+/// One record of a batch in Redis: its claim key, and where it is remembered once published
+/// (`None`: in its claim key, set to `d`).
+struct Slot {
+    claim: String,
+    place: Option<seen::Place>,
+}
+
+/// What happened to a record claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Claimed by us now (or earlier by the same owner): publish it.
+    Mine,
+    /// Already published.
+    Done,
+    /// Another owner is publishing it right now: wait, then ask again.
+    Pending,
+}
+
+/// The markers kept for one blob.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlobMarkers {
+    pub relayed: bool,
+    pub enqueued: bool,
+    pub dead: bool,
+}
+
+/// How [`Dedup::publish_once`] claims records.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimPolicy<'a> {
+    /// Who claims: one owner per attempt at a blob.
+    pub owner: &'a str,
+    /// How long a claim survives an owner that died mid-publish.
+    pub claim_ttl: Duration,
+    /// How long a published record stays marked; zero turns record de-duplication off.
+    pub done_ttl: Duration,
+    /// How long records another owner is publishing are waited for.
+    pub give_up_after: Duration,
+}
+
+/// What [`Dedup::publish_once`] did with a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedOnce {
+    /// Records handed to the publisher (and confirmed by it).
+    pub published: u64,
+    /// Records already published by someone else, not published again.
+    pub duplicates: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishOnceError<E> {
+    /// The publisher failed; the claims of its records were released.
+    #[error(transparent)]
+    Publish(E),
+    /// Records stayed claimed by another owner longer than the policy waits.
+    #[error("{0} records stayed claimed by another worker")]
+    Busy(usize),
+}
+
+/// Blob markers and record claims, see [`Store::dedup`].
+pub struct Dedup<'a>(&'a Store);
+
+impl<'a> Dedup<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        Dedup(store)
+    }
+
+    // ---- keys --------------------------------------------------------------------------------
+
+    fn relayed_key(&self, t: &TenantId, c: &ContentId) -> String {
+        self.0.key(&format!("relayed:{}:{c}", self.0.tenant(t)))
+    }
+
+    fn enqueued_key(&self, t: &TenantId, c: &ContentId) -> String {
+        self.0
+            .key(&format!("reconcile-enqueued:{}:{c}", self.0.tenant(t)))
+    }
+
+    fn dead_key(&self, t: &TenantId, c: &ContentId) -> String {
+        self.0.key(&format!("dead:{}:{c}", self.0.tenant(t)))
+    }
+
+    fn record_key(&self, t: &TenantId, record_id: &str) -> String {
+        self.0.key(&format!("rec:{}:{record_id}", self.0.tenant(t)))
+    }
+
+    // ---- blob markers ------------------------------------------------------------------------
+
+    pub async fn is_relayed(&self, t: &TenantId, c: &ContentId) -> StoreResult<bool> {
+        let mut conn = self.0.conn().await?;
+        let r = conn.exists(self.relayed_key(t, c)).await;
+        self.0.observe(r)
+    }
+
+    /// Marks the blob relayed for `ttl`; kept in memory while Redis is down and written when it
+    /// is back ([`Store::flush_deferred`]).
+    pub async fn mark_relayed(
+        &self,
+        t: &TenantId,
+        c: &ContentId,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.0
+            .set_many_or_defer(vec![(self.relayed_key(t, c), "1")], ttl)
+            .await
+    }
+
+    pub async fn mark_dead(&self, t: &TenantId, c: &ContentId, ttl: Duration) -> StoreResult<()> {
+        self.0.set_px(&self.dead_key(t, c), "1", ttl).await
+    }
+
+    /// Marks each blob as in flight (in the work queue, a retry tier, or parked) for its
+    /// duration, in one round trip: reconciliation does not queue a second copy meanwhile.
+    /// (The key keeps its first name, `reconcile-enqueued`, from when only reconciliation
+    /// wrote it: a deployment's markers stay valid across the upgrade.)
+    pub async fn mark_enqueued(
+        &self,
+        blobs: &[(&TenantId, &ContentId, Duration)],
+    ) -> StoreResult<()> {
+        let writes: Vec<(String, Duration)> = blobs
+            .iter()
+            .map(|(t, c, ttl)| (self.enqueued_key(t, c), *ttl))
+            .collect();
+        self.0.set_many_px(&writes, "1").await
+    }
+
+    /// The markers of each blob, in one round trip.
+    pub async fn markers(
+        &self,
+        t: &TenantId,
+        blobs: &[&ContentId],
+    ) -> StoreResult<Vec<BlobMarkers>> {
+        let mut keys = Vec::with_capacity(blobs.len() * 3);
+        for c in blobs {
+            keys.push(self.relayed_key(t, c));
+            keys.push(self.enqueued_key(t, c));
+            keys.push(self.dead_key(t, c));
+        }
+        let found = self.0.exists_many(&keys).await?;
+        Ok(found
+            .chunks(3)
+            .map(|m| BlobMarkers {
+                relayed: m.first().copied().unwrap_or(false),
+                enqueued: m.get(1).copied().unwrap_or(false),
+                dead: m.get(2).copied().unwrap_or(false),
+            })
+            .collect())
+    }
+
+    // ---- records -----------------------------------------------------------------------------
+
+    /// A record's claim key, and where it is remembered once published.
+    fn slot(&self, t: &TenantId, key: RecordKey<'_>, done_ttl: Duration, now_ms: i64) -> Slot {
+        Slot {
+            claim: self.record_key(t, key.id),
+            place: seen::place(
+                self.0.prefix(),
+                &self.0.tenant(t),
+                key.id,
+                key.created,
+                done_ttl,
+                now_ms,
+            ),
+        }
+    }
+
+    /// Publishes each record of `records` once across blobs, workers and replicas: the one
+    /// call for claim → publish → finish. `key` tells a record's id and `CreationTime`.
+    ///
+    /// Each record is looked up and, unless already published, claimed (`p:{owner}`, expiring
+    /// after `claim_ttl` should the owner die), in one round trip for the batch; `publish`
+    /// gets the records claimed now. After it succeeds they are remembered as published for
+    /// `done_ttl` (see the module doc for how) and their claims deleted, in one more round
+    /// trip; when it fails their claims are released so a retry publishes them at once, and
+    /// the error is returned. Records already published are counted as duplicates and not
+    /// published again. Records another owner is publishing right now are asked about again
+    /// every 100 ms until they are done (or lapse, and are claimed here), for at most
+    /// `give_up_after`: [`PublishOnceError::Busy`].
+    ///
+    /// Without Redis every record is published (consumers de-duplicate on `message_id`) and
+    /// the markers are written when Redis is back ([`Store::flush_deferred`]). With `done_ttl`
+    /// zero, record de-duplication is off: every record is published and Redis is not asked.
+    pub async fn publish_once<T, E, F, Fut>(
+        &self,
+        tenant: &TenantId,
+        records: Vec<T>,
+        key: impl Fn(&T) -> RecordKey<'_>,
+        policy: ClaimPolicy<'_>,
+        mut publish: F,
+    ) -> Result<PublishedOnce, PublishOnceError<E>>
+    where
+        F: FnMut(Vec<T>) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let mut done = PublishedOnce::default();
+        if policy.done_ttl.is_zero() {
+            let n = records.len() as u64;
+            if n > 0 {
+                publish(records).await.map_err(PublishOnceError::Publish)?;
+            }
+            done.published = n;
+            return Ok(done);
+        }
+        let give_up_at = Instant::now() + policy.give_up_after;
+        let mut todo = records;
+        while !todo.is_empty() {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let slots: Vec<Slot> = todo
+                .iter()
+                .map(|r| self.slot(tenant, key(r), policy.done_ttl, now_ms))
+                .collect();
+            let (mine, mine_slots, pending) =
+                match self.claim(&slots, policy.owner, policy.claim_ttl).await {
+                    Ok(claims) => {
+                        let (mut mine, mut mine_slots, mut pending) =
+                            (Vec::new(), Vec::new(), Vec::new());
+                        for ((r, s), c) in todo.into_iter().zip(slots).zip(claims) {
+                            match c {
+                                Claim::Mine => {
+                                    mine.push(r);
+                                    mine_slots.push(s);
+                                }
+                                Claim::Done => done.duplicates += 1,
+                                Claim::Pending => pending.push(r),
+                            }
+                        }
+                        (mine, mine_slots, pending)
+                    }
+                    // Redis is down: publish without de-duplication.
+                    Err(_) => (todo, slots, Vec::new()),
+                };
+            if !mine.is_empty() {
+                let n = mine.len() as u64;
+                if let Err(e) = publish(mine).await {
+                    let _ = self.release(&mine_slots, policy.owner).await;
+                    return Err(PublishOnceError::Publish(e));
+                }
+                done.published += n;
+                let _ = self.finish(mine_slots, policy.done_ttl).await;
+            }
+            todo = pending;
+            if !todo.is_empty() {
+                if Instant::now() > give_up_at {
+                    return Err(PublishOnceError::Busy(todo.len()));
+                }
+                tokio::time::sleep(PENDING_POLL).await;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Looks records up and claims those not published for `owner`, one round trip for the
+    /// batch.
+    async fn claim(&self, slots: &[Slot], owner: &str, ttl: Duration) -> StoreResult<Vec<Claim>> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.0.conn().await?;
+        let mut inv = CLAIM.prepare_invoke();
+        for s in slots {
+            inv.key(&s.claim);
+        }
+        inv.arg(format!("p:{owner}"))
+            .arg(ttl.as_millis().max(1) as u64);
+        for s in slots {
+            match &s.place {
+                Some(p) => inv.arg(&p.bucket).arg(&p.field[..]),
+                None => inv.arg("").arg(""),
+            };
+        }
+        let r: Result<Vec<i64>, _> = inv.invoke_async(&mut c).await;
+        self.0.observe(r).map(|v| {
+            v.into_iter()
+                .map(|n| match n {
+                    1 => Claim::Mine,
+                    0 => Claim::Done,
+                    _ => Claim::Pending,
+                })
+                .collect()
+        })
+    }
+
+    /// Remembers published records (their buckets, or their own keys set to `d` for `ttl`)
+    /// and deletes their claims, one round trip for the batch. When that
+    /// fails (Redis down), each record's own key `d` is written instead, kept in memory until
+    /// Redis is back ([`Store::flush_deferred`]) — the claim script reads it as published.
+    async fn finish(&self, slots: Vec<Slot>, ttl: Duration) -> StoreResult<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let written = async {
+            let mut c = self.0.conn().await?;
+            let mut inv = FINISH.prepare_invoke();
+            for s in &slots {
+                inv.key(&s.claim);
+            }
+            inv.arg(ttl.as_millis().max(1) as u64);
+            for s in &slots {
+                match &s.place {
+                    Some(p) => inv.arg(&p.bucket).arg(&p.field[..]).arg(p.keep_ms),
+                    None => inv.arg("").arg("").arg(0),
+                };
+            }
+            let r: Result<i64, _> = inv.invoke_async(&mut c).await;
+            self.0.observe(r).map(|_| ())
+        }
+        .await;
+        if written.is_ok() {
+            return Ok(());
+        }
+        let writes = slots.into_iter().map(|s| (s.claim, DONE)).collect();
+        self.0.set_many_or_defer(writes, ttl).await
+    }
+
+    /// Gives up claims `owner` still holds (publishing failed), so a retry can take them at
+    /// once.
+    async fn release(&self, slots: &[Slot], owner: &str) -> StoreResult<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.0.conn().await?;
+        let mut pipe = redis::pipe();
+        let holder = format!("p:{owner}");
+        for s in slots {
+            pipe.cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(&s.claim)
+                .arg(&holder)
+                .ignore();
+        }
+        let r: Result<(), _> = pipe.query_async(&mut c).await;
+        self.0.observe(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real Redis (127.0.0.1:6379), each test under a prefix of its own that it
+    //! purges at the end.
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+
+    const REDIS: &str = "redis://127.0.0.1:6379";
+
+    /// The `CreationTime` of the tests' records, and its hour from the epoch.
+    const CREATED: &str = "2024-05-01T10:15:00";
+    const HOUR: i64 = 476_266;
+
+    fn store() -> Store {
+        let prefix = format!("o365relay:test:dedup:{}:", uuid::Uuid::new_v4().simple());
+        Store::new(REDIS, &prefix).expect("valid URL")
+    }
+
+    fn tenant() -> TenantId {
+        TenantId::parse("0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").expect("valid tenant id")
+    }
+
+    fn slots(store: &Store, ids: &[&str], created: &str) -> Vec<Slot> {
+        let now = chrono::Utc::now().timestamp_millis();
+        ids.iter()
+            .map(|id| {
+                let key = RecordKey { id, created };
+                store
+                    .dedup()
+                    .slot(&tenant(), key, Duration::from_secs(60), now)
+            })
+            .collect()
+    }
+
+    /// `owner` claims record `id` for `ttl`, as another replica would.
+    async fn claimed_elsewhere(store: &Store, id: &str, owner: &str, ttl: Duration) {
+        let theirs = slots(store, &[id], CREATED);
+        let claimed = store.dedup().claim(&theirs, owner, ttl).await;
+        assert_eq!(claimed.expect("claimed"), vec![Claim::Mine]);
+    }
+
+    fn policy(owner: &str) -> ClaimPolicy<'_> {
+        ClaimPolicy {
+            owner,
+            claim_ttl: Duration::from_secs(20),
+            done_ttl: Duration::from_secs(60),
+            give_up_after: Duration::from_secs(5),
+        }
+    }
+
+    /// What a publisher was handed, call by call.
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<Vec<String>>>);
+
+    impl Sink {
+        async fn publish(&self, records: Vec<(&str, &str)>) -> Result<(), String> {
+            let batch = records.into_iter().map(|(id, _)| id.to_string()).collect();
+            self.0.lock().expect("poisoned").push(batch);
+            Ok(())
+        }
+        fn calls(&self) -> Vec<Vec<String>> {
+            self.0.lock().expect("poisoned").clone()
+        }
+    }
+
+    /// Records `(id, CreationTime)` through [`Dedup::publish_once`].
+    async fn publish_at(
+        store: &Store,
+        records: &[(&str, &str)],
+        policy: ClaimPolicy<'_>,
+        sink: &Sink,
+    ) -> Result<PublishedOnce, PublishOnceError<String>> {
+        store
+            .dedup()
+            .publish_once(
+                &tenant(),
+                records.to_vec(),
+                |&(id, created)| RecordKey { id, created },
+                policy,
+                |batch| sink.publish(batch),
+            )
+            .await
+    }
+
+    /// Records created at [`CREATED`] through [`Dedup::publish_once`].
+    async fn publish_once(
+        store: &Store,
+        ids: &[&str],
+        policy: ClaimPolicy<'_>,
+        sink: &Sink,
+    ) -> Result<PublishedOnce, PublishOnceError<String>> {
+        let records: Vec<(&str, &str)> = ids.iter().map(|id| (*id, CREATED)).collect();
+        publish_at(store, &records, policy, sink).await
+    }
+
+    fn published(n: u64, duplicates: u64) -> PublishedOnce {
+        PublishedOnce {
+            published: n,
+            duplicates,
+        }
+    }
+
+    /// The keys under the store's prefix matching `pattern` (without the prefix).
+    async fn keys(store: &Store, pattern: &str) -> BTreeSet<String> {
+        let mut c = store.conn().await.expect("Redis answers");
+        let found: Vec<String> = c
+            .keys(format!("{}{pattern}", store.prefix()))
+            .await
+            .expect("Redis answers");
+        found
+            .into_iter()
+            .map(|k| k[store.prefix().len()..].to_string())
+            .collect()
+    }
+
+    /// Every bucket key (`seen:…`, without the prefix): its fields (a hash) or `None` (a
+    /// split marker, an empty string), and its expiry in ms.
+    type Buckets = BTreeMap<String, (Option<BTreeSet<Vec<u8>>>, i64)>;
+
+    async fn buckets(store: &Store) -> Buckets {
+        let mut c = store.conn().await.expect("Redis answers");
+        let mut out = BTreeMap::new();
+        for k in keys(store, "seen:*").await {
+            let full = format!("{}{k}", store.prefix());
+            let kind: String = redis::cmd("TYPE")
+                .arg(&full)
+                .query_async(&mut c)
+                .await
+                .expect("TYPE");
+            let fields = match kind.as_str() {
+                "hash" => {
+                    let f: Vec<Vec<u8>> = c.hkeys(&full).await.expect("HKEYS");
+                    Some(f.into_iter().collect())
+                }
+                "string" => {
+                    let v: String = c.get(&full).await.expect("GET");
+                    assert_eq!(v, "", "a split marker is empty");
+                    None
+                }
+                other => panic!("{k} is a {other}"),
+            };
+            let ttl: i64 = c.pttl(&full).await.expect("PTTL");
+            out.insert(k, (fields, ttl));
+        }
+        out
+    }
+
+    /// All fields of all buckets whose key starts with `seen:{tenant}:{hour}:{kind}:`.
+    fn fields_of(buckets: &Buckets, hour: i64, kind: char) -> BTreeSet<Vec<u8>> {
+        let base = format!("seen:{}:{hour}:{kind}:", tenant());
+        buckets
+            .iter()
+            .filter(|(k, _)| k.starts_with(&base))
+            .filter_map(|(_, (f, _))| f.clone())
+            .flatten()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_record_is_published_once_and_a_second_owner_sees_it_done() {
+        let store = store();
+        let first = Sink::default();
+        let got = publish_once(&store, &["r1", "r2", "r3"], policy("a"), &first).await;
+        assert_eq!(got.expect("published"), published(3, 0));
+        assert_eq!(first.calls(), vec![vec!["r1", "r2", "r3"]]);
+        // The key names other replicas share: the claims are gone, the records are fields of
+        // their hour's bucket.
+        assert_eq!(keys(&store, "rec:*").await, BTreeSet::new());
+        let buckets = buckets(&store).await;
+        let leaf = format!("seen:{}:{HOUR}:s:", tenant());
+        assert_eq!(buckets.keys().collect::<Vec<_>>(), vec![&leaf]);
+        let want: BTreeSet<Vec<u8>> = [b"r1", b"r2", b"r3"].map(|f| f.to_vec()).into();
+        assert_eq!(buckets[&leaf].0, Some(want));
+
+        let second = Sink::default();
+        let got = publish_once(&store, &["r2", "r4", "r1"], policy("b"), &second).await;
+        assert_eq!(got.expect("published"), published(1, 2));
+        assert_eq!(second.calls(), vec![vec!["r4"]]);
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_releases_its_claims_so_a_retry_publishes_them() {
+        let store = store();
+        let failing = store
+            .dedup()
+            .publish_once(
+                &tenant(),
+                vec!["r1", "r2"],
+                |id| RecordKey {
+                    id,
+                    created: CREATED,
+                },
+                policy("a"),
+                |_| async { Err::<(), _>("broker down".to_string()) },
+            )
+            .await;
+        assert!(
+            matches!(&failing, Err(PublishOnceError::Publish(e)) if e == "broker down"),
+            "{failing:?}"
+        );
+        assert_eq!(keys(&store, "*").await, BTreeSet::new(), "claims released");
+
+        // Another owner (the retry) publishes them at once instead of waiting for the claims.
+        let retry = Sink::default();
+        let started = Instant::now();
+        let got = publish_once(&store, &["r1", "r2"], policy("b"), &retry)
+            .await
+            .expect("published");
+        assert_eq!(
+            got,
+            PublishedOnce {
+                published: 2,
+                duplicates: 0
+            }
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn records_another_owner_is_publishing_are_waited_for_then_counted_done() {
+        let store = store();
+        let dedup = store.dedup();
+        let theirs = || slots(&store, &["r1", "r2"], CREATED);
+        let ttl = Duration::from_secs(20);
+        let claims = dedup.claim(&theirs(), "other", ttl).await;
+        assert_eq!(claims.expect("claimed"), vec![Claim::Mine, Claim::Mine]);
+        // The same owner asking again still holds them; another sees them pending.
+        let again = dedup.claim(&theirs(), "other", ttl).await;
+        assert_eq!(again.expect("answered"), vec![Claim::Mine, Claim::Mine]);
+        let seen = dedup.claim(&theirs(), "b", ttl).await;
+        assert_eq!(
+            seen.expect("answered"),
+            vec![Claim::Pending, Claim::Pending]
+        );
+
+        let waiting = Sink::default();
+        let (got, ()) = tokio::join!(
+            publish_once(&store, &["r1", "r3", "r2"], policy("b"), &waiting),
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                dedup
+                    .finish(theirs(), Duration::from_secs(60))
+                    .await
+                    .expect("finished");
+            }
+        );
+        assert_eq!(got.expect("published"), published(1, 2));
+        assert_eq!(
+            waiting.calls(),
+            vec![vec!["r3"]],
+            "r1 and r2 were not published here"
+        );
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn records_claimed_by_a_live_owner_for_too_long_fail_the_batch_as_busy() {
+        let store = store();
+        claimed_elsewhere(&store, "r1", "other", Duration::from_secs(20)).await;
+        let sink = Sink::default();
+        let impatient = ClaimPolicy {
+            give_up_after: Duration::from_millis(300),
+            ..policy("b")
+        };
+        let got = publish_once(&store, &["r1", "r2"], impatient, &sink).await;
+        assert!(matches!(got, Err(PublishOnceError::Busy(1))), "{got:?}");
+        assert_eq!(sink.calls(), vec![vec!["r2"]]);
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_claim_of_an_owner_that_died_lapses_and_is_taken_over() {
+        let store = store();
+        claimed_elsewhere(&store, "r1", "dead", Duration::from_millis(200)).await;
+        let sink = Sink::default();
+        let got = publish_once(&store, &["r1"], policy("b"), &sink).await;
+        assert_eq!(
+            got.expect("published"),
+            PublishedOnce {
+                published: 1,
+                duplicates: 0
+            }
+        );
+        assert_eq!(sink.calls(), vec![vec!["r1"]]);
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn with_a_zero_ttl_every_record_is_published_and_nothing_is_written() {
+        let store = store();
+        let off = ClaimPolicy {
+            done_ttl: Duration::ZERO,
+            ..policy("a")
+        };
+        for _ in 0..2 {
+            let sink = Sink::default();
+            let got = publish_once(&store, &["r1", "r2"], off, &sink).await;
+            assert_eq!(
+                got.expect("published"),
+                PublishedOnce {
+                    published: 2,
+                    duplicates: 0
+                }
+            );
+            assert_eq!(sink.calls(), vec![vec!["r1", "r2"]]);
+        }
+        assert_eq!(store.purge_prefix().await.expect("purged"), 0);
+    }
+
+    #[tokio::test]
+    async fn without_redis_records_are_published_and_their_markers_deferred() {
+        // Nothing listens on port 1.
+        let store = Store::new("redis://127.0.0.1:1", "o365relay:test:down:").expect("valid URL");
+        let sink = Sink::default();
+        let got = publish_once(&store, &["r1", "r2"], policy("a"), &sink).await;
+        assert_eq!(
+            got.expect("published"),
+            PublishedOnce {
+                published: 2,
+                duplicates: 0
+            }
+        );
+        assert_eq!(sink.calls(), vec![vec!["r1", "r2"]]);
+        assert!(store.is_down());
+        assert_eq!(store.deferred_len(), 2, "both done markers wait for Redis");
+    }
+
+    #[tokio::test]
+    async fn guids_are_kept_as_their_16_bytes_and_every_other_id_exactly() {
+        let store = store();
+        // A GUID whose 16 bytes spell an id of 16 letters, which is another record.
+        let guid = "61626364-6566-6768-696a-6b6c6d6e6f70";
+        let letters = "abcdefghijklmnop";
+        let ids = [
+            guid,
+            letters,
+            "61626364-6566-6768-696A-6B6C6D6E6F70",
+            "{61626364-6566-6768-696a-6b6c6d6e6f70}",
+            "ab",
+            "AB",
+            "Ab",
+            "ab ",
+            "é",
+            "",
+        ];
+        let sink = Sink::default();
+        let got = publish_once(&store, &ids, policy("a"), &sink).await;
+        assert_eq!(got.expect("published"), published(10, 0), "all different");
+        let buckets = buckets(&store).await;
+        let g: BTreeSet<Vec<u8>> = [b"abcdefghijklmnop".to_vec()].into();
+        assert_eq!(fields_of(&buckets, HOUR, 'g'), g, "the GUID as its bytes");
+        let others: BTreeSet<Vec<u8>> = ids[1..].iter().map(|i| i.as_bytes().to_vec()).collect();
+        assert_eq!(
+            fields_of(&buckets, HOUR, 's'),
+            others,
+            "the rest as themselves"
+        );
+
+        let again = Sink::default();
+        let got = publish_once(&store, &ids, policy("b"), &again).await;
+        assert_eq!(got.expect("answered"), published(0, 10));
+        // A GUID in capitals is not the lowercase one (nor is its message_id).
+        let got = publish_once(&store, &["ABCDEFGHIJKLMNOP", "aB"], policy("b"), &again).await;
+        assert_eq!(got.expect("published"), published(2, 0));
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn long_ids_and_records_without_a_creation_time_keep_a_key_of_their_own() {
+        let store = store();
+        let longest = "x".repeat(seen::MAX_FIELD);
+        let long = "x".repeat(seen::MAX_FIELD + 1);
+        // The relay's ids reach 255 bytes; two that differ only in their last byte.
+        let a = format!("{}a", "y".repeat(254));
+        let b = format!("{}b", "y".repeat(254));
+        let records = [
+            (longest.as_str(), CREATED),
+            (long.as_str(), CREATED),
+            (a.as_str(), CREATED),
+            (b.as_str(), CREATED),
+            ("no-time", ""),
+            ("bad-time", "yesterday"),
+        ];
+        let sink = Sink::default();
+        let got = publish_at(&store, &records, policy("a"), &sink).await;
+        assert_eq!(got.expect("published"), published(6, 0));
+
+        let own: BTreeSet<String> = [&long, &a, &b, "no-time", "bad-time"]
+            .iter()
+            .map(|id| format!("rec:{}:{id}", tenant()))
+            .collect();
+        assert_eq!(keys(&store, "rec:*").await, own);
+        let mut c = store.conn().await.expect("Redis answers");
+        for k in &own {
+            let full = format!("{}{k}", store.prefix());
+            assert_eq!(store.get(&full).await.expect("read").as_deref(), Some("d"));
+            let ttl: i64 = c.pttl(&full).await.expect("PTTL");
+            assert!(ttl > 50_000 && ttl <= 60_000, "{k}: {ttl} ms");
+        }
+        let buckets = buckets(&store).await;
+        let compact: BTreeSet<Vec<u8>> = [longest.as_bytes().to_vec()].into();
+        assert_eq!(fields_of(&buckets, HOUR, 's'), compact);
+
+        let again = Sink::default();
+        let got = publish_at(&store, &records, policy("b"), &again).await;
+        assert_eq!(got.expect("answered"), published(0, 6));
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn a_bucket_is_kept_the_ttl_after_its_hour_and_after_its_last_record() {
+        let store = store();
+        let sink = Sink::default();
+        // An hour long past: kept for the TTL (60 s) from now.
+        let got = publish_at(&store, &[("old", CREATED)], policy("a"), &sink).await;
+        assert_eq!(got.expect("published"), published(1, 0));
+        // An hour yet to end (two hours ahead counts as one): kept until then, then the TTL.
+        let later = chrono::Utc::now() + chrono::Duration::hours(2);
+        let later = later.format("%Y-%m-%dT%H:%M:%S").to_string();
+        let later_hour = seen::creation_hour(&later).expect("an hour");
+        let got = publish_at(&store, &[("new", later.as_str())], policy("a"), &sink).await;
+        assert_eq!(got.expect("published"), published(1, 0));
+
+        let buckets = buckets(&store).await;
+        assert_eq!(buckets.len(), 2, "{buckets:?}");
+        let old = &buckets[&format!("seen:{}:{HOUR}:s:", tenant())];
+        assert!(old.1 > 50_000 && old.1 <= 60_000, "{} ms", old.1);
+        let new = &buckets[&format!("seen:{}:{later_hour}:s:", tenant())];
+        let most = 60_000 + 3_600_000;
+        assert!(new.1 > most - 10_000 && new.1 <= most, "{} ms", new.1);
+
+        // A copy of the record created at another hour is another record (a duplicate always
+        // carries its original's CreationTime).
+        let got = publish_at(&store, &[("old", later.as_str())], policy("b"), &sink).await;
+        assert_eq!(got.expect("published"), published(1, 0));
+        store.purge_prefix().await.expect("purged");
+    }
+
+    /// The 24 path bits of a field, as the scripts compute them: a GUID's first three bytes
+    /// XOR its last three, SHA-1 for any other id.
+    fn path_bits(kind: char, field: &[u8]) -> String {
+        let head: Vec<u8> = if kind == 'g' {
+            (0..3).map(|i| field[i] ^ field[13 + i]).collect()
+        } else {
+            openssl::sha::sha1(field)[..3].to_vec()
+        };
+        head.iter().map(|b| format!("{b:08b}")).collect()
+    }
+
+    #[tokio::test]
+    async fn a_busy_hour_splits_into_leaves_of_at_most_128_records_and_finds_them_all() {
+        let store = store();
+        // Time-ordered GUIDs (only their last bytes differ) and ids of another shape.
+        let guids: Vec<String> = (0..1500)
+            .map(|i| {
+                uuid::Uuid::from_u128(0x5eed_0000 + i)
+                    .hyphenated()
+                    .to_string()
+            })
+            .collect();
+        let others: Vec<String> = (0..600).map(|i| format!("record-{i}")).collect();
+        let mut ids: Vec<&str> = guids.iter().chain(&others).map(String::as_str).collect();
+        ids.sort_by_key(|id| id.len() % 7);
+        // In batches of several sizes, so leaves split both within a batch and across them.
+        let sink = Sink::default();
+        let mut start = 0;
+        for size in [1, 99, 500, 400, 300, 200, 600] {
+            let batch = &ids[start..start + size];
+            let got = publish_once(&store, batch, policy("a"), &sink).await;
+            assert_eq!(got.expect("published"), published(size as u64, 0));
+            start += size;
+        }
+        assert_eq!(start, ids.len());
+
+        let buckets = buckets(&store).await;
+        let mut c = store.conn().await.expect("Redis answers");
+        let (mut leaves, mut markers) = (0, 0);
+        for (k, (f, ttl)) in &buckets {
+            assert!(*ttl > 50_000 && *ttl <= 60_000, "{k}: {ttl} ms");
+            let (base, path) = k.rsplit_once(':').expect("a path");
+            assert!(path.chars().all(|b| b == '0' || b == '1'), "{k}");
+            let kind = base.chars().last().expect("a kind");
+            let Some(f) = f else {
+                markers += 1;
+                continue;
+            };
+            leaves += 1;
+            assert!(f.len() <= 128, "{k} holds {}", f.len());
+            let full = format!("{}{k}", store.prefix());
+            let enc: String = redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(&full)
+                .query_async(&mut c)
+                .await
+                .expect("OBJECT ENCODING");
+            assert_eq!(enc, "listpack", "{k}");
+            // Each field sits on its own path, below markers only.
+            for field in f {
+                assert!(path_bits(kind, field).starts_with(path), "{k}: {field:?}");
+            }
+            for i in 0..path.len() {
+                let up = format!("{base}:{}", &path[..i]);
+                assert_eq!(buckets.get(&up).map(|b| b.0.is_none()), Some(true), "{up}");
+            }
+        }
+        assert!(
+            leaves >= 16 && markers >= 14,
+            "{leaves} leaves, {markers} markers"
+        );
+        let g: BTreeSet<Vec<u8>> = guids
+            .iter()
+            .map(|i| seen::guid_bytes(i).expect("a GUID").to_vec())
+            .collect();
+        assert_eq!(fields_of(&buckets, HOUR, 'g'), g, "each GUID once");
+        let o: BTreeSet<Vec<u8>> = others.iter().map(|i| i.as_bytes().to_vec()).collect();
+        assert_eq!(fields_of(&buckets, HOUR, 's'), o, "each other id once");
+        let total: usize = buckets
+            .values()
+            .filter_map(|b| b.0.as_ref())
+            .map(|f| f.len())
+            .sum();
+        assert_eq!(total, 2100, "nothing twice");
+
+        let again = Sink::default();
+        let got = publish_once(&store, &ids, policy("b"), &again).await;
+        assert_eq!(got.expect("answered"), published(0, 2100));
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_owners_publish_each_record_once() {
+        let store = store();
+        let ids: Vec<String> = (0..400).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let sinks: Vec<Sink> = (0..4).map(|_| Sink::default()).collect();
+        let owners = ["a", "b", "c", "d"];
+        let runs = owners
+            .iter()
+            .zip(&sinks)
+            .enumerate()
+            .map(|(n, (owner, sink))| {
+                // Each owner meets the same records in another order, in batches of 50.
+                let mut mine: Vec<&str> = ids.iter().map(String::as_str).collect();
+                mine.rotate_left(n * 100);
+                if n % 2 == 1 {
+                    mine.reverse();
+                }
+                let store = &store;
+                async move {
+                    let mut total = PublishedOnce::default();
+                    for batch in mine.chunks(50) {
+                        let got = publish_once(store, batch, policy(owner), sink).await;
+                        let got = got.expect("published");
+                        total.published += got.published;
+                        total.duplicates += got.duplicates;
+                    }
+                    total
+                }
+            });
+        let totals = futures_util::future::join_all(runs).await;
+        let published_n: u64 = totals.iter().map(|t| t.published).sum();
+        let duplicates: u64 = totals.iter().map(|t| t.duplicates).sum();
+        assert_eq!((published_n, duplicates), (400, 1200));
+        let mut out: Vec<String> = sinks.iter().flat_map(|s| s.calls()).flatten().collect();
+        out.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(out, want, "every record exactly once");
+        assert_eq!(
+            keys(&store, "rec:*").await,
+            BTreeSet::new(),
+            "no claim left"
+        );
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_previous_versions_markers_and_claims_are_honoured() {
+        let store = store();
+        let t = tenant();
+        let (done, claimed) = (
+            "8a1b2c3d-0000-4000-8000-000000000001",
+            "8a1b2c3d-0000-4000-8000-000000000002",
+        );
+        // As the previous version left them: `d` once published, `p:{owner}` while publishing.
+        let done_key = format!("{}rec:{t}:{done}", store.prefix());
+        store
+            .set_px(&done_key, "d", Duration::from_secs(60))
+            .await
+            .expect("set");
+        let claimed_key = format!("{}rec:{t}:{claimed}", store.prefix());
+        let old_claim = Duration::from_millis(300);
+        store
+            .set_px(&claimed_key, "p:old", old_claim)
+            .await
+            .expect("set");
+
+        let sink = Sink::default();
+        let fresh = "8a1b2c3d-0000-4000-8000-000000000003";
+        let got = publish_once(&store, &[done, claimed, fresh], policy("b"), &sink).await;
+        assert_eq!(got.expect("published"), published(2, 1));
+        // The fresh record at once, the claimed one once the old claim lapsed.
+        assert_eq!(sink.calls(), vec![vec![fresh], vec![claimed]]);
+        assert_eq!(
+            store.get(&done_key).await.expect("read").as_deref(),
+            Some("d")
+        );
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn blob_markers_are_read_per_blob() {
+        let store = store();
+        let dedup = store.dedup();
+        let t = tenant();
+        let (a, b, c) = (
+            ContentId::parse("a").expect("valid"),
+            ContentId::parse("b").expect("valid"),
+            ContentId::parse("c").expect("valid"),
+        );
+        let ttl = Duration::from_secs(60);
+        dedup.mark_relayed(&t, &a, ttl).await.expect("marked");
+        dedup.mark_enqueued(&[(&t, &b, ttl)]).await.expect("marked");
+        dedup.mark_dead(&t, &b, ttl).await.expect("marked");
+        assert!(dedup.is_relayed(&t, &a).await.expect("answered"));
+        assert!(!dedup.is_relayed(&t, &b).await.expect("answered"));
+        let marks = dedup.markers(&t, &[&a, &b, &c]).await.expect("answered");
+        let none = BlobMarkers::default();
+        assert_eq!(
+            marks,
+            vec![
+                BlobMarkers {
+                    relayed: true,
+                    ..none
+                },
+                BlobMarkers {
+                    enqueued: true,
+                    dead: true,
+                    ..none
+                },
+                none,
+            ]
+        );
+        for key in [
+            format!("relayed:{t}:a"),
+            format!("reconcile-enqueued:{t}:b"),
+            format!("dead:{t}:b"),
+        ] {
+            let v = store.get(&format!("{}{key}", store.prefix())).await;
+            assert_eq!(v.expect("answered").as_deref(), Some("1"), "{key}");
+        }
+        store.purge_prefix().await.expect("purged");
+    }
+}

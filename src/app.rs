@@ -9,8 +9,8 @@ use crate::config::{Credential, Settings};
 use crate::http::admin::origin::OriginPolicy;
 use crate::http::admin::throttle::SignInThrottle;
 use crate::http::admin::{self, AdminApi};
-use crate::http::consent::admission::Admission;
 use crate::http::consent::limiter::RateLimiter;
+use crate::http::consent::policy::ConsentPolicy;
 use crate::http::consent::{self, Consent};
 use crate::http::status::{self, StatusReport};
 use crate::microsoft::management::ManagementClient;
@@ -26,7 +26,7 @@ use crate::pipeline::replay::Replayer;
 use crate::pipeline::scheduling::Scheduler;
 use crate::pipeline::sink::RecordSink;
 use crate::pipeline::webhook::{self, Webhook};
-use crate::pipeline::work_queue::{Names, RetryPolicy, WorkQueue};
+use crate::pipeline::work_queue::{QueueNames, RetryPolicy, WorkQueue};
 use crate::pipeline::worker::Worker;
 use crate::store::Store;
 use crate::tenancy::onboarding::Onboarding;
@@ -108,7 +108,7 @@ impl Parts {
         let http = http_client(&settings)?;
         let store = Arc::new(Store::open(&settings.redis).context("O365_REDIS_URL")?);
         let metrics = Arc::new(Metrics::with_tenant_series(settings.metrics_per_tenant));
-        let names = Names::new(&settings.amqp_work_queue);
+        let names = QueueNames::new(&settings.amqp_work_queue);
         let broker = Arc::new(
             Broker::new(
                 &settings.amqp_endpoints,
@@ -306,7 +306,7 @@ impl Parts {
                 self.settings.trusted_proxies.clone(),
                 self.metrics.clone(),
             ),
-            admission: self.admission(),
+            consent_policy: self.consent_policy(),
             certificate: self.certificate(),
             stopping: self.stopping.clone(),
             status: Arc::new(self.status()),
@@ -337,8 +337,8 @@ impl Parts {
     }
 
     /// `O365_CONSENT_MODE` and its allowlist (configured, and in Redis).
-    fn admission(&self) -> Arc<Admission> {
-        Arc::new(Admission::new(
+    fn consent_policy(&self) -> Arc<ConsentPolicy> {
+        Arc::new(ConsentPolicy::new(
             self.settings.consent_mode,
             self.settings.consent_allowed_tenants.clone(),
             self.settings.tenants.clone(),
@@ -356,7 +356,7 @@ impl Parts {
             .context("the consent state key")?,
             tokens: self.tokens.clone(),
             onboarding: self.onboarding.clone(),
-            admission: self.admission(),
+            consent_policy: self.consent_policy(),
             limiter: RateLimiter::new(self.settings.consent_starts_per_minute),
             trusted_proxies: self.settings.trusted_proxies.clone(),
             content_types: self.settings.content_types.clone(),

@@ -1,20 +1,7 @@
 //! The ledger of the shared confirm channel: which submission each return, nack and failure
 //! belongs to, and when each submission may be answered.
 //!
-//! - a submission's messages are published contiguously (a publish lock) and get a sequence
-//!   number in that order ([`Ledger::open`]);
-//! - each task awaits its own confirms; a confirm that carries a return marks *every*
-//!   unanswered submission with a message of the returned routing key as unroutable
-//!   ([`Ledger::returned`]);
-//! - a submission is answered only after its confirms resolved ([`Ledger::confirmed`]) and
-//!   every earlier submission was answered (or given up: [`Ledger::abandon`]).
-//!
-//! A return pops no later than the last ack of the messages published up to its own (each
-//! return precedes its own ack, and each ack pops one), so it pops while its owner is still
-//! unanswered — and fails it. A neighbour with the same routing key may fail with it and is
-//! retried: a duplicate, never a loss. A nack ([`Ledger::nacked`]) or a failed publish
-//! ([`Ledger::fail`]) is paired with its own submission. The first failure of a submission is
-//! the one it is answered with.
+//! Why it is built so: docs/DESIGN.md, "broker/ledger".
 
 use super::BrokerError;
 use lapin::types::ShortString;

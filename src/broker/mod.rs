@@ -4,21 +4,7 @@
 //! one — and the broker does it with the safety every caller needs: publisher confirms, the
 //! mandatory flag, acknowledgements only after the copy was confirmed, reconnects.
 //!
-//! By concern:
-//!
-//! - `connection`: one shared connection over `O365_AMQP_URL`'s endpoints (tried in turn,
-//!   TLS), rebuilt after any failure, and the channels opened on it;
-//! - `topology`: the exchange and the queues, declared on every new connection, and depths;
-//! - `publish` and `ledger`: batches published on one shared confirm channel, each
-//!   answered with what RabbitMQ said about its own messages (a return fails the publish that
-//!   caused it, never a neighbour's);
-//! - `consume`: a consumer, and the messages it yields ([`Message`], [`Delivery`]);
-//! - `rotate`: a queue rewritten in place — take what is there, copy with confirms, then
-//!   ack — the parked sweep and the dead-letter tools;
-//! - `headers`: properties, capped header values and AMQP short strings.
-//!
-//! The lapin types a message is made of ([`BasicProperties`], [`FieldTable`]) are re-exported
-//! here, so the relay names them through the broker.
+//! Why it is built so: docs/DESIGN.md, "broker".
 
 mod connection;
 mod consume;

@@ -2,20 +2,7 @@
 //! error, never a silent drop), and the [`Ledger`] that answers each submission with what
 //! RabbitMQ said about *its* messages.
 //!
-//! **Every return fails the publish that caused it.** RabbitMQ reports an unroutable mandatory
-//! message with a `basic.return` sent before the message's ack, in publish order; lapin hands
-//! the oldest waiting return to whichever confirm of the channel it resolves next. With several
-//! tasks publishing on one channel, a record's return was reported on a webhook enqueue or a
-//! retry of another task (and the record counted as published: lost). Rather than a channel per
-//! publish (measured: RabbitMQ then cannot confirm many messages at once, and ingest fell by a
-//! third), the publishers share one confirm channel and a [`Ledger`] (its module says how a
-//! return finds its owner). A nack is paired by delivery tag and fails its own submission; a
-//! channel error or a confirm timeout fails the submissions on that channel and a new channel
-//! is opened.
-//!
-//! When a node dies, lapin fails every confirm outstanding on its connection: the submissions
-//! fail (never counted as published) and their callers publish them again after the reconnect
-//! (at-least-once).
+//! Why it is built so: docs/DESIGN.md, "broker/publish".
 
 use super::ledger::{Ledger, Slot};
 use super::{Broker, BrokerError};

@@ -2,20 +2,7 @@
 //! ([`crate::pipeline::work_queue::WorkQueue::sweep_parked`]) and the dead-letter tools
 //! ([`crate::pipeline::dead_letters`]) both use it.
 //!
-//! AMQP cannot browse or edit a queue. A rotation takes each message that is in the queue when
-//! it starts — as many as its depth then, so a copy it puts back at the tail (and anything that
-//! arrives meanwhile) is not taken again — in batches on a channel of its own, and asks the
-//! caller what becomes of each ([`Fate`]): a copy published somewhere (possibly with other
-//! headers or properties), the same message back at the tail, or nothing (deleted). Each
-//! batch's copies are published with publisher confirms, and the originals are acknowledged
-//! only after every copy of the batch was confirmed. When taking or publishing fails, the
-//! batch is handed back to RabbitMQ (nack with requeue) and the rotation stops with the error:
-//! a failure leaves a message where it was (or, after a confirm that was lost, in both places:
-//! a duplicate), never nowhere.
-//!
-//! There is deliberately no "leave it where it is": handing a message back counts a delivery
-//! on quorum queues, and RabbitMQ 4 drops a quorum queue's message after 20 of them by default
-//! — a message that should stay is republished to the tail instead ([`Fate::Keep`]).
+//! Why it is built so: docs/DESIGN.md, "broker/rotate".
 
 use super::topology::passive_depth;
 use super::{short_string, Broker, BrokerError, Message, OutMessage};
@@ -45,7 +32,7 @@ impl Tally for () {
 }
 
 impl Broker {
-    /// Rotates `queue` (see the module doc), `batch` messages per confirm round: `decide` says
+    /// Rotates `queue` (see docs/DESIGN.md, "broker/rotate"), `batch` messages per confirm round: `decide` says
     /// what becomes of each message and counts it in its batch's tally; the tallies of settled
     /// batches are added to `total` (also when a later batch fails). Returns how many messages
     /// were taken and settled.

@@ -1,7 +1,7 @@
 //! `o365-relay consent-url`: the link that starts the admin consent for this deployment,
 //! `{O365_PUBLIC_URL}/consent/start`. Opened by the tenant admin, it creates the single-use
 //! `state` in *their* browser and sends them on to Microsoft; a state minted here could not be
-//! bound to that browser, so the callback would refuse it (src/consent.rs).
+//! bound to that browser, so the callback would refuse it (src/http/consent/).
 
 use super::{settings, Failure, Outcome};
 

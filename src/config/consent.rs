@@ -1,6 +1,6 @@
 //! Who may onboard through the consent flow, and its settings: `O365_CONSENT_MODE` and its
 //! allowlist, how often one client may start a consent, and the key that signs the consent
-//! `state` (`src/consent/state.rs`).
+//! `state` (`src/http/consent/state.rs`).
 
 use super::parse::{Bounds, Parser};
 use crate::domain::secret::Secret;

@@ -2,21 +2,13 @@
 //! ([`crate::http::consent::limiter`]) and failed sign-ins on the admin listener
 //! ([`crate::http::admin::throttle`]).
 //!
-//! **Who the client is.** The peer address of the connection, unless that peer is one of
-//! `O365_TRUSTED_PROXIES` (the ingress): then the `X-Forwarded-For` chain is read from the
-//! right — each proxy appends the address it received the request from — skipping trusted
-//! proxies, and the first address that is not one is the client. Anything further left was
-//! written by the client itself and is never believed, and a header from an untrusted peer is
-//! ignored altogether: without the variable, every request is keyed by its peer (behind an
-//! ingress that is the ingress itself, so all clients share one budget — safe, only coarse).
-//! IPv6 clients are keyed by their /64 ([`budget_key`]), the block one subscriber usually
-//! holds, so that rotating addresses inside it does not buy a budget more.
+//! Why it is built so: docs/DESIGN.md, "http/client_address".
 
 use crate::config::IpNet;
 use actix_web::HttpRequest;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The client of `req` (see the module doc); every request without a peer address (none
+/// The client of `req` (see docs/DESIGN.md, "http/client_address"); every request without a peer address (none
 /// reaches a listener without one) is `0.0.0.0`, so they share one budget.
 pub fn of_request(req: &HttpRequest, trusted: &[IpNet]) -> IpAddr {
     let forwarded: Vec<&str> = req
@@ -28,7 +20,7 @@ pub fn of_request(req: &HttpRequest, trusted: &[IpNet]) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// The address a request is attributed to; see the module doc. `forwarded_for` holds the
+/// The address a request is attributed to; see docs/DESIGN.md, "http/client_address". `forwarded_for` holds the
 /// `X-Forwarded-For` header values in the order received. `None` without a peer address.
 pub fn client_address(
     peer: Option<IpAddr>,

@@ -13,7 +13,7 @@ use crate::domain::{ContentType, TenantId};
 use crate::microsoft::notification::RawContent;
 use crate::microsoft::tokens::{TokenError, TokenProvider};
 use crate::ops::metrics::Metrics;
-use crate::store::quota::Admission;
+use crate::store::quota::Hit;
 use crate::store::Store;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -232,8 +232,8 @@ impl ManagementClient {
     async fn acquire_quota(&self, tenant: &TenantId) {
         loop {
             match self.store.quota().hit(tenant, self.quota_per_minute).await {
-                Ok(Admission::Admitted) => return,
-                Ok(Admission::Wait(wait)) => {
+                Ok(Hit::Admitted) => return,
+                Ok(Hit::Wait(wait)) => {
                     tracing::debug!(tenant_id = %tenant, wait_ms = wait.as_millis() as u64, "Tenant quota reached; waiting.");
                     tokio::time::sleep(
                         wait.clamp(Duration::from_millis(10), Duration::from_secs(60)),

@@ -4,14 +4,7 @@
 //! fields, and both end up as a [`WorkItem`] — so both pass the same checks here, and nothing from
 //! outside reaches the work queue unchecked:
 //!
-//! - `contentId`: 1–255 bytes of `[A-Za-z0-9$_.-]` ([`ContentId`]; it becomes an AMQP short
-//!   string);
-//! - `contentUri`: exactly `{O365_MANAGE_URL}/api/v1.0/{tenantId}/activity/feed/audit/{contentId}`
-//!   for the same tenant and content id — any other URL could make the relay send the tenant's
-//!   token elsewhere;
-//! - `contentCreated` / `contentExpiration`: normalised when they are times, dropped otherwise;
-//! - notifications only: `clientId` is ours, `tenantId` a GUID, `contentType` configured
-//!   (whether the tenant is served is asked by the caller: it needs the registry).
+//! Why it is built so: docs/DESIGN.md, "microsoft/notification".
 
 use crate::domain::{normalise_ms_time, ContentId, ContentType, Source, TenantId, WorkItem};
 use serde::Deserialize;

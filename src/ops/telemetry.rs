@@ -1,16 +1,6 @@
 //! Logging: JSON lines by default (production), `pretty` for local runs; level from `RUST_LOG`.
 //!
-//! Field values are outside text as often as not (Microsoft's error messages, a parking
-//! reason): the JSON format escapes control characters itself; the pretty one writes every
-//! field through [`EscapedFields`], so a crafted value cannot drive the terminal that shows the
-//! log or forge a line of its own.
-//!
-//! Traces: OpenTelemetry, off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; then spans are exported over OTLP/HTTP
-//! (protobuf) by a batch processor, configured by OpenTelemetry's standard variables
-//! (`OTEL_SERVICE_NAME`, default `o365-relay`; `OTEL_TRACES_SAMPLER` / `_ARG`;
-//! `OTEL_EXPORTER_OTLP_HEADERS`, `…_TIMEOUT`, `OTEL_BSP_*` — the SDK reads them), and flushed by
-//! [`shutdown`]. The spans and the trace context they carry: [`crate::ops::trace_context`].
+//! Why it is built so: docs/DESIGN.md, "ops/telemetry".
 
 use crate::config::LogFormat;
 use opentelemetry::trace::TracerProvider as _;

@@ -1,47 +1,7 @@
 //! Backpressure from consumers: a consumer queue that is full pauses the relay instead of
 //! failing blobs.
 //!
-//! **What a refusal is.** Records are published to the audit exchange with publisher confirms
-//! and the mandatory flag. A consumer queue with a length limit (`x-max-length` or
-//! `x-max-length-bytes`, often set by policy) and `x-overflow: reject-publish` (or
-//! `reject-publish-dlx`) makes RabbitMQ *nack* a publish while it is full. AMQP gives a nack no
-//! reason, but on the audit exchange the causes are few, and they are told apart like this:
-//!
-//! - no queue bound for the routing key → not a nack but a *return* (`BrokerError::Unroutable`,
-//!   the blob is retried as a failure: that does not heal by waiting on us);
-//! - a channel or connection failure → an error, not a nack (the submission is published again
-//!   after the reconnect, see [`crate::broker`]);
-//! - a nack → a bound queue refused the message: full (`reject-publish`), or a quorum queue that
-//!   lost its quorum. Both heal without the relay: the consumer drains its queue, the cluster
-//!   elects a leader. So a nack on the audit exchange is *backpressure*: the routing key
-//!   (`{contentType}.{tenantId}`) is paused. A refusal that never heals — a single record larger
-//!   than a queue's `x-max-length-bytes` — looks the same; it keeps its routing key paused, in
-//!   plain sight (metric, alert, status line), and its blobs are dead-lettered with the code
-//!   [`DOWNSTREAM_FULL`] when their content would expire at Microsoft, as a parked tenant's are.
-//!
-//! (The relay's own queues — work, retry, dead — are not consumers' queues: a nack there is the
-//! broker's trouble and fails the enqueue, which the webhook answers with 503.)
-//!
-//! **Paused.** Per routing key, because queues are bound per key pattern: a queue bound `#`
-//! that is full pauses every key within one batch each, while a queue bound `#.{tenant}` pauses
-//! that tenant only and the others flow. A job whose key is paused is *deferred*
-//! ([`crate::pipeline::work_queue::Outcome::Defer`], reason [`DOWNSTREAM_FULL`]) before its blob is fetched
-//! — no attempt counted, no call to Microsoft, its in-flight marker renewed so reconciliation does
-//! not queue a second copy — until the key's next probe.
-//!
-//! **The probe.** One job per paused key and interval fetches its blob and publishes *one*
-//! record. Accepted: the key resumes and the job relays the rest of its blob. Refused: the
-//! interval doubles (from 1 s to `O365_BACKPRESSURE_PROBE_MAX`) and the job waits again.
-//!
-//! **Duplicates while paused.** A refused batch may have reached the queues beside the full one
-//! (RabbitMQ routes to every bound queue and nacks if any refused); those records are published
-//! again after the resume. So a healthy queue beside a full one receives, at most, one extra
-//! copy of the records that were in flight when the refusal came (the batches then being
-//! published for that key, at most `O365_WORKER_CONCURRENCY` × 500 records), and one record
-//! per refused probe (at most one per key and probe interval) — never the blobs again and again.
-//!
-//! Paused state is per process (each replica probes on its own); the heartbeat carries a
-//! summary ([`Backpressure::summary`]) for `o365-relay status` and the status page.
+//! Why it is built so: docs/DESIGN.md, "pipeline/backpressure".
 
 use crate::domain::ContentId;
 use crate::ops::metrics::Metrics;
@@ -80,7 +40,7 @@ pub enum Gate<'a> {
     Wait(Duration),
 }
 
-/// Paused routing keys of the audit exchange, see the module doc.
+/// Paused routing keys of the audit exchange, see docs/DESIGN.md, "pipeline/backpressure".
 pub struct Backpressure {
     exchange: String,
     probe_max: Duration,

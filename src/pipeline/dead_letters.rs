@@ -1,25 +1,11 @@
 //! The dead-letter queue as an operator's tool: list, requeue and purge dead blobs, filtered by
 //! tenant and reason (`o365-relay dead-letters …`, `/admin/dead-letters`).
 //!
-//! **Walking the queue.** AMQP cannot browse a queue. The usual trick — get every message
-//! unacknowledged, then hand them all back — counts a delivery on every message each time on
-//! quorum queues, and RabbitMQ 4 drops a quorum queue's message after 20 deliveries by default
-//! (the dead queue has no dead-letter exchange of its own): a few dozen listings would silently
-//! delete dead letters. So a walk *rotates* the queue instead ([`Broker::rotate`], the same
-//! routine as the parked sweep): it takes the messages present when it starts (the depth then;
-//! later arrivals are left alone), one batch at a time, and for each either publishes a copy
-//! back to the dead queue's tail (kept), publishes the work item to the work queue (requeued)
-//! or drops it (purged) — and acknowledges the original only after RabbitMQ confirmed the copy.
-//! A walk cut short by a crash leaves at worst a duplicate dead letter, never a lost one. The
-//! order of the dead queue changes; nothing depends on it.
-//!
-//! **Requeued** blobs go back as fresh work items (attempt 0, no error headers): the worker
-//! fetches them again and de-duplicates their records as for any blob. A dead letter whose body
-//! is not a readable work item cannot be requeued and stays (counted as `unreadable`).
+//! Why it is built so: docs/DESIGN.md, "pipeline/dead_letters".
 
 use crate::broker::{header_i64, short_string, Broker, BrokerError, Fate, Message, OutMessage};
 use crate::domain::{TenantId, WorkItem};
-use crate::pipeline::work_queue::{encode, Names};
+use crate::pipeline::work_queue::{encode, QueueNames};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -117,15 +103,15 @@ pub enum Action {
 /// The dead-letter queue of one work queue.
 pub struct DeadLetters {
     broker: Arc<Broker>,
-    names: Names,
+    names: QueueNames,
 }
 
 impl DeadLetters {
-    pub fn new(broker: Arc<Broker>, names: Names) -> DeadLetters {
+    pub fn new(broker: Arc<Broker>, names: QueueNames) -> DeadLetters {
         DeadLetters { broker, names }
     }
 
-    /// Walks the letters present now (see the module doc), doing `action` with those `filter`
+    /// Walks the letters present now (see docs/DESIGN.md, "pipeline/dead_letters"), doing `action` with those `filter`
     /// selects; a listing rotates the queue, it never empties it.
     pub async fn walk(&self, filter: &Filter, action: Action) -> Result<Walked, BrokerError> {
         let mut walked = Walked::default();

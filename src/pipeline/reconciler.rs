@@ -5,41 +5,7 @@
 //! and enqueues every blob not yet relayed into the same work queue (marked
 //! `source: reconcile`).
 //!
-//! **Checkpoint.** Per tenant and content type, Redis keeps the end of the last window that was
-//! fully listed (every page, `NextPageUri` followed to the end) *and* whose missing blobs were
-//! durably enqueued. Microsoft lists content late, so the checkpoint never *shortens* a pass:
-//! every pass re-lists at least `O365_RECONCILE_LOOKBACK` before now (listing is cheap and the
-//! blobs found are de-duplicated against the relayed markers). What the checkpoint adds is the
-//! catch-up after downtime: when it is older than two intervals (passes stopped), a pass starts
-//! at `checkpoint - lookback`, so a relay that was down for three days with a 24-hour look-back
-//! lists the three days plus the overlap instead of silently skipping two of them. A recent
-//! checkpoint (passes on schedule) is not extended by: the pass lists exactly the look-back,
-//! which with the default 24 hours is *one* listing call per content type and pass instead of
-//! two (24 h plus the 15 minutes since the last pass would need a second window). What that
-//! gives up: content that Microsoft lists more than `lookback - 2 × interval` after its
-//! creation (23 h 30 min with the defaults) may be missed; Microsoft's lateness is minutes to
-//! hours. Never beyond Microsoft's 7 days (minus a skew margin); content older than that cannot
-//! be listed any more, which is logged.
-//!
-//! **Many tenants.** A pass reconciles up to `O365_RECONCILE_CONCURRENCY` tenants at once (each
-//! tenant's content types one after another, so one tenant never has more than one listing in
-//! flight and its share of Microsoft's per-tenant quota stays small): 1,000 tenants × 5 content
-//! types one after another would take longer than the interval against Microsoft's latency.
-//! The tenants run as futures of the one pass task, not as spawned tasks, so the lease
-//! heartbeat in [`Reconciler::run`] keeps turning beside them and a pass that ends (shutdown)
-//! ends them all.
-//!
-//! **Window errors.** AF20030/AF20055 mean Microsoft's clock disagrees with ours (or a window
-//! came out too long): the window is recomputed with a fresh `now` and a growing margin from the
-//! 7-day edge, and windows longer than an hour are split in two; a few tries per pass.
-//!
-//! **One copy in flight.** The work queue marks every blob it takes — from the webhook or from
-//! a pass — as in flight ([`crate::pipeline::work_queue::in_flight_guard`]), and renews the marker
-//! whenever the job waits (a retry, a deferral for its tenant's turn or for a full consumer
-//! queue, a parked tenant) for as long as the wait lasts. A pass skips blobs that are relayed,
-//! in flight, or dead-lettered: a dead-lettered blob comes back only when an operator requeues
-//! it (`o365-relay dead-letters requeue`), never by itself. A blob whose marker lapsed without
-//! being relayed (its message was lost, say, with a purged queue) is enqueued again.
+//! Why it is built so: docs/DESIGN.md, "pipeline/reconciler".
 
 use crate::domain::{ContentId, ContentType, TenantId, WorkItem};
 use crate::microsoft::management::{ApiError, Disposition, ManagementClient};
@@ -115,7 +81,7 @@ pub fn windows(start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<(DateTime<Utc>, 
 
 /// Where a pass starts: the look-back before now, or before the checkpoint when that is older
 /// than `on_schedule` (passes stopped for a while: catch up), never beyond the 7 days Microsoft
-/// keeps content (minus the skew margin). See the module documentation, "Checkpoint".
+/// keeps content (minus the skew margin). See docs/DESIGN.md, "pipeline/reconciler"umentation, "Checkpoint".
 pub fn pass_start(
     now: DateTime<Utc>,
     lookback: chrono::Duration,

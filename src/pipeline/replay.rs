@@ -1,17 +1,7 @@
 //! Replay: re-publish a tenant's history that Microsoft still holds (`o365-relay replay`). For
 //! a downstream system that wants the last week, or a consumer that lost data.
 //!
-//! The content of the period is listed (windows of at most 24 hours, every page, the same edge
-//! checks as reconciliation), then every blob is fetched and its records published again
-//! **ignoring the de-duplication markers** and writing none, each marked `o365-replay: true`
-//! and, when asked, under a routing-key prefix (`{prefix}.{contentType}.{tenantId}`) so one
-//! consumer can bind `{prefix}.#` and take history while the live consumers see nothing twice.
-//! Every Management API call goes through the tenant's shared quota, so a replay never takes
-//! more than `O365_QUOTA_PER_MINUTE` from the live relay of the same tenant — it shares it.
-//!
-//! A blob that fails is retried a few times (Microsoft's `Retry-After` honoured up to a
-//! minute); one that still fails is reported by content id at the end, and the command exits
-//! with a failure so a script notices. Nothing is written to the work or dead-letter queues.
+//! Why it is built so: docs/DESIGN.md, "pipeline/replay".
 
 use crate::domain::{parse_ms_time, ContentType, TenantId, WorkItem};
 use crate::microsoft::management::{ApiError, Disposition, ManagementClient};

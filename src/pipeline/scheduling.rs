@@ -1,64 +1,6 @@
 //! Fairness between tenants: which blob may take a worker now, and when the others come back.
 //!
-//! The threat is one tenant's backlog delaying everyone else. Workers take jobs first-come from
-//! one queue, so a tenant that notified 5,000 blobs is ahead of another's fresh one; if its jobs
-//! then *wait* for its quota on the worker (as they did, asleep in the Management API client),
-//! every worker of every replica ends up asleep on that one tenant's budget, and the other
-//! tenant's blob waits for the whole backlog (measured: 121 s at p50 behind 3,000 blobs at
-//! 600/min). Three rules remove that, each for one way a tenant can hold the workers:
-//!
-//! 1. **A job that cannot get its tenant's budget now is deferred, never slept on.** The
-//!    [`Scheduler`] asks the tenant's shared budget ([`crate::store::quota`]) without waiting;
-//!    when it says no, the job ends with [`Outcome::Defer`](crate::pipeline::work_queue::Outcome): the work
-//!    queue parks it in a retry tier until its turn and acknowledges it, and the worker takes
-//!    the next job at once. Deferring counts no attempt (a blob is never dead-lettered for
-//!    waiting its turn) — only a blob whose content would expire at Microsoft before its turn is
-//!    dead-lettered, as `expired`. The fetch of an admitted job is sent without asking the budget
-//!    again ([`crate::microsoft::management::ManagementClient::fetch_admitted_content`]): each request is
-//!    counted once.
-//! 2. **Deferred jobs come back spread over the time the budget will serve them.** Deferring
-//!    them all by "until the budget frees up" would bring the whole backlog back at that moment,
-//!    to be deferred again (churn), ahead of everyone else's fresh blobs. Instead each deferred
-//!    job books the next slot of its tenant's calendar in Redis: slots are `61 s / quota` apart
-//!    (the pace at which the sliding budget frees up), starting when the budget frees up, so a
-//!    tenant's waiting blobs return at the rate its budget admits them and at no other, and in
-//!    the order they were booked (a fresh blob of a tenant with bookings ahead books after them
-//!    instead of overtaking). A blob back at its turn carries it in a header
-//!    (`o365-not-before`, set by the work queue) and asks the budget first; should the
-//!    request a minute before it not have aged out of the window yet (they are a pace apart, so
-//!    it is a matter of milliseconds), it waits that moment — at most [`SHORT_WAIT`] — on the
-//!    worker instead of being booked again.
-//! 3. **A tenant may hold only its share of a replica's workers while the replica is busy**
-//!    (`O365_TENANT_CONCURRENCY`, per replica). Within its budget a tenant can still fill every
-//!    worker — with big blobs, or when Microsoft is slow for it — and then the next tenant's job
-//!    waits for one of them to finish. So a job whose tenant already runs its share here is
-//!    deferred too (booked on the same calendar, at least [`BUSY_BACKOFF`] ahead) — unless the
-//!    replica has more than one worker free: the share binds only when others could use the
-//!    workers, and the last free worker is always kept for a tenant below its share. A tenant
-//!    alone on a replica therefore still uses all workers but one.
-//!
-//! Why not a queue per tenant, consumed round-robin, which is fair by construction? It costs a
-//! queue and a consumer per tenant per replica (1,000 tenants × replicas: thousands of
-//! consumers, each with its prefetch and channel), the retry tiers and dead letters would be per
-//! tenant too, and queues would have to be created and deleted as tenants are onboarded and
-//! removed. The rules above keep the one work queue and its tiers, and add one Redis number per
-//! tenant (its calendar), an in-memory count per tenant running here, and one Lua call per job
-//! (the same round trip the budget already took).
-//!
-//! What it costs: each deferral is one publish to a retry tier and one ack. A tenant's whole
-//! backlog passes through the queue once when it arrives (a burst of quick deferrals, ahead of
-//! which nothing else waits for long); after that, a tenant's jobs are deferred again only when
-//! they come back to find its share or its budget taken (by a fresh blob, a listing, another
-//! replica) — at most one per slot, so at most at its quota's rate. Within a tenant, order is
-//! first-booked first-served, not strictly first-notified. A burst bigger than a tenant's share
-//! of a busy replica is spread at its quota's pace (2,000 a minute by default), not faster, even
-//! when workers free up sooner: the calendar knows the budget, not how long blobs take.
-//! RabbitMQ expires messages only at a queue's head, so a booked job queued in a tier behind a
-//! longer booking of another tenant comes back late (never early): that delays that tenant and
-//! loses nothing, and as a booking is not budget, the budget it would have used is still there
-//! when it comes. Without Redis there is neither a shared budget nor a calendar: a job within
-//! its tenant's share runs at once (Microsoft's AF429 still backs it off), and one over it is
-//! deferred for [`BUSY_BACKOFF`] and a random second or two.
+//! Why it is built so: docs/DESIGN.md, "pipeline/scheduling".
 
 use crate::domain::TenantId;
 use crate::store::quota::{Ask, Booking};
@@ -67,8 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The longest a job back at its turn waits on the worker for its budget to free up (see the
-/// module doc): longer waits are booked again.
+/// The longest a job back at its turn waits on the worker for its budget to free up (docs/DESIGN.md, "pipeline/scheduling"): longer waits are booked again.
 pub const SHORT_WAIT: Duration = Duration::from_secs(1);
 /// How far ahead at least a job over its tenant's share is booked: about the time a running job
 /// of the tenant takes to finish.
@@ -89,7 +30,7 @@ pub const REASON_TENANT_BUSY: &str = "tenant_busy";
 
 /// What a job may do now.
 #[derive(Debug)]
-pub enum Admission {
+pub enum Dispatch {
     /// Run: the fetch is counted in the tenant's budget; the permit holds the job's place in its
     /// tenant's share until dropped.
     Run(Permit),
@@ -177,11 +118,11 @@ impl Scheduler {
         &self,
         tenant: &TenantId,
         turn: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Admission {
+    ) -> Dispatch {
         let due = match turn_state(turn, chrono::Utc::now()) {
             Turn::Ahead(delay) => {
                 // Deferred further than a retry tier holds: back early, not yet its turn.
-                return Admission::Defer {
+                return Dispatch::Defer {
                     delay,
                     reason: REASON_QUOTA,
                 };
@@ -210,9 +151,9 @@ impl Scheduler {
                 .book(tenant, self.quota_per_minute, ask)
                 .await
             {
-                Ok(Booking::Admitted) => return Admission::Run(permit),
+                Ok(Booking::Admitted) => return Dispatch::Run(permit),
                 Ok(Booking::Booked(delay)) => {
-                    return Admission::Defer {
+                    return Dispatch::Defer {
                         delay,
                         reason: REASON_QUOTA,
                     }
@@ -220,10 +161,10 @@ impl Scheduler {
                 Ok(Booking::Shortly(wait)) => tokio::time::sleep(wait.min(SHORT_WAIT)).await,
                 // Without Redis the budget cannot be shared; Microsoft's AF429 still backs us
                 // off (as for every other Management API call).
-                Err(_) => return Admission::Run(permit),
+                Err(_) => return Dispatch::Run(permit),
             }
         }
-        Admission::Run(permit)
+        Dispatch::Run(permit)
     }
 
     /// A place in the tenant's share, when it has one free (or the replica has room to spare).
@@ -241,7 +182,7 @@ impl Scheduler {
 
     /// The tenant has its share of a busy replica: book its next slot, at least
     /// [`BUSY_BACKOFF`] ahead.
-    async fn busy(&self, tenant: &TenantId) -> Admission {
+    async fn busy(&self, tenant: &TenantId) -> Dispatch {
         let ask = Ask::Busy {
             not_before: BUSY_BACKOFF,
         };
@@ -254,7 +195,7 @@ impl Scheduler {
             Ok(Booking::Booked(delay)) => delay.max(BUSY_BACKOFF),
             Ok(_) | Err(_) => BUSY_BACKOFF + Duration::from_millis(rand::random_range(0..=2_000)),
         };
-        Admission::Defer {
+        Dispatch::Defer {
             delay,
             reason: REASON_TENANT_BUSY,
         }

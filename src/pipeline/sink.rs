@@ -2,17 +2,7 @@
 //! what consumers see of them — routing key `{contentType}.{tenantId}`, the record's bytes as the
 //! body, persistent JSON properties with `message_id` = the record id, and the `o365-*` headers.
 //!
-//! Confirms: [`RecordSink::publish`] returns only when RabbitMQ confirmed every record of the
-//! batch. Records are published mandatory: when no queue is bound for their routing key,
-//! RabbitMQ returns them and the batch fails as [`BrokerError::Unroutable`] — the blob is retried
-//! later and nothing is counted as published. A return is attributed by its routing key (see
-//! [`crate::broker`]), and all records of a batch share the blob's routing key, so a return
-//! always fails the batch it belongs to and never another blob's.
-//!
-//! Header caps: record fields copied into headers (`RecordType`, `Workload`, `Operation`,
-//! `CreationTime`) are cut to [`RECORD_HEADER_CAP`] bytes with a truncation marker — Microsoft's
-//! values are short, and a huge one must not make the header frame exceed `frame_max` (which
-//! closes the connection). The body is never cut.
+//! Why it is built so: docs/DESIGN.md, "pipeline/sink".
 
 use crate::broker::{
     header, json_properties, short_string, BasicProperties, Broker, BrokerError, FieldTable,

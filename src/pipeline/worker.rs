@@ -4,16 +4,7 @@
 //! ([`crate::pipeline::records`]), de-duplicate, publish through the [`RecordSink`], mark the blob relayed.
 //! The [`WorkQueue`] settles the job from the [`Outcome`] returned here.
 //!
-//! Nothing is acknowledged before its records are confirmed. Failures are classified by
-//! Microsoft's error code (`Retry` with its `Retry-After`, or `Dead` with the reason); a failure
-//! that is the tenant's parks the tenant and the job waits (`Park`, see [`crate::tenancy::health`]), and a
-//! parked tenant's jobs are set aside without being fetched. A record that is not JSON text does
-//! not stop the blob: the others are relayed, and the blob then goes to the dead-letter queue
-//! naming the bad record, so nothing is dropped unseen. A blob whose body
-//! does not arrive whole within `O365_FETCH_TIMEOUT` is retried (a drip-fed body cannot hold a
-//! worker for ever). A record refused by a consumer's full queue (a nack on the audit exchange)
-//! is backpressure, not a failure: the routing key pauses, the job waits without counting an
-//! attempt, and one job per interval probes with a single record ([`crate::pipeline::backpressure`]).
+//! Why it is built so: docs/DESIGN.md, "pipeline/worker".
 
 use crate::broker::BrokerError;
 use crate::domain::{parse_ms_time, Source, WorkItem};
@@ -21,7 +12,7 @@ use crate::microsoft::management::{ApiError, Disposition, ManagementClient};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::backpressure::{Backpressure, Gate, ProbeGuard, DOWNSTREAM_FULL};
 use crate::pipeline::records::{ArraySplitter, AuditRecord, RecordsError};
-use crate::pipeline::scheduling::{Admission, Scheduler};
+use crate::pipeline::scheduling::{Dispatch, Scheduler};
 use crate::pipeline::sink::{Publication, RecordSink};
 use crate::pipeline::work_queue::{Job, Outcome, WorkQueue};
 use crate::store::dedup::{ClaimPolicy, PublishOnceError, RecordKey};
@@ -225,8 +216,8 @@ impl Worker {
         };
         // Held until the blob is relayed or failed: its place in the tenant's share.
         let _permit = match self.scheduler.admit(&item.tenant_id, turn).await {
-            Admission::Run(permit) => permit,
-            Admission::Defer { delay, reason } => return Outcome::Defer { delay, reason },
+            Dispatch::Run(permit) => permit,
+            Dispatch::Defer { delay, reason } => return Outcome::Defer { delay, reason },
         };
         let started = Instant::now();
         match self.stream_blob(&item, Publication::Live, probe).await {

@@ -1,19 +1,7 @@
 //! What each tenant's data did lately, for the status page (`/admin/status`, `o365-relay status`):
 //! counts per hour and the latest events, written on the data path by every replica.
 //!
-//! - `activity:{tenant}:{YYYYMMDDHH}` — a hash of counters for that UTC hour (`notified`,
-//!   `blobs`, `records`, `recovered`, `dead`), expiring after 25 hours; and the same counters per
-//!   five minutes (`activity5:{tenant}:{YYYYMMDDHHMM}`, expiring after 70 minutes). "The last
-//!   hour" is the current five-minute slice and the eleven before it (55 to 60 minutes), "the
-//!   last day" the current hour and the 23 before it; each is a sum of small hashes, whatever
-//!   the volume.
-//! - `activity-last:{tenant}` — a hash of the latest events: `notified:{contentType}` and
-//!   `relayed:{contentType}` (RFC 3339), `dead_at`, `dead_code`, `dead_reason`, and
-//!   `subscription:{contentType}` (the keeper's last observation as JSON). A bounded set of
-//!   fields per tenant; removed with the tenant's other keys when it is offboarded.
-//!
-//! Writes are one pipelined round trip per event batch and never fail the data path: a lost
-//! status write costs a stale figure, not a record.
+//! Why it is built so: docs/DESIGN.md, "store/activity".
 
 use super::{Batch, Store, StoreResult};
 use crate::domain::{ContentType, TenantId};

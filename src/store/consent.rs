@@ -1,19 +1,6 @@
 //! Consent states and the consent allowlist.
 //!
-//! **States** are self-contained and signed (`src/consent/state.rs`): a start keeps nothing
-//! here. What Redis holds for them:
-//! - `consent-used:{id}` (`1`, expiring with the state): the state with this id was redeemed
-//!   at the callback. Written with `SET NX` only after the state's MAC, expiry and browser were
-//!   verified, so a forged state costs Redis nothing and a state is used once.
-//! - `consent-state-key` (base64url, no expiry): the key that signs the states when
-//!   `O365_CONSENT_STATE_KEY` is not set — made by the first replica that needs one (`SET NX`)
-//!   and read by the others.
-//!
-//! In a cluster both carry the hash tag `{consent}` after their family name, like every
-//! consent key.
-//!
-//! **Allowlist** (`consent-allowed`, a set of tenant ids): the tenants added through the admin
-//! API that may onboard when `O365_CONSENT_MODE=allowlist` (beside those configured).
+//! Why it is built so: docs/DESIGN.md, "store/consent".
 
 use super::{Store, StoreResult};
 use crate::domain::TenantId;

@@ -2,19 +2,7 @@
 //! Redis Cluster, whose key names carry hash tags (`token:{tenant}` where a standalone Redis
 //! has `token:tenant`, see [`super::TenantSegment`]). `o365-relay redis-migrate --from URL`.
 //!
-//! Each key under the prefix is copied with `DUMP` / `RESTORE` (value, type and remaining
-//! expiry as they are), under the name the target's mode gives it. What is copied is what a
-//! deployment must not lose: the tenant registry and states, the consent allowlist, the
-//! reconciliation checkpoints, the blob markers (relayed, dead-lettered, enqueued), the record
-//! de-duplication (compact buckets and `d` markers) — so nothing already relayed is relayed
-//! again after the move — and the tokens, activity and quota logs (which save requests and keep
-//! the status page's history). What belongs to a running replica is not copied: leases, token
-//! refresh locks, record claims in progress, replica heartbeats, the consent states' signing key
-//! and used-state markers (a replica on the target makes a new key: an admin mid-consent starts
-//! again), parking requests.
-//!
-//! A key that already exists on the target is left as it is (`RESTORE` without `REPLACE`), so
-//! a second run, or a run after the relay started on the target, overwrites nothing.
+//! Why it is built so: docs/DESIGN.md, "store/migrate".
 
 use super::{Store, StoreError, StoreResult};
 use crate::config::RedisMode;

@@ -1,26 +1,7 @@
 //! Redis: the one owner of every key the relay keeps. Each concern has a typed view that
 //! builds its own keys under `O365_REDIS_PREFIX` and takes domain types, never raw keys:
 //!
-//! - [`Store::tokens`] — the shared token cache and its refresh lock ([`tokens`]);
-//! - [`Store::dedup`] — blob markers (relayed, dead-lettered, enqueued by reconciliation) and
-//!   the record claims and compact done markers behind [`dedup::Dedup::publish_once`] ([`dedup`]);
-//! - [`Store::tenants`] — the tenant registry ([`tenants`]);
-//! - [`Lease`] — "one replica at a time" ([`leases`]);
-//! - [`Store::quota`] — the per-tenant request budget shared by replicas ([`quota`]);
-//! - [`Store::checkpoints`] — reconciliation checkpoints ([`checkpoints`]);
-//! - [`Store::consent`] — the single use of consent states and the key that signs them, and
-//!   [`Store::consent_allowlist`] — who may onboard ([`consent`]);
-//! - [`Store::start_guards`] — the spacing of subscription starts ([`subscriptions`]);
-//! - [`Store::parking`] — requests to release parked jobs and reconcile un-parked tenants
-//!   ([`parking`]);
-//! - [`Store::admin_sessions`] — the status page's sign-in sessions ([`admin_sessions`]).
-//!
-//! This module keeps the connection, the outage bookkeeping and the generic commands; they are
-//! private to the store.
-//!
-//! Redis is an accelerator, never a single point of failure for relaying: callers get a
-//! [`StoreError`] and degrade (fetch tokens directly, relay without de-duplication). The outage
-//! is logged once when it starts and once when it ends.
+//! Why it is built so: docs/DESIGN.md, "store".
 
 pub mod activity;
 pub mod admin_sessions;
@@ -812,7 +793,7 @@ mod tests {
         assert!(lease.try_hold().await);
         assert_eq!(
             store.quota().hit(&t, 5).await.expect("answered"),
-            quota::Admission::Admitted
+            quota::Hit::Admitted
         );
         store
             .admin_sessions()
@@ -1011,10 +992,10 @@ mod tests {
         let t = TenantId::parse(TENANT).expect("valid tenant id");
         for _ in 0..3 {
             let admitted = store.quota().hit(&t, 3).await.expect("answered");
-            assert_eq!(admitted, quota::Admission::Admitted);
+            assert_eq!(admitted, quota::Hit::Admitted);
         }
         match store.quota().hit(&t, 3).await.expect("answered") {
-            quota::Admission::Wait(w) => {
+            quota::Hit::Wait(w) => {
                 assert!(
                     w > Duration::from_secs(59) && w <= Duration::from_secs(62),
                     "{w:?}"

@@ -1,20 +1,6 @@
 //! The per-tenant Management API budget shared by every replica (`quota:{tenant}:0`).
 //!
-//! Microsoft throttles the requests a publisher sends for a tenant (Office 365 Management
-//! Activity API reference, "API throttling"); `O365_QUOTA_PER_MINUTE` is the budget. It is a
-//! sliding-window log: a sorted set of request times per tenant; a request is admitted when
-//! fewer than `limit` were admitted in the last minute. The window is 61 s, not 60: a request
-//! is stamped when it is admitted, not when Microsoft receives it, and the extra second absorbs
-//! that latency (and small clock differences between replicas) so no 60-second window *as
-//! Microsoft counts it* ever sees more.
-//!
-//! Content fetches ask through [`Quota::book`] instead of waiting ([`crate::pipeline::scheduling`] says
-//! why): the same log decides, and when it says no, the fetch is *booked* on the tenant's
-//! calendar (`quota:{tenant}:calendar`, one number: the next free slot) — one slot per booking,
-//! `61 s / O365_QUOTA_PER_MINUTE` apart, so the tenant's waiting blobs come back spread over the
-//! time its budget will serve them, in the order they were booked. A booking is a promise of a
-//! turn, not of budget: the blob asks the log again when it comes back, so the log stays the
-//! one count of requests sent, and a blob that comes back late wastes nothing.
+//! Why it is built so: docs/DESIGN.md, "store/quota".
 
 use super::{Batch, Store, StoreResult};
 use crate::domain::TenantId;
@@ -78,7 +64,7 @@ return book(now + wait)
 
 /// The answer to one request for budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum Hit {
     /// The request was counted: send it.
     Admitted,
     /// The budget is spent: ask again after this long.
@@ -149,7 +135,7 @@ impl<'a> Quota<'a> {
     }
 
     /// Counts one content fetch for `tenant` now, or books its turn on the tenant's calendar
-    /// (see the module doc and [`Ask`]).
+    /// (see docs/DESIGN.md, "store/quota" and [`Ask`]).
     pub async fn book(&self, tenant: &TenantId, per_minute: u32, ask: Ask) -> StoreResult<Booking> {
         let now = chrono::Utc::now().timestamp_micros();
         self.book_at(tenant, per_minute, ask, now).await
@@ -195,7 +181,7 @@ impl<'a> Quota<'a> {
 
     /// Counts one request for `tenant` if fewer than `per_minute` were counted in the last
     /// minute.
-    pub async fn hit(&self, tenant: &TenantId, per_minute: u32) -> StoreResult<Admission> {
+    pub async fn hit(&self, tenant: &TenantId, per_minute: u32) -> StoreResult<Hit> {
         let now = chrono::Utc::now().timestamp_millis();
         let member = format!("{now}-{}", uuid::Uuid::new_v4().simple());
         let mut c = self.0.conn().await?;
@@ -207,8 +193,8 @@ impl<'a> Quota<'a> {
             .invoke_async(&mut c)
             .await;
         self.0.observe(r).map(|ms| match ms {
-            0 => Admission::Admitted,
-            ms => Admission::Wait(Duration::from_millis(ms.max(0) as u64)),
+            0 => Hit::Admitted,
+            ms => Hit::Wait(Duration::from_millis(ms.max(0) as u64)),
         })
     }
 }

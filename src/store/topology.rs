@@ -2,24 +2,7 @@
 //! that Sentinel names. The rest of the store sees one connection type, [`Conn`], whatever the
 //! topology.
 //!
-//! - **Standalone**: a `ConnectionManager` (multiplexed, reconnects by itself).
-//! - **Cluster**: redis-rs's async cluster connection, which learns the slot map from the seed
-//!   nodes, follows `MOVED`/`ASK` and refreshes the map when a master fails over. A cluster
-//!   refuses a script or a pipeline whose keys lie in several slots (`CROSSSLOT`), so the store
-//!   names keys with hash tags ([`super::Store::tenant`]) and splits pipelines that span
-//!   tenants by slot ([`slot`], [`super::Batch`]).
-//! - **Sentinel**: the sentinels are asked in turn for the master's address
-//!   (`SENTINEL get-master-addr-by-name`), and the address is trusted only once the server
-//!   itself answers `ROLE` as a master (a sentinel that has not yet seen a failover names the
-//!   old master). The store drops the connection on any connection error or `READONLY` reply
-//!   and asks the sentinels again, so it follows a failover within a probe or two of the
-//!   sentinels' switch.
-//!
-//! Credentials: in cluster mode the seed URLs' user and password are the cluster's ACL (every
-//! node). In Sentinel mode the URLs are the sentinels'; their user and password are used for
-//! the master too (the common Helm charts' default: one password for both). A sentinel that
-//! has no password configured refuses `AUTH`; it is then asked again without credentials, so a
-//! deployment whose sentinels run without a password works as well.
+//! Why it is built so: docs/DESIGN.md, "store/topology".
 
 use crate::config::{RedisMode, RedisSettings};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -32,7 +15,7 @@ use redis::{
 use std::time::Duration;
 
 /// Bounds of one connection attempt and one reply, in every mode: a dead node costs callers
-/// a fast error, never a hang (the store then degrades; see its module doc).
+/// a fast error, never a hang (the store then degrades; docs/DESIGN.md, "store").
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 

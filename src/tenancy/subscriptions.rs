@@ -1,22 +1,7 @@
 //! Subscription lifecycle: start (with our webhook), stop, list, and the keeper that keeps every
 //! served tenant's subscriptions enabled with a healthy webhook pointing at us.
 //!
-//! Microsoft asks for 15 minutes between `/start` requests (docs/ONBOARDING.md, "3. Onboard a
-//! customer tenant"); the last attempt per tenant and content type is kept in Redis so all
-//! replicas respect it together.
-//!
-//! **What the keeper costs.** Listing every tenant's subscriptions every `O365_KEEPER_INTERVAL`
-//! (5 minutes) would be 12 Management API calls per tenant and hour, more than reconciliation's
-//! 20 (a listing per content type every 15 minutes) can leave room for under a budget of 25.
-//! Broken subscriptions are rare and cost no data (reconciliation relays what the webhook
-//! misses, and a missing or disabled subscription surfaces at once as AF20022/AF20023 to the
-//! reconciler and the workers, which start it), so a tenant found healthy is trusted for
-//! [`HEALTHY_RUNS`] runs (`sub-ok:{tenant}` in Redis, see [`crate::store`]); a tenant with a
-//! problem, or one whose subscription was just (re)started, is listed on every run until it is
-//! healthy. The trust expires after a random 75–100 % of those runs, so tenants found healthy
-//! together (all of them, on the first run) are re-checked spread over several runs instead of
-//! all in one. About one call per tenant and hour with the defaults; a webhook that Microsoft
-//! disabled is re-enabled within about an hour, while reconciliation keeps relaying.
+//! Why it is built so: docs/DESIGN.md, "tenancy/subscriptions".
 
 use crate::domain::secret::Secret;
 use crate::domain::{ContentType, TenantId};
@@ -342,7 +327,7 @@ pub struct Keeper {
 
 impl Keeper {
     /// One run: lists the subscriptions of every served tenant not found healthy within its
-    /// trust (see the module documentation), up to `concurrency` tenants at once, and starts
+    /// trust (see docs/DESIGN.md, "tenancy/subscriptions"umentation), up to `concurrency` tenants at once, and starts
     /// what they lack. Without Redis every tenant is due.
     pub async fn run_once(&self) -> KeeperRun {
         // A parked tenant is left to the health probe (crate::tenancy::health).

@@ -3,15 +3,7 @@
 //! CLI). The webhook asks on every notification, so answers are cached for a few seconds; while
 //! Redis is down the last known answers keep serving.
 //!
-//! **States** ([`TenantState`], shared by every replica through Redis):
-//! - `healthy` — served;
-//! - `parked` — a tenant-level failure (consent withdrawn, a token refused after a fresh one,
-//!   missing role, AF20010–AF20013) stopped its retrieval: notifications are still accepted, its
-//!   jobs wait, a probe checks it every few minutes; un-parked when it works again or when its
-//!   admin completes the consent flow again;
-//! - `pending` — consented while `O365_CONSENT_MODE=approval`: registered, served nothing until
-//!   an operator approves it;
-//! - `offboarded` — removed by an operator (remembered so the status page can say so).
+//! Why it is built so: docs/DESIGN.md, "tenancy/tenants".
 
 use crate::domain::TenantId;
 use crate::store::{Store, StoreError};
@@ -32,7 +24,7 @@ pub enum AddedBy {
     Admin,
 }
 
-/// A tenant's state; see the module doc.
+/// A tenant's state; see docs/DESIGN.md, "tenancy/tenants".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum TenantState {

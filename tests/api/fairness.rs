@@ -1,4 +1,4 @@
-//! Fairness between tenants (`src/scheduling.rs`): one tenant's backlog does not hold another's
+//! Fairness between tenants (`src/pipeline/scheduling.rs`): one tenant's backlog does not hold another's
 //! fresh blobs back, and a blob waiting for its tenant's turn is deferred — never counted as a
 //! failed attempt, never lost.
 //!

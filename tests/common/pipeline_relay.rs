@@ -16,7 +16,7 @@ pub struct InProcess {
 impl InProcess {
     /// The relay on `p`, its RabbitMQ topology declared; its queues join `p`'s clean-up.
     pub async fn start(p: &mut Pipeline) -> InProcess {
-        let q = o365_relay::pipeline::work_queue::Names::new(&p.names.work_queue);
+        let q = o365_relay::pipeline::work_queue::QueueNames::new(&p.names.work_queue);
         p.guard
             .queues
             .extend([q.dead, q.parked].into_iter().chain(q.retry));

@@ -450,7 +450,7 @@ async fn wait_ready(relay: &Arc<RelayParts>) {
 /// Removes the relay's exchange, its work, retry, dead and parked queues, the sink and every
 /// Redis key under the prefix.
 pub fn relay_resources(names: &Names) -> ResourceGuard {
-    let q = o365_relay::pipeline::work_queue::Names::new(&names.work_queue);
+    let q = o365_relay::pipeline::work_queue::QueueNames::new(&names.work_queue);
     ResourceGuard::for_relay(names, [q.dead, q.parked].into_iter().chain(q.retry))
 }
 

@@ -152,7 +152,7 @@ async fn full_queue_pauses_then_drains(overflow: &'static str, with_dlx: bool) {
         .metric("o365_downstream_probes_total")
         .await
         .unwrap_or(0.0) as u64;
-    // The stated bound (src/backpressure.rs): one extra copy of the batches refused (a batch
+    // The stated bound (src/pipeline/backpressure.rs): one extra copy of the batches refused (a batch
     // here is one blob, at most RECORDS records) and one record per refused probe.
     let bound = refusals * RECORDS as u64 + probes;
     assert!(

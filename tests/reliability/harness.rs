@@ -140,7 +140,7 @@ impl Harness {
             // environment: the way to check that a test fails when a mechanism is switched off.
             .overrides_from_host("RELIABILITY_EXTRA_ENV")
             .into_vars();
-        let q = o365_relay::pipeline::work_queue::Names::new(&names.work_queue);
+        let q = o365_relay::pipeline::work_queue::QueueNames::new(&names.work_queue);
         let guard = ResourceGuard::for_relay(&names, [q.dead].into_iter().chain(q.retry));
         // The sink exists before the relay publishes (records are published as mandatory); it
         // is durable, on the real broker, so a cut proxy does not touch it.

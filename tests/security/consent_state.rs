@@ -1,6 +1,6 @@
 //! The consent `state` attacked (issue 20, part 3: "a consent start costs the server
 //! nothing"): a flood of starts from many addresses, a planted nonce cookie, forged, expired,
-//! replayed and cross-browser states. docs/ONBOARDING.md, "Abuse limits"; `src/consent.rs`.
+//! replayed and cross-browser states. docs/ONBOARDING.md, "Abuse limits"; `src/http/consent/`.
 //!
 //! "The code was never redeemed" is proven twice: the simulator's token endpoint refused
 //! nothing (every redemption attempt it sees, valid or not, is either a token or a refusal it

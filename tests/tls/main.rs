@@ -87,7 +87,7 @@ async fn a_notification_is_relayed_over_rediss_and_amqps_with_private_cas() {
     let sink = Sink::bind(AMQP, &names.exchange, &names.sink, SinkQueue::Plain)
         .await
         .expect("RabbitMQ is running");
-    let derived = o365_relay::pipeline::work_queue::Names::new(&names.work_queue);
+    let derived = o365_relay::pipeline::work_queue::QueueNames::new(&names.work_queue);
     let mut guard =
         ResourceGuard::for_relay(&names, [derived.dead].into_iter().chain(derived.retry));
     let settings = Settings::from_vars(vars).expect("test settings are valid");

@@ -116,7 +116,7 @@ impl Ctx {
     /// the simulator its relays use, and their clean-up on this run's RabbitMQ and Redis.
     pub fn section(&self, tag: &str, sim: &Simulator) -> Section {
         let names = Names::new(&format!("bench-{tag}"));
-        let relay_queues = o365_relay::pipeline::work_queue::Names::new(&names.work_queue);
+        let relay_queues = o365_relay::pipeline::work_queue::QueueNames::new(&names.work_queue);
         let guard = ResourceGuard::for_relay(
             &names,
             [relay_queues.dead].into_iter().chain(relay_queues.retry),

@@ -121,7 +121,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<Outcome> {
     let bin = relay_bin(args.relay_bin.as_deref())?;
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
     let names = Names::new("soak");
-    let q = o365_relay::pipeline::work_queue::Names::new(&names.work_queue);
+    let q = o365_relay::pipeline::work_queue::QueueNames::new(&names.work_queue);
     let mut guard = ResourceGuard::for_relay(&names, [q.dead.clone()].into_iter().chain(q.retry));
     // The soak's own Redis (it is restarted mid-run, which must not touch anyone else's data);
     // stopped when the soak ends, whatever happens.

@@ -24,7 +24,7 @@ impl ResourceGuard {
 
     /// What a test relay under `names` creates: its exchange, the test's sink queue, every
     /// key under its Redis prefix, and `relay_queues` — the work queue and the queues the relay
-    /// derives from it, which only the relay knows (`o365_relay::pipeline::work_queue::Names`).
+    /// derives from it, which only the relay knows (`o365_relay::pipeline::work_queue::QueueNames`).
     pub fn for_relay<S: Into<String>>(
         names: &Names,
         relay_queues: impl IntoIterator<Item = S>,

@@ -3,18 +3,7 @@
 //! the listener's own origin or from no browser at all (cross-site requests) — whether or not
 //! `O365_ADMIN_TOKEN` is set.
 //!
-//! **Host.** A page on `evil.example` whose name the attacker re-points at `127.0.0.1` reaches
-//! a loopback listener with `Host: evil.example`. An IP literal cannot be re-pointed, so it is
-//! always accepted (Kubernetes probes and Prometheus scrape pods by address), as is `localhost`;
-//! any other name must be listed in `O365_ADMIN_HOSTS` (e.g. the admin Service's DNS name, or
-//! the host an internal ingress serves the status page on). Anything else answers 421.
-//!
-//! **Cross-site.** A browser says where a request comes from: `Sec-Fetch-Site` (`same-origin`,
-//! `same-site`, `cross-site`, `none`) and `Origin`. A request other than `GET`/`HEAD`/`OPTIONS`
-//! is refused (403) when `Sec-Fetch-Site` is present and neither `same-origin` nor `none`, or
-//! when `Origin` is present and is not `http(s)://{Host}` (`Origin: null`, from a sandboxed
-//! frame or a redirect, included). The CLI, curl and scripts send neither header and pass. Reads
-//! need no check: the browser's same-origin policy keeps their answers from the other site.
+//! Why it is built so: docs/DESIGN.md, "http/admin/origin".
 
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::LimitedWarnings;

@@ -2,27 +2,7 @@
 //! load, so `POST /admin/login` exchanges the admin token for a session, and
 //! `POST /admin/logout` ends it.
 //!
-//! - **The cookie carries a random id, nothing else**: 32 bytes from the thread's CSPRNG,
-//!   base64url (43 characters), new at every sign-in. Nothing in it is derived from the token,
-//!   so a copied cookie does not let anyone test guesses of the token offline, and two sign-ins
-//!   never share a value.
-//! - **The server decides**: Redis keeps, under the SHA-256 of the id
-//!   ([`crate::store::admin_sessions`]), a fingerprint of the admin token current at sign-in,
-//!   and expires the key after [`LIFETIME`] (12 h). A request with the cookie is signed in only
-//!   while that key exists and its fingerprint matches the token in force: changing
-//!   `O365_ADMIN_TOKEN` and restarting ends every session, logging out ends one, and a cookie
-//!   replayed after either opens nothing. Redis unreachable means not signed in.
-//! - **The fingerprint** is HMAC-SHA256 keyed by the session id over the token: the id is the
-//!   session's own salt, and one Redis never holds. Reading Redis alone gives neither a way in
-//!   (only hashes of ids) nor a way to test token guesses (each fingerprint is keyed by an id
-//!   it does not have); the cookie alone gives no fingerprint to test against.
-//! - **The cookie**: `HttpOnly` (no script reads it), `SameSite=Strict` (no other site's page
-//!   sends it), `Path=/admin`, `Max-Age` the session's lifetime, and `Secure` when the request
-//!   came over https (directly or, per `X-Forwarded-Proto`, through an internal ingress).
-//!
-//! A session only reads (`GET /admin/`, `GET /admin/status`): every request that changes
-//! something still needs the bearer token, so a cross-site form could not act through it even
-//! if a browser sent it.
+//! Why it is built so: docs/DESIGN.md, "http/admin/session".
 
 use crate::domain::secret::{constant_time_eq, Secret};
 use crate::store::{Store, StoreResult};
@@ -119,7 +99,7 @@ pub fn is_https(req: &HttpRequest) -> bool {
     req.connection_info().scheme().eq_ignore_ascii_case("https")
 }
 
-/// `Set-Cookie` for a new session; see the module doc for each attribute.
+/// `Set-Cookie` for a new session; see docs/DESIGN.md, "http/admin/session" for each attribute.
 pub fn set_cookie(id: &SessionId, secure: bool) -> String {
     cookie(&id.0, LIFETIME.as_secs(), secure)
 }

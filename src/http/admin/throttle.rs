@@ -2,32 +2,7 @@
 //! `O365_ADMIN_TOKEN` — the sign-in form (`POST /admin/login`) and the admin API's bearer
 //! token — goes through [`SignInThrottle::attempt`].
 //!
-//! - **The budget**: `O365_ADMIN_LOGIN_FAILURES_PER_MINUTE` (default 5) wrong or missing tokens
-//!   per client at once, one more every `60 / n` seconds. A client past it is answered 429 with
-//!   `Retry-After`, **and its token is not compared**: a right guess looks exactly like a wrong
-//!   one until the budget has refilled, so guessing runs at the budget's pace whatever the
-//!   client sends. Successful requests spend nothing (scripts calling the API are not slowed),
-//!   and a session cookie is not a guess at the token, so it is never throttled.
-//! - **The client** is the peer address, or the client a proxy of `O365_TRUSTED_PROXIES` names
-//!   ([`crate::http::client_address`]; IPv6 by /64). Other clients keep their own budgets: a flood
-//!   from one address does not lock the operator out.
-//! - **The counting** is [`governor`]'s keyed GCRA limiter (a maintained, widely used crate
-//!   with a keyed store and the housekeeping it needs): one cell spent per failure. Deciding
-//!   whether a client is over budget must not spend a cell (a right token would pay for it),
-//!   so the store ([`Ledger`]) is governor's own `HashMap` store, through which a *look*
-//!   evaluates governor's decision and leaves the state as it was. Look, comparison and
-//!   spend are one step (a mutex), so concurrent guesses cannot all pass one look.
-//! - **Memory**: a client is remembered while its failures count (a minute at most), about
-//!   50 bytes each. Once [`MAX_CLIENTS`] are remembered, the table is swept of clients whose
-//!   budget has refilled (governor's `retain_recent` and `shrink_to_fit`, at most once a
-//!   second); if it is still full, a client not in it is refused (429) until room frees up —
-//!   failing closed, since an attacker with that many addresses is the one to stop. Session
-//!   cookies keep working meanwhile.
-//! - **Seen**: `o365_admin_auth_failures_total{route}` and `o365_admin_auth_throttled_total`
-//!   count every one; the log says so with the client and the route at most once per 10 s
-//!   each ([`crate::ops::telemetry::LimitedWarnings`]), never with the token.
-//!
-//! The table is per replica, like the consent limiter's: replicas multiply the budget.
+//! Why it is built so: docs/DESIGN.md, "http/admin/throttle".
 
 use crate::config::IpNet;
 use crate::http::client_address::{budget_key, of_request};
@@ -90,7 +65,7 @@ struct Look {
 }
 
 /// governor's `HashMap` state store, keyed by client, through which a look may also leave
-/// the state as it was (see the module doc).
+/// the state as it was (see docs/DESIGN.md, "http/admin/throttle").
 struct Ledger(Arc<HashMapStateStore<IpAddr>>);
 
 impl StateStore for Ledger {
@@ -133,7 +108,7 @@ impl ShrinkableKeyedStateStore<Look> for Ledger {
     }
 }
 
-/// Failed sign-ins per client; see the module doc.
+/// Failed sign-ins per client; see docs/DESIGN.md, "http/admin/throttle".
 pub struct SignInThrottle<C: Clock = DefaultClock> {
     limiter: RateLimiter<Look, Ledger, C, NoOpMiddleware<C::Instant>>,
     /// The limiter's store, to ask whether a client is remembered.

@@ -1,17 +1,7 @@
 //! How often one client may start a consent: a token bucket per client address, in memory,
 //! in a table of bounded size.
 //!
-//! **Who the client is**: [`crate::http::client_address`] (the peer, or the client a trusted proxy
-//! names; IPv6 clients by their /64, so rotating addresses inside it does not buy more starts).
-//!
-//! **The bucket.** Each client may start `per_minute` consents at once and regains one every
-//! `60 / per_minute` seconds; a refused start learns how long to wait (`Retry-After`). The
-//! table is per replica (replicas multiply the budget) and holds at most [`MAX_CLIENTS`]
-//! entries: when it is full, clients whose bucket has refilled are forgotten (they lose
-//! nothing), and if that is not enough, the one seen longest ago. So memory stays bounded
-//! whatever number of addresses a flood comes from; a client forgotten under such a flood gets
-//! a fresh bucket. This is a courtesy, not a defence: a start stores nothing (the `state` is
-//! signed, not kept), so no number of them can crowd out a real admin.
+//! Why it is built so: docs/DESIGN.md, "http/consent/limiter".
 
 use crate::http::client_address::budget_key;
 use std::collections::HashMap;
@@ -35,7 +25,7 @@ struct Bucket {
     seen: Instant,
 }
 
-/// Per-client token buckets; see the module doc.
+/// Per-client token buckets; see docs/DESIGN.md, "http/consent/limiter".
 pub struct RateLimiter {
     per_minute: u32,
     max_clients: usize,

@@ -1,7 +1,7 @@
 //! Tenant onboarding through admin consent (docs/ONBOARDING.md, "3. Onboard a customer
 //! tenant"): `GET /consent` shows the button, `/consent/start` redirects to Entra's authorize
 //! URL, `/consent/callback` redeems the code, reads `tid` from the token (never the query) and
-//! registers the tenant as `O365_CONSENT_MODE` says ([`admission`]).
+//! registers the tenant as `O365_CONSENT_MODE` says ([`policy`]).
 //!
 //! **A start costs the server nothing**: the `state` is signed, not stored ([`state`]: id,
 //! expiry, SHA-256 of a nonce we put in a fresh cookie at every start), so no flood of starts
@@ -11,9 +11,9 @@
 //! `__Host-o365_consent` over https (no sibling host can plant or shadow it), `HttpOnly` and
 //! `SameSite=Lax` (the callback is a top-level GET from Entra's site, which `Strict` misses).
 
-pub mod admission;
 pub mod limiter;
 mod pages;
+pub mod policy;
 pub mod state;
 
 pub use pages::permissions;
@@ -27,10 +27,10 @@ use crate::tenancy::tenants::{AddedBy, TenantError, TenantState};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use admission::{Admission, Verdict};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use limiter::{Admit, RateLimiter};
+use policy::{ConsentPolicy, Verdict};
 use serde::Deserialize;
 use state::{Claims, Keys, Refused};
 use std::net::IpAddr;
@@ -54,7 +54,7 @@ pub struct Consent {
     pub tokens: Arc<TokenProvider>,
     pub onboarding: Arc<Onboarding>,
     /// `O365_CONSENT_MODE` and its allowlist.
-    pub admission: Arc<Admission>,
+    pub consent_policy: Arc<ConsentPolicy>,
     /// `O365_CONSENT_STARTS_PER_MINUTE`, per client.
     pub limiter: RateLimiter,
     /// `O365_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client.
@@ -151,7 +151,7 @@ impl ResponseError for ConsentError {
 }
 
 async fn page(consent: web::Data<Consent>) -> HttpResponse {
-    pages::consent_page(&consent.content_types, consent.admission.mode())
+    pages::consent_page(&consent.content_types, consent.consent_policy.mode())
 }
 
 /// The name of the nonce cookie: `__Host-` prefixed over https.
@@ -355,7 +355,7 @@ async fn callback(
         .and_then(|u| u.as_str())
         .map(str::to_string);
     let new_state = match consent
-        .admission
+        .consent_policy
         .verdict(&tenant)
         .await
         .map_err(ConsentError::StateStore)?

@@ -29,7 +29,7 @@ pub fn retry_queue_names(work: &str) -> Vec<String> {
 
 /// The queue names derived from `O365_AMQP_WORK_QUEUE`.
 #[derive(Clone, Debug)]
-pub struct Names {
+pub struct QueueNames {
     pub work: String,
     /// One per entry of [`RETRY_TIERS`].
     pub retry: Vec<String>,
@@ -38,9 +38,9 @@ pub struct Names {
     pub parked: String,
 }
 
-impl Names {
-    pub fn new(work: &str) -> Names {
-        Names {
+impl QueueNames {
+    pub fn new(work: &str) -> QueueNames {
+        QueueNames {
             work: work.to_string(),
             retry: retry_queue_names(work),
             dead: format!("{work}.dead"),
@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn retries_go_to_the_shortest_tier_that_holds_their_delay() {
-        let names = Names::new("w");
+        let names = QueueNames::new("w");
         assert_eq!(
             names.retry_queue_for(Duration::from_millis(200)),
             "w.retry.5s"

@@ -1,24 +1,6 @@
 //! De-duplication: blob markers and record claims.
 //!
-//! Blob markers, each `"1"` with an expiry:
-//! - `relayed:{tenant}:{contentId}` — every record of the blob was published;
-//! - `dead:{tenant}:{contentId}` — the blob was dead-lettered, so reconciliation does not
-//!   enqueue it again and again while Microsoft still lists it (an operator requeues dead
-//!   letters explicitly);
-//! - `reconcile-enqueued:{tenant}:{contentId}` — the blob is in flight: enqueued (by the webhook
-//!   or reconciliation), waiting in a retry tier, deferred or parked
-//!   ([`crate::pipeline::work_queue::WorkQueue`] writes it for as long as each wait lasts), so
-//!   reconciliation does not queue a second copy meanwhile.
-//!
-//! Records: [`Dedup::publish_once`] makes a record Microsoft put in several blobs go out once
-//! across blobs, workers and replicas. While a record is being published it is *claimed* by a
-//! key of its own, `rec:{tenant}:{recordId}` = `p:{owner}` (a few seconds, with an expiry in
-//! case the owner dies). Once published it is *remembered* for `O365_RECORD_DEDUP_TTL` in a
-//! compact form: a field of a small hash per tenant and `CreationTime` hour
-//! (`seen:{tenant}:{hour}:{kind}:{path}`), about 24 bytes of Redis per record where a key per
-//! record cost about 200 (BENCHMARKS.md, "Record de-duplication memory"). The layout, why it
-//! is exact (no record that is not a duplicate is ever skipped) and how it coexists with the
-//! previous version's `rec:` = `d` markers: [`seen`].
+//! Why it is built so: docs/DESIGN.md, "store/dedup".
 
 mod seen;
 
@@ -220,7 +202,7 @@ impl<'a> Dedup<'a> {
     /// Each record is looked up and, unless already published, claimed (`p:{owner}`, expiring
     /// after `claim_ttl` should the owner die), in one round trip for the batch; `publish`
     /// gets the records claimed now. After it succeeds they are remembered as published for
-    /// `done_ttl` (see the module doc for how) and their claims deleted, in one more round
+    /// `done_ttl` (see docs/DESIGN.md, "store/dedup" for how) and their claims deleted, in one more round
     /// trip; when it fails their claims are released so a retry publishes them at once, and
     /// the error is returned. Records already published are counted as duplicates and not
     /// published again. Records another owner is publishing right now are asked about again

@@ -1,81 +1,7 @@
 //! The compact done markers of [`super::Dedup::publish_once`]: where a published record is
 //! remembered, and the two Lua scripts that claim and finish a batch in one round trip each.
 //!
-//! # Layout
-//!
-//! A record is remembered as one *field* of a small Redis hash:
-//!
-//! - the **bucket** is the tenant and the hour of the record's own `CreationTime`
-//!   (`seen:{tenant}:{hour}:{kind}`, `hour` counted from the Unix epoch). Every copy of a record
-//!   Microsoft repeats carries the same `CreationTime`, so a lookup touches one bucket, and a
-//!   bucket is forgotten as a whole (one expiry per key, no per-record expiry);
-//! - the **field** is the record id in an exact form: a GUID in Microsoft's form (lowercase,
-//!   `8-4-4-4-12`) as its 16 raw bytes (`kind` `g`), any other id of at most 64 bytes as itself
-//!   (`kind` `s`, so `ABC` and `abc`, or a GUID in capitals and the same GUID in lowercase, stay
-//!   two records, as their `message_id`s are). The kinds live in separate keys, so a 16-byte
-//!   id can never be mistaken for the raw bytes of a GUID. Nothing is hashed or truncated: two
-//!   different ids are two different fields, so a record that is not a duplicate is never
-//!   skipped. The value is empty.
-//!
-//! Redis keeps a hash of at most `hash-max-listpack-entries` fields of at most
-//! `hash-max-listpack-value` bytes (defaults 512 and 64) as one flat listpack: a GUID costs
-//! 16 bytes + 2 of framing + 2 for the empty value, about 20 bytes, where a key per record
-//! costs a key object, a dictionary entry, an expiry entry and the id twice (~210 bytes). A
-//! hash that passes either limit becomes a real hash table (~100 bytes a field) and stays one.
-//! Managed Redis may be set lower and often does not let the operator change it, so a bucket
-//! is **split** as it grows, never letting a hash pass 128 fields (extendible hashing without a
-//! directory):
-//!
-//! - a bucket is a binary tree of keys `{bucket}:{path}`, `path` the first bits (`0`/`1`) of a
-//!   24-bit spread of the field, computed in the script so every replica and every split
-//!   agree on it (see `tree_lua!`). A *leaf* is a hash; an inner node is an empty string, a
-//!   *split marker*;
-//! - a field lives in the leaf on its path: the first node of the path that is not a split
-//!   marker. Markers are closed under ancestry (a node is split only once its parent is), so a
-//!   node is the leaf when it is not a marker and its parent is;
-//! - when an insert brings a leaf to 128 fields it is split: its fields move to the two
-//!   children by their next bit and the leaf becomes a marker. Leaves then hold 64 to 128
-//!   fields (80 on average in the benchmark), and the keys cost ~5 bytes per record;
-//! - at depth 24 (16 million leaves in one tenant-hour) a leaf no longer splits: Redis then
-//!   turns it into a real hash table — more memory, the same answers.
-//!
-//! The shape only decides memory, never an answer: whatever the server's listpack limits, the
-//! spread of the ids or how many records an hour holds, a field is found exactly where it was
-//! written. Measured (BENCHMARKS.md, "Record de-duplication memory"): 27 bytes per record
-//! with ~10,000 records per tenant-hour; a bucket costs ~250 bytes of keys besides, which a
-//! tenant with few records an hour pays per record (e.g. ~49 bytes each at 10 an hour).
-//!
-//! # Expiry
-//!
-//! Every key of a bucket is kept until at least `done_ttl` after the end of its hour, and at
-//! least `done_ttl` after the last record written to it (a record arriving days late is still
-//! remembered for `done_ttl`, as with a key per record); an hour ending in the future counts
-//! as at most one hour away, so a wrong clock cannot keep a bucket for long. A write extends
-//! the expiry of its leaf and of every marker above it, so a marker always outlives the leaves
-//! under it. An expired bucket reads as empty.
-//!
-//! # What stays a key per record
-//!
-//! Claims (`rec:{tenant}:{recordId}` = `p:{owner}`, ≤ 20 s): they live only while a record is
-//! published and need their own expiry should the owner die; `finish` deletes them. A record
-//! without a usable `CreationTime` (absent, or not `YYYY-MM-DDTHH…`) or with an id longer than
-//! 64 bytes (the relay's `sha256:` ids of records without an `Id`) keeps the previous scheme:
-//! its claim key becomes `d` for `done_ttl`. Microsoft's records have both, so this is rare,
-//! and it is exact; bucketing such a record by the blob's date or by "now" would miss its
-//! copies in other blobs.
-//!
-//! The previous version wrote `rec:{tenant}:{recordId}` = `d` for every record. The claim
-//! script still reads it as "done", so during a rolling upgrade (and for `done_ttl` after it)
-//! a record the previous version relayed is not relayed again; a claim `p:{owner}` of either
-//! version makes the other wait, as both use the same key. The other way round — a replica of
-//! the previous version meeting a record this version relayed — it does not see the compact
-//! marker and may relay the record once more while both versions run (never fewer records).
-//!
-//! The scripts name the buckets' keys themselves rather than in `KEYS` (a bucket's leaves are
-//! found while the script runs). In a Redis Cluster that is allowed because every key of a
-//! tenant carries the tenant as its hash tag (`rec:{tenant}:…`, `seen:{tenant}:…`, see
-//! [`crate::store::Store`]): a batch is one tenant's, so its claims in `KEYS` and the buckets
-//! the script names all lie in one slot, on the node the script runs on.
+//! Why it is built so: docs/DESIGN.md, "store/dedup/seen".
 
 use std::time::Duration;
 
@@ -90,7 +16,7 @@ const MAX_AHEAD_MS: i64 = 3_600_000;
 /// a Lua number, which must stay an exact integer.
 const MAX_KEEP_MS: u64 = 400 * 86_400_000;
 
-/// One record's place in a bucket, see the module doc.
+/// One record's place in a bucket, see docs/DESIGN.md, "store/dedup/seen".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Place {
     /// `{prefix}seen:{tenant}:{hour}:{kind}`; the script appends `:{path}`.

@@ -199,7 +199,7 @@ impl<'c> Fleet<'c> {
 
     /// The queues the relays declared: the work queue, its retry tiers and its dead queue.
     pub fn relay_queues(&self) -> Vec<String> {
-        let q = o365_relay::pipeline::work_queue::Names::new(&self.names.work_queue);
+        let q = o365_relay::pipeline::work_queue::QueueNames::new(&self.names.work_queue);
         std::iter::once(q.work)
             .chain(q.retry)
             .chain(std::iter::once(q.dead))

@@ -1,16 +1,7 @@
 //! Who may onboard (`O365_CONSENT_MODE`): what a completed consent does with the tenant it
 //! names, and the allowlist the admin API edits.
 //!
-//! - `open` — the tenant is registered healthy and its subscriptions start;
-//! - `allowlist` — the same for a listed tenant; any other is told this relay does not serve
-//!   it, and nothing is registered or started. Listed means: in
-//!   `O365_CONSENT_ALLOWED_TENANTS`, added through the admin API (Redis, shared by replicas),
-//!   or in `O365_TENANTS` (served anyway; their admin may consent again, e.g. after a parking);
-//! - `approval` — the tenant is registered `pending` and served nothing until an operator
-//!   approves it; a tenant already approved stays approved.
-//!
-//! The allowlist only governs the consent flow: removing a tenant from it does not stop serving
-//! a tenant already registered (that is `tenants remove`).
+//! Why it is built so: docs/DESIGN.md, "http/consent/policy".
 
 use crate::config::ConsentMode;
 use crate::domain::TenantId;
@@ -48,7 +39,7 @@ pub struct AllowedTenants {
 }
 
 /// The consent mode and its allowlist.
-pub struct Admission {
+pub struct ConsentPolicy {
     mode: ConsentMode,
     /// `O365_CONSENT_ALLOWED_TENANTS`.
     configured: Vec<TenantId>,
@@ -57,14 +48,14 @@ pub struct Admission {
     store: Arc<Store>,
 }
 
-impl Admission {
+impl ConsentPolicy {
     pub fn new(
         mode: ConsentMode,
         configured: Vec<TenantId>,
         fixed: Vec<TenantId>,
         store: Arc<Store>,
-    ) -> Admission {
-        Admission {
+    ) -> ConsentPolicy {
+        ConsentPolicy {
             mode,
             configured,
             fixed,

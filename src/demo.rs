@@ -2,15 +2,18 @@
 //! process against the local Redis and RabbitMQ, onboards simulated tenants (the subscription
 //! validation handshake really happens), lets the simulator publish content and notify —
 //! losing some notifications on purpose so the reconciler has work — and reads everything that
-//! reached the exchange back from a demo queue.
+//! reached the exchange back from a demo queue. `--exchange`, `--work-queue` and
+//! `--summary-json` let a consumer (and its test) bind to an exchange of its own first and
+//! compare what it received with what the demo saw arrive.
 
 use crate::app::Application;
 use crate::config::{redact_url, Settings};
 use crate::domain::TenantId;
 use futures_util::StreamExt;
 use o365_sim::Faults;
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use test_support::sink::{Sink, SinkQueue};
@@ -34,6 +37,51 @@ pub struct DemoArgs {
     /// Give up after this long.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// The topic exchange the records go to [default: $O365_AMQP_EXCHANGE, else o365.audit].
+    /// Bind your consumer's queue to it before the demo starts: records are published mandatory.
+    #[arg(long, value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// The relay's work queue; its retry, parked and dead-letter queues are named after it
+    /// [default: $O365_AMQP_WORK_QUEUE, else o365.content].
+    #[arg(long, value_name = "NAME")]
+    pub work_queue: Option<String>,
+    /// Also write the outcome to PATH as JSON: the counts, and every record that reached the
+    /// exchange (`message_id`, `routing_key`), to check a consumer against.
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+}
+
+/// What `--summary-json` writes.
+#[derive(serde::Serialize)]
+struct JsonSummary<'a> {
+    /// Every distinct record the simulator published reached the exchange.
+    complete: bool,
+    exchange: &'a str,
+    work_queue: &'a str,
+    tenants: &'a [String],
+    blobs: usize,
+    /// Records the simulator put into blobs, repeats across blobs included.
+    records_published: u64,
+    /// Distinct record ids the simulator published: what should reach the exchange.
+    expected: usize,
+    /// Distinct message ids that reached the exchange (= `records`).
+    received: usize,
+    /// Messages the demo's own queue received (a record published twice counts twice).
+    messages: u64,
+    duplicates_suppressed: u64,
+    recovered_by_reconciliation: u64,
+    token_requests: u64,
+    elapsed_seconds: f64,
+    /// Each distinct record that reached the exchange, by message id.
+    records: Vec<SeenRecord<'a>>,
+    /// Record ids the simulator published that did not reach the exchange in time.
+    missing: Vec<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct SeenRecord<'a> {
+    message_id: &'a str,
+    routing_key: &'a str,
 }
 
 const DEMO_TENANTS: [&str; 4] = [
@@ -101,8 +149,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let redis_url = env_or("O365_REDIS_URL", "redis://127.0.0.1:6379");
     let amqp_url = env_or("O365_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-    let exchange = env_or("O365_AMQP_EXCHANGE", "o365.audit");
-    let work_queue = env_or("O365_AMQP_WORK_QUEUE", "o365.content");
+    let exchange = args
+        .exchange
+        .clone()
+        .unwrap_or_else(|| env_or("O365_AMQP_EXCHANGE", "o365.audit"));
+    let work_queue = args
+        .work_queue
+        .clone()
+        .unwrap_or_else(|| env_or("O365_AMQP_WORK_QUEUE", "o365.content"));
     // With several endpoints (a cluster), the demo's own connections — the check below and
     // the demo queue — use the first; the relay itself gets the whole list.
     let first_amqp_url = amqp_url
@@ -231,7 +285,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         sim.notifications_dropped()
     );
 
-    let mut received: HashSet<String> = HashSet::new();
+    // message id → routing key of every record that reached the exchange.
+    let mut received: BTreeMap<String, String> = BTreeMap::new();
     let mut messages = 0u64;
     let mut sample: Option<(String, String)> = None;
     let deadline = tokio::time::Instant::now() + args.timeout;
@@ -241,7 +296,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             Ok(Some(Ok(d))) => {
                 messages += 1;
                 if let Some(id) = d.properties.message_id() {
-                    received.insert(id.to_string());
+                    received
+                        .entry(id.to_string())
+                        .or_insert_with(|| d.routing_key.to_string());
                 }
                 if sample.is_none() {
                     sample = Some((
@@ -262,10 +319,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         }
     }
     let elapsed = started.elapsed();
-    let complete = expected.iter().all(|id| received.contains(id));
+    let complete = expected.iter().all(|id| received.contains_key(id));
     let duplicates = parts.metrics.records_duplicate.get();
     let reconciled = parts.metrics.reconcile.missing_total();
     let tokens: u64 = tenants.iter().map(|t| sim.token_requests(t)).sum();
+    let sim_records = sim.records_published();
 
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(35), app_task).await;
@@ -289,10 +347,48 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     println!(
         "consume it yourself: bind a queue to the topic exchange '{exchange}' with routing key '#' (or 'Audit.Exchange.*', '#.<tenant id>'); each message is one audit record, message_id = the record's Id."
     );
+    if let Some(path) = &args.summary_json {
+        let mut missing: Vec<&str> = expected
+            .iter()
+            .filter(|id| !received.contains_key(*id))
+            .map(String::as_str)
+            .collect();
+        missing.sort_unstable();
+        let summary = JsonSummary {
+            complete,
+            exchange: &exchange,
+            work_queue: &work_queue,
+            tenants: &tenants,
+            blobs,
+            records_published: sim_records,
+            expected: expected.len(),
+            received: received.len(),
+            messages,
+            duplicates_suppressed: duplicates,
+            recovered_by_reconciliation: reconciled,
+            token_requests: tokens,
+            elapsed_seconds: elapsed.as_secs_f64(),
+            records: received
+                .iter()
+                .map(|(message_id, routing_key)| SeenRecord {
+                    message_id,
+                    routing_key,
+                })
+                .collect(),
+            missing,
+        };
+        let json = serde_json::to_vec_pretty(&summary)?;
+        std::fs::write(path, json)
+            .map_err(|e| anyhow::anyhow!("--summary-json {}: {e}", path.display()))?;
+        println!("summary as JSON in {}", path.display());
+    }
     if !complete {
         println!(
             "demo: INCOMPLETE — {} records did not arrive within {:?}",
-            expected.len() - received.len(),
+            expected
+                .iter()
+                .filter(|id| !received.contains_key(*id))
+                .count(),
             args.timeout
         );
     }

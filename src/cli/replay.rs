@@ -86,8 +86,10 @@ pub async fn run(args: ReplayArgs) -> Outcome {
                 draw(p);
             }
         })
-        .await
-        .map_err(|e| Failure::Failed(anyhow::Error::new(e)))?;
+        .await;
+    // Tracing on: the replay's spans are exported before the process ends.
+    let _ = tokio::task::spawn_blocking(o365_relay::ops::telemetry::shutdown).await;
+    let summary = summary.map_err(|e| Failure::Failed(anyhow::Error::new(e)))?;
     if bar {
         eprintln!();
     }

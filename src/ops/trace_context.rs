@@ -8,10 +8,12 @@
 //!
 //! Spans: `webhook.receive` (one per request, [`crate::pipeline::webhook`]) → `work_queue.enqueue` (one
 //! per blob, [`enqueue_span`]) → `blob.fetch` (the worker, [`continue_trace`]) →
-//! `record.publish` (one per batch of published records, [`publish_span`]).
+//! `record.publish` (one per batch of published records, [`publish_span`]). A replay
+//! (`o365-relay replay`) is one trace too: `replay` ([`replay_span`]) → `blob.fetch` (one per
+//! blob, [`replay_blob_span`]) → `record.publish`.
 
 use crate::broker::{header, header_str, BasicProperties, FieldTable};
-use crate::domain::{Source, WorkItem};
+use crate::domain::{Source, TenantId, WorkItem};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::collections::HashMap;
@@ -137,6 +139,43 @@ pub fn continue_trace(span: &Span, carried: &Carried) {
     }
     let parent = TraceContextPropagator::new().extract(&carried.0);
     let _ = span.set_parent(parent);
+}
+
+/// The root span of one replay: every blob it re-publishes, and so every replayed record's
+/// `traceparent`, belongs to its trace. Disabled (no cost) when tracing is off.
+pub fn replay_span(
+    tenant: &TenantId,
+    since: &str,
+    until: &str,
+    routing_prefix: Option<&str>,
+) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        parent: None,
+        "replay",
+        tenant_id = %tenant,
+        since,
+        until,
+        routing_prefix = routing_prefix.unwrap_or(""),
+    )
+}
+
+/// The span of re-publishing one blob in a replay: a child of the replay's root span `parent`.
+pub fn replay_blob_span(parent: &Span, item: &WorkItem) -> Span {
+    if !enabled() || parent.is_none() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        parent: parent,
+        "blob",
+        otel.name = "blob.fetch",
+        tenant_id = %item.tenant_id,
+        content_type = %item.content_type,
+        content_id = %item.content_id,
+        replay = true,
+    )
 }
 
 /// The span of publishing one batch of a blob's records (a child of the current span, the

@@ -13,6 +13,7 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Blobs fetched at once.
 const CONCURRENCY: usize = 4;
@@ -102,6 +103,13 @@ impl Replayer {
             0 => until,
             n => until + chrono::Duration::nanoseconds(1_000_000_000 - i64::from(n)),
         };
+        // Tracing on: the replay is one trace, each blob a span under its root.
+        let root = crate::ops::trace_context::replay_span(
+            tenant,
+            &since.to_rfc3339(),
+            &until.to_rfc3339(),
+            request.routing_prefix.as_deref(),
+        );
         let mut blobs: Vec<WorkItem> = Vec::new();
         let mut unsubscribed = Vec::new();
         'types: for &ct in &request.content_types {
@@ -140,9 +148,13 @@ impl Replayer {
         let prefix = request.routing_prefix.as_deref();
         let mut failures = Vec::new();
         let mut results = stream::iter(blobs)
-            .map(|item| async move {
-                let r = self.replay_one(&item, prefix).await;
-                (item, r)
+            .map(|item| {
+                let span = crate::ops::trace_context::replay_blob_span(&root, &item);
+                async move {
+                    let r = self.replay_one(&item, prefix).await;
+                    (item, r)
+                }
+                .instrument(span)
             })
             .buffer_unordered(CONCURRENCY);
         while let Some((item, result)) = results.next().await {

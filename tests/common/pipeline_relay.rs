@@ -1,6 +1,6 @@
 //! The relay built in process on a `test_support::Pipeline` (simulator, environment, sink,
-//! clean-up): shared by `tests/consumers` and `examples/consumer-rust/tests`, which include this
-//! file (the harness cannot depend on the relay).
+//! clean-up), for tests/consumers/helpers.rs (tests/consumers, tests/tracing), which includes
+//! this file (the harness cannot depend on the relay).
 
 use o365_relay::app::Application;
 use o365_relay::config::Settings;

@@ -1,7 +1,9 @@
-//! What consumers receive: the relay's messages against docs/asyncapi.yaml, and the example
-//! consumers (examples/) against the relay. The relay runs in process against the simulator,
-//! the local RabbitMQ and Redis, with names unique to each test.
+//! What consumers receive: the relay's messages against docs/asyncapi.yaml (a relay in process
+//! against the simulator), and the example consumers (examples/) against `o365-relay demo`, the
+//! binary. All on the local RabbitMQ and Redis, with names unique to each test.
 
 mod asyncapi;
+mod demo;
 mod helpers;
 mod python;
+mod rust;

@@ -1,11 +1,9 @@
-//! examples/consumer-python against the relay: the scenarios of `test_support::consumer`, the
-//! same the Rust example passes (examples/consumer-rust/tests/relay.rs). Its Python is the venv
-//! `.ci/consumers-setup` makes (examples/consumer-python/.venv), or `O365_CONSUMER_PYTHON`.
+//! examples/consumer-python against `o365-relay demo` (the scenario of [`crate::demo`], the
+//! same the Rust example passes). Its Python is the venv `.ci/consumers-setup` makes
+//! (examples/consumer-python/.venv), or `O365_CONSUMER_PYTHON`.
 
-use crate::helpers::*;
 use std::path::PathBuf;
 use std::process::Command;
-use test_support::consumer::{a_stream_is_read_again_from_its_start, records_arrive_exactly_once};
 
 fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/consumer-python")
@@ -30,26 +28,13 @@ fn python() -> PathBuf {
     python
 }
 
-fn consumer(python: PathBuf) -> impl Fn(Vec<String>) -> Command {
-    move |args| {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_consumer_gets_every_record_of_the_demo_once_and_acknowledges_it() {
+    let python = python();
+    crate::demo::every_record_of_the_demo_arrives_once(move |args| {
         let mut cmd = Command::new(&python);
         cmd.arg(example().join("consumer.py")).args(args);
         cmd
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_consumer_processes_each_record_once_and_acknowledges_it() {
-    let python = python();
-    let relay = Relay::start(&[TENANT_A]).await;
-    records_arrive_exactly_once(&relay.pipeline, consumer(python)).await;
-    relay.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_consumer_reads_a_stream_again_from_its_start() {
-    let python = python();
-    let relay = Relay::start(&[TENANT_A]).await;
-    a_stream_is_read_again_from_its_start(&relay.pipeline, consumer(python)).await;
-    relay.stop().await;
+    })
+    .await;
 }

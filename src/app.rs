@@ -520,19 +520,8 @@ impl Application {
             let parts = parts.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let mut delay = Duration::from_millis(200);
-                while !stop.is_cancelled() {
-                    match parts.broker.ensure_connected().await {
-                        Ok(()) => {
-                            tracing::info!(exchange = %parts.sink.exchange(), queue = %parts.work_queue.names().work, "RabbitMQ topology declared.");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Cannot declare the RabbitMQ topology yet; retrying.");
-                            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
-                            delay = (delay * 2).min(Duration::from_secs(10));
-                        }
-                    }
+                if parts.broker.declare_until_ready(&stop).await {
+                    tracing::info!(exchange = %parts.sink.exchange(), queue = %parts.work_queue.names().work, "RabbitMQ topology declared.");
                 }
             })
         };
@@ -542,15 +531,9 @@ impl Application {
             supervisor.spawn("marker_flusher", move |stop| {
                 let store = store.clone();
                 async move {
-                    loop {
-                        tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
-                        if store.deferred_len() > 0 {
-                            if let Ok(n) = store.flush_deferred().await {
-                                tracing::info!(markers = n, "Wrote the de-duplication markers deferred during the Redis outage.");
-                            }
-                        }
-                    }
-                    let _ = store.flush_deferred().await;
+                    store
+                        .keep_flushing_deferred(Duration::from_secs(2), stop)
+                        .await
                 }
             });
         }

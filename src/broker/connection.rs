@@ -131,6 +131,23 @@ impl Broker {
         Some(parts.join(", "))
     }
 
+    /// Connects and declares the topology at start-up, retrying with backoff (200 ms doubling to
+    /// 10 s) until RabbitMQ answers or `stop`; true once declared.
+    pub async fn declare_until_ready(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        let mut delay = Duration::from_millis(200);
+        while !stop.is_cancelled() {
+            match self.ensure_connected().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot declare the RabbitMQ topology yet; retrying.");
+                    tokio::select! { _ = stop.cancelled() => return false, _ = tokio::time::sleep(delay) => {} }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        false
+    }
+
     /// Connects (declaring the topology) unless connected: `/readyz` and start-up use it.
     pub async fn ensure_connected(&self) -> Result<(), BrokerError> {
         self.connection().await.map(|_| ())

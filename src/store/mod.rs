@@ -386,6 +386,27 @@ impl Store {
         }
     }
 
+    /// Writes the markers deferred during a Redis outage once it is back, checking every
+    /// `every` until `stop`, and a last time then. A background loop (`marker_flusher`).
+    pub async fn keep_flushing_deferred(
+        &self,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(every) => {} }
+            if self.deferred_len() > 0 {
+                if let Ok(n) = self.flush_deferred().await {
+                    tracing::info!(
+                        markers = n,
+                        "Wrote the de-duplication markers deferred during the Redis outage."
+                    );
+                }
+            }
+        }
+        let _ = self.flush_deferred().await;
+    }
+
     /// How many marker writes wait for Redis.
     pub fn deferred_len(&self) -> usize {
         self.deferred.lock().expect("poisoned").len()

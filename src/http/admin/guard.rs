@@ -95,17 +95,26 @@ impl FromRequest for Operator {
     }
 }
 
+/// The session-or-token check of `req`, as the future an extractor returns.
+fn session_or_token_of<T: 'static>(
+    req: &HttpRequest,
+    page: bool,
+    then: T,
+) -> LocalBoxFuture<'static, Result<T, AdminError>> {
+    let req = req.clone();
+    Box::pin(async move {
+        session_or_token(&req, &api(&req), page)
+            .await
+            .map(|()| then)
+    })
+}
+
 impl FromRequest for Reader {
     type Error = AdminError;
     type Future = LocalBoxFuture<'static, Result<Self, AdminError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move {
-            session_or_token(&req, &api(&req), false)
-                .await
-                .map(|()| Reader)
-        })
+        session_or_token_of(req, false, Reader)
     }
 }
 
@@ -114,11 +123,6 @@ impl FromRequest for Viewer {
     type Future = LocalBoxFuture<'static, Result<Self, AdminError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move {
-            session_or_token(&req, &api(&req), true)
-                .await
-                .map(|()| Viewer)
-        })
+        session_or_token_of(req, true, Viewer)
     }
 }

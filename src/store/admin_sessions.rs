@@ -37,3 +37,43 @@ impl<'a> AdminSessions<'a> {
         self.0.del(&self.key(id_hash)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use crate::store::tests::{keys, store};
+    use redis::AsyncCommands;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn an_admin_session_lives_until_it_expires_or_ends() {
+        let store = store();
+        let sessions = store.admin_sessions();
+        sessions
+            .open("a", "fp-a", Duration::from_secs(60))
+            .await
+            .expect("opened");
+        sessions
+            .open("b", "fp-b", Duration::from_millis(50))
+            .await
+            .expect("opened");
+        assert_eq!(
+            sessions.fingerprint("a").await.expect("read").as_deref(),
+            Some("fp-a")
+        );
+        let mut c = store.conn().await.expect("Redis answers");
+        let ttl: i64 = c
+            .pttl(format!("{}admin-session:a", store.prefix()))
+            .await
+            .expect("answered");
+        assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(sessions.fingerprint("b").await.expect("read"), None);
+        sessions.end("a").await.expect("ended");
+        sessions.end("never-opened").await.expect("nothing to end");
+        assert_eq!(sessions.fingerprint("a").await.expect("read"), None);
+        assert_eq!(keys(&store).await, Vec::<String>::new());
+        store.purge_prefix().await.expect("purged");
+    }
+}

@@ -99,3 +99,83 @@ impl<'a> ConsentAllowlist<'a> {
         self.0.observe(r).map(|n| n == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use crate::domain::TenantId;
+    use crate::store::tests::{keys, store, TENANT};
+    use crate::store::Store;
+    use redis::AsyncCommands;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_consent_state_is_used_once_until_it_expires() {
+        let store = store();
+        let states = store.consent();
+        assert!(states
+            .use_once("s1", Duration::from_secs(60))
+            .await
+            .expect("answered"));
+        assert!(!states
+            .use_once("s1", Duration::from_secs(60))
+            .await
+            .expect("answered"));
+        assert!(states
+            .use_once("s2", Duration::from_millis(50))
+            .await
+            .expect("answered"));
+        let mut c = store.conn().await.expect("Redis answers");
+        let ttl: i64 = c
+            .pttl(format!("{}consent-used:s1", store.prefix()))
+            .await
+            .expect("answered");
+        assert!((59_000..=60_000).contains(&ttl), "{ttl}");
+        // The marker lives as long as the state could: after that, the state itself is refused.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(keys(&store).await, vec!["consent-used:s1".to_string()]);
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_state_key_is_made_by_the_first_replica_and_read_by_the_others() {
+        let store = store();
+        let other = Store::new("redis://127.0.0.1:6379", store.prefix()).expect("valid URL");
+        assert_eq!(
+            store.consent().state_key("first").await.expect("answered"),
+            Some("first".to_string())
+        );
+        assert_eq!(
+            other.consent().state_key("second").await.expect("answered"),
+            Some("first".to_string()),
+            "SET NX: the first write wins for everyone"
+        );
+        let mut c = store.conn().await.expect("Redis answers");
+        let ttl: i64 = c
+            .pttl(format!("{}consent-state-key", store.prefix()))
+            .await
+            .expect("answered");
+        assert_eq!(ttl, -1, "the key does not expire");
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_consent_allowlist_adds_and_removes_tenants() {
+        let store = store();
+        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let list = store.consent_allowlist();
+        assert!(!list.contains(&t).await.expect("answered"));
+        assert!(list.add(&t).await.expect("added"));
+        assert!(!list.add(&t).await.expect("answered"), "already there");
+        assert!(list.contains(&t).await.expect("answered"));
+        assert_eq!(
+            list.all().await.expect("answered"),
+            vec![TENANT.to_string()]
+        );
+        assert!(list.remove(&t).await.expect("removed"));
+        assert!(!list.remove(&t).await.expect("answered"));
+        assert!(list.all().await.expect("answered").is_empty());
+        store.purge_prefix().await.expect("purged");
+    }
+}

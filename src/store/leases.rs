@@ -65,3 +65,28 @@ impl Lease {
 fn hostname() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::store;
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_lease_is_held_by_one_replica_until_released() {
+        let store = Arc::new(store());
+        let ttl = Duration::from_secs(60);
+        let (a, b) = (
+            Lease::new(store.clone(), "keeper", ttl),
+            Lease::new(store.clone(), "keeper", ttl),
+        );
+        assert!(a.try_hold().await);
+        assert!(a.try_hold().await, "renewed by its holder");
+        assert!(!b.try_hold().await);
+        a.release().await;
+        assert!(b.try_hold().await);
+        store.purge_prefix().await.expect("purged");
+    }
+}

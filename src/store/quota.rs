@@ -198,3 +198,155 @@ impl<'a> Quota<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{store, TENANT};
+
+    use crate::domain::TenantId;
+    use crate::store::Store;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_quota_admits_its_budget_then_says_how_long_to_wait() {
+        let store = store();
+        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        for _ in 0..3 {
+            let admitted = store.quota().hit(&t, 3).await.expect("answered");
+            assert_eq!(admitted, Hit::Admitted);
+        }
+        match store.quota().hit(&t, 3).await.expect("answered") {
+            Hit::Wait(w) => {
+                assert!(
+                    w > Duration::from_secs(59) && w <= Duration::from_secs(62),
+                    "{w:?}"
+                )
+            }
+            other => panic!("the fourth request was {other:?}"),
+        }
+        store.purge_prefix().await.expect("purged");
+    }
+
+    /// The calendar, with the clock moved by hand (microseconds).
+    mod calendar {
+        use super::super::{Ask, Booking};
+        use super::*;
+
+        const T0: i64 = 1_800_000_000_000_000;
+        const SEC: i64 = 1_000_000;
+        /// 61 s over a budget of 3.
+        const PACE: i64 = 61 * SEC / 3;
+
+        fn booked(b: Booking) -> i64 {
+            match b {
+                Booking::Booked(d) => d.as_micros() as i64,
+                other => panic!("not booked: {other:?}"),
+            }
+        }
+
+        async fn ask(store: &Store, t: &TenantId, ask: Ask, at: i64) -> Booking {
+            store
+                .quota()
+                .book_at(t, 3, ask, at)
+                .await
+                .expect("answered")
+        }
+
+        fn due() -> Ask {
+            Ask::Due {
+                wait_up_to: Duration::from_secs(1),
+            }
+        }
+
+        #[tokio::test]
+        async fn a_tenant_over_its_budget_is_booked_a_pace_apart_from_when_the_budget_frees_up() {
+            let store = store();
+            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            for _ in 0..3 {
+                assert_eq!(ask(&store, &t, Ask::Fresh, T0).await, Booking::Admitted);
+            }
+            // The oldest request leaves the 61 s window 61 s (and a millisecond) from now.
+            let first = 61 * SEC + 1_000;
+            assert_eq!(booked(ask(&store, &t, Ask::Fresh, T0).await), first);
+            assert_eq!(booked(ask(&store, &t, Ask::Fresh, T0).await), first + PACE);
+            // Later asks book later slots, the same slots whoever asks when.
+            let later = T0 + 10 * SEC;
+            assert_eq!(
+                booked(ask(&store, &t, Ask::Fresh, later).await),
+                T0 + first + 2 * PACE - later
+            );
+            // Another tenant's budget and calendar are its own.
+            let other = TenantId::parse("7f3a1b2c-0000-4000-8000-000000000001").expect("valid");
+            assert_eq!(ask(&store, &other, Ask::Fresh, T0).await, Booking::Admitted);
+            store.purge_prefix().await.expect("purged");
+        }
+
+        #[tokio::test]
+        async fn a_booked_blob_is_admitted_at_its_turn_and_a_fresh_one_does_not_overtake_it() {
+            let store = store();
+            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            for _ in 0..3 {
+                ask(&store, &t, Ask::Fresh, T0).await;
+            }
+            let turns: Vec<i64> = [
+                ask(&store, &t, Ask::Fresh, T0).await,
+                ask(&store, &t, Ask::Fresh, T0).await,
+            ]
+            .into_iter()
+            .map(|b| T0 + booked(b))
+            .collect();
+            // At the first turn the window has room: the booked blob goes, and a fresh blob
+            // arriving then books after the last booking instead of taking the room.
+            assert_eq!(ask(&store, &t, due(), turns[0]).await, Booking::Admitted);
+            assert_eq!(
+                booked(ask(&store, &t, Ask::Fresh, turns[0]).await),
+                turns[1] + PACE - turns[0]
+            );
+            assert_eq!(ask(&store, &t, due(), turns[1]).await, Booking::Admitted);
+            // Once every booking has had its turn, a fresh blob goes at once again.
+            let idle = turns[1] + 3 * PACE;
+            assert_eq!(ask(&store, &t, Ask::Fresh, idle).await, Booking::Admitted);
+            store.purge_prefix().await.expect("purged");
+        }
+
+        #[tokio::test]
+        async fn a_blob_at_its_turn_a_moment_early_for_the_window_asks_again_shortly() {
+            let store = store();
+            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            for _ in 0..3 {
+                ask(&store, &t, Ask::Fresh, T0).await;
+            }
+            let early = T0 + 61 * SEC - 200_000;
+            assert_eq!(
+                ask(&store, &t, due(), early).await,
+                Booking::Shortly(Duration::from_millis(201))
+            );
+            // Told not to wait, it is booked again instead.
+            let no_wait = Ask::Due {
+                wait_up_to: Duration::ZERO,
+            };
+            assert_eq!(booked(ask(&store, &t, no_wait, early).await), 201_000);
+            store.purge_prefix().await.expect("purged");
+        }
+
+        #[tokio::test]
+        async fn a_busy_tenant_is_booked_ahead_without_spending_its_budget() {
+            let store = store();
+            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            let busy = Ask::Busy {
+                not_before: Duration::from_secs(1),
+            };
+            assert_eq!(booked(ask(&store, &t, busy, T0).await), SEC);
+            assert_eq!(booked(ask(&store, &t, busy, T0).await), SEC + PACE);
+            // The budget is untouched: the booked blobs are admitted at their turns, all three.
+            for turn in [T0 + SEC, T0 + SEC + PACE] {
+                assert_eq!(ask(&store, &t, due(), turn).await, Booking::Admitted);
+            }
+            let idle = T0 + SEC + 3 * PACE;
+            assert_eq!(ask(&store, &t, Ask::Fresh, idle).await, Booking::Admitted);
+            store.purge_prefix().await.expect("purged");
+        }
+    }
+}

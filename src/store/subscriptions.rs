@@ -70,3 +70,46 @@ impl<'a> StartGuards<'a> {
         self.0.set_px(&self.key(t, ct), &stamp, spacing).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use crate::store::tests::{keys, store, TENANT};
+
+    use crate::domain::TenantId;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_keeper_check_holds_until_it_expires_or_is_doubted() {
+        let store = store();
+        let a = TenantId::parse(TENANT).expect("valid tenant id");
+        let b = TenantId::parse("7d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09").expect("valid tenant id");
+        let checks = store.keeper_checks();
+        checks
+            .healthy(&a, Duration::from_secs(60))
+            .await
+            .expect("set");
+        checks
+            .healthy(&b, Duration::from_millis(50))
+            .await
+            .expect("set");
+        let both = [a.clone(), b.clone()];
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [true, true]
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [true, false]
+        );
+        checks.doubt(&a).await.expect("deleted");
+        assert_eq!(
+            checks.still_healthy(&both).await.expect("read"),
+            [false, false]
+        );
+        assert_eq!(keys(&store).await, Vec::<String>::new());
+        store.purge_prefix().await.expect("purged");
+    }
+}

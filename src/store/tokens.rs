@@ -53,3 +53,30 @@ impl<'a> TokenCache<'a> {
         self.0.release(&self.lock_key(t), holder).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use crate::store::tests::{store, TENANT};
+
+    use crate::domain::TenantId;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_token_lock_is_held_by_one_holder_and_released_only_by_it() {
+        let store = store();
+        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let tokens = store.tokens();
+        let ttl = Duration::from_secs(60);
+        assert!(tokens.try_lock(&t, "a", ttl).await.expect("answered"));
+        assert!(!tokens.try_lock(&t, "b", ttl).await.expect("answered"));
+        assert!(!tokens.unlock(&t, "b").await.expect("answered"));
+        assert!(tokens.unlock(&t, "a").await.expect("answered"));
+        assert!(tokens.try_lock(&t, "b", ttl).await.expect("answered"));
+        tokens.put(&t, "{}", ttl).await.expect("put");
+        tokens.remove(&t).await.expect("removed");
+        assert_eq!(tokens.get(&t).await.expect("answered"), None);
+        store.purge_prefix().await.expect("purged");
+    }
+}

@@ -10,17 +10,18 @@
 
 use crate::broker::BrokerError;
 use crate::domain::secret::{constant_time_eq, Secret};
-use crate::domain::{ContentType, TenantId};
+use crate::domain::TenantId;
 use crate::microsoft::notification::{parse_notification_body, BlobRejection, ContentRules};
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::LimitedWarnings;
 use crate::pipeline::work_queue::WorkQueue;
+use crate::store::activity::NOTIFIED_FLUSH;
 use crate::store::Store;
 use crate::tenancy::tenants::Tenants;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -194,7 +195,8 @@ async fn handle(
         ));
     }
     let entries = parse_notification_body(&body).map_err(Rejection::Malformed)?;
-    let mut items = Vec::with_capacity(entries.len());
+    let entries_len = entries.len();
+    let mut items = Vec::with_capacity(entries_len);
     let mut seen = HashSet::new();
     for (index, raw) in entries.into_iter().enumerate() {
         // An unserved tenant is named as such, whatever else is wrong with the blob.
@@ -217,7 +219,8 @@ async fn handle(
             .rules
             .notification(raw)
             .map_err(|rejection| Rejection::Blob { index, rejection })?;
-        if seen.insert((item.tenant_id.clone(), item.content_id.clone())) {
+        // A single blob needs no set (nothing allocated for the common case).
+        if entries_len == 1 || seen.insert((item.tenant_id.clone(), item.content_id.clone())) {
             items.push(item);
         }
     }
@@ -228,26 +231,31 @@ async fn handle(
             .await
             .map_err(Rejection::Unavailable)?;
     }
-    let mut notified: HashMap<(TenantId, ContentType), u64> = HashMap::new();
+    // For the status page: counted in memory on the answer path, written once per
+    // NOTIFIED_FLUSH by a task the first count after a flush schedules (no Redis round trip
+    // and no task per request).
+    let activity = webhook.store.activity();
+    let mut schedule = false;
     for item in &items {
         tracing::debug!(tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id, "Blob enqueued.");
-        *notified
-            .entry((item.tenant_id.clone(), item.content_type))
-            .or_default() += 1;
+        schedule |= activity.count_notified(&item.tenant_id, item.content_type, 1);
     }
-    // For the status page, after the answer's work is done and without delaying it.
-    let store = webhook.store.clone();
-    tokio::spawn(async move {
-        for ((tenant, ct), n) in notified {
-            let _ = store.activity().notified(&tenant, ct, n).await;
-        }
-    });
+    if schedule {
+        let store = webhook.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(NOTIFIED_FLUSH).await;
+            let _ = store.activity().flush_notified().await;
+        });
+    }
     webhook
         .metrics
         .notifications
         .with_label_values(&["accepted", "ok"])
         .inc();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "accepted": items.len() })))
+    // `{"accepted":N}`, written directly (no JSON value built per request).
+    Ok(HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(format!("{{\"accepted\":{}}}", items.len())))
 }
 
 /// The actix handler.

@@ -62,6 +62,10 @@ pub struct Store {
     /// While Redis is down, one call a second is let through to probe it; the others fail
     /// at once instead of each waiting on the connection manager's reconnect.
     last_probe: Mutex<Option<Instant>>,
+    /// The webhook's notification counts not yet written ([`activity::PendingNotified`]).
+    pending_notified: activity::PendingNotified,
+    /// In-flight markers waiting to be written together ([`dedup::Dedup::mark_enqueued_soon`]).
+    pending_enqueued: Mutex<Vec<(String, Duration)>>,
 }
 
 impl fmt::Debug for Store {
@@ -119,6 +123,8 @@ impl Store {
             down: AtomicBool::new(false),
             last_probe: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
+            pending_notified: activity::PendingNotified::default(),
+            pending_enqueued: Mutex::new(Vec::new()),
         })
     }
 

@@ -106,6 +106,11 @@ impl Ctx {
         })
     }
 
+    /// Where child processes write their logs (removed at the end).
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Closes the shared connection and removes the relay logs.
     pub async fn close(&self) {
         let _ = self.amqp.close(200, "bench done".into()).await;

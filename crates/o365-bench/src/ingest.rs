@@ -1,8 +1,12 @@
 //! Section 1, webhook ingest: 64 keep-alive connections post single-blob notifications to the
-//! relay's `/webhook` (workers off), against the ceiling of bare lapin publishing the same work
-//! messages with confirms to a quorum queue, 64 in flight.
+//! relay's `/webhook` (workers off), against the same-path ceiling — a minimal webhook
+//! ([`crate::minimal`]) behind the same load generator, publishing each blob persistent with
+//! confirms to a quorum queue — and, for reference, bare lapin publishing the same work messages
+//! with confirms to a quorum queue, 64 in flight. Rounds alternate which webhook goes first;
+//! the table reports medians.
 
 use crate::harness::{start_sim, Ctx, RelayProc, CLIENT_ID, TENANT_A};
+use crate::minimal::MinimalProc;
 use crate::procfs::{rabbit_pid, CpuSnap};
 use crate::report::{ms, percentile, Row};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -125,18 +129,18 @@ async fn post_loop(
     (lat, errors)
 }
 
-/// 64 connections posting single-blob notifications for `dur`.
-async fn webhook_load(relay: &RelayProc, sim: &Simulator, dur: Duration) -> Load {
-    let addr: std::net::SocketAddr = relay
-        .public_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("relay address");
+/// 64 connections posting single-blob notifications to `addr` for `dur`.
+async fn webhook_load(
+    addr: std::net::SocketAddr,
+    auth: &str,
+    sim: &Simulator,
+    dur: Duration,
+) -> Load {
     let started = Instant::now();
     let end = started + dur;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {
-        tasks.spawn(post_loop(addr, relay.auth_id.clone(), sim.clone(), end));
+        tasks.spawn(post_loop(addr, auth.to_string(), sim.clone(), end));
     }
     let (mut lat, mut errors) = (Vec::new(), 0);
     while let Some(Ok((mut l, e))) = tasks.join_next().await {
@@ -226,72 +230,155 @@ async fn bare_work_publish(
     Ok(load)
 }
 
+/// The median of `v` (the mean of the middle two when even); 0 when empty.
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One side of a round: its load and CPU per request (its own process, the load generator or
+/// publisher in this process, RabbitMQ).
+struct Side {
+    load: Load,
+    own_us: f64,
+    line: String,
+}
+
+/// Which measurement of a round.
+#[derive(Clone, Copy)]
+enum Which {
+    Relay,
+    Minimal,
+    Bare,
+}
+
 pub async fn run(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Result<Vec<Row>> {
     println!(
-        "1. webhook ingest: {CONCURRENCY} connections, single-blob notifications, {:.0} s per measurement, {rounds} round(s)",
+        "1. webhook ingest: {CONCURRENCY} connections, single-blob notifications, {:.0} s per measurement, {rounds} round(s) of relay / minimal webhook (alternating order) then bare lapin",
         dur.as_secs_f64()
     );
     let sim = start_sim(&[TENANT_A], 1).await?;
     let mut section = ctx.section("ingest", &sim);
     let ceiling_queue = section.extra_queue("ceiling");
+    let minimal_queue = section.extra_queue("minimal");
     let result = async {
         // The exchange and its sink queue, as in the other sections (the workers are off).
         ctx.sink(&section).await?.close().await;
         ctx.declare_queue(&ceiling_queue, "quorum").await?;
+        ctx.declare_queue(&minimal_queue, "quorum").await?;
         let relay =
             RelayProc::spawn(ctx, &section, &[("O365_ENABLE_WORKERS", "false".into())]).await?;
-        // Warm up both paths (connections, JIT-free but lazy allocations, queue leaders).
+        let minimal = MinimalProc::spawn(ctx, &minimal_queue).await?;
+        let relay_addr: std::net::SocketAddr = relay
+            .public_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("relay address");
+        // Warm up every path (connections, lazy allocations, queue leaders).
         let warm = Duration::from_millis(if ctx.quick { 200 } else { 1000 });
-        webhook_load(&relay, &sim, warm).await;
+        webhook_load(relay_addr, &relay.auth_id, &sim, warm).await;
+        webhook_load(minimal.addr, &relay.auth_id, &sim, warm).await;
         bare_work_publish(ctx, &ceiling_queue, &sim, warm).await?;
-        let (mut best_relay, mut best_ceiling): (Option<Load>, Option<Load>) = (None, None);
-        let mut cpu = 0.0;
-        let mut accepted = 0usize;
         let rabbit = rabbit_pid();
+        let mut relays: Vec<Side> = Vec::new();
+        let mut minimals: Vec<Side> = Vec::new();
+        let mut bares: Vec<Side> = Vec::new();
         for round in 1..=rounds {
-            let s0 = CpuSnap::take(None, rabbit);
-            let c = bare_work_publish(ctx, &ceiling_queue, &sim, dur).await?;
-            let s1 = CpuSnap::take(None, rabbit);
-            let cpu0 = relay.cpu_secs();
-            let s2 = CpuSnap::take(Some(relay.pid), rabbit);
-            let r = webhook_load(&relay, &sim, dur).await;
-            let s3 = CpuSnap::take(Some(relay.pid), rabbit);
-            cpu += relay.cpu_secs() - cpu0;
-            accepted += r.n;
-            println!(
-                "   round {round}: relay {:.0}/s (p50 {}, p99 {}, {} errors) | bare lapin {:.0}/s (p50 {}, p99 {}, {} errors)",
-                r.rate, ms(r.p50), ms(r.p99), r.errors, c.rate, ms(c.p50), ms(c.p99), c.errors
-            );
-            println!(
-                "     relay path   {}",
-                s2.per_op(&s3, r.n as f64, "HTTP load generator")
-            );
-            println!(
-                "     ceiling path {}",
-                s0.per_op(&s1, c.n as f64, "bare lapin publisher")
-            );
-            if best_relay.as_ref().is_none_or(|b| r.rate > b.rate) {
-                best_relay = Some(r);
+            let order = if round % 2 == 1 {
+                [Which::Minimal, Which::Relay, Which::Bare]
+            } else {
+                [Which::Relay, Which::Minimal, Which::Bare]
+            };
+            for which in order {
+                match which {
+                    Which::Relay => {
+                        let s0 = CpuSnap::take(Some(relay.pid), rabbit);
+                        let load = webhook_load(relay_addr, &relay.auth_id, &sim, dur).await;
+                        let s1 = CpuSnap::take(Some(relay.pid), rabbit);
+                        relays.push(Side {
+                            own_us: s0.child_us(&s1, load.n as f64),
+                            line: s0.per_op_named(&s1, load.n as f64, "relay", "HTTP load generator"),
+                            load,
+                        });
+                    }
+                    Which::Minimal => {
+                        let s0 = CpuSnap::take(Some(minimal.pid), rabbit);
+                        let load = webhook_load(minimal.addr, &relay.auth_id, &sim, dur).await;
+                        let s1 = CpuSnap::take(Some(minimal.pid), rabbit);
+                        minimals.push(Side {
+                            own_us: s0.child_us(&s1, load.n as f64),
+                            line: s0.per_op_named(
+                                &s1,
+                                load.n as f64,
+                                "minimal webhook",
+                                "HTTP load generator",
+                            ),
+                            load,
+                        });
+                    }
+                    Which::Bare => {
+                        let s0 = CpuSnap::take(None, rabbit);
+                        let load = bare_work_publish(ctx, &ceiling_queue, &sim, dur).await?;
+                        let s1 = CpuSnap::take(None, rabbit);
+                        bares.push(Side {
+                            own_us: 0.0,
+                            line: s0.per_op(&s1, load.n as f64, "bare lapin publisher"),
+                            load,
+                        });
+                    }
+                }
             }
-            if best_ceiling.as_ref().is_none_or(|b| c.rate > b.rate) {
-                best_ceiling = Some(c);
-            }
+            let (r, m, b) = (&relays[round - 1], &minimals[round - 1], &bares[round - 1]);
+            println!(
+                "   round {round}: relay {:.0}/s (p50 {}, p99 {}, {} errors) | minimal webhook {:.0}/s (p50 {}, p99 {}, {} errors) | bare lapin {:.0}/s (p50 {}, p99 {}) — relay / minimal {:.2}",
+                r.load.rate, ms(r.load.p50), ms(r.load.p99), r.load.errors,
+                m.load.rate, ms(m.load.p50), ms(m.load.p99), m.load.errors,
+                b.load.rate, ms(b.load.p50), ms(b.load.p99),
+                r.load.rate / m.load.rate.max(1e-9),
+            );
+            println!("     relay path           {}", r.line);
+            println!("     minimal webhook path {}", m.line);
+            println!("     bare lapin path      {}", b.line);
         }
         relay.stop().await;
-        let (r, c) = (best_relay.expect("rounds"), best_ceiling.expect("rounds"));
-        if r.errors > 0 {
-            println!("   warning: {} webhook requests were not answered 200", r.errors);
+        minimal.stop().await;
+        let med = |v: &[Side], f: fn(&Side) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+        let rate = |s: &Side| s.load.rate;
+        let (r_rate, m_rate, b_rate) = (med(&relays, rate), med(&minimals, rate), med(&bares, rate));
+        let (r_us, m_us) = (med(&relays, |s| s.own_us), med(&minimals, |s| s.own_us));
+        let same_round: Vec<f64> = relays
+            .iter()
+            .zip(&minimals)
+            .map(|(r, m)| r.load.rate / m.load.rate.max(1e-9))
+            .collect();
+        let errors: u64 = relays.iter().map(|s| s.load.errors).sum();
+        if errors > 0 {
+            println!("   warning: {errors} webhook requests were not answered 200");
         }
         println!(
-            "   relay CPU {:.2} s per 10k notifications",
-            cpu / accepted.max(1) as f64 * 10_000.0
+            "   medians of {rounds} round(s): relay {r_rate:.0}/s, minimal webhook {m_rate:.0}/s, bare lapin {b_rate:.0}/s; relay / minimal {:.2} (same-round ratios {}); CPU per request: relay {r_us:.1} µs, minimal webhook {m_us:.1} µs",
+            r_rate / m_rate.max(1e-9),
+            same_round.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
         );
+        let p = |v: &[Side], f: fn(&Load) -> Duration| {
+            Duration::from_secs_f64(median(&v.iter().map(|s| f(&s.load).as_secs_f64()).collect::<Vec<_>>()))
+        };
         Ok::<_, anyhow::Error>(vec![
-            Row::new("1 ingest", "notifications/s (64 conns)", format!("{:.0}", r.rate))
-                .ceiling(format!("{:.0}", c.rate))
-                .ratio(r.rate / c.rate, 0.8),
-            Row::new("1 ingest", "latency p50", ms(r.p50)).ceiling(ms(c.p50)),
-            Row::new("1 ingest", "latency p99", ms(r.p99)).ceiling(ms(c.p99)),
+            Row::new("1 ingest", "notifications/s vs minimal webhook (64 conns, median)", format!("{r_rate:.0}"))
+                .ceiling(format!("{m_rate:.0}"))
+                .ratio(r_rate / m_rate.max(1e-9), 0.9),
+            Row::new("1 ingest", "CPU µs per request (own process, median)", format!("{r_us:.1}"))
+                .ceiling(format!("{m_us:.1}")),
+            Row::new("1 ingest", "notifications/s vs bare lapin (median)", format!("{r_rate:.0}"))
+                .ceiling(format!("{b_rate:.0}"))
+                .ratio_only(r_rate / b_rate.max(1e-9)),
+            Row::new("1 ingest", "latency p50 (median)", ms(p(&relays, |l| l.p50))).ceiling(ms(p(&minimals, |l| l.p50))),
+            Row::new("1 ingest", "latency p99 (median)", ms(p(&relays, |l| l.p99))).ceiling(ms(p(&minimals, |l| l.p99))),
         ])
     }
     .await;

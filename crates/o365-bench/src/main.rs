@@ -1,10 +1,13 @@
 //! `o365-bench` — measures o365-relay against the physical ceiling of this machine, side by
 //! side in the same run (BENCHMARKS.md). Eight sections, one module each:
 //!
-//! 1. [`ingest`]: webhook ingest vs a bare lapin confirmed publisher (same messages, same queue
-//!    type, same number in flight);
+//! 1. [`ingest`]: webhook ingest vs the same-path ceiling, a minimal webhook ([`minimal`]: parse
+//!    the array, publish each element with confirms, answer 200) behind the same load generator,
+//!    and vs a bare lapin confirmed publisher (same messages, same queue type, same number in
+//!    flight);
 //! 2. [`e2e`]: end to end (simulator blob → records confirmed on the exchange) vs a bare
-//!    confirmed, pipelined publish of the same record bytes; relay CPU seconds per 100k records;
+//!    confirmed, pipelined publish of the same record bytes; relay CPU and Redis CPU (`INFO cpu`
+//!    of a redis-server of the section's own) per record;
 //! 3. [`tokens`]: token efficiency, three relay processes sharing Redis, two tenants;
 //! 4. [`memory`]: peak RSS relaying one 256 MB blob, and at idle;
 //! 5. [`reconcile`]: reconciliation cost, 7 days × 5 content types, 10,000 blobs, 0 % and 10 %
@@ -37,6 +40,7 @@ mod fairness;
 mod harness;
 mod ingest;
 mod memory;
+mod minimal;
 mod procfs;
 mod reconcile;
 mod report;
@@ -70,7 +74,8 @@ struct Args {
     /// Seconds per ingest measurement (section 1); default 10 (quick: 1).
     #[arg(long)]
     ingest_secs: Option<f64>,
-    /// Rounds of (ceiling, relay) in sections 1, 2 and 9; the best round of each is reported.
+    /// Rounds in sections 1, 2 and 9 (default 3); sections 1 and 2 alternate which side goes
+    /// first and report medians, section 9 the best round of each cell.
     #[arg(long)]
     rounds: Option<usize>,
     /// Blobs of 1,000 records in section 2; default 100 (quick: 4).
@@ -105,6 +110,10 @@ enum Cmd {
     /// environment); also stops when stdin closes, so it never outlives the benchmark.
     #[command(hide = true)]
     ServeRelay,
+    /// Internal: section 1's minimal webhook (parse the array, publish each element with
+    /// confirms, answer 200); configured by `BENCH_MINIMAL_*`, stops when stdin closes.
+    #[command(hide = true)]
+    ServeMinimal,
     /// Three relay processes for N minutes under faults (RELIABILITY.md, "Soak: three
     /// replicas"); fails when a record was lost.
     Soak(soak::SoakArgs),
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match &args.command {
         Some(Cmd::ServeRelay) => return rt.block_on(serve::serve_relay()),
+        Some(Cmd::ServeMinimal) => return rt.block_on(minimal::serve_minimal()),
         Some(Cmd::Soak(soak)) => return rt.block_on(soak::run(soak.clone())),
         None => {}
     }
@@ -154,7 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     let quick = ctx.quick;
-    let rounds = args.rounds.unwrap_or(if quick { 1 } else { 2 }).max(1);
+    let rounds = args.rounds.unwrap_or(if quick { 1 } else { 3 }).max(1);
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for s in &args.sections {

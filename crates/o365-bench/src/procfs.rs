@@ -143,14 +143,24 @@ impl CpuSnap {
         }
     }
 
+    /// CPU µs per op of the measured child process (the `relay` of [`CpuSnap::take`]).
+    pub fn child_us(&self, later: &CpuSnap, ops: f64) -> f64 {
+        (later.relay - self.relay) / ops.max(1.0) * 1e6
+    }
+
     /// "relay X µs + this process Y µs + RabbitMQ Z µs per op; machine N % busy".
     pub fn per_op(&self, later: &CpuSnap, ops: f64, this: &str) -> String {
+        self.per_op_named(later, ops, "relay", this)
+    }
+
+    /// [`CpuSnap::per_op`] with the measured child process called `child`.
+    pub fn per_op_named(&self, later: &CpuSnap, ops: f64, child: &str, this: &str) -> String {
         let us = |a: f64, b: f64| (b - a) / ops.max(1.0) * 1e6;
         let busy = (later.busy - self.busy) / (later.total - self.total).max(1.0) * 100.0;
         let relay = us(self.relay, later.relay);
         let mut parts = Vec::new();
         if relay > 0.0 {
-            parts.push(format!("relay {relay:.0} µs"));
+            parts.push(format!("{child} {relay:.0} µs"));
         }
         parts.push(format!("{this} {:.0} µs", us(self.bench, later.bench)));
         if later.rabbit > 0.0 {

@@ -35,7 +35,14 @@ fn quick_benchmark_prints_its_table_and_exits_zero() {
     ] {
         assert!(stdout.contains(section), "no '{section}' row:\n{stdout}");
     }
-    for ratio_row in ["notifications/s", "records/s", "peak above idle"] {
+    for ratio_row in [
+        "notifications/s vs minimal webhook",
+        "CPU µs per request",
+        "records/s",
+        "Redis CPU µs per new record",
+        "relay + Redis CPU µs per record",
+        "peak above idle",
+    ] {
         assert!(
             stdout.contains(ratio_row),
             "no '{ratio_row}' row:\n{stdout}"

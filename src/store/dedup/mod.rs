@@ -18,6 +18,10 @@ static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(see
 /// previous version's markers).
 const DONE: &str = "d";
 
+/// How long in-flight markers wait in memory to be written together
+/// ([`Dedup::mark_enqueued_soon`]).
+pub const ENQUEUED_FLUSH: Duration = Duration::from_millis(5);
+
 /// How often records another owner is publishing are asked about again.
 const PENDING_POLL: Duration = Duration::from_millis(100);
 
@@ -153,6 +157,34 @@ impl<'a> Dedup<'a> {
             .iter()
             .map(|(t, c, ttl)| (self.enqueued_key(t, c), *ttl))
             .collect();
+        self.0.set_many_px(&writes, "1").await
+    }
+
+    /// [`Dedup::mark_enqueued`] for the webhook's answer path: the markers are kept in memory
+    /// and written together with every other marker of the next [`ENQUEUED_FLUSH`] (one
+    /// pipelined round trip for all the requests of that window instead of one per request).
+    /// True when they are the first since the last write: the caller then schedules
+    /// [`Dedup::flush_enqueued`] after [`ENQUEUED_FLUSH`].
+    pub fn mark_enqueued_soon(&self, blobs: &[(&TenantId, &ContentId, Duration)]) -> bool {
+        if blobs.is_empty() {
+            return false;
+        }
+        let mut pending = self.0.pending_enqueued.lock().expect("poisoned");
+        let first = pending.is_empty();
+        pending.extend(
+            blobs
+                .iter()
+                .map(|(t, c, ttl)| (self.enqueued_key(t, c), *ttl)),
+        );
+        first
+    }
+
+    /// Writes the markers [`Dedup::mark_enqueued_soon`] kept, in one round trip.
+    pub async fn flush_enqueued(&self) -> StoreResult<()> {
+        let writes = std::mem::take(&mut *self.0.pending_enqueued.lock().expect("poisoned"));
+        if writes.is_empty() {
+            return Ok(());
+        }
         self.0.set_many_px(&writes, "1").await
     }
 

@@ -1,4 +1,4 @@
-//! `o365-bench serve-minimal`: the same-path ceiling of section 1 (issue 22). A bare actix-web
+//! `o365-bench serve-minimal`: the same-path ceiling of section 1. A bare actix-web
 //! handler on `POST /webhook` that parses the JSON array, publishes each element — persistent,
 //! mandatory — to a quorum queue on one shared confirm channel, and answers 200 after the
 //! confirms; no auth check, no validation, no Redis, no metrics, no tracing. It runs as a child

@@ -10,7 +10,6 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::value::RawValue;
-use std::io::Read;
 use std::process::ExitCode;
 
 /// Its listening port.
@@ -131,13 +130,7 @@ async fn serve() -> anyhow::Result<()> {
     .workers(2)
     .disable_signals()
     .run();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut sink = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        let _ = tx.send(());
-    });
+    let rx = crate::serve::stdin_closed();
     let handle = server.handle();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

@@ -73,19 +73,9 @@ impl Server {
 
     /// `used_cpu_sys + used_cpu_user` in microseconds.
     async fn cpu_usec(&mut self) -> anyhow::Result<f64> {
-        let info: String = redis::cmd("INFO")
-            .arg("cpu")
-            .query_async(&mut self.conn)
-            .await?;
-        let mut total = 0.0;
-        for field in ["used_cpu_sys", "used_cpu_user"] {
-            total += info
-                .lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .with_context(|| format!("{}: INFO cpu has no {field}", self.port_or_url))?;
-        }
-        Ok(total * 1e6)
+        crate::e2e::redis_cpu_us(&mut self.conn)
+            .await
+            .with_context(|| self.port_or_url.clone())
     }
 }
 

@@ -17,6 +17,7 @@ const TENANT_FAMILIES: &[&str] = &[
     "dead",
     "rec",
     "seen",
+    "dedup",
     "quota",
     "activity",
     "activity5",

@@ -271,27 +271,28 @@ async fn used_memory(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Resul
     Ok(info(c, "memory", &["used_memory"]).await?[0] as i64)
 }
 
-/// Counts the keys by kind: leaves (listpack or hashtable), split markers, others.
+/// Counts the keys by kind: leaves (listpack or hashtable; their fields less the sentinel
+/// each holds), bucket roots (`dedup:…` strings), others.
 const CENSUS: &str = r#"
-local leaves, big, markers, other, fields = 0, 0, 0, 0, 0
+local leaves, big, roots, other, fields = 0, 0, 0, 0, 0
 for _, k in ipairs(redis.call('KEYS', '*')) do
   local t = redis.call('TYPE', k)['ok']
   if t == 'hash' then
-    fields = fields + redis.call('HLEN', k)
+    fields = fields + redis.call('HLEN', k) - 1
     if redis.call('OBJECT', 'ENCODING', k) == 'listpack' then leaves = leaves + 1 else big = big + 1 end
-  elseif t == 'string' and redis.call('STRLEN', k) == 0 then markers = markers + 1
+  elseif t == 'string' and string.find(k, 'dedup:', 1, true) then roots = roots + 1
   else other = other + 1 end
 end
-return {leaves, big, markers, other, fields}
+return {leaves, big, roots, other, fields}
 "#;
 
 async fn census(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<String> {
     let v: Vec<i64> = redis::Script::new(CENSUS).invoke_async(c).await?;
-    let [leaves, big, markers, other, fields] = v[..] else {
+    let [leaves, big, roots, other, fields] = v[..] else {
         bail!("census answered {v:?}");
     };
     Ok(format!(
-        "{leaves} listpack leaves (avg {:.0} records), {big} hashtable leaves, {markers} split markers, {other} other keys",
+        "{leaves} listpack leaves (avg {:.0} records), {big} hashtable leaves, {roots} bucket roots, {other} other keys",
         fields as f64 / (leaves + big).max(1) as f64
     ))
 }

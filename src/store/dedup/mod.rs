@@ -4,7 +4,7 @@
 
 mod seen;
 
-use super::{Store, StoreResult, RELEASE};
+use super::{Store, StoreResult};
 use crate::domain::{ContentId, TenantId};
 use redis::AsyncCommands;
 use std::future::Future;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(seen::CLAIM));
 static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(seen::FINISH));
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(seen::RELEASE));
 
 /// The value of a published record's own key (records without a compact marker, and the
 /// previous version's markers).
@@ -35,11 +36,20 @@ pub struct RecordKey<'r> {
     pub created: &'r str,
 }
 
-/// One record of a batch in Redis: its claim key, and where it is remembered once published
-/// (`None`: in its claim key, set to `d`).
+/// One record of a batch in Redis: its own key (claimed and set to `d` when it has no place;
+/// the previous version's marker otherwise), and its place in a bucket.
 struct Slot {
     claim: String,
     place: Option<seen::Place>,
+}
+
+/// The buckets a batch's records fall in, each named once: what the scripts are handed.
+struct Buckets {
+    /// Per bucket: its root key, its previous-layout base, and the longest keep (ms) of its
+    /// records.
+    each: Vec<(String, String, u64)>,
+    /// Per record: its bucket (1-based, as the scripts count), 0 when it has none.
+    of: Vec<usize>,
 }
 
 /// What happened to a record claim.
@@ -217,14 +227,54 @@ impl<'a> Dedup<'a> {
     fn slot(&self, t: &TenantId, key: RecordKey<'_>, done_ttl: Duration, now_ms: i64) -> Slot {
         Slot {
             claim: self.record_key(t, key.id),
-            place: seen::place(
-                self.0.prefix(),
-                &self.0.tenant(t),
-                key.id,
-                key.created,
-                done_ttl,
-                now_ms,
-            ),
+            place: seen::place(key.id, key.created, done_ttl, now_ms),
+        }
+    }
+
+    /// The buckets of `slots` (their records are all the same tenant's).
+    fn buckets(&self, t: &TenantId, slots: &[Slot]) -> Buckets {
+        let mut keys: Vec<(i64, char)> = Vec::new();
+        let mut out = Buckets {
+            each: Vec::new(),
+            of: Vec::with_capacity(slots.len()),
+        };
+        for s in slots {
+            let Some(p) = &s.place else {
+                out.of.push(0);
+                continue;
+            };
+            let j = match keys.iter().position(|k| *k == (p.hour, p.kind)) {
+                Some(j) => {
+                    let keep = &mut out.each[j].2;
+                    *keep = (*keep).max(p.keep_ms);
+                    j
+                }
+                None => {
+                    let segment = self.0.tenant(t);
+                    keys.push((p.hour, p.kind));
+                    out.each.push((
+                        seen::bucket(self.0.prefix(), &segment, p),
+                        seen::previous_bucket(self.0.prefix(), &segment, p),
+                        p.keep_ms,
+                    ));
+                    keys.len() - 1
+                }
+            };
+            out.of.push(j + 1);
+        }
+        out
+    }
+
+    /// The keys a script over `slots` declares: the bucket roots, then the own keys of the
+    /// records without a bucket (all one tenant's, so one slot in a cluster).
+    fn script_keys(inv: &mut redis::ScriptInvocation<'_>, b: &Buckets, slots: &[Slot]) {
+        for (root, _, _) in &b.each {
+            inv.key(root);
+        }
+        for (s, j) in slots.iter().zip(&b.of) {
+            if *j == 0 {
+                inv.key(&s.claim);
+            }
         }
     }
 
@@ -273,34 +323,36 @@ impl<'a> Dedup<'a> {
                 .iter()
                 .map(|r| self.slot(tenant, key(r), policy.done_ttl, now_ms))
                 .collect();
-            let (mine, mine_slots, pending) =
-                match self.claim(&slots, policy.owner, policy.claim_ttl).await {
-                    Ok(claims) => {
-                        let (mut mine, mut mine_slots, mut pending) =
-                            (Vec::new(), Vec::new(), Vec::new());
-                        for ((r, s), c) in todo.into_iter().zip(slots).zip(claims) {
-                            match c {
-                                Claim::Mine => {
-                                    mine.push(r);
-                                    mine_slots.push(s);
-                                }
-                                Claim::Done => done.duplicates += 1,
-                                Claim::Pending => pending.push(r),
+            let (mine, mine_slots, pending) = match self
+                .claim(tenant, &slots, policy.owner, policy.claim_ttl)
+                .await
+            {
+                Ok(claims) => {
+                    let (mut mine, mut mine_slots, mut pending) =
+                        (Vec::new(), Vec::new(), Vec::new());
+                    for ((r, s), c) in todo.into_iter().zip(slots).zip(claims) {
+                        match c {
+                            Claim::Mine => {
+                                mine.push(r);
+                                mine_slots.push(s);
                             }
+                            Claim::Done => done.duplicates += 1,
+                            Claim::Pending => pending.push(r),
                         }
-                        (mine, mine_slots, pending)
                     }
-                    // Redis is down: publish without de-duplication.
-                    Err(_) => (todo, slots, Vec::new()),
-                };
+                    (mine, mine_slots, pending)
+                }
+                // Redis is down: publish without de-duplication.
+                Err(_) => (todo, slots, Vec::new()),
+            };
             if !mine.is_empty() {
                 let n = mine.len() as u64;
                 if let Err(e) = publish(mine).await {
-                    let _ = self.release(&mine_slots, policy.owner).await;
+                    let _ = self.release(tenant, &mine_slots, policy.owner).await;
                     return Err(PublishOnceError::Publish(e));
                 }
                 done.published += n;
-                let _ = self.finish(mine_slots, policy.done_ttl).await;
+                let _ = self.finish(tenant, mine_slots, policy.done_ttl).await;
             }
             todo = pending;
             if !todo.is_empty() {
@@ -315,21 +367,32 @@ impl<'a> Dedup<'a> {
 
     /// Looks records up and claims those not published for `owner`, one round trip for the
     /// batch.
-    async fn claim(&self, slots: &[Slot], owner: &str, ttl: Duration) -> StoreResult<Vec<Claim>> {
+    async fn claim(
+        &self,
+        t: &TenantId,
+        slots: &[Slot],
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<Claim>> {
         if slots.is_empty() {
             return Ok(Vec::new());
         }
+        let b = self.buckets(t, slots);
         let mut c = self.0.conn().await?;
         let mut inv = CLAIM.prepare_invoke();
-        for s in slots {
-            inv.key(&s.claim);
+        Self::script_keys(&mut inv, &b, slots);
+        inv.arg(&*seen::owner_tag(owner))
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(format!("p:{owner}"))
+            .arg(b.each.len());
+        for (_, previous, keep) in &b.each {
+            inv.arg(*keep).arg(previous);
         }
-        inv.arg(format!("p:{owner}"))
-            .arg(ttl.as_millis().max(1) as u64);
-        for s in slots {
+        for (s, j) in slots.iter().zip(&b.of) {
+            inv.arg(&s.claim).arg(*j);
             match &s.place {
-                Some(p) => inv.arg(&p.bucket).arg(&p.field[..]),
-                None => inv.arg("").arg(""),
+                Some(p) => inv.arg(&p.field[..]),
+                None => inv.arg(""),
             };
         }
         let r: Result<Vec<i64>, _> = inv.invoke_async(&mut c).await;
@@ -344,27 +407,36 @@ impl<'a> Dedup<'a> {
         })
     }
 
-    /// Remembers published records (their buckets, or their own keys set to `d` for `ttl`)
-    /// and deletes their claims, one round trip for the batch. When that
-    /// fails (Redis down), each record's own key `d` is written instead, kept in memory until
-    /// Redis is back ([`Store::flush_deferred`]) — the claim script reads it as published.
-    async fn finish(&self, slots: Vec<Slot>, ttl: Duration) -> StoreResult<()> {
+    /// Per record its bucket and its field, or (bucket 0) its own key: what [`seen::FINISH`]
+    /// and [`seen::RELEASE`] are handed.
+    fn record_args(inv: &mut redis::ScriptInvocation<'_>, b: &Buckets, slots: &[Slot]) {
+        for (s, j) in slots.iter().zip(&b.of) {
+            inv.arg(*j);
+            match &s.place {
+                Some(p) => inv.arg(&p.field[..]),
+                None => inv.arg(&s.claim),
+            };
+        }
+    }
+
+    /// Remembers published records (in their buckets, or their own keys set to `d` for `ttl`),
+    /// one round trip for the batch. When that fails (Redis down), each record's own key `d`
+    /// is written instead, kept in memory until Redis is back ([`Store::flush_deferred`]) — the
+    /// claim script reads it as published.
+    async fn finish(&self, t: &TenantId, slots: Vec<Slot>, ttl: Duration) -> StoreResult<()> {
         if slots.is_empty() {
             return Ok(());
         }
         let written = async {
+            let b = self.buckets(t, &slots);
             let mut c = self.0.conn().await?;
             let mut inv = FINISH.prepare_invoke();
-            for s in &slots {
-                inv.key(&s.claim);
+            Self::script_keys(&mut inv, &b, &slots);
+            inv.arg(ttl.as_millis().max(1) as u64).arg(b.each.len());
+            for (_, _, keep) in &b.each {
+                inv.arg(*keep);
             }
-            inv.arg(ttl.as_millis().max(1) as u64);
-            for s in &slots {
-                match &s.place {
-                    Some(p) => inv.arg(&p.bucket).arg(&p.field[..]).arg(p.keep_ms),
-                    None => inv.arg("").arg("").arg(0),
-                };
-            }
+            Self::record_args(&mut inv, &b, &slots);
             let r: Result<i64, _> = inv.invoke_async(&mut c).await;
             self.0.observe(r).map(|_| ())
         }
@@ -378,23 +450,20 @@ impl<'a> Dedup<'a> {
 
     /// Gives up claims `owner` still holds (publishing failed), so a retry can take them at
     /// once.
-    async fn release(&self, slots: &[Slot], owner: &str) -> StoreResult<()> {
+    async fn release(&self, t: &TenantId, slots: &[Slot], owner: &str) -> StoreResult<()> {
         if slots.is_empty() {
             return Ok(());
         }
+        let b = self.buckets(t, slots);
         let mut c = self.0.conn().await?;
-        let mut pipe = redis::pipe();
-        let holder = format!("p:{owner}");
-        for s in slots {
-            pipe.cmd("EVAL")
-                .arg(RELEASE)
-                .arg(1)
-                .arg(&s.claim)
-                .arg(&holder)
-                .ignore();
-        }
-        let r: Result<(), _> = pipe.query_async(&mut c).await;
-        self.0.observe(r)
+        let mut inv = RELEASE.prepare_invoke();
+        Self::script_keys(&mut inv, &b, slots);
+        inv.arg(&*seen::owner_tag(owner))
+            .arg(format!("p:{owner}"))
+            .arg(b.each.len());
+        Self::record_args(&mut inv, &b, slots);
+        let r: Result<i64, _> = inv.invoke_async(&mut c).await;
+        self.0.observe(r).map(|_| ())
     }
 }
 
@@ -436,7 +505,7 @@ mod tests {
     /// `owner` claims record `id` for `ttl`, as another replica would.
     async fn claimed_elsewhere(store: &Store, id: &str, owner: &str, ttl: Duration) {
         let theirs = slots(store, &[id], CREATED);
-        let claimed = store.dedup().claim(&theirs, owner, ttl).await;
+        let claimed = store.dedup().claim(&tenant(), &theirs, owner, ttl).await;
         assert_eq!(claimed.expect("claimed"), vec![Claim::Mine]);
     }
 
@@ -514,47 +583,65 @@ mod tests {
             .collect()
     }
 
-    /// Every bucket key (`seen:…`, without the prefix): its fields (a hash) or `None` (a
-    /// split marker, an empty string), and its expiry in ms.
-    type Buckets = BTreeMap<String, (Option<BTreeSet<Vec<u8>>>, i64)>;
+    /// A leaf's fields and their values.
+    type Fields = BTreeMap<Vec<u8>, Vec<u8>>;
 
-    async fn buckets(store: &Store) -> Buckets {
+    /// What the buckets hold (`dedup:…`, keys without the prefix).
+    #[derive(Debug, Default)]
+    struct Seen {
+        /// Root → (leaves, fields counted, expiry in ms from now).
+        roots: BTreeMap<String, (u64, u64, i64)>,
+        /// Leaf → (its fields and their values, the sentinel left out; expiry in ms from now).
+        leaves: BTreeMap<String, (Fields, i64)>,
+    }
+
+    impl Seen {
+        /// Every field of the leaves of `dedup:{tenant}:{hour}:{kind}`.
+        fn fields(&self, hour: i64, kind: char) -> BTreeSet<Vec<u8>> {
+            let base = format!("dedup:{}:{hour}:{kind}:", tenant());
+            self.leaves
+                .iter()
+                .filter(|(k, _)| k.starts_with(&base))
+                .flat_map(|(_, (f, _))| f.keys().cloned())
+                .collect()
+        }
+
+        /// Every value of every leaf: `""` once published, `{owner}:{until}` while claimed.
+        fn values(&self) -> Vec<Vec<u8>> {
+            self.leaves
+                .values()
+                .flat_map(|(f, _)| f.values().cloned())
+                .collect()
+        }
+    }
+
+    async fn seen(store: &Store) -> Seen {
         let mut c = store.conn().await.expect("Redis answers");
-        let mut out = BTreeMap::new();
-        for k in keys(store, "seen:*").await {
+        let mut out = Seen::default();
+        for k in keys(store, "dedup:*").await {
             let full = format!("{}{k}", store.prefix());
+            let ttl: i64 = c.pttl(&full).await.expect("PTTL");
             let kind: String = redis::cmd("TYPE")
                 .arg(&full)
                 .query_async(&mut c)
                 .await
                 .expect("TYPE");
-            let fields = match kind.as_str() {
+            match kind.as_str() {
                 "hash" => {
-                    let f: Vec<Vec<u8>> = c.hkeys(&full).await.expect("HKEYS");
-                    Some(f.into_iter().collect())
+                    let mut f: Fields = c.hgetall(&full).await.expect("HGETALL");
+                    assert_eq!(f.remove(&b"\xff"[..]), Some(Vec::new()), "{k}: sentinel");
+                    out.leaves.insert(k, (f, ttl));
                 }
                 "string" => {
                     let v: String = c.get(&full).await.expect("GET");
-                    assert_eq!(v, "", "a split marker is empty");
-                    None
+                    let n: Vec<u64> = v.split(' ').map(|x| x.parse().expect("a number")).collect();
+                    assert_eq!(n.len(), 3, "{k}: {v}");
+                    out.roots.insert(k, (n[0], n[1], ttl));
                 }
                 other => panic!("{k} is a {other}"),
-            };
-            let ttl: i64 = c.pttl(&full).await.expect("PTTL");
-            out.insert(k, (fields, ttl));
+            }
         }
         out
-    }
-
-    /// All fields of all buckets whose key starts with `seen:{tenant}:{hour}:{kind}:`.
-    fn fields_of(buckets: &Buckets, hour: i64, kind: char) -> BTreeSet<Vec<u8>> {
-        let base = format!("seen:{}:{hour}:{kind}:", tenant());
-        buckets
-            .iter()
-            .filter(|(k, _)| k.starts_with(&base))
-            .filter_map(|(_, (f, _))| f.clone())
-            .flatten()
-            .collect()
     }
 
     #[tokio::test]
@@ -567,11 +654,20 @@ mod tests {
         // The key names other replicas share: the claims are gone, the records are fields of
         // their hour's bucket.
         assert_eq!(keys(&store, "rec:*").await, BTreeSet::new());
-        let buckets = buckets(&store).await;
-        let leaf = format!("seen:{}:{HOUR}:s:", tenant());
-        assert_eq!(buckets.keys().collect::<Vec<_>>(), vec![&leaf]);
-        let want: BTreeSet<Vec<u8>> = [b"r1", b"r2", b"r3"].map(|f| f.to_vec()).into();
-        assert_eq!(buckets[&leaf].0, Some(want));
+        let seen = seen(&store).await;
+        let root = format!("dedup:{}:{HOUR}:s", tenant());
+        assert_eq!(seen.roots.keys().collect::<Vec<_>>(), vec![&root]);
+        assert_eq!(
+            seen.roots[&root].0..=seen.roots[&root].1,
+            1..=3,
+            "one leaf, 3 fields"
+        );
+        let leaf = format!("{root}:0");
+        assert_eq!(seen.leaves.keys().collect::<Vec<_>>(), vec![&leaf]);
+        let want: Fields = [b"r1", b"r2", b"r3"]
+            .map(|f| (f.to_vec(), Vec::new()))
+            .into();
+        assert_eq!(seen.leaves[&leaf].0, want, "published: empty values");
 
         let second = Sink::default();
         let got = publish_once(&store, &["r2", "r4", "r1"], policy("b"), &second).await;
@@ -600,7 +696,12 @@ mod tests {
             matches!(&failing, Err(PublishOnceError::Publish(e)) if e == "broker down"),
             "{failing:?}"
         );
-        assert_eq!(keys(&store, "*").await, BTreeSet::new(), "claims released");
+        assert_eq!(
+            seen(&store).await.fields(HOUR, 's'),
+            BTreeSet::new(),
+            "claims released"
+        );
+        assert_eq!(keys(&store, "rec:*").await, BTreeSet::new());
 
         // Another owner (the retry) publishes them at once instead of waiting for the claims.
         let retry = Sink::default();
@@ -625,12 +726,12 @@ mod tests {
         let dedup = store.dedup();
         let theirs = || slots(&store, &["r1", "r2"], CREATED);
         let ttl = Duration::from_secs(20);
-        let claims = dedup.claim(&theirs(), "other", ttl).await;
+        let claims = dedup.claim(&tenant(), &theirs(), "other", ttl).await;
         assert_eq!(claims.expect("claimed"), vec![Claim::Mine, Claim::Mine]);
         // The same owner asking again still holds them; another sees them pending.
-        let again = dedup.claim(&theirs(), "other", ttl).await;
+        let again = dedup.claim(&tenant(), &theirs(), "other", ttl).await;
         assert_eq!(again.expect("answered"), vec![Claim::Mine, Claim::Mine]);
-        let seen = dedup.claim(&theirs(), "b", ttl).await;
+        let seen = dedup.claim(&tenant(), &theirs(), "b", ttl).await;
         assert_eq!(
             seen.expect("answered"),
             vec![Claim::Pending, Claim::Pending]
@@ -642,7 +743,7 @@ mod tests {
             async {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 dedup
-                    .finish(theirs(), Duration::from_secs(60))
+                    .finish(&tenant(), theirs(), Duration::from_secs(60))
                     .await
                     .expect("finished");
             }
@@ -749,15 +850,11 @@ mod tests {
         let sink = Sink::default();
         let got = publish_once(&store, &ids, policy("a"), &sink).await;
         assert_eq!(got.expect("published"), published(10, 0), "all different");
-        let buckets = buckets(&store).await;
+        let seen = seen(&store).await;
         let g: BTreeSet<Vec<u8>> = [b"abcdefghijklmnop".to_vec()].into();
-        assert_eq!(fields_of(&buckets, HOUR, 'g'), g, "the GUID as its bytes");
+        assert_eq!(seen.fields(HOUR, 'g'), g, "the GUID as its bytes");
         let others: BTreeSet<Vec<u8>> = ids[1..].iter().map(|i| i.as_bytes().to_vec()).collect();
-        assert_eq!(
-            fields_of(&buckets, HOUR, 's'),
-            others,
-            "the rest as themselves"
-        );
+        assert_eq!(seen.fields(HOUR, 's'), others, "the rest as themselves");
 
         let again = Sink::default();
         let got = publish_once(&store, &ids, policy("b"), &again).await;
@@ -800,9 +897,8 @@ mod tests {
             let ttl: i64 = c.pttl(&full).await.expect("PTTL");
             assert!(ttl > 50_000 && ttl <= 60_000, "{k}: {ttl} ms");
         }
-        let buckets = buckets(&store).await;
         let compact: BTreeSet<Vec<u8>> = [longest.as_bytes().to_vec()].into();
-        assert_eq!(fields_of(&buckets, HOUR, 's'), compact);
+        assert_eq!(seen(&store).await.fields(HOUR, 's'), compact);
 
         let again = Sink::default();
         let got = publish_at(&store, &records, policy("b"), &again).await;
@@ -824,13 +920,20 @@ mod tests {
         let got = publish_at(&store, &[("new", later.as_str())], policy("a"), &sink).await;
         assert_eq!(got.expect("published"), published(1, 0));
 
-        let buckets = buckets(&store).await;
-        assert_eq!(buckets.len(), 2, "{buckets:?}");
-        let old = &buckets[&format!("seen:{}:{HOUR}:s:", tenant())];
-        assert!(old.1 > 50_000 && old.1 <= 60_000, "{} ms", old.1);
-        let new = &buckets[&format!("seen:{}:{later_hour}:s:", tenant())];
-        let most = 60_000 + 3_600_000;
-        assert!(new.1 > most - 10_000 && new.1 <= most, "{} ms", new.1);
+        // Root and leaves expire together, at least the keep from now and at most a
+        // sixteenth of it later (so that a busy bucket moves its expiry rarely).
+        let seen = seen(&store).await;
+        assert_eq!(seen.roots.len(), 2, "{seen:?}");
+        for (hour, keep) in [(HOUR, 60_000), (later_hour, 60_000 + 3_600_000)] {
+            let root = format!("dedup:{}:{hour}:s", tenant());
+            let leaf = format!("{root}:0");
+            let (root_ttl, leaf_ttl) = (seen.roots[&root].2, seen.leaves[&leaf].1);
+            assert!(
+                root_ttl > keep - 10_000 && root_ttl <= keep + keep / 16,
+                "{root}: {root_ttl} ms"
+            );
+            assert!((root_ttl - leaf_ttl).abs() < 50, "{leaf}: {leaf_ttl} ms");
+        }
 
         // A copy of the record created at another hour is another record (a duplicate always
         // carries its original's CreationTime).
@@ -839,15 +942,27 @@ mod tests {
         store.purge_prefix().await.expect("purged");
     }
 
-    /// The 24 path bits of a field, as the scripts compute them: a GUID's first three bytes
-    /// XOR its last three, SHA-1 for any other id.
-    fn path_bits(kind: char, field: &[u8]) -> String {
-        let head: Vec<u8> = if kind == 'g' {
-            (0..3).map(|i| field[i] ^ field[13 + i]).collect()
+    /// The leaf a field lives in when its bucket has `n` leaves, as the scripts compute it: a
+    /// 24-bit spread (a GUID's first three bytes XOR its last three, SHA-1 for any other id),
+    /// its low bits by linear hashing.
+    fn leaf_of(kind: char, field: &[u8], n: u64) -> u64 {
+        let h: [u8; 3] = if kind == 'g' {
+            [
+                field[0] ^ field[13],
+                field[1] ^ field[14],
+                field[2] ^ field[15],
+            ]
         } else {
-            openssl::sha::sha1(field)[..3].to_vec()
+            let d = openssl::sha::sha1(field);
+            [d[0], d[1], d[2]]
         };
-        head.iter().map(|b| format!("{b:08b}")).collect()
+        let h = u64::from(h[0]) << 16 | u64::from(h[1]) << 8 | u64::from(h[2]);
+        let p = 1u64 << (63 - n.leading_zeros());
+        if h % p < n - p {
+            h % (2 * p)
+        } else {
+            h % p
+        }
     }
 
     #[tokio::test]
@@ -875,54 +990,51 @@ mod tests {
         }
         assert_eq!(start, ids.len());
 
-        let buckets = buckets(&store).await;
+        let seen = seen(&store).await;
         let mut c = store.conn().await.expect("Redis answers");
-        let (mut leaves, mut markers) = (0, 0);
-        for (k, (f, ttl)) in &buckets {
-            assert!(*ttl > 50_000 && *ttl <= 60_000, "{k}: {ttl} ms");
-            let (base, path) = k.rsplit_once(':').expect("a path");
-            assert!(path.chars().all(|b| b == '0' || b == '1'), "{k}");
-            let kind = base.chars().last().expect("a kind");
-            let Some(f) = f else {
-                markers += 1;
-                continue;
-            };
-            leaves += 1;
-            assert!(f.len() <= 128, "{k} holds {}", f.len());
-            let full = format!("{}{k}", store.prefix());
-            let enc: String = redis::cmd("OBJECT")
-                .arg("ENCODING")
-                .arg(&full)
-                .query_async(&mut c)
-                .await
-                .expect("OBJECT ENCODING");
-            assert_eq!(enc, "listpack", "{k}");
-            // Each field sits on its own path, below markers only.
-            for field in f {
-                assert!(path_bits(kind, field).starts_with(path), "{k}: {field:?}");
-            }
-            for i in 0..path.len() {
-                let up = format!("{base}:{}", &path[..i]);
-                assert_eq!(buckets.get(&up).map(|b| b.0.is_none()), Some(true), "{up}");
+        for (kind, want) in [('g', 1500), ('s', 600)] {
+            let root = format!("dedup:{}:{HOUR}:{kind}", tenant());
+            let (n, count, ttl) = seen.roots[&root];
+            assert_eq!(count, want, "{root}: fields counted");
+            assert_eq!(
+                n,
+                want.div_ceil(48),
+                "{root}: 48 fields a leaf at most on average"
+            );
+            assert!(ttl > 50_000 && ttl <= 63_750, "{root}: {ttl} ms");
+            for i in 0..n {
+                let leaf = format!("{root}:{i}");
+                let (fields, leaf_ttl) = &seen.leaves[&leaf];
+                assert!((leaf_ttl - ttl).abs() < 50, "{leaf}: {leaf_ttl} ms");
+                assert!(fields.len() < 128, "{leaf} holds {}", fields.len());
+                let full = format!("{}{leaf}", store.prefix());
+                let enc: String = redis::cmd("OBJECT")
+                    .arg("ENCODING")
+                    .arg(&full)
+                    .query_async(&mut c)
+                    .await
+                    .expect("OBJECT ENCODING");
+                assert_eq!(enc, "listpack", "{leaf}");
+                // Each field sits in the leaf its hash names.
+                for field in fields.keys() {
+                    assert_eq!(leaf_of(kind, field, n), i, "{leaf}: {field:?}");
+                }
             }
         }
-        assert!(
-            leaves >= 16 && markers >= 14,
-            "{leaves} leaves, {markers} markers"
+        assert_eq!(
+            seen.leaves.len() as u64,
+            1500u64.div_ceil(48) + 600u64.div_ceil(48)
         );
         let g: BTreeSet<Vec<u8>> = guids
             .iter()
             .map(|i| seen::guid_bytes(i).expect("a GUID").to_vec())
             .collect();
-        assert_eq!(fields_of(&buckets, HOUR, 'g'), g, "each GUID once");
+        assert_eq!(seen.fields(HOUR, 'g'), g, "each GUID once");
         let o: BTreeSet<Vec<u8>> = others.iter().map(|i| i.as_bytes().to_vec()).collect();
-        assert_eq!(fields_of(&buckets, HOUR, 's'), o, "each other id once");
-        let total: usize = buckets
-            .values()
-            .filter_map(|b| b.0.as_ref())
-            .map(|f| f.len())
-            .sum();
-        assert_eq!(total, 2100, "nothing twice");
+        assert_eq!(seen.fields(HOUR, 's'), o, "each other id once");
+        let values = seen.values();
+        assert_eq!(values.len(), 2100, "nothing twice");
+        assert!(values.iter().all(Vec::is_empty), "every claim finished");
 
         let again = Sink::default();
         let got = publish_once(&store, &ids, policy("b"), &again).await;
@@ -973,6 +1085,9 @@ mod tests {
             BTreeSet::new(),
             "no claim left"
         );
+        let values = seen(&store).await.values();
+        assert_eq!(values.len(), 400);
+        assert!(values.iter().all(Vec::is_empty), "no claim left in a leaf");
         store.purge_prefix().await.expect("purged");
     }
 
@@ -1007,6 +1122,40 @@ mod tests {
             store.get(&done_key).await.expect("read").as_deref(),
             Some("d")
         );
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn the_previous_layouts_buckets_are_still_read() {
+        let store = store();
+        let mut c = store.conn().await.expect("Redis answers");
+        let base = format!("{}seen:{}:{HOUR}", store.prefix(), tenant());
+        // GUIDs in a bucket the previous version had split once (a marker at the root, two
+        // leaves by the first bit of the spread), another id in a bucket still one leaf.
+        let in_tree: Vec<String> = (1..=6)
+            .map(|i| format!("8a1b2c3d-0000-4000-8000-00000000000{i}"))
+            .collect();
+        let _: () = c.set(format!("{base}:g:"), "").await.expect("SET");
+        for id in &in_tree {
+            let f = seen::guid_bytes(id).expect("a GUID");
+            let first_bit = (f[0] ^ f[13]) >> 7;
+            let _: () = c
+                .hset(format!("{base}:g:{first_bit}"), &f[..], "")
+                .await
+                .expect("HSET");
+        }
+        let _: () = c
+            .hset(format!("{base}:s:"), "old-record", "")
+            .await
+            .expect("HSET");
+
+        let sink = Sink::default();
+        let fresh = "8a1b2c3d-0000-4000-8000-000000000009";
+        let mut ids: Vec<&str> = in_tree.iter().map(String::as_str).collect();
+        ids.extend([fresh, "old-record", "new-record"]);
+        let got = publish_once(&store, &ids, policy("b"), &sink).await;
+        assert_eq!(got.expect("published"), published(2, 7));
+        assert_eq!(sink.calls(), vec![vec![fresh, "new-record"]]);
         store.purge_prefix().await.expect("purged");
     }
 

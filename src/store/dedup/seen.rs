@@ -1,5 +1,6 @@
-//! The compact done markers of [`super::Dedup::publish_once`]: where a published record is
-//! remembered, and the two Lua scripts that claim and finish a batch in one round trip each.
+//! The compact done markers of [`super::Dedup::publish_once`]: where a record is claimed and
+//! remembered, and the three Lua scripts that claim, finish and release a batch in one round
+//! trip each.
 //!
 //! Why it is built so: docs/DESIGN.md, "store/dedup/seen".
 
@@ -9,6 +10,10 @@ use std::time::Duration;
 /// `hash-max-listpack-value`, above which the hash would become a real hash table.
 pub(super) const MAX_FIELD: usize = 64;
 
+/// An owner longer than this is written into a leaf as a hash of it, so that a claim's value
+/// (`{owner}:{until_ms}`) stays within `hash-max-listpack-value`.
+const MAX_OWNER: usize = 40;
+
 /// An hour ending later than this from now counts as ending this far from now (expiry).
 const MAX_AHEAD_MS: i64 = 3_600_000;
 
@@ -16,11 +21,13 @@ const MAX_AHEAD_MS: i64 = 3_600_000;
 /// a Lua number, which must stay an exact integer.
 const MAX_KEEP_MS: u64 = 400 * 86_400_000;
 
-/// One record's place in a bucket, see docs/DESIGN.md, "store/dedup/seen".
+/// One record's place, see docs/DESIGN.md, "store/dedup/seen".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Place {
-    /// `{prefix}seen:{tenant}:{hour}:{kind}`; the script appends `:{path}`.
-    pub bucket: String,
+    /// The bucket: the hour of the record's `CreationTime`, from the epoch …
+    pub hour: i64,
+    /// … and the kind of its id: `g` (a GUID, kept as its 16 bytes) or `s` (any other).
+    pub kind: char,
     /// The id, exact: 16 raw bytes for a GUID, else the id itself.
     pub field: Vec<u8>,
     /// How long (ms from now) the bucket's keys are kept at least once this record is in it.
@@ -29,15 +36,7 @@ pub(super) struct Place {
 
 /// Where a record is remembered, or `None` when it keeps a key of its own (no usable
 /// `CreationTime`, or an id longer than [`MAX_FIELD`]).
-pub(super) fn place(
-    prefix: &str,
-    // The tenant as its keys carry it (`Store::tenant`: a hash tag in a cluster).
-    segment: &dyn std::fmt::Display,
-    id: &str,
-    created: &str,
-    done_ttl: Duration,
-    now_ms: i64,
-) -> Option<Place> {
+pub(super) fn place(id: &str, created: &str, done_ttl: Duration, now_ms: i64) -> Option<Place> {
     let hour = creation_hour(created)?;
     let (kind, field) = match guid_bytes(id) {
         Some(g) => ('g', g.to_vec()),
@@ -48,12 +47,34 @@ pub(super) fn place(
     let ahead = hour_end_ms.saturating_sub(now_ms).clamp(0, MAX_AHEAD_MS) as u64;
     let ttl_ms = u64::try_from(done_ttl.as_millis()).unwrap_or(u64::MAX);
     Some(Place {
-        bucket: format!("{prefix}seen:{segment}:{hour}:{kind}"),
+        hour,
+        kind,
         field,
         keep_ms: ttl_ms.saturating_add(ahead).clamp(1, MAX_KEEP_MS),
     })
 }
 
+/// The bucket's root key, `{prefix}dedup:{tenant}:{hour}:{kind}` (its leaves append `:{n}`).
+pub(super) fn bucket(prefix: &str, segment: &dyn std::fmt::Display, p: &Place) -> String {
+    format!("{prefix}dedup:{segment}:{}:{}", p.hour, p.kind)
+}
+
+/// The same bucket in the previous version's layout, `{prefix}seen:{tenant}:{hour}:{kind}`,
+/// still read for the records it remembers (docs/DESIGN.md, "store/dedup/seen").
+pub(super) fn previous_bucket(prefix: &str, segment: &dyn std::fmt::Display, p: &Place) -> String {
+    format!("{prefix}seen:{segment}:{}:{}", p.hour, p.kind)
+}
+
+/// How `owner` is written into a leaf's claim: itself, or the hex of its SHA-256 (cut to
+/// [`MAX_OWNER`]) when longer.
+pub(super) fn owner_tag(owner: &str) -> std::borrow::Cow<'_, str> {
+    if owner.len() <= MAX_OWNER && !owner.contains(':') {
+        return owner.into();
+    }
+    let digest = openssl::sha::sha256(owner.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex[..MAX_OWNER].to_string().into()
+}
 /// The 16 bytes of a GUID written as Microsoft writes them (36 characters, lowercase hex,
 /// hyphens after 8, 12, 16 and 20 digits); `None` for anything else, capitals included, so
 /// the encoding is one-to-one.
@@ -105,43 +126,123 @@ pub(super) fn creation_hour(created: &str) -> Option<i64> {
     Some(at.and_utc().timestamp().div_euclid(3600))
 }
 
-/// The helpers both scripts share, per script run (one batch):
+/// The helpers the three scripts share, per script run (one batch). See docs/DESIGN.md,
+/// "store/dedup/seen" for the layout they keep.
 ///
-/// - `bits`: a field's path, 24 characters `0`/`1`. For a GUID (bucket kind `g`) its first
-///   three bytes XOR its last three: random in Microsoft's (version 4) GUIDs, and still varied
-///   in time-ordered ones, whichever end changes; for other ids the start of SHA-1
+/// - `hash`: a field's 24-bit spread. For a GUID (a bucket of kind `g`) its first three bytes
+///   XOR its last three: random in Microsoft's (version 4) GUIDs, and still varied in
+///   time-ordered ones, whichever end changes; for other ids the start of SHA-1
 ///   (`redis.sha1hex`, which costs several µs, so not spent on GUIDs). It only spreads the
 ///   fields over leaves: a poor spread costs memory, never an answer.
-/// - `leaf`: the depth of a path's leaf, walking from the depth of the last leaf found in the
-///   same bucket (a batch's records share a few buckets whose leaves sit at about the same
-///   depth: one or two steps). A node is a leaf when it is not a marker and its parent is.
-///   Whether a node is a marker is asked of Redis once per run: nothing else changes the
-///   tree while a script runs, and `split` records what it changes.
-macro_rules! tree_lua {
+/// - `open`/`close`: a bucket's root (`n c e`: leaves, fields, expiry in ms since the epoch),
+///   read once per run and written once if it changed. `open` creates a missing bucket (leaf
+///   0) and moves the expiry of the root and every leaf to at least now + keep (plus a
+///   sixteenth of it, at most an hour, so a busy bucket moves it rarely).
+/// - `leaf`: the leaf a hash lives in (linear hashing: `n` leaves, the low bits of the hash).
+/// - `grew`: counts new fields, and splits the next leaf while the bucket holds more than 48
+///   fields a leaf, so no leaf passes 128.
+/// - `owner_of`: the owner and deadline of a claim (`{owner}:{until_ms}`).
+macro_rules! bucket_lua {
     () => {
         r#"
-local MAXD, LEAF = 24, 128
-local HEX = {['0']='0000',['1']='0001',['2']='0010',['3']='0011',['4']='0100',['5']='0101',
-  ['6']='0110',['7']='0111',['8']='1000',['9']='1001',a='1010',b='1011',c='1100',d='1101',
-  e='1110',f='1111'}
+local SENT, PER_LEAF, MAXN = '\255', 48, 16777216
+local floor, bxor = math.floor, bit.bxor
+local now
+do
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+end
+local function hash(g, f)
+  if g then
+    local a1, a2, a3 = string.byte(f, 1, 3)
+    local b1, b2, b3 = string.byte(f, 14, 16)
+    return bxor(a1, b1) * 65536 + bxor(a2, b2) * 256 + bxor(a3, b3)
+  end
+  return tonumber(string.sub(redis.sha1hex(f), 1, 6), 16)
+end
+local function pow2(n)
+  local p = 1
+  while p * 2 <= n do p = p * 2 end
+  return p
+end
+local function read(root)
+  local v = redis.call('GET', root)
+  if not v then return nil end
+  local n, c, e = string.match(v, '^(%d+) (%d+) (%d+)$')
+  if not n then return nil end
+  n = tonumber(n)
+  return {root = root, g = string.byte(root, -1) == 103, n = n, c = tonumber(c), e = tonumber(e), p = pow2(n)}
+end
+local function open(root, keep)
+  local b = read(root)
+  local need = now + keep
+  local slack = math.min(floor(keep / 16), 3600000)
+  if not b then
+    b = {root = root, g = string.byte(root, -1) == 103, n = 1, c = 0, e = need + slack, p = 1, dirty = true}
+    redis.call('HSET', root .. ':0', SENT, '')
+    redis.call('PEXPIREAT', root .. ':0', b.e)
+  elseif b.e < need then
+    b.e, b.dirty = need + slack, true
+    for i = 0, b.n - 1 do redis.call('PEXPIREAT', root .. ':' .. i, b.e) end
+  end
+  return b
+end
+local function close(b)
+  if b.dirty then redis.call('SET', b.root, b.n .. ' ' .. b.c .. ' ' .. b.e, 'PXAT', b.e) end
+end
+local function leaf(b, h)
+  local a = h % b.p
+  if a < b.n - b.p then a = h % (2 * b.p) end
+  return b.root .. ':' .. a
+end
+local function split(b)
+  local p = b.p
+  local s = b.n - p
+  local from = b.root .. ':' .. s
+  local to = b.root .. ':' .. (s + p)
+  local all = redis.call('HGETALL', from)
+  local moved, gone = {SENT, ''}, {}
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if f ~= SENT and hash(b.g, f) % (2 * p) ~= s then
+      moved[#moved + 1] = f
+      moved[#moved + 1] = all[i + 1]
+      gone[#gone + 1] = f
+    end
+  end
+  redis.call('HSET', to, unpack(moved))
+  redis.call('PEXPIREAT', to, b.e)
+  for i = 1, #gone, 500 do
+    redis.call('HDEL', from, unpack(gone, i, math.min(i + 499, #gone)))
+  end
+  b.n = b.n + 1
+  b.p = pow2(b.n)
+end
+local function grew(b)
+  b.c, b.dirty = b.c + 1, true
+  while b.c > PER_LEAF * b.n and b.n < MAXN do split(b) end
+end
+local function owner_of(v)
+  local o, u = string.match(v, '^(.*):(%d+)$')
+  return o, tonumber(u)
+end
+"#
+    };
+}
+
+/// The previous version's tree of buckets (`seen:{tenant}:{hour}:{kind}:{path}`), read only:
+/// `in_previous(base, g, field)` tells whether it remembers the field. Its leaf is the first
+/// node of the field's path (24 bits of the same spread, as `0`/`1`) that is not a split
+/// marker (an empty string).
+macro_rules! previous_lua {
+    () => {
+        r#"
 local NIB = {'0000','0001','0010','0011','0100','0101','0110','0111','1000','1001','1010',
   '1011','1100','1101','1110','1111'}
-local BYTE = {}
-for x = 0, 255 do BYTE[x] = NIB[bit.rshift(x, 4) + 1] .. NIB[bit.band(x, 15) + 1] end
-local bxor = bit.bxor
-local function bits(guid, field)
-  if guid then
-    local a1, a2, a3 = string.byte(field, 1, 3)
-    local b1, b2, b3 = string.byte(field, 14, 16)
-    return BYTE[bxor(a1, b1)] .. BYTE[bxor(a2, b2)] .. BYTE[bxor(a3, b3)]
-  end
-  return (string.gsub(string.sub(redis.sha1hex(field), 1, MAXD / 4), '.', HEX))
-end
-local function is_guid(bucket)
-  return string.byte(bucket, -1) == 103
-end
-local function node(bucket, b, d)
-  return bucket .. ':' .. string.sub(b, 1, d)
+local function bits(g, f)
+  local h, out = hash(g, f), {}
+  for i = 5, 0, -1 do out[#out + 1] = NIB[floor(h / 16 ^ i) % 16 + 1] end
+  return table.concat(out)
 end
 local marker = {}
 local function is_marker(k)
@@ -152,119 +253,138 @@ local function is_marker(k)
   end
   return m
 end
-local last = {}
-local function leaf(bucket, b)
-  local d = last[bucket] or 0
-  if is_marker(node(bucket, b, d)) then
-    repeat d = d + 1 until d >= MAXD or not is_marker(node(bucket, b, d))
-  else
-    while d > 0 and not is_marker(node(bucket, b, d - 1)) do d = d - 1 end
-  end
-  last[bucket] = d
-  return d
+local function in_previous(base, g, f)
+  local b = bits(g, f)
+  local d = 0
+  while d < 24 and is_marker(base .. ':' .. string.sub(b, 1, d)) do d = d + 1 end
+  return redis.call('HEXISTS', base .. ':' .. string.sub(b, 1, d), f) == 1
 end
 "#
     };
 }
 
-/// KEYS: the records' claim keys. ARGV[1] = `p:{owner}`, ARGV[2] = claim PX, then per record
-/// its bucket (empty: no compact marker) and field. Per record: 0 = already published (a field
-/// in its bucket, or a claim key `d`), 1 = claimed by this owner (now or before), 2 = claimed
-/// by another owner.
+/// KEYS: the batch's bucket roots, then the own keys of the records without a bucket (for the
+/// cluster's routing). ARGV[1] = owner (as [`owner_tag`] writes it), ARGV[2] = claim PX,
+/// ARGV[3] = the owner of a claim in an own key (`p:{owner}`), ARGV[4] = the number of buckets;
+/// per bucket its keep (ms) and its previous-layout base; per record its own key, its bucket
+/// (1-based, 0: none) and its field. Per record: 0 = already published, 1 = claimed by this
+/// owner (now or before), 2 = claimed by another owner whose claim has not lapsed.
+///
+/// A record with a bucket is claimed in its leaf (`{owner}:{until_ms}`); one without, in its
+/// own key. The previous version's markers are honoured: an own key `d` (or a claim `p:…`),
+/// and the previous layout's tree, each asked only when it exists.
 pub(super) const CLAIM: &str = concat!(
-    tree_lua!(),
+    bucket_lua!(),
+    previous_lua!(),
     r#"
-local out = {}
-for i, k in ipairs(KEYS) do
-  local bucket, field = ARGV[2 * i + 1], ARGV[2 * i + 2]
-  local done = false
-  if bucket ~= '' then
-    local b = bits(is_guid(bucket), field)
-    done = redis.call('HEXISTS', node(bucket, b, leaf(bucket, b)), field) == 1
-  end
-  if done then
-    out[i] = 0
-  elseif redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[2]) then
-    out[i] = 1
-  else
-    local v = redis.call('GET', k)
-    if v == 'd' then out[i] = 0 elseif v == ARGV[1] then out[i] = 1 else out[i] = 2 end
-  end
+local owner, ttl, own_claim, nb = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local claim = owner .. ':' .. (now + ttl)
+local buckets, previous = {}, {}
+for j = 1, nb do
+  buckets[j] = open(KEYS[j], tonumber(ARGV[3 + 2 * j]))
+  local base = ARGV[4 + 2 * j]
+  if redis.call('EXISTS', base .. ':') == 1 then previous[j] = base end
 end
+local first = 5 + 2 * nb
+local own = {}
+for i = first, #ARGV, 3 do
+  if ARGV[i + 1] ~= '0' then own[#own + 1] = ARGV[i] end
+end
+local legacy = false
+for i = 1, #own, 500 do
+  if redis.call('EXISTS', unpack(own, i, math.min(i + 499, #own))) > 0 then legacy = true end
+end
+local out = {}
+for i = first, #ARGV, 3 do
+  local k, j, f = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local r
+  if j == 0 or legacy then
+    local v
+    if j == 0 and redis.call('SET', k, own_claim, 'NX', 'PX', ttl) then
+      r = 1
+    else
+      v = redis.call('GET', k)
+      if v == 'd' then r = 0 elseif v == own_claim then r = 1 elseif v or j == 0 then r = 2 end
+    end
+  end
+  if r == nil and previous[j] and in_previous(previous[j], buckets[j].g, f) then r = 0 end
+  if r == nil then
+    local b = buckets[j]
+    local n = leaf(b, hash(b.g, f))
+    if redis.call('HSETNX', n, f, claim) == 1 then
+      r = 1
+      grew(b)
+    else
+      local v = redis.call('HGET', n, f)
+      local o, u = owner_of(v)
+      if v == '' then
+        r = 0
+      elseif o == owner or u == nil or u <= now then
+        r = 1
+        redis.call('HSET', n, f, claim)
+      else
+        r = 2
+      end
+    end
+  end
+  out[#out + 1] = r
+end
+for j = 1, nb do close(buckets[j]) end
 return out
 "#
 );
 
-/// KEYS: the records' claim keys. ARGV[1] = `done_ttl` in ms, then per record its bucket,
-/// field and keep (ms). A record with a bucket is written to its leaf (split at 128 fields),
-/// the expiry of the leaf and the markers above it is extended to at least its keep (once per
-/// leaf and run), and its claim is deleted; a record without one gets its claim key set to
-/// `d` for `done_ttl`.
+/// KEYS: as [`CLAIM`]. ARGV[1] = `done_ttl` in ms, ARGV[2] = the number of buckets; per bucket
+/// its keep (ms); per record its bucket (1-based, 0: none) and its field, or (bucket 0) its own
+/// key. A record with a bucket becomes an empty value in its leaf (published), whoever's claim
+/// the leaf held; one without gets its own key set to `d` for `done_ttl`.
 ///
-/// The claim is deleted whoever holds it: should ours have lapsed and another owner claimed
-/// the record meanwhile, the record is published and in its bucket, which every later claim
-/// reads first; the other owner's finish or release then finds no claim, which is fine.
+/// Should the claim have lapsed and another owner claimed the record meanwhile, the record is
+/// published and now marked so, which every later claim reads; the other owner's finish or
+/// release then finds it published, which is fine. Should the bucket have expired meanwhile,
+/// it is created again.
 pub(super) const FINISH: &str = concat!(
-    tree_lua!(),
+    bucket_lua!(),
     r#"
-local kept, size, claims = {}, {}, {}
-local function keep(k, ms)
-  if redis.call('PTTL', k) < ms then redis.call('PEXPIRE', k, ms) end
-end
-local function split(n, d, guid, ms)
-  local t = redis.call('PTTL', n)
-  if t < ms then t = ms end
-  local fields = redis.call('HKEYS', n)
-  redis.call('DEL', n)
-  redis.call('SET', n, '', 'PX', t)
-  marker[n], size[n] = true, nil
-  local to = {['0'] = {}, ['1'] = {}}
-  for _, f in ipairs(fields) do
-    local side = to[string.sub(bits(guid, f), d + 1, d + 1)]
-    side[#side + 1] = f
-    side[#side + 1] = ''
-  end
-  for c, args in pairs(to) do
-    c = n .. c
-    marker[c], size[c] = false, #args / 2
-    if #args > 0 then
-      redis.call('HSET', c, unpack(args))
-      redis.call('PEXPIRE', c, t)
-    end
-  end
-end
-for i, k in ipairs(KEYS) do
-  local bucket, field, ms = ARGV[3 * i - 1], ARGV[3 * i], tonumber(ARGV[3 * i + 1])
-  if bucket == '' then
-    redis.call('SET', k, 'd', 'PX', ARGV[1])
+local ttl, nb = ARGV[1], tonumber(ARGV[2])
+local buckets = {}
+for j = 1, nb do buckets[j] = open(KEYS[j], tonumber(ARGV[2 + j])) end
+for i = 3 + nb, #ARGV, 2 do
+  local j, f = tonumber(ARGV[i]), ARGV[i + 1]
+  if j == 0 then
+    redis.call('SET', f, 'd', 'PX', ttl)
   else
-    local guid = is_guid(bucket)
-    local b = bits(guid, field)
-    local d = leaf(bucket, b)
-    local n = node(bucket, b, d)
-    if redis.call('HSET', n, field, '') == 1 then
-      local s = size[n]
-      if s == nil then s = redis.call('HLEN', n) else s = s + 1 end
-      size[n] = s
-      if s >= LEAF and d < MAXD then
-        split(n, d, guid, ms)
-        d = d + 1
-        n = node(bucket, b, d)
-      end
-    end
-    if not kept[n] then
-      for j = 0, d do
-        local up = node(bucket, b, j)
-        if not kept[up] then keep(up, ms); kept[up] = true end
-      end
-    end
-    claims[#claims + 1] = k
+    local b = buckets[j]
+    if redis.call('HSET', leaf(b, hash(b.g, f)), f, '') == 1 then grew(b) end
   end
 end
-for i = 1, #claims, 500 do
-  redis.call('DEL', unpack(claims, i, math.min(i + 499, #claims)))
+for j = 1, nb do close(buckets[j]) end
+return 1
+"#
+);
+
+/// KEYS: as [`CLAIM`]. ARGV[1] = owner (as [`owner_tag`] writes it), ARGV[2] = the owner of a
+/// claim in an own key (`p:{owner}`), ARGV[3] = the number of buckets; per record its bucket (1-based, 0: none) and its field,
+/// or (bucket 0) its own key. Gives up the claims the owner still holds (publishing failed),
+/// so a retry can take them at once; a missing bucket is not created.
+pub(super) const RELEASE: &str = concat!(
+    bucket_lua!(),
+    r#"
+local owner, own_claim, nb = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local buckets = {}
+for j = 1, nb do buckets[j] = read(KEYS[j]) or false end
+for i = 4, #ARGV, 2 do
+  local j, f = tonumber(ARGV[i]), ARGV[i + 1]
+  if j == 0 then
+    if redis.call('GET', f) == own_claim then redis.call('DEL', f) end
+  elseif buckets[j] then
+    local b = buckets[j]
+    local n = leaf(b, hash(b.g, f))
+    local v = redis.call('HGET', n, f)
+    if v and owner_of(v) == owner then redis.call('HDEL', n, f) end
+  end
 end
-return #KEYS
+return 1
 "#
 );
 
@@ -331,64 +451,52 @@ mod tests {
     #[test]
     fn a_place_keeps_the_id_exact_and_the_bucket_for_at_least_the_ttl() {
         let ttl = Duration::from_secs(86_400);
-        let hour = creation_hour("2024-05-01T10:15:00").expect("an hour");
+        let at = "2024-05-01T10:15:00";
+        let hour = creation_hour(at).expect("an hour");
         let end_ms = (hour + 1) * 3_600_000;
 
         // Long after the hour: kept for the TTL from now.
-        let p = place(
-            "p:",
-            &tenant(),
-            "a",
-            "2024-05-01T10:15:00",
-            ttl,
-            end_ms + 5_000,
-        )
-        .expect("a place");
-        assert_eq!(p.bucket, format!("p:seen:{}:{hour}:s", tenant()));
+        let p = place("a", at, ttl, end_ms + 5_000).expect("a place");
+        assert_eq!((p.hour, p.kind), (hour, 's'));
+        assert_eq!(
+            bucket("p:", &tenant(), &p),
+            format!("p:dedup:{}:{hour}:s", tenant())
+        );
+        assert_eq!(
+            previous_bucket("p:", &tenant(), &p),
+            format!("p:seen:{}:{hour}:s", tenant())
+        );
         assert_eq!(p.field, b"a");
         assert_eq!(p.keep_ms, 86_400_000);
         // Within the hour: kept until the hour ends, then the TTL.
-        let p = place(
-            "p:",
-            &tenant(),
-            "a",
-            "2024-05-01T10:15:00",
-            ttl,
-            end_ms - 60_000,
-        );
+        let p = place("a", at, ttl, end_ms - 60_000);
         assert_eq!(p.expect("a place").keep_ms, 86_400_000 + 60_000);
         // An hour far in the future counts as one hour ahead.
-        let p = place("p:", &tenant(), "a", "2024-05-01T10:15:00", ttl, 0);
+        let p = place("a", at, ttl, 0);
         assert_eq!(p.expect("a place").keep_ms, 86_400_000 + 3_600_000);
 
         let guid = "80c76bd2-9d81-4c57-a97a-accfc3443dca";
-        let p = place("p:", &tenant(), guid, "2024-05-01T10:15:00", ttl, end_ms);
-        let p = p.expect("a place");
-        assert!(p.bucket.ends_with(":g"), "{}", p.bucket);
+        let p = place(guid, at, ttl, end_ms).expect("a place");
+        assert_eq!(p.kind, 'g');
         assert_eq!(p.field.len(), 16);
 
         let longest = "x".repeat(MAX_FIELD);
-        let p = place(
-            "p:",
-            &tenant(),
-            &longest,
-            "2024-05-01T10:15:00",
-            ttl,
-            end_ms,
-        );
+        let p = place(&longest, at, ttl, end_ms);
         assert_eq!(p.expect("a place").field, longest.as_bytes());
         let too_long = "x".repeat(MAX_FIELD + 1);
-        assert_eq!(
-            place(
-                "p:",
-                &tenant(),
-                &too_long,
-                "2024-05-01T10:15:00",
-                ttl,
-                end_ms
-            ),
-            None
-        );
-        assert_eq!(place("p:", &tenant(), "a", "", ttl, end_ms), None);
+        assert_eq!(place(&too_long, at, ttl, end_ms), None);
+        assert_eq!(place("a", "", ttl, end_ms), None);
+    }
+
+    #[test]
+    fn an_owner_is_written_into_a_leaf_short_and_without_a_colon() {
+        let uuid = "5f0c6d1e2a3b4c5d6e7f8091a2b3c4d5";
+        assert_eq!(owner_tag(uuid), uuid);
+        for other in ["x".repeat(MAX_OWNER + 1), "a:1".to_string()] {
+            let tag = owner_tag(&other);
+            assert_eq!(tag.len(), MAX_OWNER, "{other}");
+            assert!(!tag.contains(':'));
+            assert_ne!(tag, owner_tag(&format!("{other}y")), "one-to-one enough");
+        }
     }
 }

@@ -99,21 +99,32 @@ impl ArraySplitter {
                     }
                 }
                 State::InRecord => {
-                    // Copy the run of bytes up to the next structural byte in one go.
+                    // Copy the run of bytes up to the record's closing bracket (or the chunk's
+                    // end) in one go; inside a string, jump to its next quote or backslash.
                     let start = i;
                     let mut end = chunk.len();
                     let mut closed = false;
-                    for (j, &c) in chunk.iter().enumerate().skip(start) {
+                    let mut j = start;
+                    while j < chunk.len() {
                         if self.in_string {
                             if self.escaped {
                                 self.escaped = false;
-                            } else if c == b'\\' {
+                                j += 1;
+                                continue;
+                            }
+                            let Some(k) = memchr::memchr2(b'"', b'\\', &chunk[j..]) else {
+                                break;
+                            };
+                            j += k;
+                            if chunk[j] == b'\\' {
                                 self.escaped = true;
-                            } else if c == b'"' {
+                            } else {
                                 self.in_string = false;
                             }
+                            j += 1;
                             continue;
                         }
+                        let c = chunk[j];
                         match c {
                             b'"' => self.in_string = true,
                             b'{' => self.open.push(b'}'),
@@ -130,6 +141,7 @@ impl ArraySplitter {
                             }
                             _ => {}
                         }
+                        j += 1;
                     }
                     if self.buf.len() + (end - start) > MAX_RECORD_BYTES {
                         return Err(RecordsError::TooLarge(self.index));
@@ -287,15 +299,19 @@ impl AuditRecord {
     /// included, RFC 8259 §8.1): such a record cannot be relayed as the exact bytes consumers
     /// parse.
     pub fn parse(raw: Bytes, index: usize) -> Result<AuditRecord, RecordsError> {
-        if let Err(e) = std::str::from_utf8(&raw) {
-            return Err(RecordsError::Invalid(
-                index,
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-            ));
-        }
-        let meta: RecordMeta<'_> = serde_json::from_slice(&raw)
-            .map_err(|e| RecordsError::Invalid(index, e.to_string()))?;
-        let text = |v: Lenient<'_>| v.0.map(|c| c.into_owned()).unwrap_or_default();
+        let text = match std::str::from_utf8(&raw) {
+            Ok(text) => text,
+            Err(e) => {
+                return Err(RecordsError::Invalid(
+                    index,
+                    format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                ))
+            }
+        };
+        // From the checked text: serde_json then does not check each string's UTF-8 again.
+        let meta: RecordMeta<'_> =
+            serde_json::from_str(text).map_err(|e| RecordsError::Invalid(index, e.to_string()))?;
+        let owned = |v: Lenient<'_>| v.0.map(|c| c.into_owned()).unwrap_or_default();
         let id = match meta.id.0.filter(|s| !s.is_empty()) {
             Some(id) if id.len() <= crate::broker::SHORT_STRING_MAX => id.into_owned(),
             Some(long) => crate::broker::sha256_id(long.as_bytes()),
@@ -303,10 +319,10 @@ impl AuditRecord {
         };
         Ok(AuditRecord {
             id,
-            record_type: text(meta.record_type),
-            workload: text(meta.workload),
-            operation: text(meta.operation),
-            creation_time: text(meta.creation_time),
+            record_type: owned(meta.record_type),
+            workload: owned(meta.workload),
+            operation: owned(meta.operation),
+            creation_time: owned(meta.creation_time),
             raw,
         })
     }

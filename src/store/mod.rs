@@ -86,6 +86,20 @@ pub(crate) struct TenantSegment<'a> {
     tagged: bool,
 }
 
+impl TenantSegment<'_> {
+    /// Appends the segment to `out` (what `Display` writes, without the formatting machinery:
+    /// for names built per record).
+    pub(crate) fn push_to(&self, out: &mut String) {
+        if self.tagged {
+            out.push('{');
+            out.push_str(self.tenant);
+            out.push('}');
+        } else {
+            out.push_str(self.tenant);
+        }
+    }
+}
+
 impl fmt::Display for TenantSegment<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.tagged {

@@ -126,8 +126,17 @@ impl<'a> Dedup<'a> {
         self.0.key(&format!("dead:{}:{c}", self.0.tenant(t)))
     }
 
+    /// `{prefix}rec:{tenant}:{recordId}`, built per record in one allocation.
     fn record_key(&self, t: &TenantId, record_id: &str) -> String {
-        self.0.key(&format!("rec:{}:{record_id}", self.0.tenant(t)))
+        let prefix = self.0.prefix();
+        let mut k =
+            String::with_capacity(prefix.len() + 4 + t.as_str().len() + 3 + record_id.len());
+        k.push_str(prefix);
+        k.push_str("rec:");
+        self.0.tenant(t).push_to(&mut k);
+        k.push(':');
+        k.push_str(record_id);
+        k
     }
 
     // ---- blob markers ------------------------------------------------------------------------

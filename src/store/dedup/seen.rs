@@ -201,20 +201,23 @@ local function split(b)
   local from = b.root .. ':' .. s
   local to = b.root .. ':' .. (s + p)
   local all = redis.call('HGETALL', from)
-  local moved, gone = {SENT, ''}, {}
+  local stay, move = {SENT, ''}, {SENT, ''}
   for i = 1, #all, 2 do
     local f = all[i]
-    if f ~= SENT and hash(b.g, f) % (2 * p) ~= s then
-      moved[#moved + 1] = f
-      moved[#moved + 1] = all[i + 1]
-      gone[#gone + 1] = f
+    if f ~= SENT then
+      local side = move
+      if hash(b.g, f) % (2 * p) == s then side = stay end
+      side[#side + 1] = f
+      side[#side + 1] = all[i + 1]
     end
   end
-  redis.call('HSET', to, unpack(moved))
+  -- Written afresh rather than thinned with HDEL (which moves the listpack's tail once per
+  -- field it deletes).
+  redis.call('DEL', from)
+  redis.call('HSET', from, unpack(stay))
+  redis.call('HSET', to, unpack(move))
+  redis.call('PEXPIREAT', from, b.e)
   redis.call('PEXPIREAT', to, b.e)
-  for i = 1, #gone, 500 do
-    redis.call('HDEL', from, unpack(gone, i, math.min(i + 499, #gone)))
-  end
   b.n = b.n + 1
   b.p = pow2(b.n)
 end

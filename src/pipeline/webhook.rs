@@ -15,7 +15,6 @@ use crate::microsoft::notification::{parse_notification_body, BlobRejection, Con
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::LimitedWarnings;
 use crate::pipeline::work_queue::WorkQueue;
-use crate::store::activity::NOTIFIED_FLUSH;
 use crate::store::Store;
 use crate::tenancy::tenants::Tenants;
 use actix_web::http::StatusCode;
@@ -231,21 +230,14 @@ async fn handle(
             .await
             .map_err(Rejection::Unavailable)?;
     }
-    // For the status page: counted in memory on the answer path, written once per
-    // NOTIFIED_FLUSH by a task the first count after a flush schedules (no Redis round trip
-    // and no task per request).
-    let activity = webhook.store.activity();
-    let mut schedule = false;
-    for item in &items {
+    let accepted = items.len();
+    // For the status page: counted in memory on the answer path and written by the store at
+    // most NOTIFIED_FLUSH later (no Redis round trip and no task per request).
+    for item in items {
         tracing::debug!(tenant_id = %item.tenant_id, content_type = %item.content_type, content_id = %item.content_id, "Blob enqueued.");
-        schedule |= activity.count_notified(&item.tenant_id, item.content_type, 1);
-    }
-    if schedule {
-        let store = webhook.store.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(NOTIFIED_FLUSH).await;
-            let _ = store.activity().flush_notified().await;
-        });
+        webhook
+            .store
+            .count_notified(item.tenant_id, item.content_type, 1);
     }
     webhook
         .metrics
@@ -255,7 +247,7 @@ async fn handle(
     // `{"accepted":N}`, written directly (no JSON value built per request).
     Ok(HttpResponse::Ok()
         .content_type(actix_web::http::header::ContentType::json())
-        .body(format!("{{\"accepted\":{}}}", items.len())))
+        .body(format!("{{\"accepted\":{accepted}}}")))
 }
 
 /// The actix handler.

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod admin_sessions;
 pub mod checkpoints;
+pub(crate) mod coalesce;
 pub mod consent;
 pub mod dedup;
 pub mod leases;
@@ -62,10 +63,10 @@ pub struct Store {
     /// While Redis is down, one call a second is let through to probe it; the others fail
     /// at once instead of each waiting on the connection manager's reconnect.
     last_probe: Mutex<Option<Instant>>,
-    /// The webhook's notification counts not yet written ([`activity::PendingNotified`]).
-    pending_notified: activity::PendingNotified,
-    /// In-flight markers waiting to be written together ([`dedup::Dedup::mark_enqueued_soon`]).
-    pending_enqueued: Mutex<Vec<(String, Duration)>>,
+    /// The webhook's notification counts not yet written ([`Store::count_notified`]).
+    notified: coalesce::Coalesced<activity::Notified>,
+    /// In-flight markers waiting to be written together ([`Store::mark_enqueued_soon`]).
+    enqueued: coalesce::Coalesced<dedup::InFlight>,
 }
 
 impl fmt::Debug for Store {
@@ -123,8 +124,8 @@ impl Store {
             down: AtomicBool::new(false),
             last_probe: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
-            pending_notified: activity::PendingNotified::default(),
-            pending_enqueued: Mutex::new(Vec::new()),
+            notified: activity::notified_buffer(),
+            enqueued: dedup::enqueued_buffer(),
         })
     }
 
@@ -246,6 +247,15 @@ impl Store {
             }
             Err(e) => Err(self.observe_err(StoreError::Command(e))),
         }
+    }
+
+    /// Writes at once what the coalesced buffers hold (notification counts, in-flight
+    /// markers), instead of at the end of their windows: the graceful stop calls it last, so
+    /// nothing counted or marked before the stop is lost with the process.
+    pub async fn flush_coalesced(&self) -> StoreResult<()> {
+        let (counts, markers) =
+            tokio::join!(self.notified.flush_now(self), self.enqueued.flush_now(self));
+        counts.and(markers)
     }
 
     /// Whether the last Redis call failed for want of a connection.

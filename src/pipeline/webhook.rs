@@ -17,6 +17,7 @@ use crate::ops::telemetry::LimitedWarnings;
 use crate::pipeline::work_queue::WorkQueue;
 use crate::store::Store;
 use crate::tenancy::tenants::Tenants;
+use actix_web::http::header::HeaderName;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
@@ -100,8 +101,13 @@ impl ResponseError for Rejection {
 /// Wrong-auth warnings: one per [`LimitedWarnings::EVERY`], the rest counted.
 static AUTH_WARNINGS: LimitedWarnings = LimitedWarnings::new();
 
+/// `Webhook-AuthID` and `Webhook-ValidationCode`, as header names made once (a `&str` name is
+/// parsed again on every lookup).
+static AUTH_ID: HeaderName = HeaderName::from_static("webhook-authid");
+static VALIDATION_CODE: HeaderName = HeaderName::from_static("webhook-validationcode");
+
 fn authorised(req: &HttpRequest, webhook: &Webhook) -> bool {
-    match req.headers().get("Webhook-AuthID") {
+    match req.headers().get(&AUTH_ID) {
         Some(v) => constant_time_eq(v.as_bytes(), webhook.auth_id.expose().as_bytes()),
         None => false,
     }
@@ -153,7 +159,7 @@ async fn handle(
     if !authorised(req, webhook) {
         return Err(Rejection::Auth);
     }
-    let validation_header = req.headers().get("Webhook-ValidationCode").is_some();
+    let validation_header = req.headers().get(&VALIDATION_CODE).is_some();
     if !is_json(req) && !validation_header {
         return Err(Rejection::MediaType);
     }

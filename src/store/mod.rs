@@ -344,7 +344,7 @@ impl Store {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut batch = Batch::default();
+        let mut batch = Batch::for_store(self, writes.len());
         for (k, ttl) in writes {
             batch.push(k, set_px_cmd(k, value, *ttl));
         }
@@ -601,12 +601,27 @@ impl fmt::Display for TopologyReport {
 #[derive(Default)]
 pub(crate) struct Batch {
     cmds: Vec<(u16, redis::Cmd)>,
+    /// Outside a cluster (one pipeline takes every command), slots are not computed.
+    unslotted: bool,
 }
 
 impl Batch {
+    /// An empty batch for `store`'s topology, with room for `n` commands.
+    fn for_store(store: &Store, n: usize) -> Batch {
+        Batch {
+            cmds: Vec::with_capacity(n),
+            unslotted: !store.is_cluster(),
+        }
+    }
+
     /// Adds `cmd`, whose key (the one that picks its slot) is `key`.
     fn push(&mut self, key: &str, cmd: redis::Cmd) {
-        self.cmds.push((topology::slot(key.as_bytes()), cmd));
+        let slot = if self.unslotted {
+            0
+        } else {
+            topology::slot(key.as_bytes())
+        };
+        self.cmds.push((slot, cmd));
     }
 
     fn is_empty(&self) -> bool {

@@ -591,6 +591,17 @@ impl Application {
             }
         };
         tokio::join!(public_stopped, supervisor.join(deadline));
+        // What the webhook and the workers kept in memory to write in batches (notification
+        // counts, in-flight markers) is written now: their windows would end after the process.
+        match tokio::time::timeout(Duration::from_secs(2), parts.store.flush_coalesced()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Cannot write the pending notification counts and in-flight markers at stop.")
+            }
+            Err(_) => tracing::warn!(
+                "Writing the pending notification counts and in-flight markers at stop timed out."
+            ),
+        }
         declare.abort();
         let _ = tokio::time::timeout(Duration::from_secs(2), parts.broker.close()).await;
         admin_handle.stop(false).await;

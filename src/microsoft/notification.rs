@@ -124,14 +124,20 @@ impl ContentRules {
         let content_id = ContentId::parse(required(raw.content_id.as_deref(), "contentId")?)
             .map_err(|e| reject("content_id", e))?;
         let uri = required(raw.content_uri.as_deref(), "contentUri")?;
-        self.check_uri(uri, &tenant, &content_id)
-            .map_err(|e| reject("content_uri", e))?;
         // The work item carries the URI rebuilt from what was checked, never the sender's
         // spelling of it (case, `%24`, dot segments).
         let content_uri = format!(
             "{}/api/v1.0/{tenant}/activity/feed/audit/{content_id}",
             self.manage_base
         );
+        // A URI spelled exactly as the rebuilt one passes `check_uri` (a content id holds only
+        // `[A-Za-z0-9$_.-]`: no query, fragment or credentials; only `.` and `..` would be dot
+        // segments), so the URL parser — most of a notification's checking — is spared for it.
+        let canonical = uri == content_uri && !matches!(content_id.as_str(), "." | "..");
+        if !canonical {
+            self.check_uri(uri, &tenant, &content_id)
+                .map_err(|e| reject("content_uri", e))?;
+        }
         Ok(WorkItem {
             tenant_id: tenant,
             content_type,
@@ -268,5 +274,28 @@ mod tests {
             .listing_entry(&t, ContentType::SharePoint, raw("a", &uri("a")))
             .unwrap();
         assert_eq!(ok.source, Source::Reconcile);
+    }
+
+    #[test]
+    fn a_uri_spelled_as_the_rebuilt_one_is_accepted_and_dot_segment_ids_are_still_refused() {
+        // The canonical spelling takes the fast path: same item as through the URL parser.
+        let item = rules().notification(raw("a$b", &uri("a$b"))).unwrap();
+        assert_eq!(item.content_uri, uri("a$b"));
+        assert!(rules()
+            .check_uri(&uri("a$b"), &item.tenant_id, &item.content_id)
+            .is_ok());
+        // `.` and `..` are valid content ids but dot segments in a URI: never accepted.
+        for id in [".", ".."] {
+            let e = rules().notification(raw(id, &uri(id))).unwrap_err();
+            assert_eq!(e.reason, "content_uri", "{id}");
+        }
+        // Anything else not spelled canonically still goes through the parser's checks.
+        let e = rules()
+            .notification(raw("a$b", &format!("{}?x=1", uri("a$b"))))
+            .unwrap_err();
+        assert_eq!(e.reason, "content_uri");
+        assert!(rules()
+            .notification(raw("a$b", &uri("a%24b")))
+            .is_ok_and(|i| i.content_uri == uri("a$b")));
     }
 }

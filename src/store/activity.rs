@@ -3,11 +3,13 @@
 //!
 //! Why it is built so: docs/DESIGN.md, "store/activity".
 
+use super::coalesce::Coalesced;
 use super::{Batch, Store, StoreResult};
 use crate::domain::{ContentType, TenantId};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use futures_util::future::BoxFuture;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an hour's counters are kept: a day and the hour in progress.
@@ -25,11 +27,37 @@ const REASON_CAP: usize = 512;
 /// pipelined round trip per tenant and flush instead of one per request).
 pub const NOTIFIED_FLUSH: Duration = Duration::from_secs(1);
 
-/// Notifications counted in this process since the last flush, per tenant and content type.
-/// The webhook counts here on its answer path (no Redis round trip, no task per request);
-/// the first count after a flush schedules the next one ([`Activity::count_notified`]).
-#[derive(Debug, Default)]
-pub struct PendingNotified(Mutex<HashMap<TenantId, HashMap<ContentType, u64>>>);
+/// `n` blobs of a tenant's content type notified, counted in memory ([`Store::count_notified`]).
+pub(crate) struct Notified {
+    tenant: TenantId,
+    content_type: ContentType,
+    n: u64,
+}
+
+/// The store's buffer of notification counts: written [`NOTIFIED_FLUSH`] after the first count
+/// of a window, one round trip per tenant ([`Activity::write_notified`]).
+pub(super) fn notified_buffer() -> Coalesced<Notified> {
+    fn write(store: &Store, batch: Vec<Notified>) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move { store.activity().write_notified(batch).await })
+    }
+    Coalesced::new("notification counts", NOTIFIED_FLUSH, write)
+}
+
+impl Store {
+    /// Counts `n` blobs of `ct` notified, in memory (the webhook's answer path: no Redis round
+    /// trip, no task per request). They are written at most [`NOTIFIED_FLUSH`] later, when the
+    /// status page is read, or at the graceful stop ([`Store::flush_coalesced`]).
+    pub fn count_notified(self: &Arc<Self>, t: TenantId, ct: ContentType, n: u64) {
+        self.notified.push(
+            self,
+            [Notified {
+                tenant: t,
+                content_type: ct,
+                n,
+            }],
+        );
+    }
+}
 
 /// One tenant's counters over a period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -132,27 +160,29 @@ impl<'a> Activity<'a> {
             .await
     }
 
-    /// Counts `n` blobs of `ct` notified in memory. True when they are the first since the
-    /// last flush: the caller then schedules [`Activity::flush_notified`] (after
-    /// [`NOTIFIED_FLUSH`]), so every count is written once, at most that much later.
-    pub fn count_notified(&self, t: &TenantId, ct: ContentType, n: u64) -> bool {
-        let mut pending = self.0.pending_notified.0.lock().expect("poisoned");
-        let first = pending.is_empty();
-        match pending.get_mut(t) {
-            Some(per_type) => *per_type.entry(ct).or_default() += n,
-            None => {
-                pending.insert(t.clone(), HashMap::from([(ct, n)]));
-            }
-        }
-        first
+    /// Writes the counts [`Store::count_notified`] keeps in memory now.
+    pub async fn flush_notified(&self) -> StoreResult<()> {
+        self.0.notified.flush_now(self.0).await
     }
 
-    /// Writes the counts [`Activity::count_notified`] kept in memory: one round trip per
-    /// tenant. Counts whose write fails are dropped (a stale status figure, never a record).
-    pub async fn flush_notified(&self) -> StoreResult<()> {
-        let pending = std::mem::take(&mut *self.0.pending_notified.0.lock().expect("poisoned"));
+    /// Writes counts kept in memory: one round trip per tenant. Counts whose write fails are
+    /// dropped (a stale status figure, never a record).
+    async fn write_notified(&self, batch: Vec<Notified>) -> StoreResult<()> {
+        let mut per_tenant: HashMap<TenantId, HashMap<ContentType, u64>> = HashMap::new();
+        for Notified {
+            tenant,
+            content_type,
+            n,
+        } in batch
+        {
+            *per_tenant
+                .entry(tenant)
+                .or_default()
+                .entry(content_type)
+                .or_default() += n;
+        }
         let mut result = Ok(());
-        for (t, per_type) in pending {
+        for (t, per_type) in per_tenant {
             let total: u64 = per_type.values().sum();
             let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let latest: Vec<(String, String)> = per_type
@@ -332,6 +362,34 @@ mod tests {
             .await
             .unwrap();
         assert!(ttl > 24 * 3_600_000 && ttl <= 25 * 3_600_000, "{ttl}");
+        store.purge_prefix().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn counts_kept_in_memory_are_written_per_tenant_and_read_at_once() {
+        let prefix = format!("o365relay:test:activity:{}:", uuid::Uuid::new_v4().simple());
+        let store = Arc::new(Store::new("redis://127.0.0.1:6379", &prefix).expect("valid URL"));
+        let a = TenantId::parse("0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").unwrap();
+        let b = TenantId::parse("1b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11").unwrap();
+        store.count_notified(a.clone(), ContentType::Exchange, 1);
+        store.count_notified(a.clone(), ContentType::Exchange, 2);
+        store.count_notified(a.clone(), ContentType::General, 1);
+        store.count_notified(b.clone(), ContentType::Dlp, 5);
+        // Reading the status writes this process's counts first (no wait for the window).
+        let got = store
+            .activity()
+            .read(&[a.clone(), b.clone()])
+            .await
+            .unwrap();
+        assert_eq!(got[0].last_hour.notified, 4);
+        assert_eq!(got[1].last_day.notified, 5);
+        assert!(got[0].last.contains_key("notified:Audit.Exchange"));
+        assert!(got[0].last.contains_key("notified:Audit.General"));
+        assert!(got[1].last.contains_key("notified:DLP.All"));
+        // Nothing is counted twice when the scheduled flush comes.
+        tokio::time::sleep(NOTIFIED_FLUSH + Duration::from_millis(200)).await;
+        let got = store.activity().read(&[a, b]).await.unwrap();
+        assert_eq!((got[0].last_day.notified, got[1].last_day.notified), (4, 5));
         store.purge_prefix().await.unwrap();
     }
 }

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod admin_sessions;
 pub mod checkpoints;
+pub(crate) mod coalesce;
 pub mod consent;
 pub mod dedup;
 pub mod leases;
@@ -62,10 +63,10 @@ pub struct Store {
     /// While Redis is down, one call a second is let through to probe it; the others fail
     /// at once instead of each waiting on the connection manager's reconnect.
     last_probe: Mutex<Option<Instant>>,
-    /// The webhook's notification counts not yet written ([`activity::PendingNotified`]).
-    pending_notified: activity::PendingNotified,
-    /// In-flight markers waiting to be written together ([`dedup::Dedup::mark_enqueued_soon`]).
-    pending_enqueued: Mutex<Vec<(String, Duration)>>,
+    /// The webhook's notification counts not yet written ([`Store::count_notified`]).
+    notified: coalesce::Coalesced<activity::Notified>,
+    /// In-flight markers waiting to be written together ([`Store::mark_enqueued_soon`]).
+    enqueued: coalesce::Coalesced<dedup::InFlight>,
 }
 
 impl fmt::Debug for Store {
@@ -137,8 +138,8 @@ impl Store {
             down: AtomicBool::new(false),
             last_probe: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
-            pending_notified: activity::PendingNotified::default(),
-            pending_enqueued: Mutex::new(Vec::new()),
+            notified: activity::notified_buffer(),
+            enqueued: dedup::enqueued_buffer(),
         })
     }
 
@@ -262,6 +263,15 @@ impl Store {
         }
     }
 
+    /// Writes at once what the coalesced buffers hold (notification counts, in-flight
+    /// markers), instead of at the end of their windows: the graceful stop calls it last, so
+    /// nothing counted or marked before the stop is lost with the process.
+    pub async fn flush_coalesced(&self) -> StoreResult<()> {
+        let (counts, markers) =
+            tokio::join!(self.notified.flush_now(self), self.enqueued.flush_now(self));
+        counts.and(markers)
+    }
+
     /// Whether the last Redis call failed for want of a connection.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::SeqCst)
@@ -348,7 +358,7 @@ impl Store {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut batch = Batch::default();
+        let mut batch = Batch::for_store(self, writes.len());
         for (k, ttl) in writes {
             batch.push(k, set_px_cmd(k, value, *ttl));
         }
@@ -605,12 +615,27 @@ impl fmt::Display for TopologyReport {
 #[derive(Default)]
 pub(crate) struct Batch {
     cmds: Vec<(u16, redis::Cmd)>,
+    /// Outside a cluster (one pipeline takes every command), slots are not computed.
+    unslotted: bool,
 }
 
 impl Batch {
+    /// An empty batch for `store`'s topology, with room for `n` commands.
+    fn for_store(store: &Store, n: usize) -> Batch {
+        Batch {
+            cmds: Vec::with_capacity(n),
+            unslotted: !store.is_cluster(),
+        }
+    }
+
     /// Adds `cmd`, whose key (the one that picks its slot) is `key`.
     fn push(&mut self, key: &str, cmd: redis::Cmd) {
-        self.cmds.push((topology::slot(key.as_bytes()), cmd));
+        let slot = if self.unslotted {
+            0
+        } else {
+            topology::slot(key.as_bytes())
+        };
+        self.cmds.push((slot, cmd));
     }
 
     fn is_empty(&self) -> bool {

@@ -204,3 +204,65 @@ async fn the_status_shows_each_tenants_activity_and_the_deployment() {
     assert!(table.contains("dead 1"), "{table}");
     env.cleanup().await;
 }
+
+/// What the relay keeps in memory to write in batches — the status page's notification counts
+/// (written a second after the first of a window) and the blobs' in-flight markers (5 ms) —
+/// reaches Redis at a graceful stop. They are pushed here from a thread without a Tokio runtime,
+/// where no delayed write is scheduled (as when the process ends before the window does): only
+/// the stop can write them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counts_and_in_flight_markers_kept_in_memory_are_written_at_a_graceful_stop() {
+    use o365_relay::domain::{ContentId, ContentType, TenantId};
+    use redis::AsyncCommands;
+    let mut env = TestEnv::start(Options {
+        workers: false,
+        ..Default::default()
+    })
+    .await;
+    let t = TenantId::parse(TENANT_A).unwrap();
+    let c = ContentId::parse("blob-pushed-just-before-the-stop").unwrap();
+    let store = env.relay.store.clone();
+    {
+        let (t, c) = (t.clone(), c.clone());
+        std::thread::spawn(move || {
+            store.count_notified(t.clone(), ContentType::Exchange, 2);
+            store.count_notified(t.clone(), ContentType::General, 1);
+            store.mark_enqueued_soon([(t, c)], Duration::from_secs(600));
+        })
+        .join()
+        .unwrap();
+    }
+    env.main.shutdown().await;
+
+    let mut redis = redis().await;
+    let marker = env.redis_key(&format!("reconcile-enqueued:{t}:{c}"));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&marker)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 500_000 && ttl <= 600_000,
+        "the in-flight marker was written at the stop (PTTL {ttl})"
+    );
+    let buckets: Vec<String> = redis
+        .keys(env.redis_key(&format!("activity:{t}:*")))
+        .await
+        .unwrap();
+    let mut notified = 0;
+    for bucket in &buckets {
+        let n: Option<u64> = redis.hget(bucket, "notified").await.unwrap();
+        notified += n.unwrap_or(0);
+    }
+    assert_eq!(notified, 3, "the counts were written at the stop");
+    let latest: Vec<String> = redis
+        .hkeys(env.redis_key(&format!("activity-last:{t}")))
+        .await
+        .unwrap();
+    assert!(
+        latest.contains(&"notified:Audit.Exchange".to_string())
+            && latest.contains(&"notified:Audit.General".to_string()),
+        "{latest:?}"
+    );
+    env.cleanup().await;
+}

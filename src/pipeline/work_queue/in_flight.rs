@@ -4,7 +4,6 @@
 
 use super::{Job, WorkQueue};
 use crate::domain::{ContentId, TenantId};
-use crate::store::dedup::ENQUEUED_FLUSH;
 use std::time::Duration;
 
 /// How long a freshly enqueued blob keeps its in-flight marker: five reconciliation passes
@@ -25,19 +24,9 @@ impl WorkQueue {
             return;
         }
         let ttl = wait.saturating_add(self.policy.in_flight_guard);
-        let marks: Vec<(&TenantId, &ContentId, Duration)> =
-            blobs.iter().map(|(t, c)| (t, c, ttl)).collect();
         // Written with the other markers of the next few milliseconds: one round trip per
-        // window, not per request (and no task per request).
-        if self.store.dedup().mark_enqueued_soon(&marks) {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(ENQUEUED_FLUSH).await;
-                if let Err(e) = store.dedup().flush_enqueued().await {
-                    tracing::debug!(error = %e, "Cannot mark blobs in flight; reconciliation may queue a second copy.");
-                }
-            });
-        }
+        // window, not per request (the store schedules the write; no task per request).
+        self.store.mark_enqueued_soon(blobs, ttl);
     }
 
     pub(super) fn mark_job_in_flight(&self, job: &Job, wait: Duration) {

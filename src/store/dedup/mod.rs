@@ -4,11 +4,13 @@
 
 mod seen;
 
+use super::coalesce::Coalesced;
 use super::{Store, StoreResult};
 use crate::domain::{ContentId, TenantId};
+use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(seen::CLAIM));
@@ -20,8 +22,52 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(se
 const DONE: &str = "d";
 
 /// How long in-flight markers wait in memory to be written together
-/// ([`Dedup::mark_enqueued_soon`]).
+/// ([`Store::mark_enqueued_soon`]).
 pub const ENQUEUED_FLUSH: Duration = Duration::from_millis(5);
+
+/// A blob to mark in flight for a while ([`Store::mark_enqueued_soon`]).
+pub(crate) struct InFlight {
+    tenant: TenantId,
+    content: ContentId,
+    ttl: Duration,
+}
+
+/// The store's buffer of in-flight markers: written [`ENQUEUED_FLUSH`] after the first of a
+/// window, all in one round trip.
+pub(super) fn enqueued_buffer() -> Coalesced<InFlight> {
+    fn write(store: &Store, batch: Vec<InFlight>) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let dedup = store.dedup();
+            let marks: Vec<(&TenantId, &ContentId, Duration)> = batch
+                .iter()
+                .map(|m| (&m.tenant, &m.content, m.ttl))
+                .collect();
+            dedup.mark_enqueued(&marks).await
+        })
+    }
+    Coalesced::new("in-flight markers", ENQUEUED_FLUSH, write)
+}
+
+impl Store {
+    /// [`Dedup::mark_enqueued`] for the webhook's answer path: the markers are kept in memory
+    /// and written together with every other marker of the next [`ENQUEUED_FLUSH`] (one
+    /// pipelined round trip for all the requests of that window instead of one per request),
+    /// or at the graceful stop ([`Store::flush_coalesced`]).
+    pub fn mark_enqueued_soon(
+        self: &Arc<Self>,
+        blobs: impl IntoIterator<Item = (TenantId, ContentId)>,
+        ttl: Duration,
+    ) {
+        self.enqueued.push(
+            self,
+            blobs.into_iter().map(|(tenant, content)| InFlight {
+                tenant,
+                content,
+                ttl,
+            }),
+        );
+    }
+}
 
 /// How often records another owner is publishing are asked about again.
 const PENDING_POLL: Duration = Duration::from_millis(100);
@@ -179,32 +225,9 @@ impl<'a> Dedup<'a> {
         self.0.set_many_px(&writes, "1").await
     }
 
-    /// [`Dedup::mark_enqueued`] for the webhook's answer path: the markers are kept in memory
-    /// and written together with every other marker of the next [`ENQUEUED_FLUSH`] (one
-    /// pipelined round trip for all the requests of that window instead of one per request).
-    /// True when they are the first since the last write: the caller then schedules
-    /// [`Dedup::flush_enqueued`] after [`ENQUEUED_FLUSH`].
-    pub fn mark_enqueued_soon(&self, blobs: &[(&TenantId, &ContentId, Duration)]) -> bool {
-        if blobs.is_empty() {
-            return false;
-        }
-        let mut pending = self.0.pending_enqueued.lock().expect("poisoned");
-        let first = pending.is_empty();
-        pending.extend(
-            blobs
-                .iter()
-                .map(|(t, c, ttl)| (self.enqueued_key(t, c), *ttl)),
-        );
-        first
-    }
-
-    /// Writes the markers [`Dedup::mark_enqueued_soon`] kept, in one round trip.
+    /// Writes the markers [`Store::mark_enqueued_soon`] keeps in memory now.
     pub async fn flush_enqueued(&self) -> StoreResult<()> {
-        let writes = std::mem::take(&mut *self.0.pending_enqueued.lock().expect("poisoned"));
-        if writes.is_empty() {
-            return Ok(());
-        }
-        self.0.set_many_px(&writes, "1").await
+        self.0.enqueued.flush_now(self.0).await
     }
 
     /// The markers of each blob, in one round trip.

@@ -124,20 +124,14 @@ impl ContentRules {
         let content_id = ContentId::parse(required(raw.content_id.as_deref(), "contentId")?)
             .map_err(|e| reject("content_id", e))?;
         let uri = required(raw.content_uri.as_deref(), "contentUri")?;
+        self.check_uri(uri, &tenant, &content_id)
+            .map_err(|e| reject("content_uri", e))?;
         // The work item carries the URI rebuilt from what was checked, never the sender's
         // spelling of it (case, `%24`, dot segments).
         let content_uri = format!(
             "{}/api/v1.0/{tenant}/activity/feed/audit/{content_id}",
             self.manage_base
         );
-        // A URI spelled exactly as the rebuilt one passes `check_uri` (a content id holds only
-        // `[A-Za-z0-9$_.-]`: no query, fragment or credentials; only `.` and `..` would be dot
-        // segments), so the URL parser — most of a notification's checking — is spared for it.
-        let canonical = uri == content_uri && !matches!(content_id.as_str(), "." | "..");
-        if !canonical {
-            self.check_uri(uri, &tenant, &content_id)
-                .map_err(|e| reject("content_uri", e))?;
-        }
         Ok(WorkItem {
             tenant_id: tenant,
             content_type,
@@ -157,6 +151,9 @@ impl ContentRules {
         tenant: &TenantId,
         content_id: &ContentId,
     ) -> Result<(), String> {
+        if self.is_canonical(uri, tenant, content_id) {
+            return Ok(());
+        }
         let url = url::Url::parse(uri).map_err(|_| "contentUri is not a URL".to_string())?;
         if !self.is_management_url(&url) {
             return Err("contentUri does not point at the Management API".into());
@@ -180,6 +177,21 @@ impl ContentRules {
         } else {
             Err("contentUri path is not /api/v1.0/{tenantId}/activity/feed/audit/{contentId} for this blob".into())
         }
+    }
+
+    /// True when `uri` is spelled exactly as the URI a work item carries
+    /// (`{manage origin}/api/v1.0/{tenant}/activity/feed/audit/{contentId}`): such a URI passes
+    /// every check of [`ContentRules::check_uri`] (a content id holds only `[A-Za-z0-9$_.-]`: no
+    /// query, fragment or credentials; only `.` and `..` would be dot segments), so the URL
+    /// parser — most of a notification's checking, and of a queued blob's recheck — is spared.
+    fn is_canonical(&self, uri: &str, tenant: &TenantId, content_id: &ContentId) -> bool {
+        !matches!(content_id.as_str(), "." | "..")
+            && uri
+                .strip_prefix(self.manage_base.as_str())
+                .and_then(|r| r.strip_prefix("/api/v1.0/"))
+                .and_then(|r| r.strip_prefix(tenant.as_str()))
+                .and_then(|r| r.strip_prefix("/activity/feed/audit/"))
+                == Some(content_id.as_str())
     }
 
     /// Checks a work item read back from the queue (it may have been written by an older

@@ -102,9 +102,7 @@ impl<'a> ConsentAllowlist<'a> {
 
 #[cfg(test)]
 mod tests {
-
-    use crate::domain::TenantId;
-    use crate::store::tests::{keys, store, TENANT};
+    use crate::store::tests::{keys, store, tenant, TENANT};
     use crate::store::Store;
     use redis::AsyncCommands;
 
@@ -163,7 +161,7 @@ mod tests {
     #[tokio::test]
     async fn the_consent_allowlist_adds_and_removes_tenants() {
         let store = store();
-        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let t = tenant();
         let list = store.consent_allowlist();
         assert!(!list.contains(&t).await.expect("answered"));
         assert!(list.add(&t).await.expect("added"));

@@ -798,6 +798,11 @@ mod tests {
 
     pub(super) const TENANT: &str = "0b5e4b6c-33f4-4f53-8a44-2f5a8d0e9c11";
 
+    /// [`TENANT`], parsed.
+    pub(super) fn tenant() -> TenantId {
+        TenantId::parse(TENANT).expect("valid tenant id")
+    }
+
     pub(super) fn store() -> Store {
         let prefix = format!("o365relay:test:store:{}:", uuid::Uuid::new_v4().simple());
         Store::new("redis://127.0.0.1:6379", &prefix).expect("valid URL")
@@ -821,7 +826,7 @@ mod tests {
     #[tokio::test]
     async fn every_view_writes_the_keys_replicas_share() {
         let store = store();
-        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let t = tenant();
         let ct: ContentType = "Audit.Exchange".parse().expect("valid content type");
         let min = Duration::from_secs(60);
         let end = chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00+00:00")

@@ -202,7 +202,7 @@ impl<'a> Quota<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{store, TENANT};
+    use crate::store::tests::{store, tenant};
 
     use crate::domain::TenantId;
     use crate::store::Store;
@@ -212,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn the_quota_admits_its_budget_then_says_how_long_to_wait() {
         let store = store();
-        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let t = tenant();
         for _ in 0..3 {
             let admitted = store.quota().hit(&t, 3).await.expect("answered");
             assert_eq!(admitted, Hit::Admitted);
@@ -263,7 +263,7 @@ mod tests {
         #[tokio::test]
         async fn a_tenant_over_its_budget_is_booked_a_pace_apart_from_when_the_budget_frees_up() {
             let store = store();
-            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            let t = tenant();
             for _ in 0..3 {
                 assert_eq!(ask(&store, &t, Ask::Fresh, T0).await, Booking::Admitted);
             }
@@ -286,7 +286,7 @@ mod tests {
         #[tokio::test]
         async fn a_booked_blob_is_admitted_at_its_turn_and_a_fresh_one_does_not_overtake_it() {
             let store = store();
-            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            let t = tenant();
             for _ in 0..3 {
                 ask(&store, &t, Ask::Fresh, T0).await;
             }
@@ -314,7 +314,7 @@ mod tests {
         #[tokio::test]
         async fn a_blob_at_its_turn_a_moment_early_for_the_window_asks_again_shortly() {
             let store = store();
-            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            let t = tenant();
             for _ in 0..3 {
                 ask(&store, &t, Ask::Fresh, T0).await;
             }
@@ -334,7 +334,7 @@ mod tests {
         #[tokio::test]
         async fn a_busy_tenant_is_booked_ahead_without_spending_its_budget() {
             let store = store();
-            let t = TenantId::parse(TENANT).expect("valid tenant id");
+            let t = tenant();
             let busy = Ask::Busy {
                 not_before: Duration::from_secs(1),
             };

@@ -73,8 +73,7 @@ impl<'a> StartGuards<'a> {
 
 #[cfg(test)]
 mod tests {
-
-    use crate::store::tests::{keys, store, TENANT};
+    use crate::store::tests::{keys, store, tenant};
 
     use crate::domain::TenantId;
 
@@ -83,7 +82,7 @@ mod tests {
     #[tokio::test]
     async fn a_keeper_check_holds_until_it_expires_or_is_doubted() {
         let store = store();
-        let a = TenantId::parse(TENANT).expect("valid tenant id");
+        let a = tenant();
         let b = TenantId::parse("7d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09").expect("valid tenant id");
         let checks = store.keeper_checks();
         checks

@@ -56,17 +56,13 @@ impl<'a> TokenCache<'a> {
 
 #[cfg(test)]
 mod tests {
-
-    use crate::store::tests::{store, TENANT};
-
-    use crate::domain::TenantId;
-
+    use crate::store::tests::{store, tenant};
     use std::time::Duration;
 
     #[tokio::test]
     async fn the_token_lock_is_held_by_one_holder_and_released_only_by_it() {
         let store = store();
-        let t = TenantId::parse(TENANT).expect("valid tenant id");
+        let t = tenant();
         let tokens = store.tokens();
         let ttl = Duration::from_secs(60);
         assert!(tokens.try_lock(&t, "a", ttl).await.expect("answered"));

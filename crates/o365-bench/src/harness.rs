@@ -149,6 +149,16 @@ impl Ctx {
         .await?)
     }
 
+    /// Empties `queue` (a measurement starts from an empty queue, as a webhook whose workers
+    /// keep up sees it: a backlog left by the previous measurement makes RabbitMQ slower for
+    /// whichever side comes next).
+    pub async fn purge_queue(&self, queue: &str) -> anyhow::Result<()> {
+        let ch = self.amqp.create_channel().await?;
+        ch.queue_purge(queue.into(), Default::default()).await?;
+        let _ = ch.close(200, "ok".into()).await;
+        Ok(())
+    }
+
     /// A durable queue of `kind` (`quorum`, `classic`).
     pub async fn declare_queue(&self, queue: &str, kind: &str) -> anyhow::Result<()> {
         let ch = self.amqp.create_channel().await?;

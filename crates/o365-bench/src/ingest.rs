@@ -297,6 +297,7 @@ pub async fn run(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Result<Vec<
             for which in order {
                 match which {
                     Which::Relay => {
+                        ctx.purge_queue(&section.names.work_queue).await?;
                         let s0 = CpuSnap::take(Some(relay.pid), rabbit);
                         let load = webhook_load(relay_addr, &relay.auth_id, &sim, dur).await;
                         let s1 = CpuSnap::take(Some(relay.pid), rabbit);
@@ -307,6 +308,7 @@ pub async fn run(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Result<Vec<
                         });
                     }
                     Which::Minimal => {
+                        ctx.purge_queue(&minimal_queue).await?;
                         let s0 = CpuSnap::take(Some(minimal.pid), rabbit);
                         let load = webhook_load(minimal.addr, &relay.auth_id, &sim, dur).await;
                         let s1 = CpuSnap::take(Some(minimal.pid), rabbit);
@@ -322,6 +324,7 @@ pub async fn run(ctx: &Ctx, dur: Duration, rounds: usize) -> anyhow::Result<Vec<
                         });
                     }
                     Which::Bare => {
+                        ctx.purge_queue(&ceiling_queue).await?;
                         let s0 = CpuSnap::take(None, rabbit);
                         let load = bare_work_publish(ctx, &ceiling_queue, &sim, dur).await?;
                         let s1 = CpuSnap::take(None, rabbit);

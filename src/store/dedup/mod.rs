@@ -5,7 +5,7 @@
 mod seen;
 
 use super::coalesce::Coalesced;
-use super::{Store, StoreResult};
+use super::{Store, StoreError, StoreResult};
 use crate::domain::{ContentId, TenantId};
 use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
@@ -96,6 +96,14 @@ struct Buckets {
     each: Vec<(String, String, u64)>,
     /// Per record: its bucket (1-based, as the scripts count), 0 when it has none.
     of: Vec<usize>,
+}
+
+/// What a claim took, for its finish or release: the batch's buckets, the number of the batch
+/// in each (0: none), and the records claimed.
+struct Claimed<'a> {
+    buckets: &'a Buckets,
+    batches: &'a [u64],
+    slots: &'a [Slot],
 }
 
 /// What happened to a record claim.
@@ -355,36 +363,40 @@ impl<'a> Dedup<'a> {
                 .iter()
                 .map(|r| self.slot(tenant, key(r), policy.done_ttl, now_ms))
                 .collect();
-            let (mine, mine_slots, pending) = match self
-                .claim(tenant, &slots, policy.owner, policy.claim_ttl)
-                .await
-            {
-                Ok(claims) => {
-                    let (mut mine, mut mine_slots, mut pending) =
-                        (Vec::new(), Vec::new(), Vec::new());
-                    for ((r, s), c) in todo.into_iter().zip(slots).zip(claims) {
-                        match c {
-                            Claim::Mine => {
-                                mine.push(r);
-                                mine_slots.push(s);
+            let b = self.buckets(tenant, &slots);
+            let (mine, mine_slots, pending, batches) =
+                match self.claim(&b, &slots, policy.owner, policy.claim_ttl).await {
+                    Ok((claims, batches)) => {
+                        let (mut mine, mut mine_slots, mut pending) =
+                            (Vec::new(), Vec::new(), Vec::new());
+                        for ((r, s), c) in todo.into_iter().zip(slots).zip(claims) {
+                            match c {
+                                Claim::Mine => {
+                                    mine.push(r);
+                                    mine_slots.push(s);
+                                }
+                                Claim::Done => done.duplicates += 1,
+                                Claim::Pending => pending.push(r),
                             }
-                            Claim::Done => done.duplicates += 1,
-                            Claim::Pending => pending.push(r),
                         }
+                        (mine, mine_slots, pending, batches)
                     }
-                    (mine, mine_slots, pending)
-                }
-                // Redis is down: publish without de-duplication.
-                Err(_) => (todo, slots, Vec::new()),
-            };
+                    // Redis is down: publish without de-duplication.
+                    Err(_) => (todo, slots, Vec::new(), Vec::new()),
+                };
             if !mine.is_empty() {
                 let n = mine.len() as u64;
+                let claimed = Claimed {
+                    buckets: &b,
+                    batches: &batches,
+                    slots: &mine_slots,
+                };
                 if let Err(e) = publish(mine).await {
-                    let _ = self.release(tenant, &mine_slots, policy.owner).await;
+                    let _ = self.release(&claimed, policy.owner).await;
                     return Err(PublishOnceError::Publish(e));
                 }
                 done.published += n;
-                let _ = self.finish(tenant, mine_slots, policy.done_ttl).await;
+                let _ = self.finish(&claimed, policy.owner, policy.done_ttl).await;
             }
             todo = pending;
             if !todo.is_empty() {
@@ -398,21 +410,21 @@ impl<'a> Dedup<'a> {
     }
 
     /// Looks records up and claims those not published for `owner`, one round trip for the
-    /// batch.
+    /// batch: per record its [`Claim`], and per bucket of `b` the number of the batch its
+    /// records were claimed under (0: none), for [`Dedup::finish`] and [`Dedup::release`].
     async fn claim(
         &self,
-        t: &TenantId,
+        b: &Buckets,
         slots: &[Slot],
         owner: &str,
         ttl: Duration,
-    ) -> StoreResult<Vec<Claim>> {
+    ) -> StoreResult<(Vec<Claim>, Vec<u64>)> {
         if slots.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let b = self.buckets(t, slots);
         let mut c = self.0.conn().await?;
         let mut inv = CLAIM.prepare_invoke();
-        Self::script_keys(&mut inv, &b, slots);
+        Self::script_keys(&mut inv, b, slots);
         inv.arg(&*seen::owner_tag(owner))
             .arg(ttl.as_millis().max(1) as u64)
             .arg(format!("p:{owner}"))
@@ -428,73 +440,89 @@ impl<'a> Dedup<'a> {
             };
         }
         let r: Result<Vec<i64>, _> = inv.invoke_async(&mut c).await;
-        self.0.observe(r).map(|v| {
-            v.into_iter()
-                .map(|n| match n {
-                    1 => Claim::Mine,
-                    0 => Claim::Done,
-                    _ => Claim::Pending,
-                })
-                .collect()
-        })
+        let mut v = self.0.observe(r)?;
+        if v.len() != slots.len() + b.each.len() {
+            return Err(StoreError::Command(redis::RedisError::from((
+                redis::ErrorKind::TypeError,
+                "the claim script answered for another number of records",
+            ))));
+        }
+        let batches = v
+            .split_off(slots.len())
+            .into_iter()
+            .map(|n| n.max(0) as u64);
+        let claims = v.into_iter().map(|n| match n {
+            1 => Claim::Mine,
+            0 => Claim::Done,
+            _ => Claim::Pending,
+        });
+        Ok((claims.collect(), batches.collect()))
     }
 
-    /// Per record its bucket and its field, or (bucket 0) its own key: what [`seen::FINISH`]
-    /// and [`seen::RELEASE`] are handed.
-    fn record_args(inv: &mut redis::ScriptInvocation<'_>, b: &Buckets, slots: &[Slot]) {
-        for (s, j) in slots.iter().zip(&b.of) {
-            inv.arg(*j);
-            match &s.place {
-                Some(p) => inv.arg(&p.field[..]),
-                None => inv.arg(&s.claim),
-            };
+    /// The keys and arguments [`seen::FINISH`] and [`seen::RELEASE`] share: the roots (and
+    /// the own keys, for the cluster's routing) in `KEYS`; per bucket `per_bucket` and its
+    /// batch; the own keys again as arguments.
+    fn claimed_args(
+        inv: &mut redis::ScriptInvocation<'_>,
+        c: &Claimed<'_>,
+        per_bucket: impl Fn(&mut redis::ScriptInvocation<'_>, &(String, String, u64)),
+    ) {
+        for (root, _, _) in &c.buckets.each {
+            inv.key(root);
+        }
+        let own = || c.slots.iter().filter(|s| s.place.is_none());
+        for s in own() {
+            inv.key(&s.claim);
+        }
+        inv.arg(c.buckets.each.len());
+        for (i, bucket) in c.buckets.each.iter().enumerate() {
+            per_bucket(inv, bucket);
+            inv.arg(c.batches.get(i).copied().unwrap_or(0));
+        }
+        for s in own() {
+            inv.arg(&s.claim);
         }
     }
 
-    /// Remembers published records (in their buckets, or their own keys set to `d` for `ttl`),
-    /// one round trip for the batch. When that fails (Redis down), each record's own key `d`
-    /// is written instead, kept in memory until Redis is back ([`Store::flush_deferred`]) — the
-    /// claim script reads it as published.
-    async fn finish(&self, t: &TenantId, slots: Vec<Slot>, ttl: Duration) -> StoreResult<()> {
-        if slots.is_empty() {
+    /// Remembers published records: each batch they were claimed under becomes published in
+    /// its bucket, and each record without a bucket gets its own key set to `d` for `ttl`, one
+    /// round trip. When that fails (Redis down), each record's own key `d` is written instead,
+    /// kept in memory until Redis is back ([`Store::flush_deferred`]) — the claim script reads
+    /// it as published.
+    async fn finish(&self, c: &Claimed<'_>, owner: &str, ttl: Duration) -> StoreResult<()> {
+        if c.slots.is_empty() {
             return Ok(());
         }
         let written = async {
-            let b = self.buckets(t, &slots);
-            let mut c = self.0.conn().await?;
+            let mut conn = self.0.conn().await?;
             let mut inv = FINISH.prepare_invoke();
-            Self::script_keys(&mut inv, &b, &slots);
-            inv.arg(ttl.as_millis().max(1) as u64).arg(b.each.len());
-            for (_, _, keep) in &b.each {
+            inv.arg(ttl.as_millis().max(1) as u64)
+                .arg(&*seen::owner_tag(owner));
+            Self::claimed_args(&mut inv, c, |inv, (_, _, keep)| {
                 inv.arg(*keep);
-            }
-            Self::record_args(&mut inv, &b, &slots);
-            let r: Result<i64, _> = inv.invoke_async(&mut c).await;
+            });
+            let r: Result<i64, _> = inv.invoke_async(&mut conn).await;
             self.0.observe(r).map(|_| ())
         }
         .await;
         if written.is_ok() {
             return Ok(());
         }
-        let writes = slots.into_iter().map(|s| (s.claim, DONE)).collect();
+        let writes = c.slots.iter().map(|s| (s.claim.clone(), DONE)).collect();
         self.0.set_many_or_defer(writes, ttl).await
     }
 
     /// Gives up claims `owner` still holds (publishing failed), so a retry can take them at
     /// once.
-    async fn release(&self, t: &TenantId, slots: &[Slot], owner: &str) -> StoreResult<()> {
-        if slots.is_empty() {
+    async fn release(&self, c: &Claimed<'_>, owner: &str) -> StoreResult<()> {
+        if c.slots.is_empty() {
             return Ok(());
         }
-        let b = self.buckets(t, slots);
-        let mut c = self.0.conn().await?;
+        let mut conn = self.0.conn().await?;
         let mut inv = RELEASE.prepare_invoke();
-        Self::script_keys(&mut inv, &b, slots);
-        inv.arg(&*seen::owner_tag(owner))
-            .arg(format!("p:{owner}"))
-            .arg(b.each.len());
-        Self::record_args(&mut inv, &b, slots);
-        let r: Result<i64, _> = inv.invoke_async(&mut c).await;
+        inv.arg(&*seen::owner_tag(owner)).arg(format!("p:{owner}"));
+        Self::claimed_args(&mut inv, c, |_, _| {});
+        let r: Result<i64, _> = inv.invoke_async(&mut conn).await;
         self.0.observe(r).map(|_| ())
     }
 }
@@ -534,11 +562,24 @@ mod tests {
             .collect()
     }
 
+    /// `owner` claims `slots` for `ttl`: the answer per record, the buckets and their batches.
+    async fn claim_as(
+        store: &Store,
+        slots: &[Slot],
+        owner: &str,
+        ttl: Duration,
+    ) -> (Vec<Claim>, Buckets, Vec<u64>) {
+        let b = store.dedup().buckets(&tenant(), slots);
+        let claimed = store.dedup().claim(&b, slots, owner, ttl).await;
+        let (claims, batches) = claimed.expect("answered");
+        (claims, b, batches)
+    }
+
     /// `owner` claims record `id` for `ttl`, as another replica would.
     async fn claimed_elsewhere(store: &Store, id: &str, owner: &str, ttl: Duration) {
         let theirs = slots(store, &[id], CREATED);
-        let claimed = store.dedup().claim(&tenant(), &theirs, owner, ttl).await;
-        assert_eq!(claimed.expect("claimed"), vec![Claim::Mine]);
+        let (claims, _, _) = claim_as(store, &theirs, owner, ttl).await;
+        assert_eq!(claims, vec![Claim::Mine]);
     }
 
     fn policy(owner: &str) -> ClaimPolicy<'_> {
@@ -623,8 +664,12 @@ mod tests {
     struct Seen {
         /// Root → (leaves, fields counted, expiry in ms from now).
         roots: BTreeMap<String, (u64, u64, i64)>,
-        /// Leaf → (its fields and their values, the sentinel left out; expiry in ms from now).
+        /// Leaf → (its fields and what each says, the sentinel left out; expiry in ms from
+        /// now). A field's value is read through its batch: `""` once published, the claim
+        /// `{owner}:{until}` while claimed, `released` when its batch was given up.
         leaves: BTreeMap<String, (Fields, i64)>,
+        /// Root → its batch table (number → `""` or a claim) and its expiry in ms from now.
+        batches: BTreeMap<String, (Fields, i64)>,
     }
 
     impl Seen {
@@ -638,7 +683,8 @@ mod tests {
                 .collect()
         }
 
-        /// Every value of every leaf: `""` once published, `{owner}:{until}` while claimed.
+        /// What every field of every leaf says: `""` once published, `{owner}:{until}`
+        /// while claimed.
         fn values(&self) -> Vec<Vec<u8>> {
             self.leaves
                 .values()
@@ -659,6 +705,10 @@ mod tests {
                 .await
                 .expect("TYPE");
             match kind.as_str() {
+                "hash" if k.ends_with(":b") => {
+                    let f: Fields = c.hgetall(&full).await.expect("HGETALL");
+                    out.batches.insert(k[..k.len() - 2].to_string(), (f, ttl));
+                }
                 "hash" => {
                     let mut f: Fields = c.hgetall(&full).await.expect("HGETALL");
                     assert_eq!(f.remove(&b"\xff"[..]), Some(Vec::new()), "{k}: sentinel");
@@ -667,10 +717,23 @@ mod tests {
                 "string" => {
                     let v: String = c.get(&full).await.expect("GET");
                     let n: Vec<u64> = v.split(' ').map(|x| x.parse().expect("a number")).collect();
-                    assert_eq!(n.len(), 3, "{k}: {v}");
+                    assert_eq!(n.len(), 4, "{k}: {v}");
                     out.roots.insert(k, (n[0], n[1], ttl));
                 }
                 other => panic!("{k} is a {other}"),
+            }
+        }
+        // Each field says what its batch says.
+        for (leaf, (fields, _)) in out.leaves.iter_mut() {
+            let root = &leaf[..leaf.rfind(':').expect("a leaf number")];
+            let table = out.batches.get(root).map(|(t, _)| t);
+            // (The first form of this layout wrote the claim, or `""`, into the leaf itself.)
+            let numbered = |v: &&mut Vec<u8>| !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+            for v in fields.values_mut().filter(numbered) {
+                *v = match table.and_then(|t| t.get(v)) {
+                    Some(said) => said.clone(),
+                    None => b"released".to_vec(),
+                };
             }
         }
         out
@@ -728,9 +791,10 @@ mod tests {
             matches!(&failing, Err(PublishOnceError::Publish(e)) if e == "broker down"),
             "{failing:?}"
         );
+        // The records stay in their leaf, pointed at a batch that is no longer in the table.
         assert_eq!(
-            seen(&store).await.fields(HOUR, 's'),
-            BTreeSet::new(),
+            seen(&store).await.values(),
+            vec![b"released".to_vec(); 2],
             "claims released"
         );
         assert_eq!(keys(&store, "rec:*").await, BTreeSet::new());
@@ -758,24 +822,27 @@ mod tests {
         let dedup = store.dedup();
         let theirs = || slots(&store, &["r1", "r2"], CREATED);
         let ttl = Duration::from_secs(20);
-        let claims = dedup.claim(&tenant(), &theirs(), "other", ttl).await;
-        assert_eq!(claims.expect("claimed"), vec![Claim::Mine, Claim::Mine]);
+        let (claims, _, _) = claim_as(&store, &theirs(), "other", ttl).await;
+        assert_eq!(claims, vec![Claim::Mine, Claim::Mine]);
         // The same owner asking again still holds them; another sees them pending.
-        let again = dedup.claim(&tenant(), &theirs(), "other", ttl).await;
-        assert_eq!(again.expect("answered"), vec![Claim::Mine, Claim::Mine]);
-        let seen = dedup.claim(&tenant(), &theirs(), "b", ttl).await;
-        assert_eq!(
-            seen.expect("answered"),
-            vec![Claim::Pending, Claim::Pending]
-        );
+        let slots = theirs();
+        let (again, buckets, batches) = claim_as(&store, &slots, "other", ttl).await;
+        assert_eq!(again, vec![Claim::Mine, Claim::Mine]);
+        let (seen, _, _) = claim_as(&store, &theirs(), "b", ttl).await;
+        assert_eq!(seen, vec![Claim::Pending, Claim::Pending]);
 
         let waiting = Sink::default();
+        let claimed = Claimed {
+            buckets: &buckets,
+            batches: &batches,
+            slots: &slots,
+        };
         let (got, ()) = tokio::join!(
             publish_once(&store, &["r1", "r3", "r2"], policy("b"), &waiting),
             async {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 dedup
-                    .finish(&tenant(), theirs(), Duration::from_secs(60))
+                    .finish(&claimed, "other", Duration::from_secs(60))
                     .await
                     .expect("finished");
             }
@@ -965,6 +1032,11 @@ mod tests {
                 "{root}: {root_ttl} ms"
             );
             assert!((root_ttl - leaf_ttl).abs() < 50, "{leaf}: {leaf_ttl} ms");
+            let table_ttl = seen.batches[&root].1;
+            assert!(
+                (root_ttl - table_ttl).abs() < 50,
+                "{root}:b: {table_ttl} ms"
+            );
         }
 
         // A copy of the record created at another hour is another record (a duplicate always
@@ -1154,6 +1226,65 @@ mod tests {
             store.get(&done_key).await.expect("read").as_deref(),
             Some("d")
         );
+        store.purge_prefix().await.expect("purged");
+    }
+
+    #[tokio::test]
+    async fn buckets_of_the_first_form_of_this_layout_are_read_and_kept() {
+        // The first form: a root `n c e`, and claims (or `""` once published) in the leaf.
+        let store = store();
+        let mut c = store.conn().await.expect("Redis answers");
+        let now = chrono::Utc::now().timestamp_millis();
+        let root = format!("{}dedup:{}:{HOUR}:s", store.prefix(), tenant());
+        let e = now + 60_000;
+        let _: () = redis::cmd("SET")
+            .arg(&root)
+            .arg(format!("1 3 {e}"))
+            .arg("PXAT")
+            .arg(e)
+            .query_async(&mut c)
+            .await
+            .expect("SET");
+        let leaf = format!("{root}:0");
+        let live = format!("other:{}", now + 60_000);
+        let lapsed = format!("dead:{}", now - 1_000);
+        let _: () = redis::cmd("HSET")
+            .arg(&leaf)
+            .arg(b"\xff")
+            .arg("")
+            .arg("done")
+            .arg("")
+            .arg("busy")
+            .arg(&live)
+            .arg("dropped")
+            .arg(&lapsed)
+            .query_async(&mut c)
+            .await
+            .expect("HSET");
+        let _: () = c.pexpire_at(&leaf, e).await.expect("PEXPIREAT");
+
+        let sink = Sink::default();
+        let impatient = ClaimPolicy {
+            give_up_after: Duration::from_millis(300),
+            ..policy("b")
+        };
+        let records = ["done", "busy", "dropped", "new"];
+        let got = publish_once(&store, &records, impatient, &sink).await;
+        assert!(matches!(got, Err(PublishOnceError::Busy(1))), "{got:?}");
+        assert_eq!(sink.calls(), vec![vec!["dropped", "new"]]);
+
+        let seen = seen(&store).await;
+        let key = format!("dedup:{}:{HOUR}:s", tenant());
+        assert_eq!(seen.roots[&key].0..=seen.roots[&key].1, 1..=4);
+        let want: Fields = [
+            ("done", ""),
+            ("busy", live.as_str()),
+            ("dropped", ""),
+            ("new", ""),
+        ]
+        .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .into();
+        assert_eq!(seen.leaves[&format!("{key}:0")].0, want);
         store.purge_prefix().await.expect("purged");
     }
 

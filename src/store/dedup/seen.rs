@@ -134,14 +134,19 @@ pub(super) fn creation_hour(created: &str) -> Option<i64> {
 ///   time-ordered ones, whichever end changes; for other ids the start of SHA-1
 ///   (`redis.sha1hex`, which costs several µs, so not spent on GUIDs). It only spreads the
 ///   fields over leaves: a poor spread costs memory, never an answer.
-/// - `open`/`close`: a bucket's root (`n c e`: leaves, fields, expiry in ms since the epoch),
-///   read once per run and written once if it changed. `open` creates a missing bucket (leaf
-///   0) and moves the expiry of the root and every leaf to at least now + keep (plus a
-///   sixteenth of it, at most an hour, so a busy bucket moves it rarely).
-/// - `leaf`: the leaf a hash lives in (linear hashing: `n` leaves, the low bits of the hash).
+/// - `read`/`open`/`close`: a bucket's root (`n c e b`: leaves, fields, expiry in ms since the
+///   epoch, last batch number; a root without `b`, as the first form of this layout wrote it,
+///   has numbered none), read once per run and written once if it changed. `open` moves the
+///   expiry of the root, every leaf and the batch table to at least now + keep (plus a
+///   sixteenth of it, at most an hour, so a busy bucket moves it rarely), and with `create`
+///   creates a missing bucket (leaf 0).
+/// - `leaf`: the leaf a hash lives in (linear hashing: `n` leaves, the low bits of the hash),
+///   its name built once per run.
 /// - `grew`: counts new fields, and splits the next leaf while the bucket holds more than 48
 ///   fields a leaf, so no leaf passes 128.
 /// - `owner_of`: the owner and deadline of a claim (`{owner}:{until_ms}`).
+/// - `batch_state`: what a batch table entry says (cached per run): `''` published, a claim,
+///   or `false` (released, or never written).
 macro_rules! bucket_lua {
     () => {
         r#"
@@ -168,32 +173,43 @@ end
 local function read(root)
   local v = redis.call('GET', root)
   if not v then return nil end
-  local n, c, e = string.match(v, '^(%d+) (%d+) (%d+)$')
+  local n, c, e, b = string.match(v, '^(%d+) (%d+) (%d+) ?(%d*)$')
   if not n then return nil end
   n = tonumber(n)
-  return {root = root, g = string.byte(root, -1) == 103, n = n, c = tonumber(c), e = tonumber(e), p = pow2(n)}
+  return {root = root, batches = root .. ':b', g = string.byte(root, -1) == 103, n = n,
+    c = tonumber(c), e = tonumber(e), bn = tonumber(b) or 0, p = pow2(n), names = {}, states = {}}
 end
-local function open(root, keep)
+local function open(root, keep, create)
   local b = read(root)
   local need = now + keep
   local slack = math.min(floor(keep / 16), 3600000)
   if not b then
-    b = {root = root, g = string.byte(root, -1) == 103, n = 1, c = 0, e = need + slack, p = 1, dirty = true}
+    if not create then return nil end
+    b = {root = root, batches = root .. ':b', g = string.byte(root, -1) == 103, n = 1, c = 0,
+      e = need + slack, bn = 0, p = 1, names = {}, states = {}, dirty = true}
     redis.call('HSET', root .. ':0', SENT, '')
     redis.call('PEXPIREAT', root .. ':0', b.e)
   elseif b.e < need then
     b.e, b.dirty = need + slack, true
     for i = 0, b.n - 1 do redis.call('PEXPIREAT', root .. ':' .. i, b.e) end
+    redis.call('PEXPIREAT', b.batches, b.e)
   end
   return b
 end
 local function close(b)
-  if b.dirty then redis.call('SET', b.root, b.n .. ' ' .. b.c .. ' ' .. b.e, 'PXAT', b.e) end
+  if b and b.dirty then
+    redis.call('SET', b.root, b.n .. ' ' .. b.c .. ' ' .. b.e .. ' ' .. b.bn, 'PXAT', b.e)
+  end
 end
 local function leaf(b, h)
   local a = h % b.p
   if a < b.n - b.p then a = h % (2 * b.p) end
-  return b.root .. ':' .. a
+  local k = b.names[a]
+  if not k then
+    k = b.root .. ':' .. a
+    b.names[a] = k
+  end
+  return k
 end
 local function split(b)
   local p = b.p
@@ -228,6 +244,14 @@ end
 local function owner_of(v)
   local o, u = string.match(v, '^(.*):(%d+)$')
   return o, tonumber(u)
+end
+local function batch_state(b, no)
+  local s = b.states[no]
+  if s == nil then
+    s = redis.call('HGET', b.batches, no) or false
+    b.states[no] = s
+  end
+  return s
 end
 "#
     };
@@ -270,12 +294,17 @@ end
 /// cluster's routing). ARGV[1] = owner (as [`owner_tag`] writes it), ARGV[2] = claim PX,
 /// ARGV[3] = the owner of a claim in an own key (`p:{owner}`), ARGV[4] = the number of buckets;
 /// per bucket its keep (ms) and its previous-layout base; per record its own key, its bucket
-/// (1-based, 0: none) and its field. Per record: 0 = already published, 1 = claimed by this
-/// owner (now or before), 2 = claimed by another owner whose claim has not lapsed.
+/// (1-based, 0: none) and its field. Returns per record 0 = already published, 1 = claimed by
+/// this owner (now or before), 2 = claimed by another owner whose claim has not lapsed; then
+/// per bucket the number of the batch its records were claimed under (0: none).
 ///
-/// A record with a bucket is claimed in its leaf (`{owner}:{until_ms}`); one without, in its
-/// own key. The previous version's markers are honoured: an own key `d` (or a claim `p:…`),
-/// and the previous layout's tree, each asked only when it exists.
+/// A record with a bucket is claimed in its leaf, its value the number of this run's batch in
+/// the bucket; the batch table (`{root}:b`) holds the batch's claim (`{owner}:{until_ms}`),
+/// written once for all of them. A record whose batch lapsed or was released is claimed again
+/// (pointed at this batch). One without a bucket is claimed in its own key. The previous
+/// version's markers are honoured: an own key `d` (or a claim `p:…`), and the previous
+/// layout's tree, each asked only when it exists; so is the first form of this layout, a claim
+/// written into the leaf itself.
 pub(super) const CLAIM: &str = concat!(
     bucket_lua!(),
     previous_lua!(),
@@ -284,9 +313,21 @@ local owner, ttl, own_claim, nb = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(
 local claim = owner .. ':' .. (now + ttl)
 local buckets, previous = {}, {}
 for j = 1, nb do
-  buckets[j] = open(KEYS[j], tonumber(ARGV[3 + 2 * j]))
+  local b = open(KEYS[j], tonumber(ARGV[3 + 2 * j]), true)
+  b.next = tostring(b.bn + 1)
+  buckets[j] = b
   local base = ARGV[4 + 2 * j]
   if redis.call('EXISTS', base .. ':') == 1 then previous[j] = base end
+end
+-- This run's batch in bucket b, written to its batch table on first use.
+local function mine(b)
+  if not b.used then
+    b.used, b.bn, b.dirty = true, b.bn + 1, true
+    redis.call('HSET', b.batches, b.next, claim)
+    redis.call('PEXPIREAT', b.batches, b.e)
+    b.states[b.next] = claim
+  end
+  return b.next
 end
 local first = 5 + 2 * nb
 local own = {}
@@ -314,82 +355,91 @@ for i = first, #ARGV, 3 do
   if r == nil then
     local b = buckets[j]
     local n = leaf(b, hash(b.g, f))
-    if redis.call('HSETNX', n, f, claim) == 1 then
+    if redis.call('HSETNX', n, f, b.next) == 1 then
+      mine(b)
       r = 1
       grew(b)
     else
       local v = redis.call('HGET', n, f)
-      local o, u = owner_of(v)
-      if v == '' then
+      local s = v
+      if v ~= '' and not string.find(v, ':', 1, true) then s = batch_state(b, v) end
+      if s == '' then
         r = 0
-      elseif o == owner or u == nil or u <= now then
-        r = 1
-        redis.call('HSET', n, f, claim)
       else
-        r = 2
+        local o, u
+        if s then o, u = owner_of(s) end
+        if s and o ~= owner and u and u > now then
+          r = 2
+        else
+          r = 1
+          if v ~= b.next or not b.used then
+            mine(b)
+            redis.call('HSET', n, f, b.next)
+          end
+        end
       end
     end
   end
   out[#out + 1] = r
 end
-for j = 1, nb do close(buckets[j]) end
+for j = 1, nb do
+  close(buckets[j])
+  out[#out + 1] = buckets[j].used and buckets[j].bn or 0
+end
 return out
 "#
 );
 
-/// KEYS: as [`CLAIM`]. ARGV[1] = `done_ttl` in ms, ARGV[2] = the number of buckets; per bucket
-/// its keep (ms); per record its bucket (1-based, 0: none) and its field, or (bucket 0) its own
-/// key. A record with a bucket becomes an empty value in its leaf (published), whoever's claim
-/// the leaf held; one without gets its own key set to `d` for `done_ttl`.
+/// KEYS: as [`CLAIM`]. ARGV[1] = `done_ttl` in ms, ARGV[2] = owner (as [`owner_tag`] writes
+/// it), ARGV[3] = the number of buckets; per bucket its keep (ms) and the number of the batch
+/// [`CLAIM`] returned for it (0: none); then the own keys of the records without a bucket.
+/// Each batch still claimed by this owner becomes published (`''` in the batch table), and with
+/// it every record pointed at it; each own key is set to `d` for `done_ttl`.
 ///
-/// Should the claim have lapsed and another owner claimed the record meanwhile, the record is
-/// published and now marked so, which every later claim reads; the other owner's finish or
-/// release then finds it published, which is fine. Should the bucket have expired meanwhile,
-/// it is created again.
+/// Should the batch's claim have lapsed and records of it been claimed by another owner
+/// meanwhile, those records point at the other owner's batch now and are published by it
+/// too (at least once). Should the bucket have expired meanwhile, nothing is recreated: its
+/// records are no longer remembered, as after their keep.
 pub(super) const FINISH: &str = concat!(
     bucket_lua!(),
     r#"
-local ttl, nb = ARGV[1], tonumber(ARGV[2])
-local buckets = {}
-for j = 1, nb do buckets[j] = open(KEYS[j], tonumber(ARGV[2 + j])) end
-for i = 3 + nb, #ARGV, 2 do
-  local j, f = tonumber(ARGV[i]), ARGV[i + 1]
-  if j == 0 then
-    redis.call('SET', f, 'd', 'PX', ttl)
-  else
-    local b = buckets[j]
-    if redis.call('HSET', leaf(b, hash(b.g, f)), f, '') == 1 then grew(b) end
+local ttl, owner, nb = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for j = 1, nb do
+  local no = ARGV[3 + 2 * j]
+  if no ~= '0' then
+    local b = open(KEYS[j], tonumber(ARGV[2 + 2 * j]), false)
+    if b then
+      local s = batch_state(b, no)
+      if s and s ~= '' and owner_of(s) == owner then redis.call('HSET', b.batches, no, '') end
+      close(b)
+    end
   end
 end
-for j = 1, nb do close(buckets[j]) end
+for i = 4 + 2 * nb, #ARGV do redis.call('SET', ARGV[i], 'd', 'PX', ttl) end
 return 1
 "#
 );
 
 /// KEYS: as [`CLAIM`]. ARGV[1] = owner (as [`owner_tag`] writes it), ARGV[2] = the owner of a
-/// claim in an own key (`p:{owner}`), ARGV[3] = the number of buckets; per record its bucket (1-based, 0: none) and its field,
-/// or (bucket 0) its own key. Gives up the claims the owner still holds (publishing failed),
-/// so a retry can take them at once; a missing bucket is not created.
-pub(super) const RELEASE: &str = concat!(
-    bucket_lua!(),
-    r#"
+/// claim in an own key (`p:{owner}`), ARGV[3] = the number of buckets; per bucket the number of
+/// the batch [`CLAIM`] returned for it (0: none); then the own keys of the records without a
+/// bucket. Gives up the claims the owner still holds (publishing failed) so a retry can take
+/// them at once: each batch's entry leaves its table, and its records read as unclaimed.
+pub(super) const RELEASE: &str = r#"
 local owner, own_claim, nb = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local buckets = {}
-for j = 1, nb do buckets[j] = read(KEYS[j]) or false end
-for i = 4, #ARGV, 2 do
-  local j, f = tonumber(ARGV[i]), ARGV[i + 1]
-  if j == 0 then
-    if redis.call('GET', f) == own_claim then redis.call('DEL', f) end
-  elseif buckets[j] then
-    local b = buckets[j]
-    local n = leaf(b, hash(b.g, f))
-    local v = redis.call('HGET', n, f)
-    if v and owner_of(v) == owner then redis.call('HDEL', n, f) end
+for j = 1, nb do
+  local no = ARGV[3 + j]
+  if no ~= '0' then
+    local t = KEYS[j] .. ':b'
+    local s = redis.call('HGET', t, no)
+    if s and string.match(s, '^(.*):%d+$') == owner then redis.call('HDEL', t, no) end
   end
 end
+for i = 4 + nb, #ARGV do
+  if redis.call('GET', ARGV[i]) == own_claim then redis.call('DEL', ARGV[i]) end
+end
 return 1
-"#
-);
+"#;
 
 #[cfg(test)]
 mod tests {

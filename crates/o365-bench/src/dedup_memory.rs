@@ -272,30 +272,27 @@ async fn used_memory(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Resul
 }
 
 /// Counts the keys by kind: leaves (listpack or hashtable; their fields less the sentinel
-/// each holds), batch tables (`dedup:…:b` hashes) and their entries, bucket roots (`dedup:…`
-/// strings), others.
+/// each holds, batch entries included), bucket roots (`dedup:…` strings), others.
 const CENSUS: &str = r#"
-local leaves, big, roots, other, fields, tables, batches = 0, 0, 0, 0, 0, 0, 0
+local leaves, big, roots, other, fields = 0, 0, 0, 0, 0
 for _, k in ipairs(redis.call('KEYS', '*')) do
   local t = redis.call('TYPE', k)['ok']
-  if t == 'hash' and string.sub(k, -2) == ':b' then
-    tables, batches = tables + 1, batches + redis.call('HLEN', k)
-  elseif t == 'hash' then
+  if t == 'hash' then
     fields = fields + redis.call('HLEN', k) - 1
     if redis.call('OBJECT', 'ENCODING', k) == 'listpack' then leaves = leaves + 1 else big = big + 1 end
   elseif t == 'string' and string.find(k, 'dedup:', 1, true) then roots = roots + 1
   else other = other + 1 end
 end
-return {leaves, big, roots, other, fields, tables, batches}
+return {leaves, big, roots, other, fields}
 "#;
 
 async fn census(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<String> {
     let v: Vec<i64> = redis::Script::new(CENSUS).invoke_async(c).await?;
-    let [leaves, big, roots, other, fields, tables, batches] = v[..] else {
+    let [leaves, big, roots, other, fields] = v[..] else {
         bail!("census answered {v:?}");
     };
     Ok(format!(
-        "{leaves} listpack leaves (avg {:.0} records), {big} hashtable leaves, {roots} bucket roots, {tables} batch tables ({batches} batches), {other} other keys",
+        "{leaves} listpack leaves (avg {:.0} records), {big} hashtable leaves, {roots} bucket roots, {other} other keys",
         fields as f64 / (leaves + big).max(1) as f64
     ))
 }

@@ -668,8 +668,8 @@ mod tests {
         /// now). A field's value is read through its batch: `""` once published, the claim
         /// `{owner}:{until}` while claimed, `released` when its batch was given up.
         leaves: BTreeMap<String, (Fields, i64)>,
-        /// Root → its batch table (number → `""` or a claim) and its expiry in ms from now.
-        batches: BTreeMap<String, (Fields, i64)>,
+        /// Root → its batches' entries (number → `""` or a claim), found in its leaves.
+        batches: BTreeMap<String, Fields>,
     }
 
     impl Seen {
@@ -696,6 +696,7 @@ mod tests {
     async fn seen(store: &Store) -> Seen {
         let mut c = store.conn().await.expect("Redis answers");
         let mut out = Seen::default();
+        let mut entries = Vec::new();
         for k in keys(store, "dedup:*").await {
             let full = format!("{}{k}", store.prefix());
             let ttl: i64 = c.pttl(&full).await.expect("PTTL");
@@ -705,13 +706,23 @@ mod tests {
                 .await
                 .expect("TYPE");
             match kind.as_str() {
-                "hash" if k.ends_with(":b") => {
-                    let f: Fields = c.hgetall(&full).await.expect("HGETALL");
-                    out.batches.insert(k[..k.len() - 2].to_string(), (f, ttl));
-                }
                 "hash" => {
                     let mut f: Fields = c.hgetall(&full).await.expect("HGETALL");
                     assert_eq!(f.remove(&b"\xff"[..]), Some(Vec::new()), "{k}: sentinel");
+                    // A batch's entry: `\xfe{number}`, in the leaf its number names.
+                    let (root, i) = k.rsplit_once(':').expect("a leaf number");
+                    let i: u64 = i.parse().expect("a leaf number");
+                    let table = out.batches.entry(root.to_string()).or_default();
+                    f.retain(|field, v| match field.strip_prefix(b"\xfe") {
+                        Some(no) if field.len() < 16 => {
+                            let n = std::str::from_utf8(no).ok().and_then(|n| n.parse().ok());
+                            let n: u64 = n.expect("a batch number");
+                            table.insert(no.to_vec(), v.clone());
+                            entries.push((root.to_string(), n, i));
+                            false
+                        }
+                        _ => true,
+                    });
                     out.leaves.insert(k, (f, ttl));
                 }
                 "string" => {
@@ -723,10 +734,15 @@ mod tests {
                 other => panic!("{k} is a {other}"),
             }
         }
+        // Each entry sits in the leaf its number names.
+        for (root, n, i) in entries {
+            let leaves = out.roots[&root].0;
+            assert_eq!(leaf_index(n, leaves), i, "{root}: the entry of batch {n}");
+        }
         // Each field says what its batch says.
         for (leaf, (fields, _)) in out.leaves.iter_mut() {
             let root = &leaf[..leaf.rfind(':').expect("a leaf number")];
-            let table = out.batches.get(root).map(|(t, _)| t);
+            let table = out.batches.get(root);
             // (The first form of this layout wrote the claim, or `""`, into the leaf itself.)
             let numbered = |v: &&mut Vec<u8>| !v.is_empty() && v.iter().all(u8::is_ascii_digit);
             for v in fields.values_mut().filter(numbered) {
@@ -1032,11 +1048,6 @@ mod tests {
                 "{root}: {root_ttl} ms"
             );
             assert!((root_ttl - leaf_ttl).abs() < 50, "{leaf}: {leaf_ttl} ms");
-            let table_ttl = seen.batches[&root].1;
-            assert!(
-                (root_ttl - table_ttl).abs() < 50,
-                "{root}:b: {table_ttl} ms"
-            );
         }
 
         // A copy of the record created at another hour is another record (a duplicate always
@@ -1060,7 +1071,14 @@ mod tests {
             let d = openssl::sha::sha1(field);
             [d[0], d[1], d[2]]
         };
-        let h = u64::from(h[0]) << 16 | u64::from(h[1]) << 8 | u64::from(h[2]);
+        leaf_index(
+            u64::from(h[0]) << 16 | u64::from(h[1]) << 8 | u64::from(h[2]),
+            n,
+        )
+    }
+
+    /// The leaf of hash `h` in a bucket of `n` leaves (linear hashing).
+    fn leaf_index(h: u64, n: u64) -> u64 {
         let p = 1u64 << (63 - n.leading_zeros());
         if h % p < n - p {
             h % (2 * p)

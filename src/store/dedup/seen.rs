@@ -137,7 +137,7 @@ pub(super) fn creation_hour(created: &str) -> Option<i64> {
 /// - `read`/`open`/`close`: a bucket's root (`n c e b`: leaves, fields, expiry in ms since the
 ///   epoch, last batch number; a root without `b`, as the first form of this layout wrote it,
 ///   has numbered none), read once per run and written once if it changed. `open` moves the
-///   expiry of the root, every leaf and the batch table to at least now + keep (plus a
+///   expiry of the root and every leaf to at least now + keep (plus a
 ///   sixteenth of it, at most an hour, so a busy bucket moves it rarely), and with `create`
 ///   creates a missing bucket (leaf 0).
 /// - `leaf`: the leaf a hash lives in (linear hashing: `n` leaves, the low bits of the hash),
@@ -145,8 +145,10 @@ pub(super) fn creation_hour(created: &str) -> Option<i64> {
 /// - `grew`: counts new fields, and splits the next leaf while the bucket holds more than 48
 ///   fields a leaf, so no leaf passes 128.
 /// - `owner_of`: the owner and deadline of a claim (`{owner}:{until_ms}`).
-/// - `batch_state`: what a batch table entry says (cached per run): `''` published, a claim,
-///   or `false` (released, or never written).
+/// - `entry`/`batch_state`: a batch's entry, the field `\xfe{number}` in the leaf its number
+///   names (as if it were its hash; a record's field never starts so below 16 bytes: ids are
+///   UTF-8, GUID fields are 16 bytes), and what it says (cached per run): `''` published, a
+///   claim, or `false` (released, or never written). It is not counted among the fields.
 macro_rules! bucket_lua {
     () => {
         r#"
@@ -158,6 +160,7 @@ do
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 local function hash(g, f)
+  if #f < 16 and string.byte(f) == 254 then return tonumber(string.sub(f, 2)) end
   if g then
     local a1, a2, a3 = string.byte(f, 1, 3)
     local b1, b2, b3 = string.byte(f, 14, 16)
@@ -176,8 +179,8 @@ local function read(root)
   local n, c, e, b = string.match(v, '^(%d+) (%d+) (%d+) ?(%d*)$')
   if not n then return nil end
   n = tonumber(n)
-  return {root = root, batches = root .. ':b', g = string.byte(root, -1) == 103, n = n,
-    c = tonumber(c), e = tonumber(e), bn = tonumber(b) or 0, p = pow2(n), names = {}, states = {}}
+  return {root = root, g = string.byte(root, -1) == 103, n = n, c = tonumber(c),
+    e = tonumber(e), bn = tonumber(b) or 0, p = pow2(n), names = {}, states = {}}
 end
 local function open(root, keep, create)
   local b = read(root)
@@ -185,14 +188,13 @@ local function open(root, keep, create)
   local slack = math.min(floor(keep / 16), 3600000)
   if not b then
     if not create then return nil end
-    b = {root = root, batches = root .. ':b', g = string.byte(root, -1) == 103, n = 1, c = 0,
-      e = need + slack, bn = 0, p = 1, names = {}, states = {}, dirty = true}
+    b = {root = root, g = string.byte(root, -1) == 103, n = 1, c = 0, e = need + slack,
+      bn = 0, p = 1, names = {}, states = {}, dirty = true}
     redis.call('HSET', root .. ':0', SENT, '')
     redis.call('PEXPIREAT', root .. ':0', b.e)
   elseif b.e < need then
     b.e, b.dirty = need + slack, true
     for i = 0, b.n - 1 do redis.call('PEXPIREAT', root .. ':' .. i, b.e) end
-    redis.call('PEXPIREAT', b.batches, b.e)
   end
   return b
 end
@@ -245,10 +247,13 @@ local function owner_of(v)
   local o, u = string.match(v, '^(.*):(%d+)$')
   return o, tonumber(u)
 end
+local function entry(no)
+  return '\254' .. no
+end
 local function batch_state(b, no)
   local s = b.states[no]
   if s == nil then
-    s = redis.call('HGET', b.batches, no) or false
+    s = redis.call('HGET', leaf(b, tonumber(no)), entry(no)) or false
     b.states[no] = s
   end
   return s
@@ -299,7 +304,8 @@ end
 /// per bucket the number of the batch its records were claimed under (0: none).
 ///
 /// A record with a bucket is claimed in its leaf, its value the number of this run's batch in
-/// the bucket; the batch table (`{root}:b`) holds the batch's claim (`{owner}:{until_ms}`),
+/// the bucket; the batch's entry (`\xfe{number}`, in the leaf its number names) holds its
+/// claim (`{owner}:{until_ms}`),
 /// written once for all of them. A record whose batch lapsed or was released is claimed again
 /// (pointed at this batch). One without a bucket is claimed in its own key. The previous
 /// version's markers are honoured: an own key `d` (or a claim `p:…`), and the previous
@@ -319,12 +325,11 @@ for j = 1, nb do
   local base = ARGV[4 + 2 * j]
   if redis.call('EXISTS', base .. ':') == 1 then previous[j] = base end
 end
--- This run's batch in bucket b, written to its batch table on first use.
+-- This run's batch in bucket b, its entry written on first use.
 local function mine(b)
   if not b.used then
     b.used, b.bn, b.dirty = true, b.bn + 1, true
-    redis.call('HSET', b.batches, b.next, claim)
-    redis.call('PEXPIREAT', b.batches, b.e)
+    redis.call('HSET', leaf(b, b.bn), entry(b.next), claim)
     b.states[b.next] = claim
   end
   return b.next
@@ -393,7 +398,7 @@ return out
 /// KEYS: as [`CLAIM`]. ARGV[1] = `done_ttl` in ms, ARGV[2] = owner (as [`owner_tag`] writes
 /// it), ARGV[3] = the number of buckets; per bucket its keep (ms) and the number of the batch
 /// [`CLAIM`] returned for it (0: none); then the own keys of the records without a bucket.
-/// Each batch still claimed by this owner becomes published (`''` in the batch table), and with
+/// Each batch still claimed by this owner becomes published (`''` in its entry), and with
 /// it every record pointed at it; each own key is set to `d` for `done_ttl`.
 ///
 /// Should the batch's claim have lapsed and records of it been claimed by another owner
@@ -410,7 +415,9 @@ for j = 1, nb do
     local b = open(KEYS[j], tonumber(ARGV[2 + 2 * j]), false)
     if b then
       local s = batch_state(b, no)
-      if s and s ~= '' and owner_of(s) == owner then redis.call('HSET', b.batches, no, '') end
+      if s and s ~= '' and owner_of(s) == owner then
+        redis.call('HSET', leaf(b, tonumber(no)), entry(no), '')
+      end
       close(b)
     end
   end
@@ -425,21 +432,25 @@ return 1
 /// the batch [`CLAIM`] returned for it (0: none); then the own keys of the records without a
 /// bucket. Gives up the claims the owner still holds (publishing failed) so a retry can take
 /// them at once: each batch's entry leaves its table, and its records read as unclaimed.
-pub(super) const RELEASE: &str = r#"
+pub(super) const RELEASE: &str = concat!(
+    bucket_lua!(),
+    r#"
 local owner, own_claim, nb = ARGV[1], ARGV[2], tonumber(ARGV[3])
 for j = 1, nb do
   local no = ARGV[3 + j]
-  if no ~= '0' then
-    local t = KEYS[j] .. ':b'
-    local s = redis.call('HGET', t, no)
-    if s and string.match(s, '^(.*):%d+$') == owner then redis.call('HDEL', t, no) end
+  local b = no ~= '0' and read(KEYS[j])
+  if b then
+    local n = leaf(b, tonumber(no))
+    local s = redis.call('HGET', n, entry(no))
+    if s and owner_of(s) == owner then redis.call('HDEL', n, entry(no)) end
   end
 end
 for i = 4 + nb, #ARGV do
   if redis.call('GET', ARGV[i]) == own_claim then redis.call('DEL', ARGV[i]) end
 end
 return 1
-"#;
+"#
+);
 
 #[cfg(test)]
 mod tests {

@@ -79,6 +79,15 @@ pub async fn copy(source: &Store, target: &Store) -> StoreResult<Migrated> {
         ));
     }
     let mut from = source.conn().await?;
+    // Expiries are read as instants (`PEXPIRETIME`, Redis 7.0 and later) and restored as such
+    // (`ABSTTL`): keys that expire together on the source — a bucket's root and its leaves —
+    // expire together on the target, whatever time passes between their copies. An older
+    // source is read with `PTTL`, each key's expiry then moving by its own copy's delay.
+    let absolute = redis::cmd("PEXPIRETIME")
+        .arg(format!("{}migrate-probe", source.prefix))
+        .query_async::<i64>(&mut from)
+        .await
+        .is_ok();
     let mut done = Migrated::default();
     let pattern = format!("{}*", source.prefix);
     let mut cursor: u64 = 0;
@@ -108,22 +117,22 @@ pub async fn copy(source: &Store, target: &Store) -> StoreResult<Migrated> {
             let r: Result<(Option<Vec<u8>>, i64), _> = redis::pipe()
                 .cmd("DUMP")
                 .arg(&key)
-                .cmd("PTTL")
+                .cmd(if absolute { "PEXPIRETIME" } else { "PTTL" })
                 .arg(&key)
                 .query_async(&mut from)
                 .await;
-            let (dump, pttl) = source.observe(r)?;
-            let Some(dump) = dump.filter(|_| pttl != -2) else {
+            let (dump, expiry) = source.observe(r)?;
+            let Some(dump) = dump.filter(|_| expiry != -2) else {
                 done.vanished += 1;
                 continue;
             };
             let mut to = target.conn().await?;
-            let r: Result<redis::Value, _> = redis::cmd("RESTORE")
-                .arg(target.key(&name))
-                .arg(pttl.max(0))
-                .arg(dump)
-                .query_async(&mut to)
-                .await;
+            let mut restore = redis::cmd("RESTORE");
+            restore.arg(target.key(&name)).arg(expiry.max(0)).arg(dump);
+            if absolute && expiry > 0 {
+                restore.arg("ABSTTL");
+            }
+            let r: Result<redis::Value, _> = restore.query_async(&mut to).await;
             match r {
                 Ok(_) => done.copied += 1,
                 Err(e) if e.code() == Some("BUSYKEY") => done.present += 1,

@@ -501,6 +501,34 @@ async fn redis_migrate_moves_a_standalone_deployment_to_a_cluster_without_relayi
     let again = run();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(stdout.starts_with("copied 0 keys"), "{stdout}");
+    // Each key expires at the same instant as on the source, so a bucket's root and leaves
+    // still expire together (copied with relative TTLs, each moved by its own copy's delay).
+    let mut src = redis::Client::open(REDIS)
+        .expect("URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("standalone");
+    let seeds: Vec<String> = cluster.seed_urls().split(',').map(String::from).collect();
+    let mut dst = redis::cluster::ClusterClient::new(seeds)
+        .expect("cluster URLs")
+        .get_async_connection()
+        .await
+        .expect("cluster");
+    let bucket: Vec<String> = src.keys(format!("{prefix}dedup:*")).await.expect("KEYS");
+    assert!(bucket.len() >= 2, "a root and its leaves: {bucket:?}");
+    for k in &bucket {
+        let rest = &k[prefix.len()..];
+        let name =
+            o365_relay::store::migrate::target_name(rest, &RedisMode::Cluster).expect("copied");
+        let at = |key: String| redis::cmd("PEXPIRETIME").arg(key).to_owned();
+        let was: i64 = at(k.clone()).query_async(&mut src).await.expect("source");
+        let is: i64 = at(format!("{prefix}{name}"))
+            .query_async(&mut dst)
+            .await
+            .expect("target");
+        assert!(was > 0, "{k} expires");
+        assert_eq!(is, was, "{name} expires when its source did");
+    }
 
     // On the cluster: the registry, the state, the allowlist, the checkpoint, the markers.
     assert!(new.tenants().get(t).await.expect("read").is_some());

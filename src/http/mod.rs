@@ -7,3 +7,13 @@ pub mod client_address;
 pub mod consent;
 pub mod html;
 pub mod status;
+
+use actix_web::http::header::{HeaderValue, SET_COOKIE};
+use actix_web::HttpResponse;
+
+/// Sets `cookie` (a whole `Set-Cookie` value) on a built response. The cookies are the relay's
+/// own — a session id in hex, a nonce in base64url, fixed attributes — so header-safe.
+pub fn with_cookie(response: &mut HttpResponse, cookie: &str) {
+    let value = HeaderValue::from_str(cookie).expect("a cookie is header-safe");
+    response.headers_mut().insert(SET_COOKIE, value);
+}

@@ -130,10 +130,7 @@ async fn login(
         Ok(id) => {
             let mut response = to_status_page();
             let cookie = session::set_cookie(&id, session::is_https(&req));
-            response.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_str(&cookie).expect("a cookie is header-safe"),
-            );
+            crate::http::with_cookie(&mut response, &cookie);
             response
         }
         Err(e) => {
@@ -164,10 +161,7 @@ async fn logout(req: HttpRequest, api: web::Data<AdminApi>) -> HttpResponse {
         }
     };
     let cookie = session::clear_cookie(session::is_https(&req));
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).expect("a cookie is header-safe"),
-    );
+    crate::http::with_cookie(&mut response, &cookie);
     response
 }
 

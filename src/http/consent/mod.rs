@@ -24,7 +24,7 @@ use crate::microsoft::tokens::{TokenError, TokenProvider};
 use crate::store::{Store, StoreError};
 use crate::tenancy::onboarding::{AddRequest, Onboarding};
 use crate::tenancy::tenants::{AddedBy, TenantError, TenantState};
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -245,9 +245,8 @@ async fn start(
         ))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish();
-    let cookie = HeaderValue::from_str(&set_cookie(consent.public_url.as_ref(), &nonce))
-        .expect("a cookie is header-safe");
-    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    let cookie = set_cookie(consent.public_url.as_ref(), &nonce);
+    crate::http::with_cookie(&mut response, &cookie);
     Ok(response)
 }
 

@@ -87,6 +87,8 @@ async fn a_tenant_admin_connects_their_tenant_in_a_real_browser_and_cancel_conne
     // Accept in the admin's own browser: its cookie came back across sites; the success page
     // names the tenant.
     browser.click("#accept").await;
+    let callback = format!("{}/consent/callback", env.public_url);
+    browser.wait_for_url(&callback).await;
     let tenant = browser.text("#tenant").await;
     assert_eq!(tenant, TENANT_A);
     assert_eq!(browser.title().await, "Tenant connected");
@@ -142,6 +144,8 @@ async fn in_allowlist_mode_a_tenant_not_listed_is_told_so_in_the_browser_and_a_l
     browser.click("#connect").await;
     browser.select("#tenant", TENANT_A).await;
     browser.click("#accept").await;
+    let callback = format!("{}/consent/callback", env.public_url);
+    browser.wait_for_url(&callback).await;
     assert_eq!(browser.text("#tenant").await, TENANT_A);
     assert_eq!(browser.title().await, "Tenant connected");
     browser.screenshot("consent-allowlist-connected").await;

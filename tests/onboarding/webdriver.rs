@@ -148,6 +148,23 @@ impl Browser {
             .to_string()
     }
 
+    /// Waits until the page's URL starts with `prefix`: a click that navigates has landed. An
+    /// element looked up before then may be the previous page's (the simulator's consent page
+    /// has a `#tenant` too), read as it goes stale.
+    pub async fn wait_for_url(&self, prefix: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let url = self.current_url().await;
+            if url.starts_with(prefix) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("still on {url}, not {prefix}…");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn source(&self) -> String {
         self.cmd(reqwest::Method::GET, "/source", None)
             .await

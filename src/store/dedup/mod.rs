@@ -311,10 +311,8 @@ impl<'a> Dedup<'a> {
         for (root, _, _) in &b.each {
             inv.key(root);
         }
-        for (s, j) in slots.iter().zip(&b.of) {
-            if *j == 0 {
-                inv.key(&s.claim);
-            }
+        for s in slots.iter().filter(|s| s.place.is_none()) {
+            inv.key(&s.claim);
         }
     }
 
@@ -467,19 +465,13 @@ impl<'a> Dedup<'a> {
         c: &Claimed<'_>,
         per_bucket: impl Fn(&mut redis::ScriptInvocation<'_>, &(String, String, u64)),
     ) {
-        for (root, _, _) in &c.buckets.each {
-            inv.key(root);
-        }
-        let own = || c.slots.iter().filter(|s| s.place.is_none());
-        for s in own() {
-            inv.key(&s.claim);
-        }
+        Self::script_keys(inv, c.buckets, c.slots);
         inv.arg(c.buckets.each.len());
-        for (i, bucket) in c.buckets.each.iter().enumerate() {
+        for (bucket, batch) in c.buckets.each.iter().zip(c.batches) {
             per_bucket(inv, bucket);
-            inv.arg(c.batches.get(i).copied().unwrap_or(0));
+            inv.arg(*batch);
         }
-        for s in own() {
+        for s in c.slots.iter().filter(|s| s.place.is_none()) {
             inv.arg(&s.claim);
         }
     }
@@ -493,7 +485,13 @@ impl<'a> Dedup<'a> {
         if c.slots.is_empty() {
             return Ok(());
         }
+        // The claim did not answer (Redis was down): no batch holds these records, so they are
+        // remembered in their own keys, as when the finish itself cannot be written.
+        let claimed = c.batches.len() == c.buckets.each.len();
         let written = async {
+            if !claimed {
+                return Err(StoreError::Unavailable("the claim did not answer".into()));
+            }
             let mut conn = self.0.conn().await?;
             let mut inv = FINISH.prepare_invoke();
             inv.arg(ttl.as_millis().max(1) as u64)
@@ -515,7 +513,7 @@ impl<'a> Dedup<'a> {
     /// Gives up claims `owner` still holds (publishing failed), so a retry can take them at
     /// once.
     async fn release(&self, c: &Claimed<'_>, owner: &str) -> StoreResult<()> {
-        if c.slots.is_empty() {
+        if c.slots.is_empty() || c.batches.len() != c.buckets.each.len() {
             return Ok(());
         }
         let mut conn = self.0.conn().await?;

@@ -305,8 +305,7 @@ end
 ///
 /// A record with a bucket is claimed in its leaf, its value the number of this run's batch in
 /// the bucket; the batch's entry (`\xfe{number}`, in the leaf its number names) holds its
-/// claim (`{owner}:{until_ms}`),
-/// written once for all of them. A record whose batch lapsed or was released is claimed again
+/// claim (`{owner}:{until_ms}`), written once for all of them. A record whose batch lapsed or was released is claimed again
 /// (pointed at this batch). One without a bucket is claimed in its own key. The previous
 /// version's markers are honoured: an own key `d` (or a claim `p:…`), and the previous
 /// layout's tree, each asked only when it exists; so is the first form of this layout, a claim
@@ -431,7 +430,7 @@ return 1
 /// claim in an own key (`p:{owner}`), ARGV[3] = the number of buckets; per bucket the number of
 /// the batch [`CLAIM`] returned for it (0: none); then the own keys of the records without a
 /// bucket. Gives up the claims the owner still holds (publishing failed) so a retry can take
-/// them at once: each batch's entry leaves its table, and its records read as unclaimed.
+/// them at once: each batch's entry is deleted, and its records read as unclaimed.
 pub(super) const RELEASE: &str = concat!(
     bucket_lua!(),
     r#"
